@@ -1,0 +1,864 @@
+"""Synthetic degradations: pure functions of (image, parameters), seeded by an explicit generator.
+
+Conventions (see ``restoration/__init__.py``): images are float32 tensors, CHW or NCHW, RGB or
+1-channel gray, values in [0, 1]. Every random choice is drawn from a ``torch.Generator`` passed
+in by the caller -- never from the global RNG -- and :func:`make_generator` derives that
+generator from stable keys (base seed, image id, epoch, ...), so the degraded image a worker
+sees does not depend on how Ray sharded or ordered the data.
+
+Two flavours exist where the evaluation protocol needs bit-exact agreement with published
+numbers: ``*_uint8`` functions work on uint8 HWC numpy arrays through PIL (the protocol), and the
+tensor functions are the fast, differentiable-shape equivalents used during training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from restoration import TASKS
+
+__all__ = [
+    "BLUR_KINDS",
+    "MASK_KINDS",
+    "NOISE_KINDS",
+    "SR_SCALES",
+    "DegradationSpec",
+    "add_gaussian_noise",
+    "add_poisson_noise",
+    "apply_mask",
+    "bicubic_downsample",
+    "bicubic_downsample_uint8",
+    "bicubic_upsample",
+    "bicubic_upsample_uint8",
+    "box_mask",
+    "crop_to_multiple",
+    "degrade",
+    "dropout_mask",
+    "gaussian_blur",
+    "gaussian_kernel",
+    "jpeg_compress",
+    "jpeg_compress_uint8",
+    "make_generator",
+    "motion_blur",
+    "motion_blur_kernel",
+    "random_composition",
+    "stroke_mask",
+]
+
+SR_SCALES = (2, 3, 4)
+NOISE_KINDS = ("gaussian", "poisson")
+BLUR_KINDS = ("gaussian", "motion")
+MASK_KINDS = ("box", "stroke", "dropout")
+
+
+# --------------------------------------------------------------------------------------------
+# Seeding
+# --------------------------------------------------------------------------------------------
+
+
+def make_generator(*keys: int | str, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` seeded deterministically from ``keys``.
+
+    Typical keys are ``(base_seed, image_id, epoch)`` where ``image_id`` is a string such as the
+    file name. The seed is a SHA-256 of the typed keys, so it is the same in every process and
+    on every machine (Python's ``hash()`` of a string is salted per process and would not be),
+    and ``1`` and ``"1"`` give different seeds.
+
+    Args:
+        keys: ints and/or strings, at least one.
+        device: device of the generator (a CUDA generator is needed to sample on the GPU).
+    """
+    if not keys:
+        raise ValueError("make_generator needs at least one key (e.g. base seed, image id, epoch)")
+    digest = hashlib.sha256()
+    for key in keys:
+        # bool is an int subclass; a stray True is almost certainly a bug, not a seed.
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            raise TypeError(f"generator keys must be int or str, got {key!r} ({type(key).__name__})")
+        tag = b"i" if isinstance(key, int) else b"s"
+        encoded = str(key).encode("utf-8")
+        # Length-prefix every key so ("ab", "c") and ("a", "bc") cannot collide.
+        digest.update(tag + len(encoded).to_bytes(8, "little") + encoded)
+    seed = int.from_bytes(digest.digest()[:8], "little") & ((1 << 63) - 1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+    """A float drawn uniformly from [low, high) (exactly ``low`` when the range is a point)."""
+    u = torch.rand((), generator=generator, device=generator.device).item()
+    return low + (high - low) * u
+
+
+def _randint(low: int, high: int, generator: torch.Generator) -> int:
+    """An int drawn uniformly from [low, high], both inclusive."""
+    return int(torch.randint(low, high + 1, (), generator=generator, device=generator.device).item())
+
+
+def _choice(options: tuple[str, ...], generator: torch.Generator) -> str:
+    return options[_randint(0, len(options) - 1, generator)]
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_image(x: Tensor, name: str = "x") -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (CHW or NCHW float in [0, 1]), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{name} must be CHW or NCHW, got shape {tuple(x.shape)}")
+
+
+def _check_scale(scale: int) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale not in SR_SCALES:
+        raise ValueError(f"scale must be one of {SR_SCALES}, got {scale!r}")
+
+
+def _check_quality(quality: int) -> None:
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be an int in 1..100, got {quality!r}")
+
+
+def _check_ratio(ratio: float, name: str = "ratio") -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {ratio!r}")
+
+
+def _check_range(value: tuple[float, float], name: str, low: float, high: float) -> None:
+    """A (lo, hi) pair with low <= lo <= hi <= high."""
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a (low, high) pair, got {value!r}")
+    lo, hi = value
+    if lo > hi:
+        raise ValueError(f"{name} must have low <= high, got {value!r}")
+    if lo < low or hi > high:
+        raise ValueError(f"{name} must lie within [{low}, {high}], got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Noise
+# --------------------------------------------------------------------------------------------
+
+
+def add_gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
+    """Add white Gaussian noise with standard deviation ``sigma / 255``.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        sigma: noise standard deviation on the 0-255 scale (the literature's sigma 15/25/50), >= 0.
+        generator: source of the noise.
+
+    Returns:
+        ``x + noise``, same shape and dtype, **not clipped**: the standard denoising protocol feeds
+        the unclipped noisy image to the model (clipping would bias the noise near 0 and 1).
+    """
+    _check_image(x)
+    if not sigma >= 0:  # also rejects NaN
+        raise ValueError(f"sigma must be >= 0 (0-255 scale), got {sigma!r}")
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return x + noise.to(x.device) * (sigma / 255.0)
+
+
+def add_poisson_noise(x: Tensor, peak: float, generator: torch.Generator) -> Tensor:
+    """Shot noise: photon counts ``Poisson(x * peak) / peak``.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        peak: photon count of a pixel of value 1, > 0; smaller is noisier (1-100 is the usual range).
+        generator: source of the noise.
+
+    Returns:
+        Same shape and dtype, clipped to [0, 1] (counts are non-negative; the upper clip models a
+        saturating sensor).
+    """
+    _check_image(x)
+    if not peak > 0:
+        raise ValueError(f"peak must be > 0 (photons at value 1), got {peak!r}")
+    rates = (x.clamp(0.0, 1.0) * peak).to(generator.device)
+    counts = torch.poisson(rates, generator=generator)
+    return (counts / peak).to(x.device).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Blur
+# --------------------------------------------------------------------------------------------
+
+
+def _as_batch(x: Tensor) -> tuple[Tensor, bool]:
+    """NCHW view of a CHW or NCHW tensor, and whether it was unbatched."""
+    return (x.unsqueeze(0), True) if x.ndim == 3 else (x, False)
+
+
+def _pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    """Reflect padding (no seam at the border); replicate where the image is too small to reflect."""
+    height, width = x.shape[-2:]
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
+
+
+def _filter2d(x: Tensor, kernel: Tensor) -> Tensor:
+    """Same-size depthwise filtering of NCHW ``x`` with an odd-sized 2-D ``kernel``.
+
+    ``conv2d`` is a correlation; every kernel used here is point-symmetric, so it is also the
+    convolution.
+    """
+    channels = x.shape[1]
+    kernel_h, kernel_w = kernel.shape
+    weight = kernel.to(device=x.device, dtype=x.dtype).expand(channels, 1, kernel_h, kernel_w)
+    padded = _pad(x, kernel_h // 2, kernel_w // 2)
+    return F.conv2d(padded, weight, groups=channels)
+
+
+def _gaussian_kernel1d(sigma: float, kernel_size: int) -> Tensor:
+    offsets = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum()).float()
+
+
+def gaussian_kernel(sigma: float, kernel_size: int | None = None) -> Tensor:
+    """2-D isotropic Gaussian kernel (float32, sums to 1), ``kernel_size`` x ``kernel_size``.
+
+    ``kernel_size`` defaults to ``2 * ceil(3 * sigma) + 1`` (99.7 % of the mass) and must be odd.
+    """
+    kernel_size = _gaussian_kernel_size(sigma, kernel_size)
+    if sigma == 0:
+        kernel = torch.zeros(kernel_size, kernel_size)
+        kernel[kernel_size // 2, kernel_size // 2] = 1.0
+        return kernel
+    kernel1d = _gaussian_kernel1d(sigma, kernel_size)
+    return torch.outer(kernel1d, kernel1d)
+
+
+def _gaussian_kernel_size(sigma: float, kernel_size: int | None) -> int:
+    if not sigma >= 0:
+        raise ValueError(f"blur sigma must be >= 0 (pixels), got {sigma!r}")
+    if kernel_size is None:
+        return 2 * math.ceil(3 * sigma) + 1
+    is_int = isinstance(kernel_size, int) and not isinstance(kernel_size, bool)
+    if not is_int or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+    return kernel_size
+
+
+def gaussian_blur(x: Tensor, sigma: float, kernel_size: int | None = None) -> Tensor:
+    """Isotropic Gaussian blur with reflect padding; output has the input's size.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        sigma: standard deviation in pixels, >= 0 (0 returns a copy).
+        kernel_size: odd kernel width; default ``2 * ceil(3 * sigma) + 1``.
+    """
+    _check_image(x)
+    kernel_size = _gaussian_kernel_size(sigma, kernel_size)
+    if sigma == 0 or kernel_size == 1:
+        return x.clone()
+    batch, unbatched = _as_batch(x)
+    # Separable: two 1-D passes cost 2k instead of k^2 multiplies per pixel.
+    kernel1d = _gaussian_kernel1d(sigma, kernel_size)
+    out = _filter2d(batch, kernel1d[None, :])
+    out = _filter2d(out, kernel1d[:, None])
+    return out.squeeze(0) if unbatched else out
+
+
+def motion_blur_kernel(length: int, angle_degrees: float) -> Tensor:
+    """Linear motion-blur kernel: a line of ``length`` pixels through the center, summing to 1.
+
+    Args:
+        length: extent of the motion in pixels, >= 1 (1 is the identity).
+        angle_degrees: direction, counter-clockwise from the +x axis as seen on screen (0 is a
+            horizontal smear, 90 a vertical one).
+
+    Returns:
+        float32 tensor of shape (k, k) with ``k = length`` rounded up to odd, so the kernel has
+        a center pixel and does not shift the image.
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"motion blur length must be an int >= 1 (pixels), got {length!r}")
+    size = length if length % 2 == 1 else length + 1
+    center = (size - 1) / 2
+    theta = math.radians(angle_degrees)
+    # Sample the segment densely and splat each sample bilinearly: an antialiased line whose
+    # mass does not depend on the angle.
+    steps = torch.linspace(-(length - 1) / 2, (length - 1) / 2, 8 * length + 1, dtype=torch.float64)
+    xs = center + steps * math.cos(theta)
+    ys = center - steps * math.sin(theta)  # image rows grow downwards
+    kernel = torch.zeros(size, size, dtype=torch.float64)
+    x0, y0 = xs.floor(), ys.floor()
+    for dx in (0, 1):
+        for dy in (0, 1):
+            weight = (1 - (xs - x0 - dx).abs()) * (1 - (ys - y0 - dy).abs())
+            cols, rows = (x0 + dx).long(), (y0 + dy).long()
+            inside = (cols >= 0) & (cols < size) & (rows >= 0) & (rows < size) & (weight > 0)
+            kernel.index_put_((rows[inside], cols[inside]), weight[inside], accumulate=True)
+    # Symmetrize to remove floating-point asymmetry, so correlation == convolution exactly.
+    kernel = 0.5 * (kernel + kernel.flip(0, 1))
+    return (kernel / kernel.sum()).float()
+
+
+def motion_blur(x: Tensor, length: int, angle_degrees: float) -> Tensor:
+    """Linear motion blur (see :func:`motion_blur_kernel`) with reflect padding, same size.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        length: motion extent in pixels, >= 1.
+        angle_degrees: motion direction, counter-clockwise from horizontal.
+    """
+    _check_image(x)
+    kernel = motion_blur_kernel(length, angle_degrees)
+    batch, unbatched = _as_batch(x)
+    out = _filter2d(batch, kernel)
+    return out.squeeze(0) if unbatched else out
+
+
+# --------------------------------------------------------------------------------------------
+# Resampling (super-resolution)
+# --------------------------------------------------------------------------------------------
+
+
+def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Crop bottom and right so that height and width are multiples of ``multiple``.
+
+    Keeps the top-left corner, as the SR benchmarks do (HR ``[:h - h % s, :w - w % s]``).
+    Works on CHW or NCHW tensors (and on any tensor whose last two dims are H, W).
+    """
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be an int >= 1, got {multiple!r}")
+    height, width = x.shape[-2:]
+    if height < multiple or width < multiple:
+        raise ValueError(f"image {height}x{width} is smaller than the multiple {multiple}")
+    return x[..., : height - height % multiple, : width - width % multiple]
+
+
+def bicubic_downsample(x: Tensor, scale: int) -> Tensor:
+    """Bicubic downscaling by ``scale`` with antialiasing (tensor version, for training).
+
+    The image is first cropped to a multiple of ``scale`` (:func:`crop_to_multiple`), so the
+    output is exactly ``(H // scale, W // scale)``. Uses ``F.interpolate(mode="bicubic",
+    antialias=True)``, whose kernel (cubic a = -0.5, widened by the scale) is the one PIL and
+    MATLAB ``imresize`` use; it agrees with :func:`bicubic_downsample_uint8` to about 0.1 gray
+    level on average but is not bit-exact (no 8-bit rounding, different border arithmetic).
+    Evaluate with the uint8 version.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        scale: one of 2, 3, 4.
+
+    Returns:
+        Same dtype, clipped to [0, 1] (bicubic overshoots at edges; the 8-bit protocol clips too).
+    """
+    _check_image(x)
+    _check_scale(scale)
+    batch, unbatched = _as_batch(crop_to_multiple(x, scale))
+    height, width = batch.shape[-2:]
+    out = F.interpolate(
+        batch, size=(height // scale, width // scale), mode="bicubic", antialias=True, align_corners=False
+    ).clamp_(0.0, 1.0)
+    return out.squeeze(0) if unbatched else out
+
+
+def bicubic_upsample(x: Tensor, scale: int) -> Tensor:
+    """Bicubic upscaling by ``scale`` (tensor version; output ``(H * scale, W * scale)``).
+
+    ``antialias=True`` selects PyTorch's PIL-compatible cubic (a = -0.5) rather than the
+    a = -0.75 OpenCV-style kernel; for upscaling it adds no blur.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        scale: one of 2, 3, 4.
+
+    Returns:
+        Same dtype, clipped to [0, 1].
+    """
+    _check_image(x)
+    _check_scale(scale)
+    batch, unbatched = _as_batch(x)
+    height, width = batch.shape[-2:]
+    out = F.interpolate(
+        batch, size=(height * scale, width * scale), mode="bicubic", antialias=True, align_corners=False
+    ).clamp_(0.0, 1.0)
+    return out.squeeze(0) if unbatched else out
+
+
+def _check_uint8_pixels(pixels: np.ndarray) -> None:
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+        found = getattr(pixels, "dtype", type(pixels).__name__)
+        raise TypeError(f"pixels must be a uint8 numpy array (HW or HWC), got {found}")
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3)):
+        raise ValueError(f"pixels must be HW or HWC with 1 or 3 channels, got shape {pixels.shape}")
+
+
+def _pil_resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    squeeze = pixels.ndim == 3 and pixels.shape[2] == 1
+    image = Image.fromarray(pixels[..., 0] if squeeze else pixels)
+    # np.array (a copy), not asarray: PIL-backed arrays are read-only and surprise callers.
+    out = np.array(image.resize((width, height), Image.Resampling.BICUBIC))
+    return out[..., None] if squeeze else out
+
+
+def bicubic_downsample_uint8(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """The evaluation protocol's LR image: PIL bicubic downscaling of an 8-bit image.
+
+    Crops to a multiple of ``scale`` (top-left kept) then ``Image.resize(..., BICUBIC)``, which
+    antialiases like MATLAB ``imresize``; this is what the published "bicubic 28.42 dB on Set5
+    x4" uses.
+
+    Args:
+        pixels: uint8 HW or HWC (C = 1 or 3).
+        scale: one of 2, 3, 4.
+
+    Returns:
+        uint8 array of shape ``(H // scale, W // scale[, C])``.
+    """
+    _check_uint8_pixels(pixels)
+    _check_scale(scale)
+    height, width = pixels.shape[:2]
+    cropped = pixels[: height - height % scale, : width - width % scale]
+    return _pil_resize(cropped, cropped.shape[1] // scale, cropped.shape[0] // scale)
+
+
+def bicubic_upsample_uint8(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """PIL bicubic upscaling of an 8-bit image (the "bicubic" SR baseline of the protocol).
+
+    Args:
+        pixels: uint8 HW or HWC (C = 1 or 3).
+        scale: one of 2, 3, 4.
+
+    Returns:
+        uint8 array of shape ``(H * scale, W * scale[, C])``.
+    """
+    _check_uint8_pixels(pixels)
+    _check_scale(scale)
+    height, width = pixels.shape[:2]
+    return _pil_resize(pixels, width * scale, height * scale)
+
+
+# --------------------------------------------------------------------------------------------
+# JPEG
+# --------------------------------------------------------------------------------------------
+
+
+def jpeg_compress_uint8(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """Encode and decode with PIL's JPEG at ``quality``; the protocol's JPEG degradation.
+
+    Gray (HW or HWx1) is encoded as a 1-channel "L" JPEG, as the Classic5/LIVE1 benchmarks do
+    (encoding gray as RGB would change the numbers). Color uses PIL's default 4:2:0 chroma
+    subsampling.
+
+    Args:
+        pixels: uint8 HW or HWC (C = 1 or 3).
+        quality: 1..100.
+
+    Returns:
+        uint8 array of the input's shape.
+    """
+    _check_uint8_pixels(pixels)
+    _check_quality(quality)
+    squeeze = pixels.ndim == 3 and pixels.shape[2] == 1
+    image = Image.fromarray(pixels[..., 0] if squeeze else pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        out = np.array(decoded.convert(image.mode))  # writable copy, as in _pil_resize
+    return out[..., None] if squeeze else out
+
+
+def jpeg_compress(x: Tensor, quality: int) -> Tensor:
+    """JPEG round trip of a tensor image via PIL (through 8-bit, so the output is quantized).
+
+    Args:
+        x: CHW or NCHW float in [0, 1], 1 (gray, encoded as "L") or 3 (RGB) channels. Values are
+            clipped and rounded to 8 bits before encoding.
+        quality: 1..100.
+
+    Returns:
+        Same shape, dtype and device, values on the 8-bit grid in [0, 1].
+    """
+    _check_image(x)
+    _check_quality(quality)
+    if x.shape[-3] not in (1, 3):
+        raise ValueError(f"JPEG needs 1 or 3 channels, got {x.shape[-3]} (shape {tuple(x.shape)})")
+    batch, unbatched = _as_batch(x)
+    pixels = (batch.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    decoded = np.stack([jpeg_compress_uint8(image, quality) for image in pixels])
+    out = torch.from_numpy(decoded).permute(0, 3, 1, 2).to(device=x.device, dtype=x.dtype) / 255.0
+    return out.squeeze(0) if unbatched else out
+
+
+# --------------------------------------------------------------------------------------------
+# Masks (inpainting)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise ValueError(f"mask size must be positive, got {height}x{width}")
+
+
+def _check_count_range(value: tuple[int, int], name: str) -> None:
+    if len(value) != 2 or value[0] < 1 or value[0] > value[1]:
+        raise ValueError(f"{name} must be a (low, high) pair with 1 <= low <= high, got {value!r}")
+
+
+def box_mask(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    *,
+    num_boxes: tuple[int, int] = (1, 4),
+    max_fraction: float = 0.3,
+) -> Tensor:
+    """Union of random axis-aligned rectangles.
+
+    Args:
+        height, width: mask size in pixels.
+        generator: source of the box count, sizes and positions.
+        num_boxes: inclusive range of the number of boxes.
+        max_fraction: largest box side as a fraction of the image side, in (0, 1]; coverage is
+            therefore at most ``num_boxes[1] * max_fraction ** 2``.
+
+    Returns:
+        float32 (1, H, W), 1 where pixels are missing, 0 where kept.
+    """
+    _check_size(height, width)
+    _check_count_range(num_boxes, "num_boxes")
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction!r}")
+    mask = torch.zeros(1, height, width)
+    max_h = max(1, int(round(max_fraction * height)))
+    max_w = max(1, int(round(max_fraction * width)))
+    for _ in range(_randint(num_boxes[0], num_boxes[1], generator)):
+        box_h = _randint(1, max_h, generator)
+        box_w = _randint(1, max_w, generator)
+        top = _randint(0, height - box_h, generator)
+        left = _randint(0, width - box_w, generator)
+        mask[:, top : top + box_h, left : left + box_w] = 1.0
+    return mask
+
+
+def stroke_mask(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    *,
+    num_strokes: tuple[int, int] = (1, 5),
+    max_width: int | None = None,
+    max_vertices: int = 6,
+) -> Tensor:
+    """Free-form brush strokes: random polylines drawn with a round brush.
+
+    Each stroke starts at a random point and takes 1..``max_vertices - 1`` steps of random
+    direction and length (up to a quarter of the larger image side); the brush width is drawn
+    from ``[max(1, max_width // 3), max_width]``.
+
+    Args:
+        height, width: mask size in pixels.
+        generator: source of every stroke parameter.
+        num_strokes: inclusive range of the number of strokes.
+        max_width: largest brush width in pixels; default ``max(2, min(H, W) // 12)`` so the
+            coverage does not depend on the resolution.
+        max_vertices: most polyline vertices per stroke, >= 2.
+
+    Returns:
+        float32 (1, H, W), 1 where pixels are missing.
+    """
+    _check_size(height, width)
+    _check_count_range(num_strokes, "num_strokes")
+    if max_width is None:
+        max_width = max(2, min(height, width) // 12)
+    if max_width < 1:
+        raise ValueError(f"max_width must be >= 1 pixel, got {max_width!r}")
+    if max_vertices < 2:
+        raise ValueError(f"max_vertices must be >= 2, got {max_vertices!r}")
+    rows = torch.arange(height, dtype=torch.float32)[:, None]
+    cols = torch.arange(width, dtype=torch.float32)[None, :]
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    max_step = max(height, width) / 4
+    for _ in range(_randint(num_strokes[0], num_strokes[1], generator)):
+        radius = _randint(max(1, max_width // 3), max_width, generator) / 2
+        y, x = _uniform(0, height - 1, generator), _uniform(0, width - 1, generator)
+        for _ in range(_randint(1, max_vertices - 1, generator)):
+            angle = _uniform(0, 2 * math.pi, generator)
+            step = _uniform(max_step / 4, max_step, generator)
+            y_end = min(max(y + step * math.sin(angle), 0.0), height - 1.0)
+            x_end = min(max(x + step * math.cos(angle), 0.0), width - 1.0)
+            # Distance from every pixel to the segment (y, x) -> (y_end, x_end): project onto
+            # the segment, clamp to its ends, measure.
+            dy, dx = y_end - y, x_end - x
+            length_sq = dy * dy + dx * dx
+            if length_sq > 0:
+                t = (((rows - y) * dy + (cols - x) * dx) / length_sq).clamp(0.0, 1.0)
+            else:
+                t = torch.zeros(height, width)
+            distance_sq = (rows - (y + t * dy)) ** 2 + (cols - (x + t * dx)) ** 2
+            mask |= distance_sq <= radius * radius
+            y, x = y_end, x_end
+    return mask.float()[None]
+
+
+def dropout_mask(height: int, width: int, ratio: float, generator: torch.Generator) -> Tensor:
+    """Randomly missing pixels: exactly ``round(ratio * H * W)`` of them.
+
+    An exact count (rather than an independent coin per pixel) makes ``ratio`` the coverage of
+    every mask, not just on average.
+
+    Args:
+        height, width: mask size in pixels.
+        ratio: fraction of missing pixels, in [0, 1).
+        generator: source of the pixel choice.
+
+    Returns:
+        float32 (1, H, W), 1 where pixels are missing.
+    """
+    _check_size(height, width)
+    _check_ratio(ratio, "dropout ratio")
+    count = int(round(ratio * height * width))
+    order = torch.randperm(height * width, generator=generator, device=generator.device).cpu()
+    mask = torch.zeros(height * width)
+    mask[order[:count]] = 1.0
+    return mask.view(1, height, width)
+
+
+def apply_mask(x: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
+    """Replace missing pixels (``mask == 1``) with ``fill``.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        mask: (1, H, W) or (N, 1, H, W), 1 = missing; broadcast over channels.
+        fill: value written into the holes.
+    """
+    _check_image(x)
+    if mask.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"mask size {tuple(mask.shape[-2:])} differs from image size {tuple(x.shape[-2:])}")
+    mask = mask.to(device=x.device, dtype=x.dtype)
+    return x * (1.0 - mask) + fill * mask
+
+
+# --------------------------------------------------------------------------------------------
+# Task-level sampling
+# --------------------------------------------------------------------------------------------
+
+
+def _as_tuple(value: Any) -> Any:
+    # YAML gives lists; the frozen dataclass stores tuples so specs are hashable and comparable.
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class DegradationSpec:
+    """Typed description of the degradation a task's model learns to undo.
+
+    Ranges are inclusive ``(low, high)`` pairs; a fixed value is a range of one point, e.g.
+    ``DegradationSpec("denoise", sigma_range=(25, 25))``. Only the fields of ``task`` are used.
+
+    Attributes:
+        task: one of ``restoration.TASKS``: "denoise", "deblur", "jpeg", "sr", "inpaint".
+        noise_kind: denoise -- "gaussian" (additive, unclipped) or "poisson" (shot noise, clipped).
+        sigma_range: denoise/gaussian -- noise std on the 0-255 scale, within [0, 255].
+        poisson_peak_range: denoise/poisson -- photons at value 1, > 0.
+        blur_kinds: deblur -- kernels to choose from: "gaussian", "motion".
+        blur_sigma_range: deblur/gaussian -- kernel std in pixels, > 0.
+        motion_length_range: deblur/motion -- motion extent in pixels, >= 1.
+        quality_range: jpeg -- JPEG quality within 1..100.
+        scale: sr -- downscaling factor, 2, 3 or 4.
+        mask_kinds: inpaint -- masks to choose from: "box", "stroke", "dropout".
+        dropout_ratio_range: inpaint/dropout -- fraction of missing pixels, within [0, 1).
+    """
+
+    task: str
+    noise_kind: str = "gaussian"
+    sigma_range: tuple[float, float] = (0.0, 50.0)
+    poisson_peak_range: tuple[float, float] = (5.0, 100.0)
+    blur_kinds: tuple[str, ...] = BLUR_KINDS
+    blur_sigma_range: tuple[float, float] = (0.5, 3.0)
+    motion_length_range: tuple[int, int] = (5, 21)
+    quality_range: tuple[int, int] = (10, 90)
+    scale: int = 4
+    mask_kinds: tuple[str, ...] = MASK_KINDS
+    dropout_ratio_range: tuple[float, float] = (0.1, 0.5)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "sigma_range",
+            "poisson_peak_range",
+            "blur_kinds",
+            "blur_sigma_range",
+            "motion_length_range",
+            "quality_range",
+            "mask_kinds",
+            "dropout_ratio_range",
+        ):
+            object.__setattr__(self, name, _as_tuple(getattr(self, name)))
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ValueError(f"unknown noise_kind {self.noise_kind!r}; expected one of {NOISE_KINDS}")
+        _check_range(self.sigma_range, "sigma_range (0-255 scale)", 0.0, 255.0)
+        _check_range(self.poisson_peak_range, "poisson_peak_range", 0.0, math.inf)
+        if self.poisson_peak_range[0] <= 0:
+            raise ValueError(f"poisson_peak_range must be > 0, got {self.poisson_peak_range!r}")
+        _check_kinds(self.blur_kinds, "blur_kinds", BLUR_KINDS)
+        _check_range(self.blur_sigma_range, "blur_sigma_range (pixels)", 0.0, math.inf)
+        if self.blur_sigma_range[0] <= 0:
+            raise ValueError(f"blur_sigma_range must be > 0 pixels, got {self.blur_sigma_range!r}")
+        _check_range(self.motion_length_range, "motion_length_range (pixels)", 1, math.inf)
+        _check_range(self.quality_range, "quality_range", 1, 100)
+        _check_scale(self.scale)
+        _check_kinds(self.mask_kinds, "mask_kinds", MASK_KINDS)
+        _check_range(self.dropout_ratio_range, "dropout_ratio_range", 0.0, 1.0)
+        if self.dropout_ratio_range[1] >= 1.0:
+            raise ValueError(f"dropout_ratio_range must lie within [0, 1), got {self.dropout_ratio_range!r}")
+
+
+def _check_kinds(kinds: tuple[str, ...], name: str, allowed: tuple[str, ...]) -> None:
+    if not kinds:
+        raise ValueError(f"{name} must name at least one of {allowed}")
+    unknown = [kind for kind in kinds if kind not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {name} {unknown}; expected a subset of {allowed}")
+
+
+def _sample_blur(
+    x: Tensor,
+    generator: torch.Generator,
+    kinds: tuple[str, ...],
+    sigma_range: tuple[float, float],
+    length_range: tuple[int, int],
+) -> tuple[Tensor, dict[str, Any]]:
+    kind = _choice(kinds, generator)
+    if kind == "gaussian":
+        sigma = _uniform(*sigma_range, generator)
+        return gaussian_blur(x, sigma), {"blur": "gaussian", "blur_sigma": sigma}
+    length = _randint(int(length_range[0]), int(length_range[1]), generator)
+    angle = _uniform(0.0, 180.0, generator)  # a line at 180 + a is the same line
+    return motion_blur(x, length, angle), {"blur": "motion", "length": length, "angle": angle}
+
+
+def degrade(gt: Tensor, spec: DegradationSpec, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+    """Sample degradation parameters from ``generator`` and degrade one image.
+
+    Args:
+        gt: CHW float in [0, 1] (one image: parameters are drawn per image).
+        spec: the task's degradation.
+        generator: source of every random choice (see :func:`make_generator`).
+
+    Returns:
+        ``(lq, extra)``. ``lq`` is CHW like ``gt`` except:
+
+        - "sr": ``gt`` is cropped to a multiple of ``spec.scale`` and ``lq`` is that crop
+          downscaled, ``(C, H // s, W // s)``; ``extra["gt"]`` is the cropped target.
+        - "inpaint": holes are filled with 0 and ``extra["mask"]`` is (1, H, W), 1 = missing.
+
+        ``extra`` records the sampled parameters: "sigma" or "peak" (denoise); "blur" and
+        "blur_sigma" or "length"/"angle" (deblur; the kernel is ``gaussian_kernel(blur_sigma)``
+        or ``motion_blur_kernel(length, angle)`` -- not stored, since its size varies and would
+        not collate into a batch); "quality" (jpeg); "scale" and "gt" (sr); "mask" and
+        "mask_kind" (inpaint).
+    """
+    _check_image(gt, "gt")
+    if gt.ndim != 3:
+        raise ValueError(f"degrade takes one CHW image, got shape {tuple(gt.shape)}")
+    if spec.task == "denoise":
+        if spec.noise_kind == "gaussian":
+            sigma = _uniform(*spec.sigma_range, generator)
+            return add_gaussian_noise(gt, sigma, generator), {"sigma": sigma}
+        peak = _uniform(*spec.poisson_peak_range, generator)
+        return add_poisson_noise(gt, peak, generator), {"peak": peak}
+    if spec.task == "deblur":
+        return _sample_blur(gt, generator, spec.blur_kinds, spec.blur_sigma_range, spec.motion_length_range)
+    if spec.task == "jpeg":
+        quality = _randint(int(spec.quality_range[0]), int(spec.quality_range[1]), generator)
+        return jpeg_compress(gt, quality), {"quality": quality}
+    if spec.task == "sr":
+        cropped = crop_to_multiple(gt, spec.scale)
+        return bicubic_downsample(cropped, spec.scale), {"scale": spec.scale, "gt": cropped}
+    if spec.task == "inpaint":
+        height, width = gt.shape[-2:]
+        kind = _choice(spec.mask_kinds, generator)
+        if kind == "box":
+            mask = box_mask(height, width, generator)
+        elif kind == "stroke":
+            mask = stroke_mask(height, width, generator)
+        else:
+            mask = dropout_mask(height, width, _uniform(*spec.dropout_ratio_range, generator), generator)
+        mask = mask.to(gt.device)
+        return apply_mask(gt, mask), {"mask": mask, "mask_kind": kind}
+    raise ValueError(f"unknown task {spec.task!r}; expected one of {TASKS}")  # unreachable after __post_init__
+
+
+def random_composition(
+    gt: Tensor,
+    generator: torch.Generator,
+    *,
+    probability: float = 0.5,
+    blur_kinds: tuple[str, ...] = BLUR_KINDS,
+    blur_sigma_range: tuple[float, float] = (0.5, 3.0),
+    motion_length_range: tuple[int, int] = (5, 15),
+    sigma_range: tuple[float, float] = (1.0, 30.0),
+    quality_range: tuple[int, int] = (30, 95),
+) -> tuple[Tensor, dict[str, Any]]:
+    """A random subset of {blur, Gaussian noise, JPEG} in random order, for blind models.
+
+    Each operation is kept with ``probability``; if none is kept, one is chosen uniformly, so
+    ``lq`` is never clean. The order is a random permutation (noise then JPEG compresses the
+    noise; JPEG then noise leaves it intact -- both happen to real photos).
+
+    Args:
+        gt: CHW float in [0, 1].
+        generator: source of every choice.
+        probability: chance of each operation, in [0, 1].
+        blur_kinds, blur_sigma_range, motion_length_range: blur parameters (see DegradationSpec).
+        sigma_range: Gaussian noise std range, 0-255 scale.
+        quality_range: JPEG quality range, 1..100.
+
+    Returns:
+        ``(lq, extra)``: ``lq`` has ``gt``'s shape (unclipped if noise came last);
+        ``extra["operations"]`` lists ``{"name": "blur" | "noise" | "jpeg", ...parameters}`` in
+        the order applied.
+    """
+    _check_image(gt, "gt")
+    if gt.ndim != 3:
+        raise ValueError(f"random_composition takes one CHW image, got shape {tuple(gt.shape)}")
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must be in [0, 1], got {probability!r}")
+    _check_kinds(blur_kinds, "blur_kinds", BLUR_KINDS)
+    _check_range(sigma_range, "sigma_range (0-255 scale)", 0.0, 255.0)
+    _check_range(quality_range, "quality_range", 1, 100)
+    _check_range(blur_sigma_range, "blur_sigma_range (pixels)", 1e-6, math.inf)
+    _check_range(motion_length_range, "motion_length_range (pixels)", 1, math.inf)
+
+    names = ("blur", "noise", "jpeg")
+    keep = torch.rand(len(names), generator=generator, device=generator.device).cpu() < probability
+    chosen = [name for name, kept in zip(names, keep.tolist()) if kept]
+    if not chosen:
+        chosen = [_choice(names, generator)]
+    order = torch.randperm(len(chosen), generator=generator, device=generator.device).tolist()
+
+    lq = gt
+    operations: list[dict[str, Any]] = []
+    for name in (chosen[i] for i in order):
+        if name == "blur":
+            lq, params = _sample_blur(lq, generator, blur_kinds, blur_sigma_range, motion_length_range)
+        elif name == "noise":
+            sigma = _uniform(*sigma_range, generator)
+            lq, params = add_gaussian_noise(lq, sigma, generator), {"sigma": sigma}
+        else:
+            quality = _randint(int(quality_range[0]), int(quality_range[1]), generator)
+            lq, params = jpeg_compress(lq, quality), {"quality": quality}
+        operations.append({"name": name, **params})
+    return lq, {"operations": operations}
