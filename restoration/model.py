@@ -16,8 +16,7 @@ Tensors: input ``lq`` is (N, 3, h, w) RGB in [0, 1] (noise may push it outside);
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,7 @@ class ModelConfig:
     task: str = "denoise"
     scale: int = 1
     backbone: str = "efficientnet_lite0"
-    widths: tuple[int, ...] = (32, 48, 64, 96, 128, 160)
+    widths: tuple[int, ...] = (16, 32, 64, 96, 128, 160)
     alpha: float = 0.5
     learn_alpha: bool = True
     blocks_per_stage: int = 1

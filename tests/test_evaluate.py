@@ -1,0 +1,83 @@
+"""`restoration evaluate`: the literature's protocols reproduce the published reference numbers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from restoration.checkpoint import save_checkpoint
+from restoration.cli import main
+from restoration.evaluate import EvalProtocol, evaluate, make_sample
+from restoration.model import ModelConfig, build_model
+
+SMALL = (8, 8, 16, 16, 24, 24)
+
+
+def test_identity_denoise_is_the_noise_level(cbsd68_dir):
+    report = evaluate("identity", EvalProtocol(task="denoise", sigma=25), str(cbsd68_dir))
+    assert len(report["images"]) == 68
+    # 20 log10(255 / 25) = 20.17 dB: the noise itself.
+    assert report["psnr"] == pytest.approx(20.17, abs=0.05)
+
+
+def test_identity_sr_x4_is_published_bicubic(set5_dir):
+    report = evaluate("identity", EvalProtocol(task="sr", scale=4), str(set5_dir))
+    assert report["psnr"] == pytest.approx(28.42, abs=0.05)
+
+
+def test_identity_jpeg_matches_published_input(classic5_dir):
+    assert evaluate("identity", EvalProtocol(task="jpeg", quality=10), str(classic5_dir))["psnr"] == pytest.approx(
+        27.82, abs=0.05
+    )
+    assert evaluate("identity", EvalProtocol(task="jpeg", quality=20), str(classic5_dir))["psnr"] == pytest.approx(
+        30.12, abs=0.05
+    )
+
+
+def test_noise_is_seeded_per_image_name(astronaut):
+    protocol = EvalProtocol(task="denoise", sigma=25, seed=0)
+    a = make_sample("a.png", astronaut, protocol).lq
+    assert torch.equal(a, make_sample("a.png", astronaut, protocol).lq)
+    assert not torch.equal(a, make_sample("b.png", astronaut, protocol).lq)
+    assert not torch.equal(a, make_sample("a.png", astronaut, EvalProtocol(task="denoise", seed=1)).lq)
+    assert a.min() < 0 or a.max() > 1  # not clipped before the model
+
+
+def test_cli_with_checkpoint_writes_json(tmp_path, classic5_dir, capsys):
+    # An untrained model is the identity (zero-initialized head), so on gray JPEG input it must
+    # reproduce the JPEG input's PSNR exactly -- and gray images must stay gray through the model.
+    model = build_model(ModelConfig(task="jpeg", widths=SMALL))
+    save_checkpoint(model, tmp_path / "ckpt")
+    out = tmp_path / "report.json"
+    code = main(["evaluate", "--model", str(tmp_path / "ckpt"), "--task", "jpeg", "--quality", "10",
+                 "--images", str(classic5_dir), "--limit", "2", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report) >= {"psnr", "ssim", "images", "seconds_per_image", "task", "model", "protocol"}
+    assert len(report["images"]) == 2 and report["task"] == "jpeg"
+    identity = evaluate("identity", EvalProtocol(task="jpeg", quality=10), str(classic5_dir), limit=2)
+    assert report["psnr"] == pytest.approx(identity["psnr"], abs=1e-6)
+    printed = capsys.readouterr().out
+    assert "mean (2 images)" in printed and "PSNR" in printed
+
+
+def test_inpaint_protocol_masks_the_requested_fraction(astronaut):
+    sample = make_sample("x.png", astronaut, EvalProtocol(task="inpaint", mask_ratio=0.25))
+    assert sample.mask.mean().item() == pytest.approx(0.25, abs=0.01)
+    assert np.all(sample.identity[sample.mask[0].numpy() > 0] == 0)
+
+
+def test_user_errors(tmp_path, capsys, set5_dir):
+    model = build_model(ModelConfig(task="denoise", widths=SMALL))
+    save_checkpoint(model, tmp_path / "denoiser")
+    assert main(["evaluate", "--model", str(tmp_path / "denoiser"), "--task", "sr",
+                 "--images", str(set5_dir)]) == 2
+    assert "restores 'denoise', but --task is 'sr'" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "identity", "--task", "denoise", "--images", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "--model", "identity", "--task", "denoise", "--images", str(tmp_path / "empty")]) == 2
+    assert "no images found" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="quality must be in 1..100"):
+        EvalProtocol(task="jpeg", quality=0)
