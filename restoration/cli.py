@@ -20,10 +20,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description=(
             "Degrade clean images under the protocol of the papers, restore them and print PSNR/SSIM "
             "per image and the means. MODEL is a checkpoint directory, 'default' (the shipped model "
-            "for the task) or 'identity' (the degraded input itself; bicubic for SR)."
+            "for the task), 'identity' (the degraded input itself; bicubic for SR) or a classical "
+            "baseline: 'bm3d' or 'nlm' (denoise), 'bicubic' (sr), 'telea' (inpaint)."
         ),
     )
-    p.add_argument("--model", required=True, help="checkpoint directory, 'default' or 'identity'")
+    p.add_argument("--model", required=True, help="checkpoint directory, 'default', 'identity', 'bm3d', 'nlm', 'bicubic' or 'telea'")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--images", required=True, help="folder or URI of clean test images")
     p.add_argument("--sigma", type=float, default=25.0, help="denoise: Gaussian noise sigma on the 0-255 scale (25)")

@@ -81,3 +81,13 @@ def test_user_errors(tmp_path, capsys, set5_dir):
     assert "no images found" in capsys.readouterr().err
     with pytest.raises(ValueError, match="quality must be in 1..100"):
         EvalProtocol(task="jpeg", quality=0)
+
+
+@pytest.mark.parametrize("model,task,better_than_identity_by", [("nlm", "denoise", 3.0), ("telea", "inpaint", 5.0)])
+def test_classical_baselines_beat_identity(cbsd68_dir, model, task, better_than_identity_by):
+    protocol = EvalProtocol(task=task, sigma=25, mask_ratio=0.5)
+    baseline = evaluate(model, protocol, str(cbsd68_dir), limit=1)
+    identity = evaluate("identity", protocol, str(cbsd68_dir), limit=1)
+    assert baseline["psnr"] > identity["psnr"] + better_than_identity_by
+    with pytest.raises(ValueError, match="baseline for denoise"):
+        evaluate("bm3d", EvalProtocol(task="sr"), str(cbsd68_dir), limit=1)
