@@ -79,6 +79,38 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(output=args.output, steps=args.steps)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a compact (float16) copy of a checkpoint, e.g. to ship it as a default model",
+        description=(
+            "Copy a checkpoint directory as float16 safetensors + model.json (half the size; loading "
+            "restores float32). With --as-default the copy becomes the package's default model for "
+            "its task (restoration/weights/<task>/), which `--model default` then picks."
+        ),
+    )
+    p.add_argument("checkpoint", help="checkpoint directory (model.safetensors + model.json)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--output", help="destination directory")
+    group.add_argument("--as-default", action="store_true", help="install as the default model for its task")
+    p.add_argument("--model-id", default=None, help="identifier recorded in model.json (default: folder name)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from restoration.checkpoint import SHIPPED_DIR, load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    task = checkpoint.model.config.task
+    target = SHIPPED_DIR / task if args.as_default else args.output
+    provenance = checkpoint.metadata.get("provenance", {})
+    model_id = args.model_id or (f"default-{task}" if args.as_default else None)
+    path = save_checkpoint(checkpoint.model, target, provenance=provenance, half=True, model_id=model_id)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    print(f"wrote {path} ({size / 1e6:.1f} MB, float16)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restoration",
@@ -88,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(sub)
     _add_evaluate(sub)
+    _add_export(sub)
     for extra in _extra_commands():
         extra(sub)
     return parser
@@ -95,11 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands whose implementation lives next to the Ray jobs (imported lazily)."""
-    commands = []
     try:
-        from jobs import cli as jobs_cli  # noqa: F401  (the jobs package ships with the project)
+        from jobs import cli as jobs_cli  # the jobs package ships with the project
     except ImportError:
-        return commands
+        return []
     return jobs_cli.SUBCOMMANDS
 
 
