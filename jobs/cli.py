@@ -21,4 +21,17 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=finetune.run)
 
 
-SUBCOMMANDS = [_add_finetune]
+def _add_restore(sub: argparse._SubParsersAction) -> None:
+    from jobs import restore
+
+    p = sub.add_parser(
+        "restore",
+        help="restore an image collection (folder, s3:// prefix or URI list) with Ray Data",
+        description=restore.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    restore.add_arguments(p)
+    p.set_defaults(func=restore.run)
+
+
+SUBCOMMANDS = [_add_finetune, _add_restore]

@@ -1,0 +1,375 @@
+"""The Parquet manifest of a batch restoration: one row per input, under ``<output>/_manifest/``.
+
+Schema: :data:`MANIFEST_SCHEMA` (version :data:`MANIFEST_VERSION`, stored in the Parquet
+schema metadata). Columns, in order:
+
+=================  ================  ==========================================================
+column             type              meaning
+=================  ================  ==========================================================
+``source_uri``     string            the input, as listed
+``output_uri``     string            where the restored image is; null on error
+``status``         string            ``ok`` | ``error`` | ``skipped`` (see below)
+``error``          string            readable reason, null unless ``status == "error"``
+``error_stage``    string            ``plan`` | ``read`` | ``decode`` | ``restore`` |
+                                     ``encode`` | ``write``, null unless an error
+``task``           string            restoration task (``denoise``, ``sr``, ...)
+``model_id``       string            the checkpoint's ``model_id``
+``job_id``         string            the run that wrote this row
+``width``          int32             input width after EXIF orientation, null if undecodable
+``height``         int32             input height after EXIF orientation
+``out_width``      int32             output width (``width * scale``), null on error
+``out_height``     int32             output height
+``mode``           string            the input's Pillow mode (``RGB``, ``L``, ``I;16``, ...)
+``format``         string            the input's format (``PNG``, ``JPEG``, ...)
+``out_format``     string            the format written, null on error
+``channels``       int8              1 (gray) or 3 (RGB), alpha not counted
+``bit_depth``      int8              8 or 16 bits per sample
+``has_alpha``      bool              whether an alpha plane was carried over
+``bytes_in``       int64             size of the input file
+``bytes_out``      int64             size of the written output, null on error
+``seconds``        float64           processing time of this input (read to write), summed
+                                     over the stages; the restore share of a batch is split
+                                     by pixel count
+``restored_at``    timestamp[us,UTC] when the output was written; null on error
+=================  ================  ==========================================================
+
+Statuses: ``ok`` -- restored and written by ``job_id``; ``error`` -- not restored, ``error``
+says why; ``skipped`` -- a re-run found it already restored (same task, model, output URI and
+source size) and left it alone: ``output_uri`` and the output columns describe that earlier
+output, ``restored_at`` is when it was written, ``job_id`` is the run that skipped it.
+
+Files and consistency. Rows are written by the job's driver only, never by workers, so retried
+or duplicated worker tasks cannot produce duplicate rows: the driver keeps the first result per
+``source_uri`` of its run. While a run streams, it appends *parts*
+(``<job_id>-p000001.parquet``, ...) every few hundred rows or seconds, so a killed job keeps its
+progress. At the end it *compacts*: it writes ``<job_id>-manifest.parquet`` with the latest row
+for every input ever recorded under this output (this run's and earlier runs'), then deletes the
+files it merged. A job id starts with its UTC start time, so file names sort oldest first and
+"latest" is well defined; :func:`read_manifest` takes the latest row per ``source_uri`` over
+all files, which gives the same answer before and after compaction and after a crash between
+the two steps. After a completed run the folder holds one file with exactly one row per input
+ever seen. Two jobs writing the same output at the same time are not supported.
+
+Read the manifest with :func:`read_manifest`, or any Parquet reader on the folder
+(``pandas.read_parquet("<output>/_manifest")``): the summary and config files next to the parts
+start with ``_`` so Parquet readers skip them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from restoration import storage
+
+__all__ = [
+    "MANIFEST_DIR",
+    "MANIFEST_SCHEMA",
+    "MANIFEST_VERSION",
+    "STATUSES",
+    "SUMMARY_FILE",
+    "ManifestWriter",
+    "error_row",
+    "manifest_uri",
+    "new_job_id",
+    "read_manifest",
+    "rows_to_table",
+    "skipped_row",
+    "summarize",
+]
+
+MANIFEST_VERSION: Final[int] = 1
+MANIFEST_DIR: Final[str] = "_manifest"
+SUMMARY_FILE: Final[str] = "_summary.json"
+CONFIG_FILE: Final[str] = "_config.yaml"
+STATUSES: Final[tuple[str, ...]] = ("ok", "error", "skipped")
+ERROR_STAGES: Final[tuple[str, ...]] = ("plan", "read", "decode", "restore", "encode", "write")
+
+_VERSION_KEY: Final[bytes] = b"restoration.manifest.version"
+
+MANIFEST_SCHEMA: Final[pa.Schema] = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("output_uri", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("error_stage", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("model_id", pa.string()),
+        pa.field("job_id", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("out_width", pa.int32()),
+        pa.field("out_height", pa.int32()),
+        pa.field("mode", pa.string()),
+        pa.field("format", pa.string()),
+        pa.field("out_format", pa.string()),
+        pa.field("channels", pa.int8()),
+        pa.field("bit_depth", pa.int8()),
+        pa.field("has_alpha", pa.bool_()),
+        pa.field("bytes_in", pa.int64()),
+        pa.field("bytes_out", pa.int64()),
+        pa.field("seconds", pa.float64()),
+        pa.field("restored_at", pa.timestamp("us", tz="UTC")),
+    ],
+    metadata={_VERSION_KEY: str(MANIFEST_VERSION).encode()},
+)
+"""The manifest's one schema; bump :data:`MANIFEST_VERSION` when it changes."""
+
+COLUMNS: Final[tuple[str, ...]] = tuple(MANIFEST_SCHEMA.names)
+
+# <job_id>-p000001.parquet (a part written while the run streams) or <job_id>-manifest.parquet
+# (the compacted state after the run). The job id begins with a sortable UTC time.
+_FILE_NAME = re.compile(r"^(?P<job>\d{8}T\d{12}Z-[0-9a-f]{8})-(?:p(?P<part>\d{6})|(?P<final>manifest))\.parquet$")
+
+
+def new_job_id(now: dt.datetime | None = None) -> str:
+    """A unique, time-sortable run id: ``20250102T030405123456Z-1a2b3c4d`` (UTC, microseconds)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
+
+
+def manifest_uri(output: str) -> str:
+    """``<output>/_manifest``."""
+    return storage.join(output, MANIFEST_DIR)
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+
+
+def _check_row(row: Mapping[str, Any]) -> None:
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown manifest column(s) {', '.join(unknown)}; columns: {', '.join(COLUMNS)}")
+    if not row.get("source_uri"):
+        raise ValueError("a manifest row needs a source_uri")
+    status = row.get("status")
+    if status not in STATUSES:
+        raise ValueError(f"manifest status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status == "error" and not row.get("error"):
+        raise ValueError(f"error row for {row['source_uri']} has no error message")
+    if status != "error" and not row.get("output_uri"):
+        raise ValueError(f"{status} row for {row['source_uri']} has no output_uri")
+    stage = row.get("error_stage")
+    if stage is not None and stage not in ERROR_STAGES:
+        raise ValueError(f"error_stage must be one of {', '.join(ERROR_STAGES)}, got {stage!r}")
+
+
+def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Manifest rows (dicts keyed by column name; missing columns are null) as a table with
+    :data:`MANIFEST_SCHEMA`. Raises ValueError for unknown columns or inconsistent rows."""
+    rows = list(rows)
+    for row in rows:
+        _check_row(row)
+    columns = {name: [row.get(name) for row in rows] for name in COLUMNS}
+    return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
+
+
+def error_row(
+    source_uri: str, error: str | BaseException, stage: str, **fields: Any
+) -> dict[str, Any]:
+    """A ``status="error"`` row; ``error`` (an exception or message) is redacted of credentials."""
+    if isinstance(error, BaseException):
+        message = str(error) or type(error).__name__
+    else:
+        message = str(error)
+    row = {**fields, "source_uri": source_uri, "status": "error", "error_stage": stage}
+    row["error"] = storage.redact(message)
+    row["output_uri"] = None
+    row["restored_at"] = None
+    return row
+
+
+_CARRIED: Final[tuple[str, ...]] = (
+    "output_uri", "task", "model_id", "width", "height", "out_width", "out_height", "mode", "format",
+    "out_format", "channels", "bit_depth", "has_alpha", "bytes_out", "restored_at",
+)
+
+
+def skipped_row(previous: Mapping[str, Any], *, job_id: str, bytes_in: int | None) -> dict[str, Any]:
+    """The row of an input a re-run left alone: the earlier row's output columns, status
+    ``skipped``, this run's ``job_id``, no processing time."""
+    row = {name: previous.get(name) for name in _CARRIED}
+    row.update(source_uri=previous["source_uri"], status="skipped", job_id=job_id,
+               bytes_in=bytes_in if bytes_in is not None else previous.get("bytes_in"), seconds=0.0)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+@dataclass(frozen=True, order=True)
+class _ManifestFile:
+    job_id: str
+    order: int  # part number; compacted files sort after every part of their run
+    uri: str = field(compare=False)
+
+
+def _manifest_files(output: str) -> list[_ManifestFile]:
+    """Manifest Parquet files under ``<output>/_manifest``, oldest first."""
+    folder = manifest_uri(output)
+    if not storage.exists(folder):
+        return []
+    files = []
+    for uri in storage.list_images(folder, recursive=False, extensions={".parquet"}):
+        match = _FILE_NAME.match(posixpath.basename(uri))
+        if match is None:
+            continue  # not ours (e.g. a user's file): ignored, never deleted
+        order = 10**9 if match["final"] else int(match["part"])
+        files.append(_ManifestFile(match["job"], order, uri))
+    return sorted(files)
+
+
+def _read_file(uri: str) -> pa.Table:
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    version = (table.schema.metadata or {}).get(_VERSION_KEY)
+    if version != str(MANIFEST_VERSION).encode():
+        found = version.decode() if version else "none"
+        raise ValueError(
+            f"manifest file {uri} has schema version {found}; this version of restoration reads "
+            f"version {MANIFEST_VERSION}. Write to a new output, or move the old _manifest away"
+        )
+    return table.select(list(COLUMNS)).cast(MANIFEST_SCHEMA)
+
+
+def _latest_per_source(tables: list[pa.Table]) -> pa.Table:
+    """Concatenate oldest to newest and keep the last row of each ``source_uri``."""
+    if not tables:
+        return MANIFEST_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    if table.num_rows == 0:
+        return table
+    order = pa.array(range(table.num_rows), pa.int64())
+    last = (
+        pa.table({"source_uri": table.column("source_uri"), "order": order})
+        .group_by("source_uri", use_threads=False)
+        .aggregate([("order", "max")])
+        .column("order_max")
+    )
+    keep = pc.sort_indices(last)
+    return table.take(pc.take(last, keep))
+
+
+def read_manifest(output: str) -> pa.Table:
+    """The current manifest of ``output``: the latest row of every input recorded there, in the
+    order the rows were written (an empty table with :data:`MANIFEST_SCHEMA` when none).
+
+    Raises:
+        ValueError: a manifest file was written with another schema version.
+    """
+    return _latest_per_source([_read_file(f.uri) for f in _manifest_files(output)])
+
+
+def _write_table(uri: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+class ManifestWriter:
+    """Collects one run's rows on the driver and writes them under ``<output>/_manifest``.
+
+    ``add`` keeps the first row per ``source_uri`` and ignores later ones (a retried task
+    reporting the same input again); parts are written whenever ``flush_rows`` rows or
+    ``flush_seconds`` have accumulated; ``close`` writes what is left and compacts.
+    """
+
+    def __init__(
+        self, output: str, job_id: str, *, flush_rows: int = 500, flush_seconds: float = 30.0
+    ) -> None:
+        if not _FILE_NAME.match(f"{job_id}-manifest.parquet"):
+            raise ValueError(f"job_id {job_id!r} is not of the form new_job_id() returns")
+        if flush_rows < 1 or flush_seconds <= 0:
+            raise ValueError(f"flush_rows must be >= 1 and flush_seconds > 0, got {flush_rows}, {flush_seconds}")
+        self.output = output
+        self.job_id = job_id
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.seen: set[str] = set()
+        self.counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        self.duplicates = 0
+        self.parts: list[str] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._last_flush = time.monotonic()
+        self._folder = manifest_uri(output)
+
+    def add(self, table: pa.Table) -> pa.Table:
+        """Add rows (a table with the manifest columns); returns the rows that were new."""
+        table = table.select(list(COLUMNS)).cast(MANIFEST_SCHEMA)
+        keep = []
+        for index, source in enumerate(table.column("source_uri").to_pylist()):
+            if source in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(source)
+            keep.append(index)
+        new = table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
+        for status, count in zip(*_value_counts(new.column("status")), strict=True):
+            self.counts[status] += count
+        if new.num_rows:
+            self._pending.append(new)
+            self._pending_rows += new.num_rows
+        if self._pending_rows >= self.flush_rows or (
+            self._pending_rows and time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+        return new
+
+    def add_rows(self, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+        return self.add(rows_to_table(rows))
+
+    def flush(self) -> None:
+        """Write the rows added since the last flush as a new part (nothing if none)."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        uri = storage.join(self._folder, f"{self.job_id}-p{len(self.parts) + 1:06d}.parquet")
+        _write_table(uri, table)
+        self.parts.append(uri)
+        self._pending, self._pending_rows = [], 0
+
+    def close(self) -> str:
+        """Flush, then compact every manifest file under the output into one; returns its URI."""
+        self.flush()
+        files = _manifest_files(self.output)
+        merged = _latest_per_source([_read_file(f.uri) for f in files])
+        final = storage.join(self._folder, f"{self.job_id}-manifest.parquet")
+        _write_table(final, merged)
+        for old in files:
+            if old.uri != final:
+                filesystem, path = storage.resolve(old.uri)
+                try:
+                    filesystem.delete_file(path)
+                except FileNotFoundError:
+                    pass
+        return final
+
+
+def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+    if len(column) == 0:
+        return [], []
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def summarize(table: pa.Table) -> dict[str, int]:
+    """Rows per status (every status present, zero when absent)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, count in zip(*_value_counts(table.column("status")), strict=True):
+        counts[status] = count
+    return counts

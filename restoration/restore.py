@@ -1,0 +1,760 @@
+"""Batch restoration without Ray: the plan and the per-image work of ``jobs/restore.py``.
+
+The Ray job is a thin adapter over the functions here; each stage maps one Arrow table to the
+next, so it can be run and tested in one process:
+
+1. :func:`plan_restore` (driver) -- list the inputs (a prefix, one file, or a Parquet/CSV/text
+   list of URIs), give each a safe output URI under the output prefix, and mark the ones an
+   earlier run already restored. Inputs that cannot be planned become error rows right away.
+   Output: a *work* table (:data:`WORK_SCHEMA`).
+2. :func:`read_stage` (CPU tasks) -- stat, read and decode each input. Output: a *pipeline*
+   table (:data:`PIPELINE_SCHEMA`) holding raw pixels, or a status for inputs that are done
+   (``skipped``) or failed (``error``).
+3. :func:`restore_stage` (the model's actors) -- restore the pixels of pending rows.
+4. :func:`encode_stage` (CPU tasks) -- encode in the input's format (or ``output.format``),
+   write, and return manifest rows (:data:`restoration.manifest.MANIFEST_SCHEMA`).
+
+A bad input never raises out of a stage: it becomes a row with ``status="error"``, the stage
+that failed and a readable reason (credentials redacted). Pixels travel between stages as raw
+``H x W x C`` bytes in ``large_binary`` columns, with their shape and bit depth in other columns.
+
+Inpainting reads the missing pixels from the alpha channel (alpha 0 = missing) and writes an
+opaque image.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import posixpath
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from restoration import TASKS, storage
+from restoration.codec import (
+    DEFAULT_MAX_PIXELS,
+    ENCODE_FORMATS,
+    DecodedImage,
+    ImageDecodeError,
+    decode_image,
+    encode_image,
+    pixels_to_tensor,
+    tensor_to_pixels,
+    with_pixels,
+)
+from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, error_row
+
+__all__ = [
+    "LIST_EXTENSIONS",
+    "PIPELINE_SCHEMA",
+    "WORK_SCHEMA",
+    "InputConfig",
+    "ManifestConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "Plan",
+    "PredictorConfig",
+    "RestoreConfig",
+    "encode_stage",
+    "list_inputs",
+    "plan_restore",
+    "read_stage",
+    "restore_stage",
+]
+
+T = TypeVar("T")
+
+LIST_EXTENSIONS: Final[frozenset[str]] = frozenset({".parquet", ".csv", ".txt"})
+"""An ``--input`` file with one of these extensions is a list of input URIs, not an image."""
+
+URI_COLUMNS: Final[tuple[str, ...]] = ("source_uri", "uri", "path", "url", "key")
+"""Column names recognized as the URI column of a list input, in order of preference."""
+
+_EXTENSION_FORMATS: Final[dict[str, str]] = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
+    ".tiff": "TIFF", ".bmp": "BMP",
+}
+_FORMAT_EXTENSIONS: Final[dict[str, str]] = {
+    "PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp",
+}
+_FORMAT_ALIASES: Final[dict[str, str]] = {"JPG": "JPEG", "TIF": "TIFF"}
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Limits on inputs; files beyond them become error rows before they are decoded.
+
+    ``max_pixels``: width * height (from the header); ``max_bytes``: file size, checked before
+    the file is read. ``uri_column``: the URI column of a Parquet/CSV list (default: the first of
+    :data:`URI_COLUMNS` present, or the only column).
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = 1 << 30
+    uri_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.max_bytes < 1:
+            raise ValueError(f"input.max_pixels and input.max_bytes must be >= 1, got {self.max_pixels}, {self.max_bytes}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """``format``: None writes each image in its input's format (PNG when that format cannot be
+    written, e.g. GIF); otherwise one of PNG, JPEG, WEBP, TIFF, BMP for every output, whose file
+    extension is changed to match. ``quality``: JPEG/WebP quality, 1..100."""
+
+    format: str | None = None
+    quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.format is not None:
+            canonical = _FORMAT_ALIASES.get(self.format.upper(), self.format.upper())
+            if canonical not in ENCODE_FORMATS:
+                raise ValueError(
+                    f"output.format {self.format!r} is not writable; choose one of {', '.join(sorted(ENCODE_FORMATS))}"
+                )
+            object.__setattr__(self, "format", canonical)
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"output.quality must be in 1..100, got {self.quality}")
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Arguments of :class:`restoration.inference.Predictor` in each actor.
+
+    ``device``: None picks CUDA when the actor was given a GPU, else CPU. ``threads``: torch
+    intra-op threads per actor on CPU (None: sized from the cluster by the job).
+    """
+
+    device: str | None = None
+    tile: int = 512
+    overlap: int = 32
+    batch_size: int = 4
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"predictor.device must be cpu, cuda, cuda:N or null, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"predictor.threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the Ray Data pipeline is cut and placed (defaults are sized from the cluster).
+
+    ``batch_size``: images per actor call. ``read_batch_size``: images per read/decode (and
+    encode/write) call. ``min_actors`` / ``max_actors``: the model actor pool (max None: one per
+    GPU, or one per ``predictor.threads`` CPUs). ``cpus_per_actor`` (None: 1 with a GPU, 0.5 on
+    CPU-only clusters) and ``gpus_per_actor`` (None: 1 where the cluster has GPUs). ``use_gpu``:
+    None decides from the cluster's resources when the job starts; set it true on an autoscaling
+    cluster whose GPU nodes are not up yet. ``cpus_per_task``: CPUs of a read or write task.
+    ``io_retries``: extra attempts for a failed read or write (transient storage errors), on top
+    of the S3 client's own retries.
+    """
+
+    batch_size: int = 8
+    read_batch_size: int = 4
+    min_actors: int = 1
+    max_actors: int | None = None
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float | None = None
+    use_gpu: bool | None = None
+    cpus_per_task: float = 1.0
+    io_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.read_batch_size < 1:
+            raise ValueError(f"pipeline.batch_size and read_batch_size must be >= 1, got {self.batch_size}, {self.read_batch_size}")
+        if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
+            raise ValueError(f"need 1 <= pipeline.min_actors <= max_actors, got {self.min_actors}, {self.max_actors}")
+        if self.cpus_per_task <= 0 or (self.cpus_per_actor is not None and self.cpus_per_actor < 0):
+            raise ValueError("pipeline.cpus_per_task must be > 0 and cpus_per_actor >= 0")
+        if self.io_retries < 0:
+            raise ValueError(f"pipeline.io_retries must be >= 0, got {self.io_retries}")
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    """A manifest part is written every ``flush_rows`` rows or ``flush_seconds`` seconds."""
+
+    flush_rows: int = 500
+    flush_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """Everything ``restoration restore`` reads from ``--config`` and ``--set key=value``."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas between stages
+
+WORK_SCHEMA: Final[pa.Schema] = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("output_uri", pa.string(), nullable=False),
+        # Source size recorded by an earlier run that restored this input; the input is skipped
+        # when its size is unchanged. Null: restore it.
+        pa.field("previous_bytes", pa.int64()),
+    ]
+)
+
+PIPELINE_SCHEMA: Final[pa.Schema] = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("output_uri", pa.string(), nullable=False),
+        pa.field("status", pa.string()),  # null while pending; "error" or "skipped" when done
+        pa.field("error", pa.string()),
+        pa.field("error_stage", pa.string()),
+        pa.field("bytes_in", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("mode", pa.string()),
+        pa.field("format", pa.string()),
+        pa.field("channels", pa.int8()),
+        pa.field("bit_depth", pa.int8()),
+        # Raw H x W x C (uint8 or big-endian-free native uint16) samples; after the restore
+        # stage, the restored pixels at out_height x out_width.
+        pa.field("pixels", pa.large_binary()),
+        pa.field("alpha", pa.large_binary()),
+        pa.field("icc_profile", pa.large_binary()),
+        pa.field("out_width", pa.int32()),
+        pa.field("out_height", pa.int32()),
+        pa.field("seconds", pa.float64()),
+    ]
+)
+
+
+def _pipeline_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in PIPELINE_SCHEMA.names},
+                                schema=PIPELINE_SCHEMA)
+
+
+def _work_rows(table: pa.Table) -> list[dict[str, Any]]:
+    return table.select([n for n in table.column_names if n not in ("pixels", "alpha", "icc_profile")]).to_pylist()
+
+
+def _buffers(table: pa.Table, name: str) -> list[pa.Buffer | None]:
+    """The cells of a binary column as zero-copy buffers (None for nulls)."""
+    column = table.column(name)
+    return [None if not cell.is_valid else cell.as_buffer() for chunk in column.chunks for cell in chunk]
+
+
+def _dtype(bit_depth: int) -> type:
+    return np.uint16 if bit_depth == 16 else np.uint8
+
+
+def _unpack(row: Mapping[str, Any], pixels: pa.Buffer, alpha: pa.Buffer | None,
+            icc: pa.Buffer | None, *, restored: bool = False) -> DecodedImage:
+    dtype = _dtype(row["bit_depth"])
+    height, width = (row["out_height"], row["out_width"]) if restored else (row["height"], row["width"])
+    array = np.frombuffer(pixels, dtype=dtype).reshape(height, width, row["channels"])
+    alpha_array = None if alpha is None else np.frombuffer(alpha, dtype=dtype).reshape(height, width)
+    return DecodedImage(pixels=array, alpha=alpha_array, mode=row["mode"], format=row["format"],
+                        icc_profile=None if icc is None else icc.to_pybytes())
+
+
+# --------------------------------------------------------------------------------------------
+# Planning (driver)
+
+
+def _with_retries(action: Callable[[], T], retries: int, *, delay: float = 0.5) -> T:
+    """Run ``action``; retry OSErrors (not FileNotFoundError) ``retries`` times with backoff."""
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            if attempt == retries:
+                raise
+            time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _normalize(uri: str) -> str:
+    """One spelling per location: ``s3://bucket/key`` or an absolute local path."""
+    if uri.startswith("s3://"):
+        return "s3://" + uri[len("s3://"):].rstrip("/")
+    _, path = storage.resolve(uri)  # local: absolute, no trailing slash, file:// removed
+    return path
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _read_uri_list(list_uri: str, uri_column: str | None) -> list[str]:
+    """URIs from a Parquet, CSV (with a header) or text (one per line) file; relative entries are
+    resolved against the list's folder."""
+    data = storage.read_bytes(list_uri)
+    extension = posixpath.splitext(list_uri)[1].lower()
+    if extension == ".parquet":
+        table = pq.read_table(io.BytesIO(data))
+        names = table.column_names
+        column = _pick_column(names, uri_column, list_uri)
+        entries = [value for value in table.column(column).to_pylist()]
+    else:
+        text = data.decode("utf-8-sig")
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            return []
+        first = lines[0].strip()
+        names = [name.strip() for name in next(csv.reader([first]))]
+        has_header = extension == ".csv" and (
+            "," in first or first.lower() in URI_COLUMNS or (uri_column is not None and first == uri_column)
+        )
+        if has_header:
+            column = _pick_column(names, uri_column, list_uri)
+            entries = [row.get(column) for row in csv.DictReader(io.StringIO("\n".join(lines)))]
+        else:
+            entries = [line.strip() for line in lines]
+    base = posixpath.dirname(list_uri) if "://" in list_uri else os.path.dirname(_normalize(list_uri))
+    uris = []
+    for entry in entries:
+        if entry is None or not str(entry).strip():
+            continue
+        entry = str(entry).strip()
+        if "://" not in entry and not entry.startswith(("/", "~")):
+            entry = storage.join(base, entry) if "://" in base else os.path.join(base, entry)
+        uris.append(entry)
+    return uris
+
+
+def _pick_column(names: list[str], wanted: str | None, list_uri: str) -> str:
+    if wanted is not None:
+        if wanted not in names:
+            raise ValueError(f"list {list_uri} has no column {wanted!r} (input.uri_column); columns: {', '.join(names)}")
+        return wanted
+    lowered = {name.lower(): name for name in names}
+    for candidate in URI_COLUMNS:
+        if candidate in lowered:
+            return lowered[candidate]
+    if len(names) == 1:
+        return names[0]
+    raise ValueError(
+        f"list {list_uri} has columns {', '.join(names)}; name the URI column one of "
+        f"{', '.join(URI_COLUMNS)} or set input.uri_column"
+    )
+
+
+def _common_root(uris: list[str]) -> str:
+    """The deepest folder holding every URI (all must be on one filesystem and bucket)."""
+    normalized = [_normalize(uri) for uri in uris]
+    kinds = {uri.startswith("s3://") for uri in normalized}
+    if len(kinds) > 1:
+        raise ValueError("a list input must name files on one filesystem (all local or all s3://)")
+    split = [uri.split("/")[:-1] for uri in normalized]
+    common = split[0]
+    for parts in split[1:]:
+        length = 0
+        while length < min(len(common), len(parts)) and common[length] == parts[length]:
+            length += 1
+        common = common[:length]
+    root = "/".join(common)
+    if normalized[0].startswith("s3://"):
+        if len(common) < 3:  # ["s3:", "", bucket]
+            raise ValueError("a list input must name objects in one S3 bucket")
+        return root
+    return root or "/"
+
+
+def list_inputs(input_uri: str, *, uri_column: str | None = None) -> tuple[str, list[str], bool]:
+    """``(root, inputs, is_list)`` for ``--input``: a folder/prefix (images below it, recursive,
+    sorted), one image file, or a list file (:data:`LIST_EXTENSIONS`; in its order, duplicates
+    dropped). Output paths mirror each input's path relative to ``root``.
+
+    Raises:
+        FileNotFoundError: nothing at ``input_uri``. ValueError: a list that is unreadable or
+            spans filesystems or buckets.
+    """
+    uris = storage.list_images(input_uri)
+    is_list = False
+    if len(uris) == 1 and uris[0] == input_uri and posixpath.splitext(input_uri)[1].lower() in LIST_EXTENSIONS:
+        is_list = True
+        uris = list(dict.fromkeys(_read_uri_list(input_uri, uri_column)))
+        root = _common_root(uris) if uris else input_uri
+        return root, uris, is_list
+    return input_uri, uris, is_list
+
+
+def _extension_for(relative: str, source_extension: str, output_format: str | None) -> str:
+    if output_format is not None:
+        return _FORMAT_EXTENSIONS[output_format]
+    if source_extension.lower() in _EXTENSION_FORMATS:
+        return source_extension
+    return ".png"
+
+
+@dataclass
+class Plan:
+    """What a run will do.
+
+    ``inputs``: every input of this run, in order; ``work``: the ones to send through the
+    pipeline (:data:`WORK_SCHEMA`); ``errors``: manifest error rows for inputs that could not
+    be planned; ``previous``: the earlier manifest row of every input that may be skipped.
+    """
+
+    root: str
+    inputs: list[str]
+    work: pa.Table
+    errors: list[dict[str, Any]]
+    previous: dict[str, dict[str, Any]]
+    is_list: bool = False
+
+
+def plan_restore(
+    input_uri: str,
+    output_uri: str,
+    *,
+    task: str,
+    model_id: str,
+    config: RestoreConfig,
+    previous_manifest: pa.Table | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+) -> Plan:
+    """List the inputs and plan one output URI for each.
+
+    Output URIs are ``<output>/<path relative to the input root>`` (the extension follows
+    ``output.format`` when set; when two inputs would then collide, e.g. ``a.jpg`` and ``a.png``
+    to PNG, the colliding ones keep their extension too: ``a.jpg.png``). A path that would leave
+    the output prefix, or an output that would overwrite an input, is an error row. Inputs under
+    the output prefix (outputs of earlier runs when the output lies inside the input) are not
+    inputs. Without ``overwrite``, an input whose latest manifest row is ``ok`` or ``skipped``
+    for the same task, model and output URI is marked for skipping when its size is unchanged.
+
+    Raises:
+        ValueError: unknown task, ``limit < 1``, input and output the same location.
+        FileNotFoundError: nothing at ``input_uri``.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    storage.resolve(output_uri)  # validates the output URI before any listing
+    output_root = _normalize(output_uri)
+    root, uris, is_list = list_inputs(input_uri, uri_column=config.input.uri_column)
+    if _normalize(root) == output_root:
+        raise ValueError(f"--output {output_uri} is the input location; restored images would replace the originals")
+    if not is_list and _is_within(output_root, _normalize(root)):
+        uris = [uri for uri in uris if not _is_within(_normalize(uri), output_root)]
+    if limit is not None:
+        uris = uris[:limit]
+
+    errors: list[dict[str, Any]] = []
+    relative: dict[str, str] = {}
+    for uri in uris:
+        try:
+            relative[uri] = storage.relative_key(root, uri)
+        except ValueError as error:
+            errors.append(error_row(uri, f"cannot place the output: {error}", "plan", task=task, model_id=model_id))
+    output_format = config.output.format
+    wanted: dict[str, str] = {}
+    for uri, key in relative.items():
+        stem, extension = posixpath.splitext(key)
+        new_extension = _extension_for(key, extension, output_format)
+        wanted[uri] = key if new_extension == extension else (stem if output_format else key) + new_extension
+    counts: dict[str, int] = {}
+    for key in wanted.values():
+        counts[key] = counts.get(key, 0) + 1
+    input_locations = {_normalize(uri) for uri in uris}
+    previous = _previous_rows(previous_manifest) if not overwrite else {}
+    work_rows, skippable = [], {}
+    taken: set[str] = set()
+    for uri, key in wanted.items():
+        if counts[key] > 1:
+            key = relative[uri] + _extension_for(relative[uri], "", output_format)
+        try:
+            target = storage.safe_output_uri(output_uri, key)
+        except ValueError as error:
+            errors.append(error_row(uri, f"cannot place the output: {error}", "plan", task=task, model_id=model_id))
+            continue
+        location = _normalize(target)
+        if location in input_locations:
+            errors.append(error_row(uri, f"output {target} would overwrite an input; choose another --output",
+                                    "plan", task=task, model_id=model_id))
+            continue
+        if location in taken:
+            errors.append(error_row(uri, f"output {target} is also the output of another input", "plan",
+                                    task=task, model_id=model_id))
+            continue
+        taken.add(location)
+        earlier = previous.get(uri)
+        previous_bytes = None
+        if (
+            earlier is not None
+            and earlier["output_uri"] == target
+            and earlier["task"] == task
+            and earlier["model_id"] == model_id
+            and earlier["bytes_in"] is not None
+        ):
+            previous_bytes = earlier["bytes_in"]
+            skippable[uri] = earlier
+        work_rows.append({"source_uri": uri, "output_uri": target, "previous_bytes": previous_bytes})
+    work = pa.Table.from_pylist(work_rows, schema=WORK_SCHEMA)
+    return Plan(root=root, inputs=uris, work=work, errors=errors, previous=skippable, is_list=is_list)
+
+
+def _previous_rows(manifest: pa.Table | None) -> dict[str, dict[str, Any]]:
+    """Latest rows that count as restored (``ok`` or ``skipped``), by source URI."""
+    if manifest is None or manifest.num_rows == 0:
+        return {}
+    return {row["source_uri"]: row for row in manifest.to_pylist() if row["status"] in ("ok", "skipped")}
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: read and decode (CPU)
+
+
+def read_stage(
+    work: pa.Table, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = 1 << 30, io_retries: int = 3
+) -> pa.Table:
+    """Stat, read and decode every row of a work table (:data:`WORK_SCHEMA`).
+
+    Returns a :data:`PIPELINE_SCHEMA` table, one row per input: pixels for decoded images;
+    ``status="skipped"`` where ``previous_bytes`` equals the current size (nothing read);
+    ``status="error"`` for missing, unreadable, over-size or undecodable files.
+    """
+    rows = []
+    for item in work.to_pylist():
+        start = time.perf_counter()
+        row: dict[str, Any] = {"source_uri": item["source_uri"], "output_uri": item["output_uri"]}
+        source = item["source_uri"]
+        try:
+            size = _with_retries(lambda: storage.size(source), io_retries)
+            if size is None:
+                raise FileNotFoundError(f"no such file: {source}")
+            row["bytes_in"] = size
+            if item["previous_bytes"] is not None and item["previous_bytes"] == size:
+                row["status"] = "skipped"
+                rows.append(row)
+                continue
+            if size > max_bytes:
+                raise _StageError("read", f"file has {size} bytes, more than input.max_bytes={max_bytes}")
+            data = _with_retries(lambda: storage.read_bytes(source), io_retries)
+        except _StageError as error:
+            rows.append(_failed(row, error.stage, error.message, start))
+            continue
+        except (OSError, ValueError) as error:
+            rows.append(_failed(row, "read", f"cannot read: {error}", start))
+            continue
+        try:
+            image = decode_image(data, max_pixels=max_pixels)
+        except (ImageDecodeError, ValueError, TypeError) as error:
+            rows.append(_failed(row, "decode", str(error), start))
+            continue
+        row.update(
+            width=image.width, height=image.height, mode=image.mode, format=image.format,
+            channels=image.channels, bit_depth=image.bit_depth, pixels=image.pixels.tobytes(),
+            alpha=None if image.alpha is None else image.alpha.tobytes(), icc_profile=image.icc_profile,
+            seconds=time.perf_counter() - start,
+        )
+        rows.append(row)
+    return _pipeline_table(rows)
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage, self.message = stage, message
+
+
+def _failed(row: dict[str, Any], stage: str, message: str, start: float) -> dict[str, Any]:
+    row.update(status="error", error_stage=stage, error=storage.redact(message), pixels=None, alpha=None,
+               icc_profile=None, seconds=(row.get("seconds") or 0.0) + time.perf_counter() - start)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: restore (the model's actors)
+
+
+def restore_stage(predictor: Any, table: pa.Table, *, task: str) -> pa.Table:
+    """Restore the pending rows of a :data:`PIPELINE_SCHEMA` table with a
+    :class:`restoration.inference.Predictor`; rows with a status pass through unchanged.
+
+    Same-sized images share forward passes; if a batch fails, its images are retried one by
+    one, and an image that fails alone becomes an error row (stage ``restore``). Restored
+    pixels keep the input's channel count and bit depth; alpha is resized with them (SR), or
+    dropped for inpainting, where alpha 0 marks the missing pixels.
+    """
+    import torch
+
+    rows = _work_rows(table)
+    pixels, alphas, iccs = _buffers(table, "pixels"), _buffers(table, "alpha"), _buffers(table, "icc_profile")
+    pending: list[int] = []
+    images: dict[int, DecodedImage] = {}
+    for index, row in enumerate(rows):
+        if row["status"] is not None:
+            continue
+        try:
+            image = _unpack(row, pixels[index], alphas[index], iccs[index])
+            if task == "inpaint" and image.alpha is None:
+                raise ValueError("inpainting reads the missing pixels from the alpha channel "
+                                 "(alpha 0 = missing), and this image has no alpha")
+        except ValueError as error:
+            _failed(row, "restore", str(error), time.perf_counter())
+            continue
+        images[index] = image
+        pending.append(index)
+
+    results: dict[int, np.ndarray] = {}
+    seconds: dict[int, float] = {}
+
+    def run(indices: list[int]) -> None:
+        tensors = [pixels_to_tensor(images[i].pixels) for i in indices]
+        masks = None
+        if task == "inpaint":
+            masks = [torch.from_numpy((images[i].alpha == 0).astype(np.float32))[None] for i in indices]
+        start = time.perf_counter()
+        outputs = predictor.restore_many(tensors, masks)
+        elapsed = time.perf_counter() - start
+        total = sum(images[i].width * images[i].height for i in indices)
+        for i, output in zip(indices, outputs, strict=True):
+            results[i] = tensor_to_pixels(output.clamp(0, 1), dtype=images[i].pixels.dtype)
+            seconds[i] = elapsed * images[i].width * images[i].height / total
+
+    if pending:
+        try:
+            run(pending)
+        except Exception:  # one bad image must not fail its batch: retry them one by one
+            for index in pending:
+                if index in results:
+                    continue
+                try:
+                    run([index])
+                except Exception as error:  # noqa: BLE001 -- any model failure is this image's error
+                    _failed(rows[index], "restore", f"{type(error).__name__}: {error}", time.perf_counter())
+
+    out_pixels: list[bytes | pa.Buffer | None] = []
+    out_alpha: list[bytes | pa.Buffer | None] = []
+    for index, row in enumerate(rows):
+        if index not in results:
+            out_pixels.append(None)
+            out_alpha.append(alphas[index] if row["status"] is None else None)
+            continue
+        source = images[index]
+        restored = with_pixels(source, results[index])
+        alpha = None if task == "inpaint" else restored.alpha
+        row.update(out_height=restored.height, out_width=restored.width,
+                   seconds=(row["seconds"] or 0.0) + seconds[index])
+        out_pixels.append(restored.pixels.tobytes())
+        out_alpha.append(None if alpha is None else alpha.tobytes())
+    for row, icc in zip(rows, iccs, strict=True):
+        row["icc_profile"] = icc if row["status"] is None else None
+    columns = {name: [row.get(name) for row in rows] for name in PIPELINE_SCHEMA.names}
+    columns["pixels"] = out_pixels
+    columns["alpha"] = out_alpha
+    columns["icc_profile"] = [None if value is None else _as_bytes(value) for value in columns["icc_profile"]]
+    columns["alpha"] = [None if value is None else _as_bytes(value) for value in columns["alpha"]]
+    return pa.Table.from_pydict(columns, schema=PIPELINE_SCHEMA)
+
+
+def _as_bytes(value: bytes | pa.Buffer) -> bytes:
+    return value.to_pybytes() if isinstance(value, pa.Buffer) else value
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: encode and write (CPU)
+
+
+def target_format(source_format: str, output_format: str | None) -> str:
+    """The format an output is written in: ``output_format``, else the source's when writable,
+    else PNG."""
+    if output_format is not None:
+        return output_format
+    canonical = {"JPG": "JPEG", "TIF": "TIFF", "MPO": "JPEG"}.get(source_format.upper(), source_format.upper())
+    return canonical if canonical in ENCODE_FORMATS else "PNG"
+
+
+def encode_stage(
+    table: pa.Table,
+    *,
+    task: str,
+    model_id: str,
+    job_id: str,
+    output_format: str | None = None,
+    quality: int = 95,
+    io_retries: int = 3,
+) -> pa.Table:
+    """Encode and write the restored rows of a :data:`PIPELINE_SCHEMA` table; return one manifest
+    row per input (:data:`restoration.manifest.MANIFEST_SCHEMA`). Skipped rows come back as
+    ``status="skipped"`` with only their source, output and size: the driver fills in the rest
+    from the earlier manifest."""
+    rows = _work_rows(table)
+    pixels, alphas, iccs = _buffers(table, "pixels"), _buffers(table, "alpha"), _buffers(table, "icc_profile")
+    manifest_rows = []
+    for index, row in enumerate(rows):
+        common = {
+            "source_uri": row["source_uri"], "task": task, "model_id": model_id, "job_id": job_id,
+            "width": row["width"], "height": row["height"], "mode": row["mode"], "format": row["format"],
+            "channels": row["channels"], "bit_depth": row["bit_depth"], "bytes_in": row["bytes_in"],
+        }
+        if row["status"] == "skipped":
+            manifest_rows.append({"source_uri": row["source_uri"], "output_uri": row["output_uri"],
+                                  "status": "skipped", "bytes_in": row["bytes_in"], "job_id": job_id})
+            continue
+        if row["status"] == "error":
+            manifest_rows.append(error_row(row["source_uri"], row["error"], row["error_stage"],
+                                           seconds=row["seconds"], **{k: v for k, v in common.items() if k != "source_uri"}))
+            continue
+        start = time.perf_counter()
+        stage = "encode"
+        try:
+            image = _unpack(row, pixels[index], alphas[index], iccs[index], restored=True)
+            written_format = target_format(row["format"], output_format)
+            data = encode_image(image, written_format, quality=quality)
+            stage = "write"
+            _with_retries(lambda: storage.write_bytes(row["output_uri"], data), io_retries)
+        except Exception as error:  # noqa: BLE001 -- an encoder or storage failure is this image's error
+            message = f"{type(error).__name__}: {error}" if stage == "encode" else str(error)
+            manifest_rows.append(error_row(
+                row["source_uri"], message, stage,
+                seconds=(row["seconds"] or 0.0) + time.perf_counter() - start,
+                **{k: v for k, v in common.items() if k != "source_uri"},
+            ))
+            continue
+        manifest_rows.append({
+            **common,
+            "output_uri": row["output_uri"], "status": "ok", "out_width": row["out_width"],
+            "out_height": row["out_height"], "out_format": written_format,
+            "has_alpha": image.alpha is not None and written_format not in ("JPEG", "BMP"),
+            "bytes_out": len(data), "seconds": (row["seconds"] or 0.0) + time.perf_counter() - start,
+            "restored_at": dt.datetime.now(dt.timezone.utc),
+        })
+    return pa.Table.from_pydict({name: [row.get(name) for row in manifest_rows] for name in COLUMNS},
+                                schema=MANIFEST_SCHEMA)
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small text file (summary, config) to ``uri``."""
+    storage.write_bytes(uri, text.encode("utf-8"))
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of a local URI, None for S3."""
+    return None if uri.startswith("s3://") else Path(_normalize(uri))
