@@ -69,6 +69,15 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def truncate(self, max_stride: int) -> None:
+        """Drop the stages deeper than ``max_stride`` (their weights and compute are not needed)."""
+        keep = sum(1 for s in self.strides if s <= max_stride)
+        if keep == 0:
+            raise ValueError(f"{self.name} has no feature at stride <= {max_stride} (strides {self.strides})")
+        self.stages = self.stages[:keep]
+        self.strides = self.strides[:keep]
+        self.out_channels = self.out_channels[:keep]
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = (x - self.mean) / self.std
         features = []

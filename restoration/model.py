@@ -35,6 +35,8 @@ class ModelConfig:
         scale: upscaling factor (1 except for ``sr``, where 2, 3 or 4).
         backbone: one of ``restoration.backbones.BACKBONES``.
         widths: target-branch channels at strides 1, 2, 4, 8, 16, 32.
+        fuse_strides: strides at which pretrained features are fused (where the backbone has them);
+            the backbone is cut after the deepest, so deeper stages cost neither weights nor time.
         alpha: initial fusion weight of the pretrained branch at every fused scale, in [0, 1].
             0 disables the pretrained branch (the target branch alone).
         learn_alpha: learn alpha per scale (through a sigmoid) instead of keeping it fixed.
@@ -44,7 +46,8 @@ class ModelConfig:
     task: str = "denoise"
     scale: int = 1
     backbone: str = "efficientnet_lite0"
-    widths: tuple[int, ...] = (16, 32, 64, 96, 128, 160)
+    widths: tuple[int, ...] = (16, 32, 64, 96, 128, 128)
+    fuse_strides: tuple[int, ...] = (2, 4, 8, 16)
     alpha: float = 0.5
     learn_alpha: bool = True
     blocks_per_stage: int = 1
@@ -65,6 +68,9 @@ class ModelConfig:
         if self.blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {self.blocks_per_stage}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "fuse_strides", tuple(sorted(int(s) for s in self.fuse_strides)))
+        if not self.fuse_strides or not set(self.fuse_strides) <= {2, 4, 8, 16, 32}:
+            raise ValueError(f"fuse_strides must be a non-empty subset of (2, 4, 8, 16, 32), got {self.fuse_strides}")
 
     @property
     def in_channels(self) -> int:
@@ -74,6 +80,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        d["fuse_strides"] = list(self.fuse_strides)
         return d
 
     @classmethod
@@ -83,8 +90,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
         data = dict(data)
-        if "widths" in data:
-            data["widths"] = tuple(data["widths"])
+        for key in ("widths", "fuse_strides"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 
@@ -144,7 +152,14 @@ class FusedRestorationNet(nn.Module):
         self.config = config
         widths = config.widths
         self.backbone: Backbone = build_backbone(config.backbone, weights=backbone_weights)
-        self.pad_multiple = max(STRIDES[-1], max(self.backbone.strides))
+        fused = [s for s in self.backbone.strides if s in config.fuse_strides]
+        if not fused:
+            raise ValueError(
+                f"backbone {config.backbone} has features at strides {self.backbone.strides}, none of "
+                f"fuse_strides {config.fuse_strides}"
+            )
+        self.backbone.truncate(max(fused))
+        self.pad_multiple = STRIDES[-1]
 
         # Target branch: a stage per stride; stride 1 is the full-resolution stage.
         self.encoder = nn.ModuleList()
@@ -155,9 +170,8 @@ class FusedRestorationNet(nn.Module):
 
         # Fusion wherever the backbone emits a feature at that stride.
         self.fusion = nn.ModuleDict()
-        self.fused_strides = tuple(s for s in self.backbone.strides if s in STRIDES)
         for stride, channels in zip(self.backbone.strides, self.backbone.out_channels):
-            if stride in STRIDES:
+            if stride in config.fuse_strides:
                 target_ch = widths[STRIDES.index(stride)]
                 self.fusion[str(stride)] = Fusion(channels, target_ch, config.alpha, config.learn_alpha)
 

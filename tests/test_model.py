@@ -42,11 +42,11 @@ def test_untrained_model_is_identity():
 
 def test_fusion_alpha_fixed_and_learned():
     fixed = build_model(ModelConfig(widths=SMALL, alpha=0.3, learn_alpha=False))
-    assert set(fixed.alphas()) == {"2", "4", "8", "16", "32"}
+    assert set(fixed.alphas()) == {"2", "4", "8", "16"}
     assert all(abs(a - 0.3) < 1e-6 for a in fixed.alphas().values())
     assert not any("alpha" in n for n, _ in fixed.named_parameters())
     learned = build_model(ModelConfig(widths=SMALL, alpha=0.5, learn_alpha=True))
-    assert sum("alpha_logit" in n for n, _ in learned.named_parameters()) == 5
+    assert sum("alpha_logit" in n for n, _ in learned.named_parameters()) == 4
 
 
 def test_alpha_zero_ignores_pretrained_branch():
@@ -93,3 +93,15 @@ def test_bad_configs_are_named():
         model(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"expected lq of shape \(N, 3, H, W\)"):
         model(torch.rand(3, 32, 32))
+
+
+def test_backbone_is_cut_after_the_deepest_fused_stride():
+    model = build_model(ModelConfig(widths=SMALL, fuse_strides=(2, 4)), backbone_weights=None)
+    assert model.backbone.strides == (2, 4) and set(model.alphas()) == {"2", "4"}
+    # ConvNeXt has no stride-2 feature: fusion happens where both exist.
+    convnext = build_model(ModelConfig(backbone="convnext_tiny", widths=SMALL), backbone_weights=None)
+    assert set(convnext.alphas()) == {"4", "8", "16"}
+    with pytest.raises(ValueError, match="none of fuse_strides"):
+        build_model(ModelConfig(backbone="convnext_tiny", widths=SMALL, fuse_strides=(2,)), backbone_weights=None)
+    with pytest.raises(ValueError, match="fuse_strides must be"):
+        ModelConfig(fuse_strides=(3,))
