@@ -7,6 +7,7 @@ expected. The resolved configuration is written next to a job's outputs (``to_ya
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -83,14 +84,23 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
-    """Build the dataclass ``cls`` from a nested mapping; unknown keys are errors."""
+    """Build the dataclass ``cls`` from a nested mapping; unknown keys are errors.
+
+    Raises:
+        ValueError: an unknown key (with the closest known key and the full list), a value of
+            the wrong type (naming the key, the value and the expected type), or a value the
+            dataclass itself rejects.
+    """
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted((k for k in data if k not in known), key=str)
     if unknown:
+        names = ", ".join(prefix + str(k) for k in unknown)
+        close = difflib.get_close_matches(str(unknown[0]), list(known), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
         raise ValueError(
-            f"unknown config key{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(prefix + k for k in unknown)}; known keys: {', '.join(prefix + k for k in sorted(known))}"
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {names}{hint}; "
+            f"known keys{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(sorted(known))}"
         )
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
     try:
@@ -122,7 +132,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ValueError(f"--set expects key=value, got {pair!r}")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {key}: cannot parse {raw!r} as a YAML value ({_first_line(exc)})") from exc
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
@@ -133,7 +146,30 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return result
 
 
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping held by a YAML file (empty file: ``{}``).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not valid YAML, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {_first_line(exc)}") from exc
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, recursively for nested mappings (neither is modified)."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -148,17 +184,12 @@ def load_config(cls: type[T], *, path: str | Path | None = None, overrides: list
     """Resolve a config: ``base`` (e.g. from command-line flags) <- YAML file <- ``--set`` overrides."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
-        data = merge(data, loaded)
+        data = merge(data, read_yaml(path))
     if overrides:
         data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
 
 
 def to_yaml(config: Any) -> str:
+    """The config as YAML that ``load_config`` reads back to an equal config."""
     return yaml.safe_dump(to_dict(config), sort_keys=False)

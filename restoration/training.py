@@ -7,13 +7,23 @@ bf16 autocast on CUDA.
 
 Data: each worker holds its own disjoint shard of the clean training images. Every sample's crop,
 flip and degradation come from a generator seeded by (seed, image name, epoch, position), so a
-resumed run draws exactly the samples it would have drawn, whatever the sharding.
+resumed run draws exactly the samples it would have drawn. A resumed run with the same number of
+workers continues bit for bit where the interrupted one stopped (model, optimizer, schedule, data
+position); with another number of workers the shards differ, and only the data order changes.
+
+One process, no Ray::
+
+    config = load_train_config("denoise", overrides=["steps=200"])
+    images = load_training_images(storage.list_images("photos/"), min_size=config.data.crop_size)
+    trainer = Trainer(config, initial_model(config), CropSampler(images, config), device="cuda")
+    trainer.fit(checkpoint_dir="runs/denoise")
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +31,19 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from restoration import TASKS, config as config_lib, degradations, storage
-from restoration.checkpoint import load_weights, save_checkpoint
+from restoration.checkpoint import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_weights,
+    read_metadata,
+    resolve_model,
+    save_checkpoint,
+)
 from restoration.codec import ImageDecodeError, decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.degradations import DegradationSpec
 from restoration.evaluate import EvalProtocol, make_sample, score
@@ -34,11 +53,19 @@ from restoration.model import FusedRestorationNet, ModelConfig, build_model
 log = logging.getLogger(__name__)
 
 TRAINER_STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training crops. ``batch_size`` is per worker; ``crop_size`` is the ground-truth crop side."""
+    """Training crops.
+
+    Attributes:
+        crop_size: side of the ground-truth crop in pixels, a multiple of 32 (the model's largest
+            stride); images smaller than this are skipped.
+        batch_size: crops per worker per step (the global batch is ``batch_size * workers``).
+        max_images: use only the first N training images (sorted by URI), or all.
+    """
 
     crop_size: int = 96
     batch_size: int = 8
@@ -49,10 +76,25 @@ class DataConfig:
             raise ValueError(f"data.crop_size must be a multiple of 32 and >= 32, got {self.crop_size}")
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"data.max_images must be >= 1 or null, got {self.max_images}")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """AdamW with two parameter groups, linear warm-up then cosine decay, gradient clipping.
+
+    Attributes:
+        lr: learning rate of the target branch, fusion and decoder.
+        backbone_lr: learning rate of the pretrained backbone once it is unfrozen.
+        weight_decay: AdamW weight decay (not applied to the fusion alphas).
+        warmup_steps: linear warm-up length; capped at a fifth of the run so that short runs
+            still reach the full learning rate.
+        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        grad_clip: maximal global gradient norm; 0 disables clipping.
+        freeze_backbone_fraction: fraction of the steps during which the backbone is frozen.
+    """
+
     lr: float = 3e-4
     backbone_lr: float = 3e-5
     weight_decay: float = 1e-4
@@ -64,13 +106,22 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.backbone_lr < 0:
             raise ValueError(f"learning rates must be positive, got lr={self.lr}, backbone_lr={self.backbone_lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip < 0:
+            raise ValueError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if not 0 <= self.freeze_backbone_fraction <= 1:
             raise ValueError(f"optim.freeze_backbone_fraction must be in [0, 1], got {self.freeze_backbone_fraction}")
 
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Validation under the evaluate protocol, every ``interval`` steps on ``limit`` images."""
+    """Validation under the evaluate protocol, every ``interval`` steps (and at every checkpoint)
+    on the first ``limit`` validation images."""
 
     interval: int = 200
     limit: int = 4
@@ -80,10 +131,21 @@ class ValidationConfig:
     blur_sigma: float = 1.6
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.interval < 1:
+            raise ValueError(f"validation.interval must be >= 1, got {self.interval}")
+        if self.limit < 1:
+            raise ValueError(f"validation.limit must be >= 1, got {self.limit}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a fine-tuning run needs; saved next to its outputs as ``config.yaml``."""
+    """Everything a fine-tuning run needs; saved next to its outputs as ``config.yaml``.
+
+    ``checkpoint_interval`` and ``log_interval`` count optimizer steps; the last step always logs,
+    validates and checkpoints. ``keep_checkpoints`` is how many checkpoints (the best by
+    validation PSNR, plus always the latest) a Ray run keeps.
+    """
 
     task: str = "denoise"
     steps: int = 1000
@@ -111,15 +173,20 @@ class TrainConfig:
             raise ValueError(f"model.scale {self.model.scale} differs from degradation.scale {self.degradation.scale}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.checkpoint_interval < 1 or self.log_interval < 1 or self.validation.interval < 1:
-            raise ValueError("checkpoint_interval, log_interval and validation.interval must be >= 1")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        for name in ("checkpoint_interval", "log_interval", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         build_loss(self.loss)  # validates the name
 
     @property
     def freeze_steps(self) -> int:
+        """Steps during which the backbone is frozen."""
         return int(round(self.steps * self.optim.freeze_backbone_fraction))
+
+    @property
+    def warmup_steps(self) -> int:
+        """Effective warm-up: ``optim.warmup_steps``, at most a fifth of the run."""
+        return min(self.optim.warmup_steps, self.steps // 5)
 
     def eval_protocol(self) -> EvalProtocol:
         v = self.validation
@@ -140,41 +207,40 @@ def load_train_config(
 
     The top-level task is copied into the model and degradation sections; for super-resolution
     the model's scale follows ``degradation.scale``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown keys, values of the wrong type or out of range, or a task/scale in
+            the file or overrides that contradicts ``task`` -- each naming the key.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_yaml(path)
+        data = config_lib.read_yaml(path)
     if overrides:
         data = config_lib.merge(data, config_lib.parse_overrides(overrides))
+    if "task" in data and data["task"] != task:
+        raise ValueError(f"task {data['task']!r} in the config disagrees with --task {task!r}")
     for section in ("model", "degradation"):
         if section in data and not isinstance(data[section], dict):
             raise ValueError(f"{section}: expected a mapping, got {data[section]!r}")
-        data.setdefault(section, {})
+        data[section] = dict(data.get(section) or {})
         if "task" in data[section] and data[section]["task"] != task:
             raise ValueError(f"{section}.task {data[section]['task']!r} disagrees with --task {task!r}")
         data[section]["task"] = task
     data["task"] = task
     if task == "sr":
-        scale = data["degradation"].get("scale", data["model"].get("scale", 4))
+        model_scale, degradation_scale = data["model"].get("scale"), data["degradation"].get("scale")
+        if model_scale is not None and degradation_scale is not None and model_scale != degradation_scale:
+            raise ValueError(f"model.scale {model_scale!r} disagrees with degradation.scale {degradation_scale!r}; "
+                             "set degradation.scale only")
+        scale = degradation_scale if degradation_scale is not None else (model_scale if model_scale is not None else 4)
         data["degradation"]["scale"] = scale
         data["model"]["scale"] = scale
     if steps is not None:
         data["steps"] = steps
     return config_lib.from_dict(TrainConfig, data)
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    loaded = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
-    return loaded
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,20 +258,30 @@ class LoadedImages:
 
 
 def load_training_images(uris: list[str], *, min_size: int = 0) -> LoadedImages:
-    """Decode images to 8-bit RGB; files that cannot be decoded (or are smaller than
-    ``min_size`` on a side) are skipped and listed in ``bad``."""
+    """Decode images to 8-bit RGB (16-bit is rounded, gray repeated, alpha dropped).
+
+    Files that cannot be read or decoded, or are smaller than ``min_size`` on a side, are
+    skipped and listed in ``bad`` with the reason.
+
+    Raises:
+        ValueError: ``uris`` is empty, or none of the images can be used (the message shows the
+            first reasons).
+    """
+    if not uris:
+        raise ValueError("no training images to load")
     names, pixels, bad = [], [], []
     for uri in uris:
         try:
             image = decode_image(storage.read_bytes(uri))
         except (ImageDecodeError, OSError, ValueError) as exc:
-            bad.append((uri, str(exc)))
+            bad.append((uri, storage.redact(str(exc))))
             continue
         p = image.pixels
         if p.dtype == np.uint16:
             p = np.round(p / 257.0).astype(np.uint8)
         if p.shape[-1] == 1:
             p = np.repeat(p, 3, axis=-1)
+        p = p[..., :3]
         if min(p.shape[:2]) < min_size:
             bad.append((uri, f"smaller than the {min_size}-pixel training crop ({p.shape[1]}x{p.shape[0]})"))
             continue
@@ -233,6 +309,9 @@ class CropSampler:
         self.seed = config.seed
         self.rank = rank
         self._orders: dict[int, Tensor] = {}
+        small = [n for n, p in zip(images.names, images.pixels) if min(p.shape[:2]) < self.crop]
+        if small:
+            raise ValueError(f"{len(small)} training images are smaller than data.crop_size {self.crop}, e.g. {small[0]}")
 
     def _image_index(self, position: int) -> tuple[int, int]:
         n = len(self.images.names)
@@ -242,6 +321,7 @@ class CropSampler:
         return int(self._orders[epoch][position % n]), epoch
 
     def sample(self, position: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Sample ``position``: gt (3, c, c), lq (3, c/s, c/s), mask (1, c, c) or None."""
         index, epoch = self._image_index(position)
         name = self.images.names[index]
         pixels = self.images.pixels[index]
@@ -278,15 +358,27 @@ class CropSampler:
 
 
 def lr_multiplier(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
+    """Linear warm-up to 1 over ``config.warmup_steps``, then cosine decay to ``min_lr_ratio``
+    at the last step. ``step`` counts optimizer steps taken, from 0."""
     o = config.optim
-    if o.warmup_steps > 0 and step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, config.steps - o.warmup_steps)
+    warmup = config.warmup_steps
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 Wrap = Callable[[nn.Module], nn.Module]
+ReportFn = Callable[[dict[str, Any], bool], None]
+"""``report(row, checkpoint_due)``: called by every worker at the same steps (see ``Trainer.fit``)."""
+
+METRIC_COLUMNS = (
+    "step", "loss", "lr", "samples_per_second", "val_psnr", "val_ssim", "wall_seconds", "stage",
+    "data_seconds", "forward_seconds", "backward_seconds", "optimizer_seconds",
+)
+"""The columns of a training-history row, in ``metrics.csv`` order."""
+
+_TIMING_KEYS = ("data_seconds", "forward_seconds", "backward_seconds", "optimizer_seconds")
 
 
 class Trainer:
@@ -296,11 +388,14 @@ class Trainer:
         config: the run's configuration.
         model: the network (unwrapped); moved to ``device``.
         sampler: this worker's sample stream.
-        device: where to train.
+        device: where to train. On CUDA the forward pass runs under bf16 autocast.
         wrap: wraps the model for data-parallel training (e.g. in DistributedDataParallel); it is
             called again when the backbone is unfrozen, since the set of trained parameters changes.
-        val_samples: (name, 8-bit pixels) validation images, or None to skip validation.
+        val_samples: (name, 8-bit pixels) validation images, or None to skip validation (give
+            them to rank 0 only: only rank 0 validates).
         world_size: number of data-parallel workers (for samples/s and the global batch).
+        rank: this worker's rank; rank 0 validates, keeps the history and prints progress.
+        progress: where rank 0's progress lines go (default: this module's logger, INFO).
     """
 
     def __init__(
@@ -313,6 +408,8 @@ class Trainer:
         wrap: Wrap | None = None,
         val_samples: list[tuple[str, np.ndarray]] | None = None,
         world_size: int = 1,
+        rank: int = 0,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -320,6 +417,8 @@ class Trainer:
         self.sampler = sampler
         self.wrap = wrap or (lambda m: m)
         self.world_size = world_size
+        self.rank = rank
+        self.progress = progress or log.info
         self.loss_fn = build_loss(config.loss)
         o = config.optim
         self.optimizer = torch.optim.AdamW(
@@ -333,7 +432,8 @@ class Trainer:
         self.amp = self.device.type == "cuda"
         self.protocol = config.eval_protocol()
         self.val_samples = [make_sample(n, p, self.protocol) for n, p in (val_samples or [])]
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, Any]] = []
+        self.resumed_at: list[int] = []  # the step of every resume, in order
         self._stage: str | None = None
         self.net: nn.Module = self.model
         self._sync_stage()
@@ -342,42 +442,57 @@ class Trainer:
 
     @property
     def stage(self) -> str:
+        """``"frozen"`` while the backbone is frozen, then ``"unfrozen"``."""
         return "frozen" if self.step < self.config.freeze_steps else "unfrozen"
 
     def _sync_stage(self) -> None:
         if self._stage == self.stage:
             return
+        first = self._stage is None
         self._stage = self.stage
         self.model.freeze_backbone(self._stage == "frozen")
         self.net = self.wrap(self.model)
-        log.info("step %d: backbone %s", self.step, self._stage)
+        if not first and self.rank == 0:
+            self.progress(f"step {self.step}: backbone unfrozen (backbone lr {self.config.optim.backbone_lr:g})")
 
     # -- one step ------------------------------------------------------------------------------
 
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def train_step(self) -> dict[str, float]:
-        """One optimizer step; returns loss, learning rate and the time split in seconds."""
+        """One optimizer step on this worker's next batch.
+
+        Returns:
+            ``step`` (after this one), ``loss`` (this worker's batch), ``lr`` (target branch),
+            and the time split in seconds: ``data_seconds`` (sampling, degrading, copying to the
+            device), ``forward_seconds``, ``backward_seconds`` (with DistributedDataParallel this
+            includes the gradient all-reduce), ``optimizer_seconds`` (clipping and the update),
+            ``step_seconds`` (all of them).
+        """
         self._sync_stage()
         self.net.train()
         t0 = time.perf_counter()
         gt, lq, mask = self.sampler.batch(self.samples_seen, self.config.data.batch_size)
         gt, lq = gt.to(self.device, non_blocking=True), lq.to(self.device, non_blocking=True)
         mask = mask.to(self.device) if mask is not None else None
+        self._synchronize()
         t1 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             restored = self.net(lq, mask)
-            loss = self.loss_fn(restored.float(), gt)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        loss = self.loss_fn(restored.float(), gt)
+        self._synchronize()
         t2 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # with DistributedDataParallel this includes the gradient all-reduce
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        loss.backward()
+        self._synchronize()
         t3 = time.perf_counter()
         if self.config.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        self._synchronize()
         t4 = time.perf_counter()
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -394,6 +509,87 @@ class Trainer:
             "optimizer_seconds": t4 - t3,
             "step_seconds": t4 - t0,
         }
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _mean_over_workers(self, values: list[float]) -> list[float]:
+        """Element-wise mean over the data-parallel workers (identity in one process)."""
+        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            tensor = tensor.to(self.device)
+        dist.all_reduce(tensor)
+        return (tensor / self.world_size).tolist()
+
+    def fit(
+        self,
+        report: ReportFn | None = None,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        provenance: dict[str, Any] | None = None,
+        until_step: int | None = None,
+    ) -> dict[str, Any]:
+        """Train from ``self.step`` to ``config.steps`` (or to ``until_step``).
+
+        Every worker must call this; they all take part in the same collectives and call
+        ``report`` at the same steps: each ``log_interval``, ``validation.interval`` and
+        ``checkpoint_interval`` step and the last one.
+
+        Args:
+            report: called as ``report(row, checkpoint_due)`` on every worker at those steps.
+                ``row`` holds the ``METRIC_COLUMNS`` known at that step (``loss`` is the mean
+                over the window since the last report and over all workers; ``val_psnr`` and
+                ``val_ssim`` are present on rank 0 at validation steps). When
+                ``checkpoint_due``, rank 0 is expected to save (see ``save``).
+            checkpoint_dir: without ``report``, rank 0 saves due checkpoints here, as
+                ``checkpoint_step_NNNNNNNN`` folders.
+            provenance: recorded in the checkpoints written to ``checkpoint_dir``.
+            until_step: stop after this step (a deliberate interruption; ``resume`` continues).
+
+        Returns:
+            The last row reported (empty if no step was taken).
+        """
+        config = self.config
+        end = config.steps if until_step is None else min(until_step, config.steps)
+        global_batch = config.data.batch_size * self.world_size
+        fit_start, fit_start_step = time.perf_counter(), self.step
+        wall_before = float(self.history[-1]["wall_seconds"]) if self.history else 0.0
+        window: list[dict[str, float]] = []
+        row: dict[str, Any] = {}
+        while self.step < end:
+            window.append(self.train_step())
+            step = self.step
+            last = step == config.steps
+            checkpoint_due = step % config.checkpoint_interval == 0 or last
+            validate_due = checkpoint_due or step % config.validation.interval == 0
+            if not (checkpoint_due or validate_due or step % config.log_interval == 0 or step == end):
+                continue
+            losses = self._mean_over_workers([float(np.mean([m["loss"] for m in window]))])
+            train_seconds = sum(m["step_seconds"] for m in window)
+            row = {
+                "step": step,
+                "loss": losses[0],
+                "lr": window[-1]["lr"],
+                "samples_per_second": global_batch * len(window) / max(train_seconds, 1e-9),
+                "stage": self.stage,
+                **{key: float(np.mean([m[key] for m in window])) for key in _TIMING_KEYS},
+            }
+            window = []
+            if validate_due and self.rank == 0 and self.val_samples:
+                row.update(self.validate())
+            elapsed = time.perf_counter() - fit_start
+            row["wall_seconds"] = wall_before + elapsed
+            if self.rank == 0:
+                self.history.append(row)
+                eta = elapsed / (step - fit_start_step) * (config.steps - step)
+                self.progress(format_progress(row, config.steps, eta))
+            if report is not None:
+                report(row, checkpoint_due)
+            elif checkpoint_due and checkpoint_dir is not None and self.rank == 0:
+                self.save(Path(checkpoint_dir) / f"checkpoint_step_{step:08d}",
+                          provenance={**(provenance or {}), "steps": step, "wall_seconds": row["wall_seconds"]})
+        return row
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -421,66 +617,146 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that a resumed run needs (tensors and plain values)."""
         return {
             "step": self.step,
             "samples_seen": self.samples_seen,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
+            "resumed_at": self.resumed_at,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         self.history = list(state.get("history", []))
+        self.resumed_at = [int(s) for s in state.get("resumed_at", [])]
         # The backbone's requires_grad must match the stage before the optimizer state is loaded.
         self._sync_stage()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def save(self, directory: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
-        """Write a resumable checkpoint: the model checkpoint plus ``trainer_state.pt``."""
+        """Write a resumable checkpoint into ``directory``: ``model.safetensors`` and
+        ``model.json`` (a regular restoration checkpoint), ``trainer_state.pt`` and ``config.yaml``."""
         directory = Path(directory)
         save_checkpoint(self.model, directory, provenance=provenance)
         torch.save(self.state_dict(), directory / TRAINER_STATE_FILE)
-        (directory / "config.yaml").write_text(config_lib.to_yaml(self.config))
+        (directory / CONFIG_FILE).write_text(config_lib.to_yaml(self.config))
         return directory
 
     def resume(self, directory: str | Path) -> None:
-        """Load model weights and trainer state from a checkpoint written by ``save``."""
+        """Load model weights and trainer state from a checkpoint written by ``save``.
+
+        Raises:
+            CheckpointError: the checkpoint is incomplete, or was trained with another task or
+                architecture than this run's config.
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        state = load_file(str(directory / "model.safetensors"), device=str(self.device))
+        read_metadata(directory)
+        if not (directory / TRAINER_STATE_FILE).is_file():
+            raise CheckpointError(f"{directory} has no {TRAINER_STATE_FILE}: it is a model, not a resumable checkpoint")
+        if (directory / CONFIG_FILE).is_file():
+            saved = config_lib.read_yaml(directory / CONFIG_FILE)
+            mine = config_lib.to_dict(self.config)
+            if saved.get("model") != mine["model"] or saved.get("task") != mine["task"]:
+                raise CheckpointError(
+                    f"the checkpoint in {directory} belongs to a run with task {saved.get('task')!r} and model "
+                    f"{saved.get('model')}; this run has task {mine['task']!r} and model {mine['model']}. "
+                    "Use another --name for a new run, or --init to start from that model"
+                )
+            changed = sorted(k for k in mine if k not in ("model", "task") and saved.get(k) != mine[k])
+            if changed and self.rank == 0:
+                self.progress(f"note: resuming with changed settings: {', '.join(changed)}")
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(self.device))
         load_weights(self.model, state, source=str(directory))
-        # weights_only: the trainer state is tensors, numbers, lists and dicts; nothing is unpickled.
+        # weights_only: the trainer state is tensors, numbers, strings, lists and dicts; nothing
+        # else is unpickled.
         trainer_state = torch.load(directory / TRAINER_STATE_FILE, map_location=self.device, weights_only=True)
         self.load_state_dict(trainer_state)
+        self.resumed_at.append(self.step)
+
+
+def format_progress(row: dict[str, Any], total_steps: int, eta_seconds: float) -> str:
+    """One progress line: step, loss, learning rate, samples/s, validation (if any), ETA."""
+    width = len(str(total_steps))
+    text = (f"step {row['step']:>{width}}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['samples_per_second']:6.1f} samples/s")
+    if "val_psnr" in row:
+        text += f"  val {row['val_psnr']:.2f} dB / SSIM {row['val_ssim']:.3f}"
+    return text + f"  ETA {format_duration(eta_seconds)}"
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m07s`` or ``2h05m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# --------------------------------------------------------------------------------------------
+# Starting points
+# --------------------------------------------------------------------------------------------
+
+
+def fetch_checkpoint(uri: str | Path, directory: str | Path) -> Path:
+    """A local directory holding the checkpoint at ``uri`` (local path, ``file://`` or ``s3://``).
+
+    A local checkpoint is returned as is; a remote one is downloaded into ``directory``.
+    """
+    import pyarrow.fs as pafs
+
+    filesystem, path = storage.resolve(str(uri))
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return Path(path)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (METADATA_FILE, WEIGHTS_FILE):
+        try:
+            (directory / name).write_bytes(storage.read_bytes(storage.join(str(uri), name)))
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{uri} is not a checkpoint: it needs {WEIGHTS_FILE} and {METADATA_FILE}") from exc
+    return directory
 
 
 def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedRestorationNet:
-    """The model a run starts from: ImageNet backbone + fresh target branch, or ``--init`` weights.
+    """The model a run starts from: ImageNet backbone + fresh target branch, or ``init`` weights.
 
-    With ``init`` (task transfer), every weight whose name and shape fit is copied from that
-    checkpoint (e.g. a denoiser's backbone, encoder, fusion and decoder initialize a JPEG model);
-    a checkpoint with another backbone or widths is refused with a clear message.
+    With ``init`` (task transfer; a checkpoint directory or URI, or ``"default"`` for the shipped
+    model of the task), every weight whose name and shape fit is copied from that checkpoint
+    (e.g. a denoiser's backbone, encoder, fusion and decoder initialize a JPEG model).
+
+    Raises:
+        CheckpointError: ``init`` is not a checkpoint, or has another backbone, widths or
+            blocks per stage than ``config.model``.
     """
     if init is None:
         return build_model(config.model, backbone_weights=config.backbone_weights)
-    from restoration.checkpoint import CheckpointError, read_metadata
     from safetensors.torch import load_file
 
-    metadata = read_metadata(init)
-    source = ModelConfig.from_dict(metadata["architecture"])
-    mine = config.model
-    if (source.backbone, source.widths, source.blocks_per_stage) != (mine.backbone, mine.widths, mine.blocks_per_stage):
-        raise CheckpointError(
-            f"--init {init} has architecture backbone={source.backbone}, widths={list(source.widths)}, "
-            f"blocks_per_stage={source.blocks_per_stage}; this run needs backbone={mine.backbone}, "
-            f"widths={list(mine.widths)}, blocks_per_stage={mine.blocks_per_stage}"
-        )
+    if str(init) == "default":
+        init = resolve_model("default", config.task)
+    with tempfile.TemporaryDirectory(prefix="restoration-init-") as tmp:
+        directory = fetch_checkpoint(init, tmp)
+        metadata = read_metadata(directory)
+        source = ModelConfig.from_dict(metadata["architecture"])
+        mine = config.model
+        if (source.backbone, source.widths, source.blocks_per_stage) != (mine.backbone, mine.widths, mine.blocks_per_stage):
+            raise CheckpointError(
+                f"--init {init} has architecture backbone={source.backbone}, widths={list(source.widths)}, "
+                f"blocks_per_stage={source.blocks_per_stage}; this run needs backbone={mine.backbone}, "
+                f"widths={list(mine.widths)}, blocks_per_stage={mine.blocks_per_stage} "
+                "(set model.widths / model.backbone / model.blocks_per_stage to match)"
+            )
+        state = load_file(str(directory / WEIGHTS_FILE))
     model = build_model(mine, backbone_weights=None)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(Path(init) / "model.safetensors")).items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(fitting))
