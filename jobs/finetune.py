@@ -1,14 +1,21 @@
 """Distributed fine-tuning on Ray Train.
 
     python -m jobs.finetune --task denoise --train-images DIR_OR_S3 --val-images DIR_OR_S3 \\
-        --steps 2000 --workers 2 --storage DIR_OR_S3 --name my-denoiser [--use-gpu] [--init CKPT]
+        --steps 2000 --workers 2 --storage DIR_OR_S3 --name my-denoiser [--use-gpu] [--init CKPT] \\
+        [--config FILE.yaml] [--set key=value ...]
 
 Each Ray Train worker runs ``restoration.training.Trainer`` over its own disjoint shard of the
 training images; gradients are averaged by DistributedDataParallel (NCCL on GPU, gloo on CPU).
-Checkpoints go to ``RunConfig(storage_path=STORAGE, name=NAME)`` and the best few by validation
-PSNR are kept. Running the same command again resumes from the latest checkpoint (model,
-optimizer, schedule and data position). At the end the final model, ``metrics.csv`` and a
-training-curve PNG are written to ``STORAGE/NAME/model/``.
+Checkpoints go to ``RunConfig(storage_path=STORAGE, name=NAME)``; the best few by validation PSNR
+and the latest are kept. Running the same command again resumes from the latest checkpoint (model,
+optimizer, schedule and data position); worker failures within a run are retried from it
+(``--max-failures``). At the end the final model (``model.safetensors`` + ``model.json``),
+``config.yaml``, ``metrics.csv`` and ``training_curve.png`` are written to ``STORAGE/NAME/model/``.
+
+Bad input (missing or empty image folders, unusable images, unknown config keys, an --init
+checkpoint of another architecture, storage that cannot be written) is reported in one line with
+exit code 2 before Ray starts. S3 is configured by the standard AWS variables; on a local Ray
+instance the workers inherit them from this process.
 """
 
 from __future__ import annotations
@@ -22,12 +29,34 @@ import os
 import platform
 import sys
 import tempfile
-import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("jobs.finetune")
+
+# Ray Train settings for readable output, set (unless the user set them) before Ray starts: they
+# reach a local instance's workers through the environment and a cluster's Train controller and
+# workers through Ray Train's own propagation of RAY_TRAIN_* variables.
+QUIET_RAY_ENVIRONMENT = {
+    # Ray Train V2 routes print() in workers to a logger and, because Ray replaces sys.stdout in
+    # workers, also to the original print: every progress line showed up twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+# Only for a Ray instance this process starts (one machine): there is no node to be preempted,
+# and the preemption watcher logs a core_worker error about its constructor arguments.
+LOCAL_RAY_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+# Test-only: "RANK:STEP:MARKER_FILE" makes worker RANK raise once at report step STEP (the marker
+# file records that it did), to exercise FailureConfig retries.
+FAIL_ONCE_VARIABLE = "RESTORATION_FINETUNE_FAIL_ONCE"
+
+SAMPLE_IMAGES_CHECKED = 8
+
+
+class InputError(ValueError):
+    """Bad command-line input, found before any worker starts (exit code 2)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,56 +71,131 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (1)")
     p.add_argument("--storage", required=True, help="folder or s3:// prefix for checkpoints and the final model")
     p.add_argument("--name", required=True, help="run name; re-running the same name resumes it")
-    p.add_argument("--init", default=None, help="start from this restoration checkpoint (task transfer) or 'default'")
+    p.add_argument("--init", default=None,
+                   help="start from this restoration checkpoint (folder or s3://; task transfer) or 'default'")
     p.add_argument("--config", default=None, help="YAML file with TrainConfig fields")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures retried within the run (2)")
-    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local cluster)")
+    p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local instance)")
 
 
-def _storage_for_ray(storage: str) -> tuple[str, Any]:
-    """RunConfig(storage_path, storage_filesystem) for a local folder or an s3:// prefix."""
+# --------------------------------------------------------------------------------------------
+# Pre-flight: everything that can be checked before a worker starts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked run: the resolved config and absolute URIs the workers can use from any cwd."""
+
+    config: Any  # restoration.training.TrainConfig
+    train_uris: list[str]
+    val_uris: list[str]
+    train_images: str
+    val_images: str
+    storage: str
+    init: str | None
+
+
+def _absolute(uri: str) -> str:
+    """Local paths made absolute: Ray Train changes the workers' working directory."""
+    if "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def _list(uri: str, flag: str) -> list[str]:
     from restoration import storage as storage_lib
 
-    if storage.startswith("s3://"):
-        return storage[len("s3://"):].rstrip("/"), storage_lib.s3_filesystem()
-    path = storage[len("file://"):] if storage.startswith("file://") else storage
-    return str(Path(path).expanduser().resolve()), None
+    try:
+        uris = storage_lib.list_images(uri)
+    except FileNotFoundError:
+        raise InputError(f"{flag} {uri}: no such file or directory") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{flag} {uri}: {storage_lib.redact(str(exc))}") from None
+    if not uris:
+        extensions = ", ".join(sorted(storage_lib.IMAGE_EXTENSIONS))
+        raise InputError(f"{flag} {uri} holds no images ({extensions})")
+    return uris
 
 
-def preflight(args: argparse.Namespace):
-    """Everything that can be checked before a worker starts: config, images, storage, --init."""
+def _check_some_decode(uris: list[str], flag: str, *, min_size: int = 0, every: bool = False) -> None:
+    """Decode a few images spread over ``uris`` (or all with ``every``); fail if none is usable."""
+    from restoration.training import load_training_images
+
+    if every or len(uris) <= SAMPLE_IMAGES_CHECKED:
+        sample = uris
+    else:
+        sample = [uris[i * len(uris) // SAMPLE_IMAGES_CHECKED] for i in range(SAMPLE_IMAGES_CHECKED)]
+    try:
+        images = load_training_images(sample, min_size=min_size)
+    except ValueError as exc:
+        what = f"none of the {len(sample)} images checked" if len(sample) < len(uris) else f"none of the {len(uris)} images"
+        raise InputError(f"{flag}: {what} can be used: {str(exc).split('(', 1)[-1].rstrip(')')}") from None
+    if every and images.bad:
+        uri, reason = images.bad[0]
+        raise InputError(f"{flag}: cannot use {uri}: {reason}")
+
+
+def preflight(args: argparse.Namespace) -> Plan:
+    """Check the command line before Ray starts; raises InputError (or FileNotFoundError) with a
+    one-line message naming the bad value."""
     from restoration import storage as storage_lib
-    from restoration.checkpoint import read_metadata, resolve_model
-    from restoration.training import initial_model, load_train_config
+    from restoration.checkpoint import CheckpointError
+    from restoration.training import CONFIG_FILE, initial_model, load_train_config
+    from restoration import config as config_lib
 
     if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    config = load_train_config(args.task, path=args.config, overrides=args.overrides, steps=args.steps)
-    train_uris = storage_lib.list_images(args.train_images)
-    if not train_uris:
-        raise ValueError(f"no training images under {args.train_images}")
-    if len(train_uris) < args.workers:
-        raise ValueError(f"{len(train_uris)} training images cannot be split over {args.workers} workers")
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    if args.cpus_per_worker <= 0:
+        raise InputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
+    if args.max_failures < 0:
+        raise InputError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise InputError(f"--name must be a plain folder name, got {args.name!r}")
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    try:
+        config = load_train_config(args.task, path=args.config, overrides=args.overrides, steps=args.steps)
+    except ValueError as exc:
+        raise InputError(f"config: {exc}") from None
+
+    train_images, val_images = _absolute(args.train_images), _absolute(args.val_images)
+    train_uris = _list(train_images, "--train-images")
     if config.data.max_images is not None:
         train_uris = train_uris[: config.data.max_images]
-    val_uris = storage_lib.list_images(args.val_images)
-    if not val_uris:
-        raise ValueError(f"no validation images under {args.val_images}")
+    if len(train_uris) < args.workers:
+        raise InputError(f"--train-images: {len(train_uris)} images cannot be split over {args.workers} workers")
+    _check_some_decode(train_uris, "--train-images", min_size=config.data.crop_size)
+    val_uris = _list(val_images, "--val-images")[: config.validation.limit]
+    _check_some_decode(val_uris, "--val-images", every=True)
+
     init = None
     if args.init:
-        init = str(resolve_model(args.init, args.task) if args.init == "default" else args.init)
-        read_metadata(init)
-        initial_model(config, init)  # refuses a checkpoint of another architecture, here and now
-    # The storage must be writable before hours of training depend on it.
-    probe = storage_lib.join(args.storage, args.name, f".write-test-{uuid.uuid4().hex[:8]}")
+        init = args.init if args.init == "default" else _absolute(args.init)
+        try:
+            initial_model(config, init)  # refuses a checkpoint of another architecture, here and now
+        except (CheckpointError, FileNotFoundError, OSError) as exc:
+            raise InputError(f"--init: {storage_lib.redact(str(exc))}") from None
+
+    # The storage must be writable before hours of training depend on it. The resolved config is
+    # the probe, and stays beside the run.
+    storage = _absolute(args.storage)
     try:
+        probe = storage_lib.join(storage, args.name, f".write-test-{uuid.uuid4().hex[:8]}")
         storage_lib.write_bytes(probe, b"ok")
-        storage_lib.delete(probe)
-    except Exception as exc:
-        raise PermissionError(f"cannot write to --storage {args.storage}: {storage_lib.redact(str(exc))}") from exc
-    return config, train_uris, val_uris[: config.validation.limit], init
+        filesystem, path = storage_lib.resolve(probe)
+        filesystem.delete_file(path)
+        storage_lib.write_bytes(storage_lib.join(storage, args.name, CONFIG_FILE), config_lib.to_yaml(config).encode())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--storage {args.storage} cannot be written: {storage_lib.redact(str(exc))}") from None
+    return Plan(config, train_uris, val_uris, train_images, val_images, storage, init)
+
+
+# --------------------------------------------------------------------------------------------
+# The Ray Train worker
+# --------------------------------------------------------------------------------------------
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -99,109 +203,123 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
     import torch
+    import torch.distributed as dist
 
     from restoration import config as config_lib
     from restoration.evaluate import load_images
+    from restoration.model import build_model
     from restoration.training import CropSampler, Trainer, TrainConfig, initial_model, load_training_images
 
+    _quiet_train_worker()
     config: TrainConfig = config_lib.from_dict(TrainConfig, loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        # One intra-op thread per reserved CPU: more threads than cores spin and slow every step.
+        torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))
     torch.manual_seed(config.seed)
 
-    shard = loop_config["train_uris"][rank::world_size]
-    images = load_training_images(shard, min_size=config.data.crop_size)
-    if images.bad:
-        print(f"[worker {rank}] skipped {len(images.bad)} unreadable training images, e.g. {images.bad[0][0]}: "
-              f"{images.bad[0][1]}", flush=True)
-    val = []
-    if rank == 0:
-        val = [item for uri in loop_config["val_uris"] for item in load_images(uri)]
+    def say(text: str) -> None:
+        if rank == 0:
+            print(text, flush=True)
 
-    model = initial_model(config, loop_config.get("init"))
+    # Every worker decodes its own disjoint shard.
+    shard = loop_config["train_uris"][rank::world_size]
+    try:
+        images = load_training_images(shard, min_size=config.data.crop_size)
+        usable, bad = len(images.names), len(images.bad)
+    except ValueError:
+        images, usable, bad = None, 0, len(shard)
+    counts = torch.tensor([usable, bad, int(usable == 0)], dtype=torch.int64)
+    if world_size > 1:
+        counts = counts.to(device) if dist.get_backend() == "nccl" else counts
+        dist.all_reduce(counts)  # every worker learns the totals, and all fail together if a shard is empty
+    total_usable, total_bad, empty_shards = (int(v) for v in counts.cpu())
+    if images is None or empty_shards:
+        raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images; "
+                         f"{total_bad} of {total_usable + total_bad} images could not be used")
+    say(f"training on {total_usable} images over {world_size} worker(s)"
+        + (f"; skipped {total_bad} unusable, e.g. {images.bad[0][0]}: {images.bad[0][1]}" if images.bad else
+           f"; skipped {total_bad} unusable" if total_bad else ""))
+    if images.bad and rank != 0:
+        print(f"[worker {rank}] skipped {bad} training images, e.g. {images.bad[0][0]}: {images.bad[0][1]}", flush=True)
+
+    val = [item for uri in loop_config["val_uris"] for item in load_images(uri)] if rank == 0 else []
+    checkpoint = ray.train.get_checkpoint()
+    # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
+    model = build_model(config.model, backbone_weights=None) if checkpoint else initial_model(config, loop_config["init"])
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         if world_size == 1:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
     trainer = Trainer(config, model, CropSampler(images, config, rank=rank), device=device, wrap=wrap,
-                      val_samples=val, world_size=world_size)
-    checkpoint = ray.train.get_checkpoint()
+                      val_samples=val, world_size=world_size, rank=rank, progress=say)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.resume(directory)
-        if rank == 0:
-            print(f"resumed from step {trainer.step} (checkpoint {checkpoint.path})", flush=True)
+        say(f"resumed from step {trainer.step} of {config.steps} (checkpoint {Path(checkpoint.path).name}): "
+            "model, optimizer, schedule and data position restored")
+    else:
+        say(f"starting at step 0 of {config.steps} from "
+            + (f"--init {loop_config['init']}" if loop_config["init"] else f"{config.backbone_weights or 'random'} backbone weights"))
 
     provenance = {
         "train_images": loop_config["train_images"],
         "val_images": loop_config["val_images"],
+        "train_image_count": total_usable,
+        "skipped_images": total_bad,
         "task": config.task,
         "seed": config.seed,
         "workers": world_size,
-        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "init": loop_config.get("init"),
+        "global_batch": config.data.batch_size * world_size,
+        "hardware": (f"{world_size} x {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+                     else f"{world_size} x cpu ({platform.processor() or platform.machine()})"),
+        "init": loop_config["init"],
         "run_name": loop_config["name"],
     }
-    global_batch = config.data.batch_size * world_size
-    window_start, window_steps = time.perf_counter(), 0
-    wall_before = float(trainer.history[-1]["wall_seconds"]) if trainer.history else 0.0
-    run_start = time.perf_counter()
-    last_val: dict[str, float] = {}
-    while trainer.step < config.steps:
-        metrics = trainer.train_step()
-        window_steps += 1
-        step = trainer.step
-        last = step == config.steps
-        do_log = step % config.log_interval == 0 or last
-        do_val = step % config.validation.interval == 0 or step % config.checkpoint_interval == 0 or last
-        do_ckpt = step % config.checkpoint_interval == 0 or last
-        if not (do_log or do_val or do_ckpt):
-            continue
-        elapsed = time.perf_counter() - window_start
-        samples_per_second = global_batch * window_steps / max(elapsed, 1e-9)
-        window_start, window_steps = time.perf_counter(), 0
-        report = {k: metrics[k] for k in ("step", "loss", "lr")}
-        report["samples_per_second"] = samples_per_second
-        report["wall_seconds"] = wall_before + time.perf_counter() - run_start
-        report["stage"] = trainer.stage
-        if do_val and rank == 0:
-            last_val = trainer.validate()
-        if last_val:
-            report.update(last_val)
-        if rank == 0:
-            trainer.history.append(report)
-            eta = (config.steps - step) * global_batch / max(samples_per_second, 1e-9)
-            val_text = f" val_psnr {last_val['val_psnr']:.2f} dB" if do_val and last_val else ""
-            print(f"step {step}/{config.steps} loss {metrics['loss']:.4f} {samples_per_second:.1f} samples/s"
-                  f"{val_text} backbone {trainer.stage} ETA {_duration(eta)}", flush=True)
-        if do_ckpt and rank == 0:
+    fail_once = loop_config.get("fail_once")
+
+    def report(row: dict, checkpoint_due: bool) -> None:
+        if fail_once and rank == fail_once["rank"] and row["step"] == fail_once["step"]:
+            marker = Path(fail_once["marker"])
+            if not marker.exists():
+                marker.write_text("failed once\n")
+                raise RuntimeError(f"injected failure on worker {rank} at step {row['step']} ({FAIL_ONCE_VARIABLE})")
+        if checkpoint_due and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                trainer.save(tmp, provenance={**provenance, "steps": step, "wall_seconds": report["wall_seconds"],
-                                              "validation": last_val})
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_step_{step:08d}")
+                trainer.save(tmp, provenance={
+                    **provenance, "steps": trainer.step, "wall_seconds": row["wall_seconds"],
+                    "resumed_at": trainer.resumed_at,
+                    "validation": {k: row[k] for k in ("val_psnr", "val_ssim") if k in row},
+                })
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"checkpoint_step_{trainer.step:08d}")
         else:
-            ray.train.report(report)  # a barrier: every worker reports at the same steps
+            ray.train.report(row)  # every worker reports at the same steps
 
+    trainer.fit(report)
     if rank == 0:
-        write_final_outputs(trainer, loop_config["storage"], loop_config["name"], provenance)
+        target = write_final_outputs(trainer, loop_config["storage"], loop_config["name"],
+                                     {**provenance, "resumed_at": trainer.resumed_at})
+        say(f"final model written to {target}")
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+# --------------------------------------------------------------------------------------------
+# Final outputs
+# --------------------------------------------------------------------------------------------
 
 
 def write_final_outputs(trainer, storage: str, name: str, provenance: dict) -> str:
-    """``<storage>/<name>/model/``: model.safetensors, model.json, config.yaml, metrics.csv, training_curve.png."""
+    """``<storage>/<name>/model/``: model.safetensors, model.json, config.yaml, metrics.csv,
+    training_curve.png. Returns that URI."""
     from restoration import config as config_lib, storage as storage_lib
     from restoration.checkpoint import save_checkpoint
+    from restoration.training import CONFIG_FILE
 
     history = trainer.history
     final_val = next((h for h in reversed(history) if "val_psnr" in h), {})
@@ -211,21 +329,23 @@ def write_final_outputs(trainer, storage: str, name: str, provenance: dict) -> s
             **provenance, "steps": trainer.step,
             "wall_seconds": history[-1]["wall_seconds"] if history else None,
             "validation": {k: final_val[k] for k in ("val_psnr", "val_ssim") if k in final_val},
+            "validation_step": final_val.get("step"),
             "validation_protocol": trainer.protocol.describe(),
         })
-        (Path(tmp) / "config.yaml").write_text(config_lib.to_yaml(trainer.config))
+        (Path(tmp) / CONFIG_FILE).write_text(config_lib.to_yaml(trainer.config))
         (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
         plot_training_curve(history, Path(tmp) / "training_curve.png")
         for path in sorted(Path(tmp).iterdir()):
             storage_lib.write_bytes(storage_lib.join(target, path.name), path.read_bytes())
-    print(f"final model written to {target}", flush=True)
     return target
 
 
 def metrics_csv(history: list[dict]) -> str:
-    columns = ["step", "loss", "lr", "samples_per_second", "val_psnr", "val_ssim", "wall_seconds", "stage"]
+    """The training history as CSV, one row per reported step (``METRIC_COLUMNS``)."""
+    from restoration.training import METRIC_COLUMNS
+
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow(row)
@@ -233,7 +353,7 @@ def metrics_csv(history: list[dict]) -> str:
 
 
 def plot_training_curve(history: list[dict], path: Path) -> None:
-    """Loss and validation PSNR against step, one PNG."""
+    """Training loss (log scale) and validation PSNR against step, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,50 +363,137 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     steps = [h["step"] for h in history]
     ax_loss.plot(steps, [h["loss"] for h in history], color="tab:blue", label="training loss")
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss", color="tab:blue")
+    ax_loss.set_ylabel("training loss", color="tab:blue")
     ax_loss.set_yscale("log")
     val = [(h["step"], h["val_psnr"]) for h in history if "val_psnr" in h]
     if val:
         ax_psnr = ax_loss.twinx()
         ax_psnr.plot(*zip(*val), color="tab:red", marker="o", label="validation PSNR")
         ax_psnr.set_ylabel("validation PSNR (dB)", color="tab:red")
+    unfrozen = next((h["step"] for h in history if h.get("stage") == "unfrozen"), None)
+    if unfrozen is not None and unfrozen > steps[0]:
+        ax_loss.axvline(unfrozen, color="gray", linestyle=":", linewidth=1)
+        ax_loss.annotate(" backbone unfrozen", (unfrozen, 1), xycoords=("data", "axes fraction"),
+                         va="top", fontsize=8, color="gray")
     ax_loss.set_title("fine-tuning")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _quiet_worker_logs() -> None:
+    """Ray worker_process_setup_hook for a local instance.
+
+    Ray Train's PlacementGroupCleaner asks the State API every second whether the controller is
+    alive. With several local Ray instances on one machine it cannot tell which is its own and
+    its thread dies with a traceback; pointing RAY_ADDRESS at this worker's own instance fixes
+    that. Without the dashboard's HTTP server (Ray installed without ``ray[default]``) every query
+    then fails and logs a warning, each second. The cleaner only matters when a controller dies
+    ungracefully, and a local instance goes away with this process anyway.
+    """
+    import ray
+
+    try:
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception:  # not connected yet: leave the default address resolution alone
+        pass
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def _quiet_train_worker() -> None:
+    """Hide Ray Train's per-report INFO line ("Reporting training result ...") in a worker.
+
+    Ray 2.60 logs it through ``logging.getLogger(__file__)``, outside the ``ray.train`` logger
+    that RunConfig's LoggingConfig governs, so it reaches the console through the root logger.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """Start (or connect to) Ray with the settings this job needs for readable output.
+
+    With no ``address`` and no RAY_ADDRESS, a local instance is started; its workers inherit
+    this process's environment, the AWS_* variables included. ``kwargs`` go to ``ray.init``.
+    """
+    import ray
+
+    for name, value in QUIET_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        for name, value in LOCAL_RAY_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+        kwargs.setdefault("runtime_env", {"worker_process_setup_hook": _quiet_worker_logs})
+    ray.init(address=address, **kwargs)
+
+
+def _fail_once_from_environment() -> dict | None:
+    value = os.environ.get(FAIL_ONCE_VARIABLE)
+    if not value:
+        return None
+    rank, step, marker = value.split(":", 2)
+    return {"rank": int(rank), "step": int(step), "marker": marker}
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost worker error of a Ray Train failure, in one line."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "~", "Traceback")) and ("Error" in line or "error" in line):
+            return line
+    return lines[-1] if lines else type(error).__name__
+
+
 def run(args: argparse.Namespace) -> int:
     """Pre-flight checks on the driver, then the TorchTrainer; returns the process exit code."""
-    config, train_uris, val_uris, init = preflight(args)
+    plan = preflight(args)
+    config = plan.config
 
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from restoration import config as config_lib
+    from restoration import config as config_lib, storage as storage_lib
 
     if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        init_ray(args.address)
+    for name, value in QUIET_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     needed_cpus = args.workers * args.cpus_per_worker
     available = ray.cluster_resources().get("CPU", 0)
     if needed_cpus > available:
         print(f"note: {args.workers} workers need {needed_cpus:g} CPUs and the cluster has {available:g} now; "
               "waiting for the autoscaler", flush=True)
-    storage_path, filesystem = _storage_for_ray(args.storage)
-    print(f"fine-tuning {config.task}: {len(train_uris)} training images over {args.workers} worker(s), "
-          f"{config.steps} steps, storage {args.storage}/{args.name}", flush=True)
+    if plan.storage.startswith("s3://"):
+        storage_path, filesystem = plan.storage[len("s3://"):].rstrip("/"), storage_lib.s3_filesystem()
+    else:
+        storage_path, filesystem = storage_lib.resolve(plan.storage)[1], None
+    run_uri = storage_lib.join(plan.storage, args.name)
+    print(f"fine-tuning {config.task}: {len(plan.train_uris)} training images, {args.workers} worker(s) x "
+          f"batch {config.data.batch_size}, {config.steps} steps, run {run_uri}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config_lib.to_dict(config),
-            "train_uris": train_uris,
-            "val_uris": val_uris,
-            "train_images": args.train_images,
-            "val_images": args.val_images,
-            "init": init,
-            "storage": args.storage,
+            "train_uris": plan.train_uris,
+            "val_uris": plan.val_uris,
+            "train_images": plan.train_images,
+            "val_images": plan.val_images,
+            "init": plan.init,
+            "storage": plan.storage,
             "name": args.name,
+            "cpus_per_worker": args.cpus_per_worker,
+            "fail_once": _fail_once_from_environment(),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=args.workers, use_gpu=args.use_gpu,
@@ -302,13 +509,25 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+            # Ray Train's own INFO lines (every report, worker-group start) drown the progress.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
-    if result.error:
-        print(f"fine-tuning failed: {result.error}", file=sys.stderr)
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray Train raises once FailureConfig's retries are spent
+        print(f"fine-tuning failed: {storage_lib.redact(_root_cause(exc))}", file=sys.stderr, flush=True)
         return 1
-    summary = {k: result.metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim")} if result.metrics else {}
+    if result.error:
+        print(f"fine-tuning failed: {storage_lib.redact(_root_cause(result.error))}", file=sys.stderr, flush=True)
+        return 1
+    metrics = result.metrics or {}
+    summary = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}
+    best = max(result.best_checkpoints or [], key=lambda item: item[1].get("val_psnr", float("-inf")), default=None)
+    if best is not None:
+        summary["best_checkpoint"] = storage_lib.join(run_uri, Path(best[0].path).name)
+        summary["best_val_psnr"] = best[1].get("val_psnr")
+    summary["model"] = storage_lib.join(run_uri, "model")
     print("done: " + json.dumps(summary), flush=True)
     return 0
 
@@ -326,4 +545,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module, so the functions Ray ships to workers are pickled by
+    # reference to jobs.finetune instead of by value from __main__.
+    from jobs.finetune import main as _main
+
+    sys.exit(_main())
