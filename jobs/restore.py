@@ -135,9 +135,11 @@ def plan_actor_pool(resources: dict[str, float], largest_node_cpus: float, confi
     """Size the model's actor pool from the cluster's resources.
 
     GPU clusters: one actor per GPU (``num_gpus=1``, 1 CPU each). CPU-only clusters: actors of
-    ``predictor.threads`` torch threads (default: the largest node's cores, at most 8), one per
-    that many CPUs, each reserving only ``cpus_per_actor`` (0.5) logical CPUs: at most half the
-    CPUs are ever reserved by actors, so read and write tasks always have room.
+    ``predictor.threads`` torch threads (default: half the largest node's cores, 1 to 8), one
+    per that many CPUs, each reserving only ``cpus_per_actor`` (0.5) logical CPUs: at most half
+    the CPUs are ever reserved by actors, so read and write tasks always have room. (Half the
+    cores per actor, not all: torch's OpenMP threads busy-wait, and an actor whose threads
+    outnumber the cores left to it by decode and encode tasks slows down many times over.)
     """
     pipeline, predictor = config.pipeline, config.predictor
     cpus = float(resources.get("CPU", 0))
@@ -151,7 +153,7 @@ def plan_actor_pool(resources: dict[str, float], largest_node_cpus: float, confi
         threads = predictor.threads
     else:
         num_gpus = 0.0
-        threads = predictor.threads or max(1, min(8, int(largest_node_cpus or cpus or 1)))
+        threads = predictor.threads or max(1, min(8, int(largest_node_cpus or cpus or 1) // 2))
         max_size = pipeline.max_actors or max(1, int(cpus // threads))
         num_cpus = pipeline.cpus_per_actor if pipeline.cpus_per_actor is not None else 0.5
         device = predictor.device or "cpu"

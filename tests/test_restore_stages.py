@@ -1,0 +1,264 @@
+"""The batch restoration's plan and stages in one process, without Ray (restoration.restore)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from restore_images import bad_files, decode_pil, oversize_png, png, variants
+
+from restoration import manifest as manifest_lib
+from restoration.codec import decode_image
+from restoration.inference import Predictor
+from restoration.model import ModelConfig, build_model
+from restoration.restore import (
+    InputConfig,
+    OutputConfig,
+    RestoreConfig,
+    encode_stage,
+    list_inputs,
+    plan_restore,
+    read_stage,
+    restore_stage,
+)
+
+TINY = (8, 8, 16, 16, 24, 24)
+
+
+def identity_predictor(task: str = "denoise", scale: int = 1) -> Predictor:
+    """An untrained model: its residual head is zero, so it returns its input (bicubic for SR)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task=task, scale=scale, widths=TINY), backbone_weights=None)
+    return Predictor(model, device="cpu", tile=0)
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for relative, data in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def run_stages(input_uri: str, output_uri: str, predictor: Predictor, *, task: str = "denoise",
+               config: RestoreConfig | None = None, previous: pa.Table | None = None) -> pa.Table:
+    config = config or RestoreConfig()
+    plan = plan_restore(input_uri, output_uri, task=task, model_id="m", config=config, previous_manifest=previous)
+    decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes)
+    restored = restore_stage(predictor, decoded, task=task)
+    rows = encode_stage(restored, task=task, model_id="m", job_id=manifest_lib.new_job_id(),
+                        output_format=config.output.format)
+    assert rows.schema.equals(manifest_lib.MANIFEST_SCHEMA, check_metadata=False)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, np.ndarray]:
+    from skimage import data
+
+    return data.astronaut()[100:196, 160:288].copy(), data.camera()[200:264, 200:296].copy()
+
+
+def test_every_kind_round_trips_through_an_identity_model(tmp_path: Path, sample) -> None:
+    rgb, gray = sample
+    good = variants(rgb, gray)
+    write_tree(tmp_path / "in", {k: v[0] for k, v in good.items()})
+    rows = run_stages(str(tmp_path / "in"), str(tmp_path / "out"), identity_predictor())
+    by_source = {Path(r["source_uri"]).relative_to(tmp_path / "in").as_posix(): r for r in rows.to_pylist()}
+    assert set(by_source) == set(good)
+    for relative, (data, expect) in good.items():
+        row = by_source[relative]
+        assert row["status"] == "ok", (relative, row["error"])
+        assert row["output_uri"] == str(tmp_path / "out" / relative)
+        output = decode_image(Path(row["output_uri"]).read_bytes())
+        source = decode_image(data)
+        assert (output.width, output.height, output.channels, output.bit_depth) == (
+            expect.width, expect.height, expect.channels, expect.bit_depth), relative
+        assert (row["width"], row["height"], row["out_width"], row["out_height"]) == (
+            expect.width, expect.height, expect.width, expect.height)
+        assert (output.alpha is not None) == expect.alpha == row["has_alpha"], relative
+        assert output.icc_profile == expect.icc, relative
+        assert output.format == source.format and row["out_format"] == source.format
+        if expect.lossless:  # the untrained model is the identity: same pixels, same alpha
+            np.testing.assert_array_equal(output.pixels, source.pixels, err_msg=relative)
+            if expect.alpha:
+                np.testing.assert_array_equal(output.alpha, source.alpha, err_msg=relative)
+        else:
+            difference = np.abs(output.pixels.astype(int) - source.pixels.astype(int)).mean()
+            assert difference < 3, relative
+        assert row["bytes_out"] == len(Path(row["output_uri"]).read_bytes())
+        assert row["bytes_in"] == len(data) and row["seconds"] > 0 and row["restored_at"] is not None
+    # EXIF orientation is applied to the pixels and not written again.
+    rotated = decode_pil((tmp_path / "out/kinds/rotated.jpg").read_bytes())
+    assert rotated.size == (rgb.shape[1], rgb.shape[0])
+    assert rotated.getexif().get(0x0112) in (None, 1)
+    assert by_source["kinds/gray16.png"]["mode"] == "I;16" and by_source["kinds/palette.png"]["mode"] == "P"
+
+
+def test_bad_inputs_become_error_rows(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    bad = bad_files(rgb)
+    files = {k: v[0] for k, v in bad.items()}
+    files["bad/huge.png"] = oversize_png(300, 200)
+    files["bad/big-file.png"] = oversize_png(10, 10) + b"\0" * 200_000
+    files["fine.png"] = png(rgb)
+    write_tree(tmp_path / "in", files)
+    config = RestoreConfig(input=InputConfig(max_pixels=50_000, max_bytes=150_000))
+    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=config)
+    (tmp_path / "in/fine.png").rename(tmp_path / "in/gone.png")  # listed, then deleted before it is read
+    decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes,
+                         io_retries=0)
+    rows = encode_stage(restore_stage(identity_predictor(), decoded, task="denoise"),
+                        task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
+    by_name = {Path(r["source_uri"]).name: r for r in rows.to_pylist()}
+    assert len(by_name) == len(files)
+    for relative, (_, stage, reason) in bad.items():
+        row = by_name[Path(relative).name]
+        assert (row["status"], row["error_stage"]) == ("error", stage), row
+        assert reason in row["error"], row["error"]
+        assert row["output_uri"] is None and row["restored_at"] is None
+    assert "more than the limit 50000" in by_name["huge.png"]["error"]
+    assert by_name["big-file.png"]["error_stage"] == "read" and "max_bytes" in by_name["big-file.png"]["error"]
+    assert by_name["fine.png"]["error_stage"] == "read" and "no such file" in by_name["fine.png"]["error"]
+    assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+def test_super_resolution_resizes_alpha_and_inpainting_reads_the_mask_from_alpha(tmp_path: Path, sample) -> None:
+    rgb, gray = sample
+    good = variants(rgb, gray)
+    write_tree(tmp_path / "in", {"rgba.png": good["kinds/rgba.png"][0], "gray.png": good["kinds/gray.png"][0]})
+    rows = {Path(r["source_uri"]).name: r for r in
+            run_stages(str(tmp_path / "in"), str(tmp_path / "sr"), identity_predictor("sr", 2), task="sr").to_pylist()}
+    output = decode_image((tmp_path / "sr/rgba.png").read_bytes())
+    assert (output.width, output.height) == (2 * rgb.shape[1], 2 * rgb.shape[0]) == (
+        rows["rgba.png"]["out_width"], rows["rgba.png"]["out_height"])
+    assert output.alpha is not None and output.alpha.shape == output.pixels.shape[:2]
+    assert decode_image((tmp_path / "sr/gray.png").read_bytes()).channels == 1
+
+    rows = {Path(r["source_uri"]).name: r for r in
+            run_stages(str(tmp_path / "in"), str(tmp_path / "inpaint"), identity_predictor("inpaint"),
+                       task="inpaint").to_pylist()}
+    assert rows["rgba.png"]["status"] == "ok" and rows["rgba.png"]["has_alpha"] is False
+    assert decode_image((tmp_path / "inpaint/rgba.png").read_bytes()).alpha is None
+    assert rows["gray.png"]["status"] == "error" and rows["gray.png"]["error_stage"] == "restore"
+    assert "alpha" in rows["gray.png"]["error"]
+
+
+class _FailsOnWidth:
+    """A predictor that fails for images of one width (and so for any batch holding one)."""
+
+    def __init__(self, width: int) -> None:
+        self.inner, self.width = identity_predictor(), width
+
+    def restore_many(self, images, masks=None):
+        if any(image.shape[-1] == self.width for image in images):
+            raise RuntimeError(f"cannot restore width {self.width}")
+        return self.inner.restore_many(images, masks)
+
+
+def test_a_failing_image_does_not_fail_its_batch(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    write_tree(tmp_path / "in", {"a.png": png(rgb), "b.png": png(rgb[:, :64]), "c.png": png(rgb[:80])})
+    rows = {Path(r["source_uri"]).name: r for r in
+            run_stages(str(tmp_path / "in"), str(tmp_path / "out"), _FailsOnWidth(64)).to_pylist()}
+    assert [rows[n]["status"] for n in ("a.png", "b.png", "c.png")] == ["ok", "error", "ok"]
+    assert rows["b.png"]["error_stage"] == "restore" and "cannot restore width 64" in rows["b.png"]["error"]
+
+
+def test_write_failure_is_an_error_row(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    write_tree(tmp_path / "in", {"sub/a.png": png(rgb), "b.png": png(rgb)})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/sub").write_bytes(b"a file where the output folder should be")
+    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=RestoreConfig())
+    rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
+                        task="denoise", model_id="m", job_id=manifest_lib.new_job_id(), io_retries=1)
+    by_name = {Path(r["source_uri"]).name: r for r in rows.to_pylist()}
+    assert by_name["a.png"]["status"] == "error" and by_name["a.png"]["error_stage"] == "write"
+    assert by_name["b.png"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+def test_list_inputs_from_csv_parquet_and_text(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    write_tree(tmp_path / "data", {"x/a.png": png(rgb), "x/y/b.png": png(rgb), "c.png": png(rgb)})
+    data = tmp_path / "data"
+    (data / "list.csv").write_text("uri,label\nx/a.png,1\n" + f"{data}/x/y/b.png,2\nx/a.png,3\n")
+    root, uris, is_list = list_inputs(str(data / "list.csv"))
+    assert is_list and uris == [f"{data}/x/a.png", f"{data}/x/y/b.png"] and root == f"{data}/x"
+    (data / "list.txt").write_text(f"file://{data}/c.png\n\nx/a.png\n")
+    root, uris, _ = list_inputs(str(data / "list.txt"))
+    assert uris == [f"file://{data}/c.png", f"{data}/x/a.png"] and root == str(data)
+    pq.write_table(pa.table({"id": [1, 2], "source_uri": ["x/y/b.png", "c.png"]}), data / "list.parquet")
+    assert list_inputs(str(data / "list.parquet"))[1] == [f"{data}/x/y/b.png", f"{data}/c.png"]
+    pq.write_table(pa.table({"a": ["x"], "b": ["y"]}), data / "ambiguous.parquet")
+    with pytest.raises(ValueError, match="uri_column"):
+        list_inputs(str(data / "ambiguous.parquet"))
+    # A list may name any file: the plan maps each to an output below the list's common folder.
+    plan = plan_restore(str(data / "list.csv"), str(tmp_path / "out"), task="denoise", model_id="m",
+                        config=RestoreConfig())
+    assert plan.work.column("output_uri").to_pylist() == [f"{tmp_path}/out/a.png", f"{tmp_path}/out/y/b.png"]
+
+
+def test_plan_refuses_escapes_collisions_and_overwriting_inputs(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    data = tmp_path / "data"
+    write_tree(data, {"a.jpg": png(rgb), "a.png": png(rgb), "b.gif": png(rgb), "in/c.png": png(rgb)})
+    (data / "list.txt").write_text(f"{data}/a.jpg\n{data}/a.png\n{data}/b.gif\n{data}/in/../a.png\n")
+    config = RestoreConfig(output=OutputConfig(format="png"))
+    plan = plan_restore(str(data / "list.txt"), str(tmp_path / "out"), task="denoise", model_id="m", config=config)
+    outputs = dict(zip(plan.work.column("source_uri").to_pylist(), plan.work.column("output_uri").to_pylist()))
+    assert outputs == {f"{data}/a.jpg": f"{tmp_path}/out/a.jpg.png", f"{data}/a.png": f"{tmp_path}/out/a.png.png",
+                       f"{data}/b.gif": f"{tmp_path}/out/b.png"}
+    [error] = plan.errors
+    assert error["source_uri"] == f"{data}/in/../a.png" and error["error_stage"] == "plan" and "'..'" in error["error"]
+    # Without a format, a file of a format the encoder cannot write gets a .png name.
+    plan = plan_restore(str(data / "list.txt"), str(tmp_path / "out"), task="denoise", model_id="m",
+                        config=RestoreConfig())
+    assert f"{tmp_path}/out/b.gif.png" in plan.work.column("output_uri").to_pylist()
+
+    with pytest.raises(ValueError, match="replace the originals"):
+        plan_restore(str(data), f"file://{data}/", task="denoise", model_id="m", config=RestoreConfig())
+    # Output inside the input: earlier outputs below it are not inputs.
+    write_tree(data / "restored", {"a.png": png(rgb)})
+    plan = plan_restore(str(data), str(data / "restored"), task="denoise", model_id="m", config=RestoreConfig())
+    assert all("/restored/" not in uri for uri in plan.inputs) and len(plan.inputs) == 3  # b.gif: not an image extension
+
+
+def test_plan_marks_earlier_outputs_for_skipping(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    write_tree(tmp_path / "in", {"a.png": png(rgb), "b.png": png(rgb), "c.png": png(rgb)})
+    first = run_stages(str(tmp_path / "in"), str(tmp_path / "out"), identity_predictor())
+    rows = first.to_pylist()
+    rows[1]["model_id"] = "another-model"
+    rows[2]["status"], rows[2]["error"], rows[2]["output_uri"] = "error", "boom", None
+    previous = manifest_lib.rows_to_table(rows)
+    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m",
+                        config=RestoreConfig(), previous_manifest=previous)
+    assert plan.work.column("previous_bytes").to_pylist() == [rows[0]["bytes_in"], None, None]
+    assert list(plan.previous) == [rows[0]["source_uri"]]
+    decoded = read_stage(plan.work)
+    assert decoded.column("status").to_pylist() == ["skipped", None, None]
+    # A changed source is redone.
+    (tmp_path / "in/a.png").write_bytes(png(rgb[:50]))
+    assert read_stage(plan.work).column("status").to_pylist() == [None, None, None]
+    overwrite = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m",
+                             config=RestoreConfig(), previous_manifest=previous, overwrite=True)
+    assert overwrite.work.column("previous_bytes").null_count == 3
+
+
+def test_config_errors_name_the_value() -> None:
+    from restoration import config as config_lib
+
+    with pytest.raises(ValueError, match="output.format 'gif'"):
+        config_lib.load_config(RestoreConfig, overrides=["output.format=gif"])
+    with pytest.raises(ValueError, match="unknown config key pipeline.nope"):
+        config_lib.load_config(RestoreConfig, overrides=["pipeline.nope=1"])
+    assert config_lib.load_config(RestoreConfig, overrides=["output.format=jpg"]).output.format == "JPEG"
