@@ -1,0 +1,502 @@
+"""Autoscaling on one machine: both jobs on a simulated cluster that grows and shrinks.
+
+    python cluster/local_autoscaling.py [--timeout 300] [--workdir DIR] [--report FILE.json]
+
+What it does, with Ray's fake multi-node provider (``cluster/local-fake.yaml``; every simulated
+node is a set of local processes, so the real autoscaler decides and the real raylets run):
+
+1. starts a head node (1 CPU) on free ports with its own temp dir, autoscaler every second;
+2. writes a few small training/validation/input images under the work dir;
+3. submits ``jobs.finetune`` with ``cluster/submit.sh`` (``ray job submit``) for a tiny model: one
+   1-CPU worker fits on the head (``--finetune-workers 2`` does not, and adds a ``cpu-worker``);
+4. submits ``jobs.restore`` with that model, set up as on a real autoscaling GPU cluster
+   (``pipeline.use_gpu=true``: one GPU per actor, decided before any GPU node exists) except
+   ``predictor.device=cpu``: its pending actors make the autoscaler add ``gpu-worker`` nodes,
+   whose declared GPU places the actors while the model runs on the CPU;
+5. waits until every worker node has been idle for ``idle_timeout_minutes`` and is removed;
+6. prints (and with ``--report`` writes) a JSON report: job statuses, the autoscaler's events,
+   the node timeline and peaks, the restore manifest's counts;
+7. stops every process it started, by PID, whatever happened (also on Ctrl-C, SIGTERM or
+   ``--timeout``), keeping the nodes' logs in ``WORKDIR/ray-logs``.
+
+Needs the dashboard (``ray job submit`` talks to it): ``pip install 'ray[default]'``.
+
+Exit status 0 when both jobs succeeded, a gpu-worker node was added and every worker node was
+removed afterwards; 1 otherwise; 3 when ``jobs.restore`` is missing or does not take the
+settings above (the report says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_CONFIG = REPO / "cluster" / "local-fake.yaml"
+SUBMIT = REPO / "cluster" / "submit.sh"
+HEAD_CPUS = 1
+
+# The restore job as on a real autoscaling GPU cluster (one GPU per actor, decided up front since
+# no GPU node is up when the job starts, at most one actor per GPU node), except that the model
+# runs on the CPU: the simulated nodes declare a GPU that is not there.
+RESTORE_SIMULATION_ARGS = [
+    "--set", "pipeline.use_gpu=true",
+    "--set", "pipeline.min_actors=1",
+    "--set", "pipeline.max_actors=2",
+    "--set", "pipeline.batch_size=2",
+    "--set", "predictor.device=cpu",
+    "--set", "predictor.threads=1",
+]
+TINY_FINETUNE_ARGS = [
+    "--set", "model.widths=[8,8,16,16,24,24]",
+    "--set", "data.crop_size=64",
+    "--set", "data.batch_size=2",
+    "--set", "validation.interval=4",
+    "--set", "validation.limit=1",
+    "--set", "checkpoint_interval=4",
+    "--set", "log_interval=2",
+]
+
+
+def log(message: str) -> None:
+    print(f"[local-autoscaling {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------
+# Processes: everything started here is found again by PID (descendants of the head process,
+# plus anything whose command line names this cluster's private temp dir) and stopped by PID.
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses; the ppid is the 2nd field after ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _naming(marker: str) -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop_processes(root_pid: int | None, marker: str | None, grace_s: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL after ``grace_s``, every process of this cluster; returns their PIDs."""
+    pids: set[int] = set()
+    for _ in range(3):  # nodes started late (or reparented) show up on a second look
+        found = (_descendants(root_pid) | {root_pid}) if root_pid else set()
+        if marker:
+            found |= _naming(marker)
+        found.discard(os.getpid())
+        new = found - pids
+        if not new:
+            break
+        pids |= new
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return sorted(pids)
+
+
+# ------------------------------------------------------------------------------------------
+# The simulated cluster
+
+
+class LocalCluster:
+    """A head node started from ``cluster/local-fake.yaml`` on free ports, stopped by PID."""
+
+    def __init__(self, workdir: Path, *, idle_timeout_minutes: float | None = None) -> None:
+        self.workdir = workdir
+        # Unix socket paths must stay short: the temp dir goes under /tmp, not under workdir.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rlas-", dir="/tmp"))
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.ip = _node_ip()
+        self.address = f"http://{self.ip}:{self.dashboard_port}"
+        self.process: subprocess.Popen | None = None
+        # Ray >= 2.52 authenticates every request with a token when one exists (~/.ray/auth_token);
+        # this cluster gets its own, given to its processes and to `ray job submit` by environment.
+        self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        config = yaml.safe_load(FAKE_CONFIG.read_text())
+        config["provider"]["gcs_address"] = f"{self.ip}:{self.port}"
+        if idle_timeout_minutes is not None:
+            config["idle_timeout_minutes"] = idle_timeout_minutes
+        self.config = config
+        self.config_path = workdir / "cluster-config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "head.log"
+
+    def start(self, timeout_s: float = 90) -> None:
+        env = {**os.environ, **self.auth_env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+               # Job entrypoints run `python`: this interpreter, with torch and the project.
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               # Jobs must not pick up another cluster of this machine.
+               "RAY_ADDRESS": f"{self.ip}:{self.port}"}
+        env.pop("RAY_API_SERVER_ADDRESS", None)
+        command = [
+            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+            f"--port={self.port}", f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={HEAD_CPUS}", "--num-gpus=0",
+            f"--autoscaling-config={self.config_path}",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1" if self.ip == "127.0.0.1" else "--dashboard-host=0.0.0.0",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+        ]
+        log(f"starting head: GCS {self.ip}:{self.port}, dashboard {self.address}, temp dir {self.temp_dir}")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log_path.open("wb"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if self.nodes():
+                        log(f"head up after {timeout_s - (deadline - time.monotonic()):.1f} s")
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"head not up after {timeout_s} s; see {self.log_path}")
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Alive nodes as the dashboard sees them: [{"node_id", "is_head", "resources"}]."""
+        body = self.get("/api/v0/nodes?limit=1000&detail=1")
+        rows = body["data"]["result"]["result"]
+        return [
+            {"node_id": r["node_id"], "is_head": r["is_head_node"], "resources": r.get("resources_total", {})}
+            for r in rows if r["state"] == "ALIVE"
+        ]
+
+    def get(self, path: str) -> Any:
+        """GET a dashboard endpoint, authenticated, as parsed JSON."""
+        request = urllib.request.Request(f"{self.address}{path}", headers={
+            "Authorization": f"Bearer {self.auth_env['RAY_AUTH_TOKEN']}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
+
+    def worker_counts(self) -> dict[str, int]:
+        counts = {"cpu-worker": 0, "gpu-worker": 0}
+        for node in self.nodes():
+            if node["is_head"]:
+                continue
+            counts["gpu-worker" if node["resources"].get("GPU") else "cpu-worker"] += 1
+        return counts
+
+    def stop(self) -> list[int]:
+        pids = stop_processes(self.process.pid if self.process else None, str(self.temp_dir))
+        # Keep the nodes' logs (raylet, workers, autoscaler: monitor.*) beside the job logs.
+        for logs in self.temp_dir.glob("session_2*/logs"):
+            shutil.move(str(logs), str(self.workdir / "ray-logs"))
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        log(f"stopped {len(pids)} processes")
+        return pids
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _node_ip() -> str:
+    import ray._private.services
+
+    return ray._private.services.get_node_ip_address()
+
+
+# ------------------------------------------------------------------------------------------
+# Jobs
+
+
+class Timeline:
+    """Worker-node counts sampled while jobs run: [(seconds since start, cpu, gpu)]."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster, self.start, self.samples = cluster, time.monotonic(), []
+
+    def sample(self) -> dict[str, int]:
+        try:
+            counts = self.cluster.worker_counts()
+        except OSError:
+            return {}
+        entry = (round(time.monotonic() - self.start, 1), counts["cpu-worker"], counts["gpu-worker"])
+        if not self.samples or self.samples[-1][1:] != entry[1:]:
+            log(f"workers: cpu-worker {entry[1]}, gpu-worker {entry[2]}")
+        self.samples.append(entry)
+        return counts
+
+    def changes(self) -> list[dict[str, float]]:
+        """The samples where the counts changed (and the first)."""
+        out, previous = [], None
+        for t, cpu, gpu in self.samples:
+            if (cpu, gpu) != previous:
+                out.append({"t": t, "cpu-worker": cpu, "gpu-worker": gpu})
+                previous = (cpu, gpu)
+        return out
+
+    def peak(self, kind: str) -> int:
+        column = 1 if kind == "cpu-worker" else 2
+        return max((s[column] for s in self.samples), default=0)
+
+
+def submit(cluster: LocalCluster, job: str, args: list[str], timeline: Timeline, deadline: float,
+           log_path: Path) -> dict[str, Any]:
+    """Run ``cluster/submit.sh JOB ARGS`` (blocks until the job ends), sampling nodes meanwhile."""
+    env = {**os.environ, **cluster.auth_env, "RAY_ADDRESS": cluster.address,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = ["bash", str(SUBMIT), job, *args]
+    log(f"submitting {job}: {' '.join(command[2:])}")
+    started = time.monotonic()
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            while process.poll() is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{job} still running at the deadline; log: {log_path}")
+                timeline.sample()
+                time.sleep(1.0)
+        finally:
+            if process.poll() is None:
+                stop_processes(process.pid, marker=None, grace_s=3)
+    seconds = round(time.monotonic() - started, 1)
+    tail = log_path.read_text(errors="replace").splitlines()[-15:]
+    status = "SUCCEEDED" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+    log(f"{job}: {status} in {seconds} s")
+    if process.returncode != 0:
+        print("\n".join("    " + line for line in tail), flush=True)
+    return {"status": status, "seconds": seconds, "log": str(log_path), "log_tail": tail}
+
+
+def write_images(root: Path, *, count: int, size: int) -> Path:
+    """``count`` PNG crops of scikit-image's photos, ``size`` pixels square."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    root.mkdir(parents=True, exist_ok=True)
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        top = int(rng.integers(0, photo.shape[0] - size))
+        left = int(rng.integers(0, photo.shape[1] - size))
+        Image.fromarray(photo[top:top + size, left:left + size]).save(root / f"img_{i:03d}.png")
+    return root
+
+
+def restore_support() -> str | None:
+    """Why the restore part cannot run, or None when it can."""
+    if not (REPO / "jobs" / "restore.py").is_file():
+        return "jobs/restore.py does not exist"
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def autoscaler_events(log_path: Path) -> list[str]:
+    """The autoscaler's own lines ("Adding 1 node(s) of type gpu-worker.") from a job's log, once each."""
+    events: list[str] = []
+    for line in _ANSI.sub("", log_path.read_text(errors="replace")).splitlines():
+        if line.startswith("(autoscaler") and ("Adding" in line or "Removing" in line) and line not in events:
+            events.append(line)
+    return events
+
+
+def restore_outcome(output: Path) -> dict[str, Any]:
+    """What the restore job left: manifest rows by status, its summary, the restored files."""
+    import pyarrow.parquet as pq
+
+    folder = output / "_manifest"
+    parts = sorted(folder.glob("*.parquet"))
+    statuses = [s for part in parts for s in pq.read_table(part, columns=["status"]).column("status").to_pylist()]
+    summary_file = next(iter(sorted(folder.glob("*summary*.json"))), None)
+    summary = json.loads(summary_file.read_text()) if summary_file else {}
+    return {
+        "manifest_rows": len(statuses),
+        "manifest_status": {s: statuses.count(s) for s in sorted(set(statuses))},
+        "restored_files": len(list(output.glob("*.png"))),
+        "actor_pool": summary.get("actor_pool"),
+        "images_per_second": summary.get("images_per_second"),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    deadline = time.monotonic() + args.timeout
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="local-autoscaling-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"workdir": str(workdir), "jobs": {}}
+    train = write_images(workdir / "train", count=2 * args.finetune_workers, size=96)
+    val = write_images(workdir / "val", count=1, size=64)
+    inputs = write_images(workdir / "inputs", count=args.images, size=args.image_size)
+
+    with LocalCluster(workdir, idle_timeout_minutes=args.idle_timeout_minutes) as cluster:
+        report["dashboard"] = cluster.address
+        report["temp_dir"] = str(cluster.temp_dir)
+        report["idle_timeout_minutes"] = cluster.config["idle_timeout_minutes"]
+        timeline = Timeline(cluster)
+        timeline.sample()
+
+        # 1. Fine-tune a tiny model (on the head's CPU with one worker; a second worker would
+        #    not fit there and brings up a cpu-worker node).
+        model = workdir / "runs" / "local" / "model"
+        finetune = submit(cluster, "finetune", [
+            "--task", "denoise", "--train-images", str(train), "--val-images", str(val),
+            "--steps", str(args.steps), "--workers", str(args.finetune_workers), "--cpus-per-worker", "1",
+            "--storage", str(workdir / "runs"), "--name", "local", *TINY_FINETUNE_ARGS,
+        ], timeline, deadline, workdir / "finetune.log")
+        finetune["model_written"] = (model / "model.safetensors").is_file()
+        finetune["autoscaler_events"] = autoscaler_events(workdir / "finetune.log")
+        report["jobs"]["finetune"] = finetune
+
+        # 2. Restore with it on GPU-like actors: no GPU node is up, so each pending actor makes
+        #    the autoscaler add a gpu-worker node.
+        why_not = restore_support()
+        if why_not:
+            log(f"restore: skipped: {why_not}")
+            report["jobs"]["restore"] = {"status": "SKIPPED", "reason": why_not}
+        else:
+            restore_model = str(model) if finetune["model_written"] else "default"
+            restore = submit(cluster, "restore", [
+                "--input", str(inputs), "--output", str(workdir / "restored"), "--task", "denoise",
+                "--model", restore_model, *RESTORE_SIMULATION_ARGS, *args.restore_arg,
+            ], timeline, deadline, workdir / "restore.log")
+            restore["model"] = restore_model
+            restore["autoscaler_events"] = autoscaler_events(workdir / "restore.log")
+            if (workdir / "restored" / "_manifest").is_dir():
+                restore.update(restore_outcome(workdir / "restored"))
+            report["jobs"]["restore"] = restore
+        jobs_done = round(time.monotonic() - timeline.start, 1)
+
+        # 3. Scale-down: every worker node idle for idle_timeout_minutes is terminated.
+        log("waiting for idle worker nodes to be removed")
+        drained_at = None
+        while time.monotonic() < deadline:
+            counts = timeline.sample()
+            if counts and not any(counts.values()):
+                drained_at = round(time.monotonic() - timeline.start, 1)
+                break
+            time.sleep(1.0)
+        report["timeline"] = timeline.changes()
+        report["peak_workers"] = {"cpu-worker": timeline.peak("cpu-worker"), "gpu-worker": timeline.peak("gpu-worker")}
+        report["jobs_done_at_s"] = jobs_done
+        report["scaled_down_at_s"] = drained_at
+    return report
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python cluster/local_autoscaling.py",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--timeout", type=float, default=300, help="give up after this many seconds (300)")
+    parser.add_argument("--workdir", default=None, help="images, outputs and logs go here (a new temp dir)")
+    parser.add_argument("--report", default=None, help="also write the JSON report to this file")
+    parser.add_argument("--steps", type=int, default=2, help="fine-tuning steps (2)")
+    parser.add_argument("--finetune-workers", type=int, default=1,
+                        help="Ray Train workers of 1 CPU (1 fits on the head; 2 adds a cpu-worker node)")
+    parser.add_argument("--images", type=int, default=8, help="images to restore (8)")
+    parser.add_argument("--image-size", type=int, default=96, help="their side in pixels (96)")
+    parser.add_argument("--idle-timeout-minutes", type=float, default=None,
+                        help="override idle_timeout_minutes of cluster/local-fake.yaml")
+    parser.add_argument("--restore-arg", action="append", default=[], help="extra argument for jobs.restore")
+    args = parser.parse_args(argv)
+
+    # SIGTERM (e.g. a test's timeout) unwinds through the cluster's __exit__, which stops its processes.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = run(args)
+    except (KeyboardInterrupt, TimeoutError) as exc:
+        log(f"interrupted: {exc!r}")
+        return 1
+    text = json.dumps(report, indent=2)
+    print(text, flush=True)
+    if args.report:
+        Path(args.report).write_text(text)
+    jobs = report["jobs"]
+    if jobs.get("restore", {}).get("status") == "SKIPPED":
+        return 3
+    ok = (all(j["status"] == "SUCCEEDED" for j in jobs.values())
+          and report["peak_workers"]["gpu-worker"] >= 1 and report["scaled_down_at_s"] is not None)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
