@@ -1,0 +1,395 @@
+"""The batch restoration job end to end on Ray Data, S3 -> S3 on a real local SeaweedFS server.
+
+One Ray instance (2 CPUs) and one S3 server serve the whole module. The inputs are real photos
+(CBSD68 crops from ../shared/data when present, scikit-image's sample photos always) degraded
+with Gaussian noise (sigma 25, seeded), images of every kind the job must carry through, and a
+mixed bag of bad files. The model is a tiny denoiser fine-tuned for a few dozen steps in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from restore_images import bad_files, oversize_png, png, variants
+from s3_fixtures import s3_server  # noqa: F401  (pytest fixture)
+
+from restoration import degradations
+from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
+from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
+from restoration.metrics import psnr
+from restoration.s3server import LocalS3Server
+
+pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
+
+BUCKET = "restore-job"
+MAX_PIXELS = 300_000
+SIGMA = 25.0
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera", "coins", "moon")
+TINY_WIDTHS = "[8,8,16,16,24,24]"
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures: Ray, the model, the inputs
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                found.update(int(child) for child in file.read().split())
+        except OSError:
+            continue
+    for child in list(found):
+        found |= _children(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server: LocalS3Server) -> Iterator[None]:  # noqa: F811
+    """A local Ray instance for the module; started after the S3 server so that its workers
+    inherit the AWS variables. Every process it started is stopped, by PID, at the end."""
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already running in this process")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+    node = ray._private.worker._global_node
+    roots = {info.process.pid for infos in node.all_processes.values() for info in infos}
+    try:
+        yield
+    finally:
+        started = roots | {child for pid in roots for child in _children(pid)}
+        ray.shutdown()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+            time.sleep(0.2)
+        for pid in started:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def denoiser(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny denoiser trained for 50 steps at sigma 25 on sample photos (about +2 dB). The
+    backbone starts random: ImageNet weights would not pay off in so few steps."""
+    from skimage import data
+
+    from restoration.checkpoint import save_checkpoint
+    from restoration.training import CropSampler, LoadedImages, Trainer, initial_model, load_train_config
+
+    config = load_train_config("denoise", steps=50, overrides=[
+        f"model.widths={TINY_WIDTHS}", "optim.lr=2e-3", "optim.warmup_steps=5", "data.crop_size=64",
+        "data.batch_size=8", "degradation.sigma_range=[25,25]", "backbone_weights=null",
+    ])
+    names = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
+    images = LoadedImages(names=list(names), pixels=[getattr(data, name)() for name in names], bad=[])
+    threads = torch.get_num_threads()
+    # One thread: two OpenMP threads on two busy cores slow training down many times over.
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        trainer = Trainer(config, initial_model(config), CropSampler(images, config))
+        for _ in range(config.steps):
+            trainer.train_step()
+    finally:
+        torch.set_num_threads(threads)
+    return save_checkpoint(trainer.model, tmp_path_factory.mktemp("model") / "tiny-denoiser", model_id="tiny-denoiser")
+
+
+def _noisy(clean: np.ndarray, name: str) -> np.ndarray:
+    lq = degradations.add_gaussian_noise(pixels_to_tensor(clean), SIGMA, degradations.make_generator(0, name))
+    return tensor_to_pixels(lq)
+
+
+def _clean_photos(cbsd68: Path | None) -> dict[str, np.ndarray]:
+    """Clean references (HxWxC uint8) keyed by relative path."""
+    from skimage import data
+
+    clean = {}
+    for name in PHOTOS:
+        image = Image.fromarray(getattr(data, name)())
+        image.thumbnail((192, 192), Image.Resampling.LANCZOS)
+        pixels = np.asarray(image)
+        clean[f"photos/{name}.png"] = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    if cbsd68 is not None:
+        for path in sorted(cbsd68.glob("*.png"))[:12]:
+            pixels = np.asarray(Image.open(path).convert("RGB"))
+            h, w = pixels.shape[:2]
+            crop_h, crop_w = (128, 192) if h < w else (192, 128)
+            top, left = (h - crop_h) // 2, (w - crop_w) // 2
+            clean[f"cbsd68/sub/{path.stem}.png"] = np.ascontiguousarray(pixels[top : top + crop_h, left : left + crop_w])
+    return clean
+
+
+@pytest.fixture(scope="module")
+def inputs(s3_server: LocalS3Server, request: pytest.FixtureRequest) -> dict:  # noqa: F811
+    """Degraded inputs, good files of every kind and bad files, uploaded to s3://BUCKET/in/."""
+    try:
+        cbsd68 = request.getfixturevalue("cbsd68_dir")
+    except pytest.skip.Exception:
+        cbsd68 = None  # shared data absent: the sample photos alone
+    clean = _clean_photos(cbsd68)
+    noisy = {key: _noisy(pixels, key) for key, pixels in clean.items()}
+    kinds = variants(noisy["photos/astronaut.png"], noisy["photos/camera.png"][:, :, 0])
+    bad = bad_files(noisy["photos/astronaut.png"])
+    files = {key: png(pixels) for key, pixels in noisy.items()}
+    files |= {key: data for key, (data, _) in kinds.items()}
+    files |= {key: data for key, (data, _, _) in bad.items()}
+    files["bad/huge.png"] = oversize_png(700, 600)
+    ignored = {".hidden.png": png(noisy["photos/coins.png"]), "_scratch/x.png": png(noisy["photos/coins.png"]),
+               "notes.txt": b"not an image extension"}
+    s3_server.create_bucket(BUCKET)
+    client = s3_server.client()
+    for key, data in (files | ignored).items():
+        client.put_object(Bucket=BUCKET, Key=f"in/{key}", Body=data)
+    good = sorted(set(noisy) | set(kinds))
+    bad_expect = {key: (stage, reason) for key, (_, stage, reason) in bad.items()}
+    bad_expect["bad/huge.png"] = ("decode", f"more than the limit {MAX_PIXELS}")
+    return {"clean": clean, "noisy": noisy, "kinds": kinds, "files": files, "good": good, "bad": bad_expect}
+
+
+def _uri(*parts: str) -> str:
+    return "s3://" + "/".join((BUCKET, *parts))
+
+
+def _job(output: str, model: Path, *extra: str) -> tuple[int, str]:
+    """``python -m jobs.restore`` in this process (sharing the module's Ray); (exit code, stdout)."""
+    from jobs.restore import main
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["--input", _uri("in"), "--output", output, "--task", "denoise", "--model", str(model),
+                     "--set", f"input.max_pixels={MAX_PIXELS}", *extra])
+    return code, stdout.getvalue()
+
+
+def _rows(output: str) -> dict[str, dict]:
+    table = read_manifest(output)
+    rows = table.to_pylist()
+    keys = [row["source_uri"].removeprefix(_uri("in") + "/") for row in rows]
+    assert len(keys) == len(set(keys)), "an input appears more than once in the manifest"
+    return dict(zip(keys, rows, strict=True))
+
+
+def _get(s3_server: LocalS3Server, uri: str) -> bytes:  # noqa: F811
+    key = uri.removeprefix(f"s3://{BUCKET}/")
+    return s3_server.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _keys(s3_server: LocalS3Server, prefix: str) -> list[str]:  # noqa: F811
+    paginator = s3_server.client().get_paginator("list_objects_v2")
+    return sorted(item["Key"] for page in paginator.paginate(Bucket=BUCKET, Prefix=prefix)
+                  for item in page.get("Contents", []))
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster: None, inputs: dict, denoiser: Path) -> dict:
+    started = time.perf_counter()
+    code, stdout = _job(_uri("out"), denoiser)
+    return {"code": code, "stdout": stdout, "seconds": time.perf_counter() - started}
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+
+
+@pytest.mark.timeout(900)
+def test_s3_to_s3_restores_every_good_input_and_reports_every_bad_one(
+    first_run: dict, inputs: dict, s3_server: LocalS3Server  # noqa: F811
+) -> None:
+    assert first_run["code"] == 0, first_run["stdout"]
+    rows = _rows(_uri("out"))
+    assert sorted(rows) == sorted(inputs["good"] + list(inputs["bad"]))  # hidden, _-prefixed, .txt: not inputs
+
+    for key, (stage, reason) in inputs["bad"].items():
+        row = rows[key]
+        assert (row["status"], row["error_stage"], row["output_uri"]) == ("error", stage, None), row
+        assert reason in row["error"], row["error"]
+
+    for key in inputs["good"]:
+        row = rows[key]
+        assert row["status"] == "ok", (key, row["error"])
+        assert row["output_uri"] == _uri("out", key)
+        assert (row["task"], row["model_id"]) == ("denoise", "tiny-denoiser") and row["job_id"]
+        data = _get(s3_server, row["output_uri"])
+        assert row["bytes_out"] == len(data) and row["bytes_in"] == len(inputs["files"][key])
+        output = decode_image(data)
+        assert (row["out_width"], row["out_height"]) == (output.width, output.height) == (row["width"], row["height"])
+        if key in inputs["kinds"]:
+            expect = inputs["kinds"][key][1]
+            assert (output.width, output.height, output.channels, output.bit_depth) == (
+                expect.width, expect.height, expect.channels, expect.bit_depth), key
+            assert (output.alpha is not None) == expect.alpha == row["has_alpha"], key
+            assert output.icc_profile == expect.icc, key
+            if expect.alpha:  # denoising leaves alpha alone
+                np.testing.assert_array_equal(output.alpha, decode_image(inputs["files"][key]).alpha)
+    rotated = Image.open(io.BytesIO(_get(s3_server, rows["kinds/rotated.jpg"]["output_uri"])))
+    assert rotated.getexif().get(0x0112) in (None, 1)  # orientation applied to the pixels, not re-tagged
+
+    # The fine-tuned model removes noise: PSNR against the clean reference goes up.
+    gains = {}
+    for key, clean in inputs["clean"].items():
+        restored = decode_image(_get(s3_server, rows[key]["output_uri"])).pixels
+        before = psnr(pixels_to_tensor(inputs["noisy"][key]), pixels_to_tensor(clean))
+        after = psnr(pixels_to_tensor(restored), pixels_to_tensor(clean))
+        gains[key] = after - before
+    assert min(gains.values()) > 0.5, gains
+
+    # Outputs only where the manifest says; a summary that agrees with it.
+    outputs = _keys(s3_server, "out/")
+    manifest_files = [key for key in outputs if key.startswith(f"out/{MANIFEST_DIR}/")]
+    assert sorted(set(outputs) - set(manifest_files)) == sorted(f"out/{key}" for key in inputs["good"])
+    assert len([key for key in manifest_files if key.endswith(".parquet")]) == 1
+    summary = json.loads(_get(s3_server, _uri("out", MANIFEST_DIR, SUMMARY_FILE)))
+    assert summary["counts"] == {"ok": len(inputs["good"]), "error": len(inputs["bad"]), "skipped": 0}
+    assert summary["images_per_second"] > 0 and summary["megapixels_per_second"] > 0
+    assert f"restored {len(inputs['good'])} of {len(rows)} inputs" in first_run["stdout"]
+
+    # No credentials anywhere the job wrote or printed.
+    secret, key_id = s3_server.secret_key, s3_server.access_key
+    for key in manifest_files:
+        blob = _get(s3_server, f"s3://{BUCKET}/{key}")
+        assert secret.encode() not in blob and key_id.encode() not in blob
+    assert secret not in first_run["stdout"] and key_id not in first_run["stdout"]
+
+
+@pytest.mark.timeout(900)
+def test_rerun_skips_what_is_done_and_overwrite_redoes_all(
+    first_run: dict, inputs: dict, denoiser: Path, s3_server: LocalS3Server  # noqa: F811
+) -> None:
+    assert first_run["code"] == 0
+    before = _rows(_uri("out"))
+    # One source changes (a different encoding, so a different size): only it is redone.
+    changed = "photos/chelsea.png"
+    buffer = io.BytesIO()
+    Image.fromarray(inputs["noisy"][changed]).save(buffer, format="PNG", compress_level=0)
+    s3_server.client().put_object(Bucket=BUCKET, Key=f"in/{changed}", Body=buffer.getvalue())
+    try:
+        code, stdout = _job(_uri("out"), denoiser)
+        assert code == 0, stdout
+        rows = _rows(_uri("out"))
+        assert sorted(rows) == sorted(before)
+        redone = sorted(key for key, row in rows.items() if row["status"] == "ok")
+        assert redone == [changed]
+        skipped = [key for key, row in rows.items() if row["status"] == "skipped"]
+        assert sorted(skipped) == sorted(set(inputs["good"]) - {changed})
+        for key in skipped:  # the earlier output is still described
+            assert rows[key]["output_uri"] == before[key]["output_uri"]
+            assert rows[key]["restored_at"] == before[key]["restored_at"]
+            assert rows[key]["job_id"] != before[key]["job_id"]
+        assert all(rows[key]["status"] == "error" for key in inputs["bad"])  # errors are retried
+        summary = json.loads(_get(s3_server, _uri("out", MANIFEST_DIR, SUMMARY_FILE)))
+        assert summary["counts"] == {"ok": 1, "error": len(inputs["bad"]), "skipped": len(inputs["good"]) - 1}
+
+        code, stdout = _job(_uri("out"), denoiser, "--overwrite")
+        assert code == 0, stdout
+        rows = _rows(_uri("out"))
+        assert sorted(key for key, row in rows.items() if row["status"] == "ok") == sorted(inputs["good"])
+        assert len([k for k in _keys(s3_server, f"out/{MANIFEST_DIR}/") if k.endswith(".parquet")]) == 1
+    finally:
+        s3_server.client().put_object(Bucket=BUCKET, Key=f"in/{changed}", Body=inputs["files"][changed])
+
+
+def _restorer_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                command = file.read().decode(errors="replace")
+        except OSError:
+            continue
+        if command.startswith("ray::") and "Restorer" in command:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.timeout(900)
+def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(
+    ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server  # noqa: F811
+) -> None:
+    killed: dict = {}
+    done = threading.Event()
+
+    def kill_one_actor() -> None:
+        while not done.is_set():
+            written = [key for key in _keys(s3_server, "killed/") if f"/{MANIFEST_DIR}/" not in key]
+            pids = _restorer_pids()
+            if len(written) >= 3 and pids:
+                killed.update(pid=pids[0], written=len(written))
+                os.kill(pids[0], signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_one_actor, daemon=True)
+    killer.start()
+    try:
+        code, stdout = _job(_uri("killed"), denoiser, "--set", "pipeline.batch_size=1", "--set",
+                            "pipeline.read_batch_size=1")
+    finally:
+        done.set()
+        killer.join(timeout=10)
+    assert code == 0, stdout
+    assert killed, "the job finished before an actor could be killed"
+    assert killed["written"] < len(inputs["good"]), killed
+    assert not _alive(killed["pid"])
+    rows = _rows(_uri("killed"))  # asserts one row per input
+    assert sorted(rows) == sorted(inputs["good"] + list(inputs["bad"]))
+    assert sorted(key for key, row in rows.items() if row["status"] == "ok") == sorted(inputs["good"])
+    outputs = [key for key in _keys(s3_server, "killed/") if f"/{MANIFEST_DIR}/" not in key]
+    assert sorted(outputs) == sorted(f"killed/{key}" for key in inputs["good"])
+    for key in inputs["good"]:
+        decode_image(_get(s3_server, rows[key]["output_uri"]))  # whole, decodable outputs
+
+
+@pytest.mark.timeout(600)
+def test_restore_subcommand_with_a_list_an_output_format_and_fail_on_error(
+    ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server  # noqa: F811
+) -> None:
+    from restoration.cli import main
+
+    listed = ["photos/chelsea.png", "bad/corrupt.png", "kinds/rgba.png"]
+    # A CSV next to the images it names, with entries relative to its folder. (It is not an image,
+    # so the other tests' listings of in/ ignore it.)
+    body = "uri\n" + "".join(f"{key}\n" for key in listed)
+    s3_server.client().put_object(Bucket=BUCKET, Key="in/few.csv", Body=body)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["restore", "--input", _uri("in", "few.csv"), "--output", _uri("as-jpeg"), "--task", "denoise",
+                     "--model", str(denoiser), "--set", "output.format=jpeg", "--fail-on-error"])
+    assert code == 1, stdout.getvalue()
+    rows = {row["source_uri"]: row for row in read_manifest(_uri("as-jpeg")).to_pylist()}
+    assert sorted(rows) == sorted(_uri("in", key) for key in listed)
+    assert rows[_uri("in", "bad/corrupt.png")]["status"] == "error"
+    for key in ("photos/chelsea.png", "kinds/rgba.png"):
+        row = rows[_uri("in", key)]
+        assert row["status"] == "ok" and row["out_format"] == "JPEG" and row["has_alpha"] is False
+        assert row["output_uri"] == _uri("as-jpeg", key.replace(".png", ".jpg"))
+        assert decode_image(_get(s3_server, row["output_uri"])).format == "JPEG"
