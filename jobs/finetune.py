@@ -131,8 +131,8 @@ def _check_some_decode(uris: list[str], flag: str, *, min_size: int = 0, every: 
     try:
         images = load_training_images(sample, min_size=min_size)
     except ValueError as exc:
-        what = f"none of the {len(sample)} images checked" if len(sample) < len(uris) else f"none of the {len(uris)} images"
-        raise InputError(f"{flag}: {what} can be used: {str(exc).split('(', 1)[-1].rstrip(')')}") from None
+        checked = f" (checked {len(sample)} of {len(uris)})" if len(sample) < len(uris) else ""
+        raise InputError(f"{flag}{checked}: {exc}") from None
     if every and images.bad:
         uri, reason = images.bad[0]
         raise InputError(f"{flag}: cannot use {uri}: {reason}")
@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"finetune: error: {exc}", file=sys.stderr)
+        print(f"finetune: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
 
 

@@ -289,7 +289,7 @@ def load_training_images(uris: list[str], *, min_size: int = 0) -> LoadedImages:
         pixels.append(np.ascontiguousarray(p))
     if not names:
         reasons = "; ".join(f"{u}: {r}" for u, r in bad[:3])
-        raise ValueError(f"none of the {len(uris)} training images could be used ({reasons})")
+        raise ValueError(f"none of the {len(uris)} images could be used ({reasons})")
     return LoadedImages(names, pixels, bad)
 
 
@@ -747,12 +747,14 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
         metadata = read_metadata(directory)
         source = ModelConfig.from_dict(metadata["architecture"])
         mine = config.model
-        if (source.backbone, source.widths, source.blocks_per_stage) != (mine.backbone, mine.widths, mine.blocks_per_stage):
+        keys = [k for k in ("backbone", "widths", "fuse_strides", "blocks_per_stage") if hasattr(mine, k)]
+        if any(getattr(source, k) != getattr(mine, k) for k in keys):
+            def describe(c: ModelConfig) -> str:
+                return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k in keys for v in [getattr(c, k)])
+
             raise CheckpointError(
-                f"--init {init} has architecture backbone={source.backbone}, widths={list(source.widths)}, "
-                f"blocks_per_stage={source.blocks_per_stage}; this run needs backbone={mine.backbone}, "
-                f"widths={list(mine.widths)}, blocks_per_stage={mine.blocks_per_stage} "
-                "(set model.widths / model.backbone / model.blocks_per_stage to match)"
+                f"--init {init} has architecture {describe(source)}; this run needs {describe(mine)} "
+                f"(set {' / '.join('model.' + k for k in keys)} to match)"
             )
         state = load_file(str(directory / WEIGHTS_FILE))
     model = build_model(mine, backbone_weights=None)

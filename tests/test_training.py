@@ -196,7 +196,7 @@ def test_unreadable_images_are_skipped_and_counted(image_dir: Path, tmp_path: Pa
 def test_all_bad_training_images_fail_clearly(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"garbage")
     (tmp_path / "b.jpg").write_bytes(b"more garbage")
-    with pytest.raises(ValueError, match=r"none of the 2 training images could be used \(.*a\.png"):
+    with pytest.raises(ValueError, match=r"none of the 2 images could be used \(.*a\.png"):
         load_training_images(storage.list_images(str(tmp_path)))
     with pytest.raises(ValueError, match="no training images"):
         load_training_images([])

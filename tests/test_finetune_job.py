@@ -1,0 +1,381 @@
+"""The Ray Train fine-tuning job: bad input refused before Ray starts, a 2-worker CPU run whose model
+beats the noisy input, kill-and-resume, worker failures retried, checkpoints on S3.
+
+Tiny models (widths 8-24), 64-pixel crops and a few dozen steps keep each run short; Ray itself
+(start, worker group, process group) costs most of the time. The runs that must own their Ray
+instance (killed drivers, S3 credentials in the workers' environment) run the job as a
+subprocess; the others share one local instance for the module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
+
+from jobs import finetune
+from restoration import storage
+from restoration.checkpoint import load_checkpoint, save_checkpoint
+from restoration.evaluate import EvalProtocol, evaluate
+from restoration.model import ModelConfig, build_model
+
+pytestmark = pytest.mark.ray
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.widths=[8,8,16,16,24,24]", "data.crop_size=64", "data.batch_size=4", "optim.lr=5e-3",
+    "degradation.sigma_range=[25,25]", "validation.limit=1", "log_interval=5",
+]
+
+
+def job_args(train: str | Path, val: str | Path, storage_uri: str | Path, name: str, *, steps: int,
+             workers: int = 2, extra: list[str] | None = None, max_failures: int = 1) -> list[str]:
+    args = ["--task", "denoise", "--train-images", str(train), "--val-images", str(val), "--steps", str(steps),
+            "--workers", str(workers), "--storage", str(storage_uri), "--name", name,
+            "--max-failures", str(max_failures)]
+    for override in TINY + (extra or []):
+        args += ["--set", override]
+    return args
+
+
+def read_metrics(text: str) -> list[dict]:
+    return list(csv.DictReader(text.splitlines()))
+
+
+def job_environment() -> dict[str, str]:
+    """This process's environment for a job subprocess, minus anything pointing at another Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a job started with start_new_session=True: its process group, then any descendant
+    (Ray actors run in process groups of their own) by PID."""
+    below = descendants(process.pid)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=60)
+
+
+def run_job(args: list[str], *, timeout: float) -> subprocess.CompletedProcess:
+    """``python -m jobs.finetune ARGS`` in its own session, killed whole on timeout."""
+    process = subprocess.Popen([sys.executable, "-m", "jobs.finetune", *args], cwd=PROJECT_ROOT,
+                               env=job_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process)
+        raise
+    finally:
+        if process.poll() is None:
+            kill_tree(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+@pytest.fixture(scope="module")
+def train_dir(cbsd432_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six CBSD432 photos."""
+    root = tmp_path_factory.mktemp("cbsd432-few")
+    for path in sorted(cbsd432_dir.iterdir())[:6]:
+        shutil.copy(path, root / path.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def val_dir(cbsd68_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three CBSD68 photos."""
+    root = tmp_path_factory.mktemp("cbsd68-few")
+    for path in sorted(cbsd68_dir.iterdir())[:3]:
+        shutil.copy(path, root / path.name)
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: one line, exit code 2, Ray never started
+
+
+@pytest.fixture()
+def small_dirs(tmp_path: Path, train_dir: Path, val_dir: Path) -> dict[str, Path]:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "notes.txt").write_text("not an image")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (garbage / name).write_bytes(b"definitely not an image")
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    wide = tmp_path / "wide-model"
+    save_checkpoint(build_model(ModelConfig(widths=(16, 24, 32, 48, 64, 96)), backbone_weights=None), wide)
+    return {"train": train_dir, "val": val_dir, "empty": empty, "texts": texts, "garbage": garbage,
+            "file": not_a_folder, "wide": wide, "storage": tmp_path / "runs"}
+
+
+BAD_INPUT = [
+    ("missing-train", {"train": "nowhere"}, [], r"--train-images .*nowhere: no such file or directory"),
+    ("empty-train", {"train": "empty"}, [], r"--train-images .*empty holds no images \(\.bmp, \.jpeg"),
+    ("no-images-in-train", {"train": "texts"}, [], r"--train-images .*texts holds no images"),
+    ("unreadable-train", {"train": "garbage"}, [], r"--train-images: none of the 3 images could be used \(.*a\.png"),
+    ("missing-val", {"val": "nowhere"}, [], r"--val-images .*nowhere: no such file or directory"),
+    ("unreadable-val", {"val": "garbage"}, [], r"--val-images: none of the 1 images could be used"),
+    ("storage-not-writable", {"storage": "file-child"}, [], r"--storage .*a-file/runs cannot be written"),
+    ("init-other-architecture", {}, ["--init", "WIDE"], r"--init: .*widths=\[16, 24, 32, 48, 64, 96\].*this run needs"),
+    ("init-missing", {}, ["--init", "/nonexistent/model"], r"--init: checkpoint directory not found"),
+    ("unknown-key", {}, ["--set", "optim.learning_rate=1"], r"config: unknown config key optim\.learning_rate"),
+    ("wrong-type", {}, ["--set", "data.batch_size=many"], r"config: data\.batch_size: expected an integer, got 'many'"),
+    ("too-few-images", {}, ["--workers", "9"], r"6 images cannot be split over 9 workers"),
+    ("bad-name", {}, ["--name", "a/b"], r"--name must be a plain folder name"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("case", "paths", "extra", "message"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_code_2_before_ray_starts(
+    case: str, paths: dict, extra: list[str], message: str, small_dirs: dict, capsys: pytest.CaptureFixture,
+) -> None:
+    import ray
+
+    def where(key: str) -> str:
+        value = paths.get(key, key)
+        if value == "nowhere":
+            return str(small_dirs["empty"].parent / "nowhere")
+        if value == "file-child":
+            return str(small_dirs["file"] / "runs")
+        return str(small_dirs[value])
+
+    args = job_args(where("train"), where("val"), where("storage"), "bad", steps=5, extra=[])
+    extra = [str(small_dirs["wide"]) if item == "WIDE" else item for item in extra]
+    for flag in ("--workers", "--name"):  # replace rather than repeat
+        if flag in extra:
+            position = args.index(flag)
+            del args[position : position + 2]
+    was_running = ray.is_initialized()
+    assert finetune.main(args + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("finetune: error: "), err
+    assert re.search(message, err), err
+    assert ray.is_initialized() == was_running  # nothing was started
+
+
+@pytest.mark.timeout(180)
+def test_restoration_finetune_command_reports_bad_input_in_one_line(small_dirs: dict) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "restoration.cli", "finetune",
+         *job_args(small_dirs["train"], small_dirs["empty"], small_dirs["storage"], "bad", steps=5)],
+        cwd=PROJECT_ROOT, env=job_environment(), capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "--val-images" in result.stderr and "holds no images" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Runs with their own Ray instance (subprocesses)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_kill_the_driver_and_run_again_resumes_from_the_last_checkpoint(train_dir: Path, val_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = job_args(train_dir, val_dir, runs, "killed", steps=40, extra=["checkpoint_interval=10"])
+    snapshot = runs / "killed" / "checkpoint_manager_snapshot.json"
+    log_path = tmp_path / "first.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "jobs.finetune", *args], cwd=PROJECT_ROOT,
+                                   env=job_environment(), stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            # Registered in Ray Train's snapshot, the checkpoint is the one a new run resumes from.
+            while time.monotonic() < deadline and process.poll() is None:
+                if snapshot.is_file() and "checkpoint_step_" in snapshot.read_text():
+                    break
+                time.sleep(0.5)
+        finally:
+            finished_early = process.poll() is not None
+            kill_tree(process)
+    first = log_path.read_text()
+    assert not finished_early, first
+    assert "checkpoint_step_" in snapshot.read_text(), first
+    assert not (runs / "killed" / "model").exists(), "the first run was meant to be interrupted"
+
+    second = run_job(args, timeout=600)
+    assert second.returncode == 0, second.stdout
+    resumed = [line for line in second.stdout.splitlines() if "resumed from step" in line]
+    assert len(resumed) == 1, second.stdout
+    step = int(resumed[0].split("resumed from step ")[1].split()[0])
+    assert step > 0 and step % 10 == 0 and step < 40
+    assert "optimizer, schedule and data position restored" in resumed[0]
+
+    model_dir = runs / "killed" / "model"
+    metrics = read_metrics((model_dir / "metrics.csv").read_text())
+    assert [int(row["step"]) for row in metrics] == list(range(5, 41, 5))  # continuous: no gap, no repeat
+    provenance = json.loads((model_dir / "model.json").read_text())["provenance"]
+    assert provenance["steps"] == 40 and provenance["resumed_at"] == [step]
+    # The steps before the checkpoint come from the first run: their losses are in both logs.
+    first_losses = {int(line.split("step")[1].split("/")[0]): line.split("loss ")[1].split()[0]
+                    for line in first.splitlines() if "/40  loss" in line}
+    assert first_losses, first
+    for row in metrics:
+        if int(row["step"]) in first_losses and int(row["step"]) <= step:
+            assert f"{float(row['loss']):.4f}" == first_losses[int(row["step"])]
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_checkpoints_and_model_on_s3_and_resume_from_s3(train_dir: Path, val_dir: Path, s3_server,
+                                                        s3_bucket: str, tmp_path: Path) -> None:
+    # Training and validation images on S3 too: the workers read them with the AWS_* variables
+    # they inherited from the driver's environment.
+    for local, prefix in ((train_dir, "train"), (val_dir, "val")):
+        for path in sorted(local.iterdir())[:4]:
+            storage.write_bytes(f"s3://{s3_bucket}/{prefix}/{path.name}", path.read_bytes())
+    args = job_args(f"s3://{s3_bucket}/train", f"s3://{s3_bucket}/val", f"s3://{s3_bucket}/runs", "on-s3",
+                    steps=6, extra=["checkpoint_interval=3", "log_interval=3"])
+    first = run_job(args, timeout=600)
+    assert first.returncode == 0, first.stdout
+    run_uri = f"s3://{s3_bucket}/runs/on-s3"
+    assert storage.exists(f"{run_uri}/checkpoint_step_00000006/trainer_state.pt")
+    assert storage.exists(f"{run_uri}/config.yaml")
+
+    # Ten steps now: the run resumes from the checkpoint on S3 and goes on.
+    args[args.index("--steps") + 1] = "10"
+    second = run_job(args, timeout=600)
+    assert second.returncode == 0, second.stdout
+    assert "resumed from step 6 of 10" in second.stdout and "changed settings: steps" in second.stdout
+
+    model_uri = f"{run_uri}/model"
+    local = tmp_path / "model"
+    local.mkdir()
+    for name in ("model.safetensors", "model.json", "metrics.csv", "training_curve.png", "config.yaml"):
+        (local / name).write_bytes(storage.read_bytes(f"{model_uri}/{name}"))
+    checkpoint = load_checkpoint(local)
+    provenance = checkpoint.metadata["provenance"]
+    assert provenance["steps"] == 10 and provenance["resumed_at"] == [6]
+    assert provenance["train_images"] == f"s3://{s3_bucket}/train" and provenance["train_image_count"] == 4
+    assert [int(r["step"]) for r in read_metrics((local / "metrics.csv").read_text())] == [3, 6, 9, 10]
+    # Credentials appear in neither the logs nor the model.
+    secret = s3_server.env()["AWS_SECRET_ACCESS_KEY"]
+    for text in (first.stdout, second.stdout, (local / "model.json").read_text(), (local / "config.yaml").read_text()):
+        assert secret not in text
+
+
+# --------------------------------------------------------------------------------------------
+# Runs in this process, sharing one Ray instance
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance (2 CPUs) for the in-process runs of this module."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    finetune.init_ray(num_cpus=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_worker_run_on_cbsd432_beats_identity(local_ray, cbsd432_dir: Path, val_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = job_args(cbsd432_dir, val_dir, runs, "cbsd432", steps=40,
+                    extra=["data.max_images=8", "checkpoint_interval=20", "keep_checkpoints=1"])
+    assert finetune.main(args) == 0
+
+    model_dir = runs / "cbsd432" / "model"
+    metrics = read_metrics((model_dir / "metrics.csv").read_text())
+    assert [int(row["step"]) for row in metrics] == list(range(5, 41, 5))
+    losses = [float(row["loss"]) for row in metrics]
+    assert sum(losses[-2:]) < 0.9 * sum(losses[:2]), losses
+    assert all(float(row["samples_per_second"]) > 0 for row in metrics)
+    assert [int(row["step"]) for row in metrics if row["val_psnr"]] == [20, 40]
+    png = (model_dir / "training_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+    metadata = json.loads((model_dir / "model.json").read_text())
+    provenance = metadata["provenance"]
+    assert provenance["steps"] == 40 and provenance["workers"] == 2 and provenance["global_batch"] == 8
+    assert provenance["train_images"] == str(cbsd432_dir) and provenance["train_image_count"] == 8
+    assert provenance["skipped_images"] == 0 and provenance["resumed_at"] == []
+    assert provenance["validation"]["val_psnr"] > 0 and provenance["validation_step"] == 40
+    assert provenance["hardware"].startswith("2 x cpu") and provenance["wall_seconds"] > 0
+    assert metadata["code_version"] and metadata["task"] == "denoise"
+    # keep_checkpoints=1 keeps the best by validation PSNR, and always the latest.
+    kept = sorted(p.name for p in (runs / "cbsd432").glob("checkpoint_step_*"))
+    assert "checkpoint_step_00000040" in kept and len(kept) <= 2, kept
+
+    # The final model, through the `restoration evaluate` command, beats the noisy input.
+    out = tmp_path / "evaluate.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "restoration.cli", "evaluate", "--model", str(model_dir), "--task", "denoise",
+         "--images", str(val_dir), "--sigma", "25", "--device", "cpu", "--json", str(out)],
+        cwd=PROJECT_ROOT, env=job_environment(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    fine_tuned = json.loads(out.read_text())
+    identity = evaluate("identity", EvalProtocol("denoise", sigma=25), str(val_dir))
+    assert len(fine_tuned["images"]) == len(identity["images"]) == 3
+    assert fine_tuned["psnr"] > identity["psnr"] + 0.5, (fine_tuned["psnr"], identity["psnr"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_worker_failure_is_retried_from_the_last_checkpoint(local_ray, train_dir: Path, val_dir: Path,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(finetune.FAIL_ONCE_VARIABLE, f"1:15:{marker}")
+    runs = tmp_path / "runs"
+    args = job_args(train_dir, val_dir, runs, "retried", steps=20, extra=["checkpoint_interval=10"])
+    assert finetune.main(args) == 0
+    assert marker.is_file()  # worker 1 did fail at step 15
+    model_dir = runs / "retried" / "model"
+    provenance = json.loads((model_dir / "model.json").read_text())["provenance"]
+    assert provenance["steps"] == 20 and provenance["resumed_at"] == [10]
+    assert [int(r["step"]) for r in read_metrics((model_dir / "metrics.csv").read_text())] == [5, 10, 15, 20]
