@@ -281,6 +281,8 @@ def _configure_ray_data(progress_bars: bool) -> None:
     context.enable_auto_log_stats = False
     if not progress_bars:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Its one warning says progress bars are off, which is what was asked for.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def restore(

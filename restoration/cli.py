@@ -74,7 +74,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from restoration.demo import run_demo
+    from jobs.demo import run_demo
 
     return run_demo(output=args.output, steps=args.steps)
 
