@@ -12,6 +12,8 @@
 #   RAY_ADDRESS    the cluster's dashboard (default http://127.0.0.1:8265, which is where
 #                  `ray dashboard cluster/aws.yaml` or `kubectl port-forward svc/...-head-svc 8265`
 #                  put it)
+#   RAY_AUTH_TOKEN the cluster's token when it has token auth (Ray >= 2.52), unless it is in
+#                  ~/.ray/auth_token; set RAY_AUTH_MODE=token with it
 #   SUBMISSION_ID  the job's id (default JOB-YYYYmmdd-HHMMSS); `ray job logs/status/stop ID`
 #   NO_WAIT=1      return once submitted instead of following the logs until the job ends
 #
@@ -19,7 +21,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
 }
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
