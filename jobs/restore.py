@@ -123,15 +123,21 @@ def load_model_files(spec: str, task: str) -> ModelFiles:
 
 @dataclass(frozen=True)
 class ActorPoolPlan:
+    """The model's actor pool: sizes, per-actor resources, torch threads, device, images per call."""
+
     min_size: int
+    initial_size: int
     max_size: int
     num_cpus: float
     num_gpus: float
     threads: int | None
     device: str
+    batch_size: int
 
 
-def plan_actor_pool(resources: dict[str, float], largest_node_cpus: float, config: Any) -> ActorPoolPlan:
+def plan_actor_pool(
+    resources: dict[str, float], largest_node_cpus: float, config: Any, available: dict[str, float] | None = None
+) -> ActorPoolPlan:
     """Size the model's actor pool from the cluster's resources.
 
     GPU clusters: one actor per GPU (``num_gpus=1``, 1 CPU each). CPU-only clusters: actors of
@@ -140,6 +146,9 @@ def plan_actor_pool(resources: dict[str, float], largest_node_cpus: float, confi
     the CPUs are ever reserved by actors, so read and write tasks always have room. (Half the
     cores per actor, not all: torch's OpenMP threads busy-wait, and an actor whose threads
     outnumber the cores left to it by decode and encode tasks slows down many times over.)
+
+    The pool starts with as many actors as fit in the ``available`` resources now (a batch job
+    wants them all at once; more come as an autoscaler adds nodes), at least ``min_actors``.
     """
     pipeline, predictor = config.pipeline, config.predictor
     cpus = float(resources.get("CPU", 0))
@@ -158,8 +167,14 @@ def plan_actor_pool(resources: dict[str, float], largest_node_cpus: float, confi
         num_cpus = pipeline.cpus_per_actor if pipeline.cpus_per_actor is not None else 0.5
         device = predictor.device or "cpu"
     min_size = min(pipeline.min_actors, max_size)
-    return ActorPoolPlan(min_size=min_size, max_size=max_size, num_cpus=num_cpus, num_gpus=num_gpus,
-                         threads=threads, device=device)
+    available = resources if available is None else available
+    fit = int(available.get("CPU", 0) // num_cpus) if num_cpus else max_size
+    if num_gpus:
+        fit = min(fit, int(available.get("GPU", 0) // num_gpus))
+    initial_size = max(min_size, min(max_size, fit))
+    batch_size = pipeline.batch_size or (16 if use_gpu else 4)
+    return ActorPoolPlan(min_size=min_size, initial_size=initial_size, max_size=max_size, num_cpus=num_cpus,
+                         num_gpus=num_gpus, threads=threads, device=device, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,9 +248,12 @@ def build_dataset(work, *, config, model_ref: list, pool: ActorPoolPlan, task: s
 
     dataset = dataset.map_batches(
         Restorer,
-        batch_size=pipeline.batch_size,
+        batch_size=pool.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        # Two calls in flight per actor: one running, one prefetched. More would queue work on
+        # one actor while another idles at the end of the job.
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size,
+                                           initial_size=pool.initial_size, max_tasks_in_flight_per_actor=2),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
         fn_constructor_kwargs={
@@ -333,7 +351,7 @@ def restore(
         _configure_ray_data(progress_bars)
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         largest = max((node["Resources"].get("CPU", 0) for node in nodes), default=0)
-        pool = plan_actor_pool(ray.cluster_resources(), largest, config)
+        pool = plan_actor_pool(ray.cluster_resources(), largest, config, ray.available_resources())
         model_ref = [ray.put(files)]
         dataset = build_dataset(plan.work, config=config, model_ref=model_ref, pool=pool, task=task,
                                 model_id=files.model_id, job_id=job_id)
@@ -374,6 +392,7 @@ def restore(
         "wall_seconds": finished - started,
         "pipeline_seconds": pipeline_seconds,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "pipeline_started_epoch": listed,
         "manifest": storage.redact(manifest_file),
         "actor_pool": None if pool is None else pool.__dict__,
         "config": config_lib.to_dict(config),
