@@ -233,7 +233,12 @@ def test_rayjob_runs_the_job_on_the_raycluster_spec_with_the_shared_runtime_env(
         config = config_lib.load_config(RestoreConfig, overrides=args.overrides)
         # No GPU node is up when the job starts: GPU use and the pool size must be explicit.
         assert config.pipeline.use_gpu is True
-        assert config.pipeline.max_actors == spec["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplicas"]
+        gpu_group = next(g for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+                         if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"])
+        assert config.pipeline.max_actors == gpu_group["maxReplicas"]
+        # All actors requested up front: Ray Data does not grow a GPU pool beyond what the
+        # cluster has, so min < max would leave GPU nodes unlaunched (docs/cluster.md, 9).
+        assert config.pipeline.min_actors == config.pipeline.max_actors
         assert args.input.startswith("s3://") and args.output.startswith("s3://")
     else:
         from restoration.training import load_train_config
