@@ -21,9 +21,11 @@ node is a set of local processes, so the real autoscaler decides and the real ra
 
 Needs the dashboard (``ray job submit`` talks to it): ``pip install 'ray[default]'``.
 
+``--min-actors 2`` shows the other behaviour of docs/cluster.md, section 9: with the pool's minimum
+at its maximum, both GPU nodes are added at the start instead of one by one.
+
 Exit status 0 when both jobs succeeded, a gpu-worker node was added and every worker node was
-removed afterwards; 1 otherwise; 3 when ``jobs.restore`` is missing or does not take the
-settings above (the report says why).
+removed afterwards; 1 otherwise; 3 when ``jobs/restore.py`` does not exist.
 """
 
 from __future__ import annotations
@@ -51,17 +53,22 @@ FAKE_CONFIG = REPO / "cluster" / "local-fake.yaml"
 SUBMIT = REPO / "cluster" / "submit.sh"
 HEAD_CPUS = 1
 
-# The restore job as on a real autoscaling GPU cluster (one GPU per actor, decided up front since
-# no GPU node is up when the job starts, at most one actor per GPU node), except that the model
-# runs on the CPU: the simulated nodes declare a GPU that is not there.
-RESTORE_SIMULATION_ARGS = [
-    "--set", "pipeline.use_gpu=true",
-    "--set", "pipeline.min_actors=1",
-    "--set", "pipeline.max_actors=2",
-    "--set", "pipeline.batch_size=2",
-    "--set", "predictor.device=cpu",
-    "--set", "predictor.threads=1",
-]
+
+
+def restore_simulation_args(min_actors: int, max_actors: int) -> list[str]:
+    """The restore job as on a real autoscaling GPU cluster (one GPU per actor, decided up front
+    since no GPU node is up when the job starts), except that the model runs on the CPU: the
+    simulated nodes declare a GPU that is not there."""
+    return [
+        "--set", "pipeline.use_gpu=true",
+        "--set", f"pipeline.min_actors={min_actors}",
+        "--set", f"pipeline.max_actors={max_actors}",
+        "--set", "pipeline.batch_size=2",
+        "--set", "predictor.device=cpu",
+        "--set", "predictor.threads=1",
+    ]
+
+
 TINY_FINETUNE_ARGS = [
     "--set", "model.widths=[8,8,16,16,24,24]",
     "--set", "data.crop_size=64",
@@ -203,7 +210,7 @@ class LocalCluster:
             f"--port={self.port}", f"--temp-dir={self.temp_dir}",
             f"--num-cpus={HEAD_CPUS}", "--num-gpus=0",
             f"--autoscaling-config={self.config_path}",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1" if self.ip == "127.0.0.1" else "--dashboard-host=0.0.0.0",
+            "--include-dashboard=true", f"--dashboard-host={self.ip}",
             f"--dashboard-port={self.dashboard_port}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
@@ -220,9 +227,9 @@ class LocalCluster:
                 raise RuntimeError(f"ray start exited with {self.process.returncode}; see {self.log_path}")
             try:
                 if self.nodes():
-                        log(f"head up after {timeout_s - (deadline - time.monotonic()):.1f} s")
-                        return
-            except OSError:
+                    log(f"head up after {timeout_s - (deadline - time.monotonic()):.1f} s")
+                    return
+            except (OSError, KeyError, ValueError):  # not serving yet
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"head not up after {timeout_s} s; see {self.log_path}")
@@ -291,7 +298,7 @@ class Timeline:
     def sample(self) -> dict[str, int]:
         try:
             counts = self.cluster.worker_counts()
-        except OSError:
+        except (OSError, KeyError, ValueError):  # a slow answer: skip this sample
             return {}
         entry = (round(time.monotonic() - self.start, 1), counts["cpu-worker"], counts["gpu-worker"])
         if not self.samples or self.samples[-1][1:] != entry[1:]:
@@ -434,7 +441,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             restore_model = str(model) if finetune["model_written"] else "default"
             restore = submit(cluster, "restore", [
                 "--input", str(inputs), "--output", str(workdir / "restored"), "--task", "denoise",
-                "--model", restore_model, *RESTORE_SIMULATION_ARGS, *args.restore_arg,
+                "--model", restore_model, *restore_simulation_args(args.min_actors, args.max_actors),
+                *args.restore_arg,
             ], timeline, deadline, workdir / "restore.log")
             restore["model"] = restore_model
             restore["autoscaler_events"] = autoscaler_events(workdir / "restore.log")
@@ -476,7 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=96, help="their side in pixels (96)")
     parser.add_argument("--idle-timeout-minutes", type=float, default=None,
                         help="override idle_timeout_minutes of cluster/local-fake.yaml")
-    parser.add_argument("--restore-arg", action="append", default=[], help="extra argument for jobs.restore")
+    parser.add_argument("--min-actors", type=int, default=1,
+                        help="restore actor pool minimum (1; = --max-actors brings every GPU node at the start)")
+    parser.add_argument("--max-actors", type=int, default=2, help="restore actor pool maximum (2: both gpu-worker nodes)")
+    parser.add_argument("--restore-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for jobs.restore (repeatable; e.g. --restore-arg=--set --restore-arg=KEY=VALUE)")
     args = parser.parse_args(argv)
 
     # SIGTERM (e.g. a test's timeout) unwinds through the cluster's __exit__, which stops its processes.

@@ -13,7 +13,7 @@
 #                  `ray dashboard cluster/aws.yaml` or `kubectl port-forward svc/...-head-svc 8265`
 #                  put it)
 #   RAY_AUTH_TOKEN the cluster's token when it has token auth (Ray >= 2.52), unless it is in
-#                  ~/.ray/auth_token; set RAY_AUTH_MODE=token with it
+#                  ~/.ray/auth_token (either one sets RAY_AUTH_MODE=token for the client)
 #   SUBMISSION_ID  the job's id (default JOB-YYYYmmdd-HHMMSS); `ray job logs/status/stop ID`
 #   NO_WAIT=1      return once submitted instead of following the logs until the job ends
 #
@@ -42,6 +42,12 @@ cd "$(dirname "$0")/.."
 if [[ ! -f "jobs/$job.py" ]]; then
     echo "submit.sh: jobs/$job.py not found in $(pwd)" >&2
     exit 2
+fi
+
+# Ray >= 2.52 clients send the cluster's token only in token mode; a cluster without token auth
+# ignores it, so turn the mode on whenever a token is at hand.
+if [[ -z "${RAY_AUTH_MODE:-}" && ( -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ) ]]; then
+    export RAY_AUTH_MODE=token
 fi
 
 submission_id="${SUBMISSION_ID:-$job-$(date +%Y%m%d-%H%M%S)}"

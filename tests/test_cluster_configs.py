@@ -301,7 +301,7 @@ def fake_ray(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "ray"
-    script.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$PWD" "$@" > "$FAKE_RAY_ARGS"\n')
+    script.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$PWD" "auth=${RAY_AUTH_MODE:-}" "$@" > "$FAKE_RAY_ARGS"\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return bin_dir
 
@@ -319,10 +319,12 @@ def run_submit(fake_ray: Path, tmp_path: Path, *args: str, **env: str) -> tuple[
 
 def test_submit_script_runs_ray_job_submit_with_the_working_dir_and_runtime_env(fake_ray: Path, tmp_path: Path) -> None:
     code, recorded, stderr = run_submit(fake_ray, tmp_path, "finetune", "--task", "denoise", "--name", "a b",
-                                        RAY_ADDRESS="http://head:8265", SUBMISSION_ID="ft-1")
+                                        RAY_ADDRESS="http://head:8265", SUBMISSION_ID="ft-1",
+                                        RAY_AUTH_TOKEN="t0ken", RAY_AUTH_MODE="")
     assert code == 0, stderr
-    cwd, *argv = recorded
+    cwd, auth, *argv = recorded
     assert cwd == str(REPO), "the working dir uploaded is the repository root"
+    assert auth == "auth=token", "with a token at hand the client must send it"
     assert argv[:2] == ["job", "submit"]
     separator = argv.index("--")
     options, entrypoint = argv[2:separator], argv[separator + 1:]
