@@ -210,7 +210,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from restoration.model import build_model
     from restoration.training import CropSampler, Trainer, TrainConfig, initial_model, load_training_images
 
-    _quiet_train_worker()
+    quiet_train_worker()
     config: TrainConfig = config_lib.from_dict(TrainConfig, loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -405,7 +405,7 @@ def _quiet_worker_logs() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
-def _quiet_train_worker() -> None:
+def quiet_train_worker() -> None:
     """Hide Ray Train's per-report INFO line ("Reporting training result ...") in a worker.
 
     Ray 2.60 logs it through ``logging.getLogger(__file__)``, outside the ``ray.train`` logger
