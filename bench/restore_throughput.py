@@ -98,7 +98,7 @@ def plain_loop(files: list[Path], model_dir: Path, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     def one(path: Path) -> float:
-        pixels = np.asarray(Image.open(path).convert("RGB"))
+        pixels = np.array(Image.open(path).convert("RGB"))
         x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)[None]
         start = time.perf_counter()
         with torch.no_grad():

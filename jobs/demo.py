@@ -102,7 +102,6 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
     # Quiet Ray before it starts: one copy of each worker line, no usage-stats prompt.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local instance for this process only
 
     from restoration import storage
     from restoration.s3server import LocalS3Server, find_weed_binary

@@ -448,7 +448,8 @@ def plan_restore(
     for the same task, model and output URI is marked for skipping when its size is unchanged.
 
     Raises:
-        ValueError: unknown task, ``limit < 1``, input and output the same location.
+        ValueError: unknown task, ``limit < 1``, no input images, input and output the same
+            location.
         FileNotFoundError: nothing at ``input_uri``.
     """
     if task not in TASKS:
@@ -458,6 +459,9 @@ def plan_restore(
     storage.resolve(output_uri)  # validates the output URI before any listing
     output_root = _normalize(output_uri)
     root, uris, is_list = list_inputs(input_uri, uri_column=config.input.uri_column)
+    if not uris:
+        what = "the list" if is_list else f"{input_uri} (extensions {', '.join(sorted(storage.IMAGE_EXTENSIONS))})"
+        raise ValueError(f"no input images: nothing to restore in {what}")
     if _normalize(root) == output_root:
         raise ValueError(f"--output {output_uri} is the input location; restored images would replace the originals")
     if not is_list and _is_within(output_root, _normalize(root)):

@@ -262,3 +262,36 @@ def test_config_errors_name_the_value() -> None:
     with pytest.raises(ValueError, match="unknown config key pipeline.nope"):
         config_lib.load_config(RestoreConfig, overrides=["pipeline.nope=1"])
     assert config_lib.load_config(RestoreConfig, overrides=["output.format=jpg"]).output.format == "JPEG"
+
+
+def test_actor_pool_leaves_room_for_read_and_write_tasks() -> None:
+    from jobs.restore import plan_actor_pool
+    from restoration import config as config_lib
+
+    default = RestoreConfig()
+    # This machine: 2 CPUs, no GPU -> single-threaded actors, half the CPUs reserved at most.
+    pool = plan_actor_pool({"CPU": 2.0}, 2.0, default)
+    assert (pool.device, pool.threads, pool.max_size, pool.num_cpus, pool.num_gpus) == ("cpu", 1, 2, 0.5, 0.0)
+    assert pool.max_size * pool.num_cpus <= 1.0 and pool.batch_size == 4
+    # Busy cluster: start with what fits now, grow to the maximum later.
+    assert plan_actor_pool({"CPU": 2.0}, 2.0, default, {"CPU": 0.5}).initial_size == 1
+    # A CPU cluster of 16-core nodes: 8 threads per actor.
+    pool = plan_actor_pool({"CPU": 64.0}, 16.0, default)
+    assert (pool.threads, pool.max_size) == (8, 8) and pool.max_size * pool.num_cpus <= 32
+    # GPUs: one actor per GPU, one CPU each, bigger batches.
+    pool = plan_actor_pool({"CPU": 32.0, "GPU": 4.0}, 8.0, default)
+    assert (pool.device, pool.max_size, pool.num_gpus, pool.num_cpus, pool.batch_size) == ("cuda", 4, 1.0, 1.0, 16)
+    # An autoscaling cluster whose GPU nodes are not up yet.
+    config = config_lib.load_config(RestoreConfig, overrides=["pipeline.use_gpu=true", "pipeline.max_actors=8"])
+    pool = plan_actor_pool({"CPU": 4.0}, 4.0, config)
+    assert (pool.device, pool.max_size, pool.num_gpus, pool.initial_size) == ("cuda", 8, 1.0, 1)
+
+
+def test_an_empty_input_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="no input images"):
+        plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=RestoreConfig())
+    with pytest.raises(FileNotFoundError):
+        plan_restore(str(tmp_path / "nowhere"), str(tmp_path / "out"), task="denoise", model_id="m",
+                     config=RestoreConfig())
