@@ -393,3 +393,47 @@ def test_restore_subcommand_with_a_list_an_output_format_and_fail_on_error(
         assert row["status"] == "ok" and row["out_format"] == "JPEG" and row["has_alpha"] is False
         assert row["output_uri"] == _uri("as-jpeg", key.replace(".png", ".jpg"))
         assert decode_image(_get(s3_server, row["output_uri"])).format == "JPEG"
+
+
+@pytest.mark.timeout(900)
+def test_an_interrupted_job_finishes_the_rest_when_run_again(
+    ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server  # noqa: F811
+) -> None:
+    """The driver dies mid-job (SIGKILL): the manifest parts it wrote keep its progress, and the
+    same command run again restores only the rest."""
+    import subprocess
+    import sys
+
+    import ray
+
+    command = [sys.executable, "-m", "jobs.restore", "--input", _uri("in"), "--output", _uri("interrupted"),
+               "--task", "denoise", "--model", str(denoiser), "--address", ray.get_runtime_context().gcs_address,
+               "--set", f"input.max_pixels={MAX_PIXELS}", "--set", "manifest.flush_rows=1",
+               "--set", "pipeline.batch_size=1", "--set", "pipeline.read_batch_size=1"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            keys = _keys(s3_server, "interrupted/")
+            parts = [key for key in keys if key.endswith(".parquet")]
+            outputs = [key for key in keys if f"/{MANIFEST_DIR}/" not in key]
+            if len(parts) >= 3 and len(outputs) >= 3:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the job ended before it could be interrupted: " + driver.stderr.read().decode()[-2000:]
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    recorded = {key: row for key, row in _rows(_uri("interrupted")).items() if row["status"] == "ok"}
+    assert 1 <= len(recorded) < len(inputs["good"])
+
+    code, stdout = _job(_uri("interrupted"), denoiser)
+    assert code == 0, stdout
+    rows = _rows(_uri("interrupted"))
+    assert sorted(rows) == sorted(inputs["good"] + list(inputs["bad"]))
+    assert sorted(key for key, row in rows.items() if row["status"] == "skipped") == sorted(recorded)
+    assert sorted(key for key, row in rows.items() if row["status"] in ("ok", "skipped")) == sorted(inputs["good"])
+    outputs = [key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]
+    assert sorted(outputs) == sorted(f"interrupted/{key}" for key in inputs["good"])
