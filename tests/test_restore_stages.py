@@ -295,3 +295,49 @@ def test_an_empty_input_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         plan_restore(str(tmp_path / "nowhere"), str(tmp_path / "out"), task="denoise", model_id="m",
                      config=RestoreConfig())
+
+
+def test_single_file_input_limit_and_tiled_inference(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    write_tree(tmp_path / "in", {"a/one.png": png(rgb), "b.png": png(rgb), "c.png": png(rgb)})
+    plan = plan_restore(str(tmp_path / "in/a/one.png"), str(tmp_path / "out"), task="denoise", model_id="m",
+                        config=RestoreConfig())
+    assert plan.work.column("output_uri").to_pylist() == [f"{tmp_path}/out/one.png"]
+    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m",
+                        config=RestoreConfig(), limit=2)
+    assert [Path(uri).name for uri in plan.inputs] == ["one.png", "b.png"]
+    # An image larger than the tile goes through overlapping tiles; the identity model's tiles
+    # blend back into the input.
+    model = identity_predictor().model
+    tiled = Predictor(model, device="cpu", tile=64, overlap=8)
+    rows = run_stages(str(tmp_path / "in/b.png"), str(tmp_path / "tiled"), tiled)
+    assert rows.column("status").to_pylist() == ["ok"]
+    restored = decode_image((tmp_path / "tiled/b.png").read_bytes()).pixels
+    assert np.abs(restored.astype(int) - rgb.astype(int)).max() <= 1
+
+
+def test_transient_storage_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from restoration import restore as restore_lib
+
+    monkeypatch.setattr(restore_lib.time, "sleep", lambda seconds: None)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("503 Slow Down")
+        return "data"
+
+    assert restore_lib._with_retries(flaky, 3) == "data" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(OSError, match="Slow Down"):
+        restore_lib._with_retries(flaky, 1)
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("gone")
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        restore_lib._with_retries(missing, 3)
+    assert len(calls) == 1  # a missing file is not transient
