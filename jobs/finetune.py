@@ -179,9 +179,10 @@ def preflight(args: argparse.Namespace) -> Plan:
         except (CheckpointError, FileNotFoundError, OSError) as exc:
             raise InputError(f"--init: {storage_lib.redact(str(exc))}") from None
 
+    storage = _absolute(args.storage)
+    _check_resumable(storage, args.name, config)
     # The storage must be writable before hours of training depend on it. The resolved config is
     # the probe, and stays beside the run.
-    storage = _absolute(args.storage)
     try:
         probe = storage_lib.join(storage, args.name, f".write-test-{uuid.uuid4().hex[:8]}")
         storage_lib.write_bytes(probe, b"ok")
@@ -191,6 +192,48 @@ def preflight(args: argparse.Namespace) -> Plan:
     except (OSError, ValueError) as exc:
         raise InputError(f"--storage {args.storage} cannot be written: {storage_lib.redact(str(exc))}") from None
     return Plan(config, train_uris, val_uris, train_images, val_images, storage, init)
+
+
+def latest_checkpoint(storage: str, name: str) -> str | None:
+    """URI of the checkpoint a run of ``name`` resumes from, read from Ray Train's snapshot of
+    the run (None when there is none, or it cannot be read)."""
+    from restoration import storage as storage_lib
+
+    try:
+        snapshot = json.loads(storage_lib.read_bytes(storage_lib.join(storage, name, "checkpoint_manager_snapshot.json")))
+        directory = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return storage_lib.join(storage, name, directory) if isinstance(directory, str) and directory else None
+
+
+def _check_resumable(storage: str, name: str, config) -> None:
+    """An existing run of the same name resumes: its task and model must be this command's."""
+    from restoration import config as config_lib, storage as storage_lib
+    from restoration.training import CONFIG_FILE
+
+    import yaml
+
+    checkpoint = latest_checkpoint(storage, name)
+    if checkpoint is None:
+        return
+    try:
+        saved = yaml.safe_load(storage_lib.read_bytes(storage_lib.join(checkpoint, CONFIG_FILE)))
+    except (OSError, ValueError, yaml.YAMLError):
+        return
+    mine = config_lib.to_dict(config)
+    if not isinstance(saved, dict) or (saved.get("task"), saved.get("model")) == (mine["task"], mine["model"]):
+        return
+    differences = [f"{key}: {saved.get('model', {}).get(key)!r} -> {value!r}"
+                   for key, value in mine["model"].items()
+                   if key != "task" and (saved.get("model") or {}).get(key) != value]
+    if saved.get("task") != mine["task"]:
+        differences.insert(0, f"task: {saved.get('task')!r} -> {mine['task']!r}")
+    raise InputError(
+        f"--name {name}: {storage_lib.join(storage, name)} holds a run with another model "
+        f"({'; '.join(differences)}); running the same name resumes it. Use another --name for a new run, "
+        f"or --init {checkpoint} to start from its weights"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,6 +522,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         storage_path, filesystem = storage_lib.resolve(plan.storage)[1], None
     run_uri = storage_lib.join(plan.storage, args.name)
+    resume_from = latest_checkpoint(plan.storage, args.name)
+    if resume_from is not None:
+        print(f"run {args.name} exists: resuming from {resume_from}", flush=True)
     print(f"fine-tuning {config.task}: {len(plan.train_uris)} training images, {args.workers} worker(s) x "
           f"batch {config.data.batch_size}, {config.steps} steps, run {run_uri}", flush=True)
     trainer = TorchTrainer(

@@ -197,6 +197,25 @@ def test_bad_input_is_one_line_and_exit_code_2_before_ray_starts(
     assert ray.is_initialized() == was_running  # nothing was started
 
 
+@pytest.mark.timeout(120)
+def test_a_run_of_the_same_name_with_another_model_is_refused(small_dirs: dict, capsys: pytest.CaptureFixture) -> None:
+    # What Ray Train leaves in a run folder, and the config of the run's latest checkpoint.
+    run = small_dirs["storage"] / "taken"
+    (run / "checkpoint_step_00000010").mkdir(parents=True)
+    (run / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_step_00000010"}}))
+    from restoration import config as config_lib
+    from restoration.training import load_train_config
+
+    other = load_train_config("denoise", overrides=TINY[:1] + ["model.alpha=0.25"])
+    (run / "checkpoint_step_00000010" / "config.yaml").write_text(config_lib.to_yaml(other))
+    args = job_args(small_dirs["train"], small_dirs["val"], small_dirs["storage"], "taken", steps=5)
+    assert finetune.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "--name taken:" in err and "alpha: 0.25 -> 0.5" in err and "Use another --name" in err, err
+
+
 @pytest.mark.timeout(180)
 def test_restoration_finetune_command_reports_bad_input_in_one_line(small_dirs: dict) -> None:
     result = subprocess.run(
@@ -242,6 +261,7 @@ def test_kill_the_driver_and_run_again_resumes_from_the_last_checkpoint(train_di
 
     second = run_job(args, timeout=600)
     assert second.returncode == 0, second.stdout
+    assert f"run killed exists: resuming from {runs / 'killed'}/checkpoint_step_" in second.stdout
     resumed = [line for line in second.stdout.splitlines() if "resumed from step" in line]
     assert len(resumed) == 1, second.stdout
     step = int(resumed[0].split("resumed from step ")[1].split()[0])
