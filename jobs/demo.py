@@ -124,6 +124,8 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
 
         from jobs import finetune
 
+        # Workers' output stays in Ray's log files: Ray Train's internal actors log alarming but
+        # harmless lines on a one-machine instance. The training curve is written with the model.
         finetune.init_ray(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
                           logging_level="WARNING")
         stack.callback(ray.shutdown)
@@ -151,6 +153,7 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
             print(f"demo: fine-tuning failed (exit code {code})", file=sys.stderr)
             return code
         model = runs / "demo" / "model"
+        print(f"  model, metrics.csv and training_curve.png in {model}", flush=True)
 
         _step(4, f"restoring {base}/input/ -> {base}/restored/ on Ray Data", started)
         from jobs.restore import restore
