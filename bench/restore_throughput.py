@@ -9,7 +9,8 @@ model (default architecture, untrained weights: the arithmetic is what is timed)
   (``torch.no_grad``, contiguous memory), PNG encode and write; ``model_seconds`` is the model
   alone;
 - ``b_predictor``: :class:`restoration.inference.Predictor` alone on decoded tensors (batched,
-  inference mode, channels_last); ``b_predictor_cuda_bf16`` too when CUDA is available;
+  inference mode, channels_last, all cores); ``b_predictor_one_thread`` the same on one thread
+  (as each CPU actor of the job runs); ``b_predictor_cuda_bf16`` too when CUDA is available;
 - ``c_ray_local``: the full Ray job (``jobs.restore.restore``) folder -> folder;
 - ``d_ray_s3``: the full Ray job S3 -> S3 on a local SeaweedFS server.
 
@@ -198,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             report["a_plain_loop"] = plain_loop(files, model_dir, work / "plain-out")
         if "b" in lines:
             report["b_predictor"] = predictor_alone(images, model_dir, batch_size=args.batch_size)
+            if torch.get_num_threads() > 1:
+                # For reference: one thread, as each CPU actor of the Ray job runs by default.
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    report["b_predictor_one_thread"] = predictor_alone(images, model_dir, batch_size=args.batch_size)
+                finally:
+                    torch.set_num_threads(threads)
             if torch.cuda.is_available():
                 report["b_predictor_cuda_bf16"] = predictor_alone(images, model_dir, device="cuda", batch_size=16)
         if lines & {"c", "d"}:

@@ -32,7 +32,6 @@ import posixpath
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -69,6 +68,7 @@ __all__ = [
     "plan_restore",
     "read_stage",
     "restore_stage",
+    "target_format",
 ]
 
 T = TypeVar("T")
@@ -236,7 +236,7 @@ PIPELINE_SCHEMA: Final[pa.Schema] = pa.schema(
         pa.field("format", pa.string()),
         pa.field("channels", pa.int8()),
         pa.field("bit_depth", pa.int8()),
-        # Raw H x W x C (uint8 or big-endian-free native uint16) samples; after the restore
+        # Raw H x W x C samples (uint8, or native-endian uint16); after the restore
         # stage, the restored pixels at out_height x out_width.
         pa.field("pixels", pa.large_binary()),
         pa.field("alpha", pa.large_binary()),
@@ -752,13 +752,3 @@ def encode_stage(
         })
     return pa.Table.from_pydict({name: [row.get(name) for row in manifest_rows] for name in COLUMNS},
                                 schema=MANIFEST_SCHEMA)
-
-
-def write_text(uri: str, text: str) -> None:
-    """Write a small text file (summary, config) to ``uri``."""
-    storage.write_bytes(uri, text.encode("utf-8"))
-
-
-def local_path(uri: str) -> Path | None:
-    """The local path of a local URI, None for S3."""
-    return None if uri.startswith("s3://") else Path(_normalize(uri))
