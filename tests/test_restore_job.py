@@ -409,7 +409,8 @@ def test_an_interrupted_job_finishes_the_rest_when_run_again(
     command = [sys.executable, "-m", "jobs.restore", "--input", _uri("in"), "--output", _uri("interrupted"),
                "--task", "denoise", "--model", str(denoiser), "--address", ray.get_runtime_context().gcs_address,
                "--set", f"input.max_pixels={MAX_PIXELS}", "--set", "manifest.flush_rows=1",
-               "--set", "pipeline.batch_size=1", "--set", "pipeline.read_batch_size=1"]
+               "--set", "pipeline.batch_size=1", "--set", "pipeline.read_batch_size=1",
+               "--set", "pipeline.max_actors=1"]  # one image at a time: room to interrupt it
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
