@@ -186,6 +186,7 @@ def run_without_ray(args: argparse.Namespace) -> dict[str, Any]:
     }
     if device.type == "cuda":
         result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    result["ray_imported"] = "ray" in sys.modules  # must stay False: the library never imports Ray
     return result
 
 

@@ -295,3 +295,25 @@ def test_train_config_from_yaml_and_overrides(tmp_path: Path) -> None:
     written = tmp_path / "resolved.yaml"
     written.write_text(config_lib.to_yaml(config))
     assert config_lib.from_dict(TrainConfig, config_lib.read_yaml(written)) == config
+
+
+@pytest.mark.timeout(300)
+def test_throughput_bench_without_ray(image_dir: Path, tmp_path: Path) -> None:
+    """bench/train_throughput.py --no-ray: the library loop alone, JSON out, Ray never imported."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "train_throughput.py"), "--no-ray", "--threads", "1", "--steps", "2",
+         "--warmup", "1", "--widths", "8,8,16,16,24,24", "--crop-size", "64", "--batch-size", "2",
+         "--images", str(image_dir), "--output", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())["no_ray"]
+    assert report["ray_imported"] is False and report["device"] == "cpu" and report["threads"] == 1
+    assert report["samples_per_second"] > 0
+    assert set(report["split_seconds"]) == {"data", "forward", "backward", "optimizer"}
