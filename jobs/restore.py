@@ -26,7 +26,8 @@ per input, so retried tasks cannot duplicate rows. Parts are written as the run 
 compacted at the end (see :mod:`restoration.manifest`): ``<output>/_manifest/*.parquet``, plus
 ``_summary.json`` (counts, images/s, megapixels/s, wall time) and ``_config.yaml`` (the resolved
 configuration). A re-run skips inputs already restored with the same task, model and output URI
-whose size has not changed; ``--overwrite`` redoes everything. Bad inputs are manifest rows
+whose size has not changed (a first pass of CPU tasks stats them before any model actor starts,
+so re-running a finished job loads no model); ``--overwrite`` redoes everything. Bad inputs are manifest rows
 with ``status=error``; the job exits 0 unless ``--fail-on-error``.
 """
 
@@ -344,16 +345,25 @@ def restore(
 
     pool = None
     megapixels = 0.0
-    if plan.work.num_rows:
+    work = plan.work
+    if work.num_rows:
         import ray
 
         _init_ray(address)
         _configure_ray_data(progress_bars)
+        if plan.previous:
+            work = _skip_done(work, config=config, writer=writer, previous=plan.previous, job_id=job_id)
+            if writer.counts["skipped"]:
+                echo(f"  {writer.counts['skipped']} inputs already restored (same size): skipped; "
+                     f"{work.num_rows} to process")
+    if work.num_rows:
+        import ray
+
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         largest = max((node["Resources"].get("CPU", 0) for node in nodes), default=0)
         pool = plan_actor_pool(ray.cluster_resources(), largest, config, ray.available_resources())
         model_ref = [ray.put(files)]
-        dataset = build_dataset(plan.work, config=config, model_ref=model_ref, pool=pool, task=task,
+        dataset = build_dataset(work, config=config, model_ref=model_ref, pool=pool, task=task,
                                 model_id=files.model_id, job_id=job_id)
         last_report = time.monotonic()
         try:
@@ -401,6 +411,40 @@ def restore(
                         (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     echo(format_summary(summary))
     return summary
+
+
+def _skip_done(work, *, config, writer, previous: dict[str, dict[str, Any]], job_id: str):
+    """Re-runs: stat the inputs restored before (CPU tasks, metadata only), record the unchanged
+    ones as skipped and return the rest of the work. Runs before the model's actors exist, so a
+    re-run of a finished job loads no model (and asks an autoscaler for no GPU)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray.data
+
+    from restoration.manifest import skipped_row
+    from restoration.restore import WORK_SCHEMA
+
+    candidates = work.filter(pc.is_valid(work.column("previous_bytes")))
+    pending = [work.filter(pc.is_null(work.column("previous_bytes")))]
+    rows_per_block = max(64, math.ceil(candidates.num_rows / 2_000))
+    blocks = [candidates.slice(start, rows_per_block) for start in range(0, candidates.num_rows, rows_per_block)]
+    stats = ray.data.from_arrow(blocks).map_batches(
+        _skip_batch, batch_format="pyarrow", batch_size=None, num_cpus=config.pipeline.cpus_per_task,
+        fn_kwargs={"io_retries": config.pipeline.io_retries},
+    )
+    for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
+        done = batch.filter(batch.column("skipped"))
+        if done.num_rows:
+            writer.add_rows(skipped_row(previous[row["source_uri"]], job_id=job_id, bytes_in=row["bytes_in"])
+                            for row in done.select(["source_uri", "bytes_in"]).to_pylist())
+        pending.append(batch.filter(pc.invert(batch.column("skipped"))).select(WORK_SCHEMA.names))
+    return pa.concat_tables([table.cast(WORK_SCHEMA) for table in pending])
+
+
+def _skip_batch(batch, *, io_retries: int):
+    from restoration.restore import skip_stage
+
+    return skip_stage(batch, io_retries=io_retries)
 
 
 def _ok_megapixels(rows) -> float:

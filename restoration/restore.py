@@ -6,7 +6,9 @@ next, so it can be run and tested in one process:
 1. :func:`plan_restore` (driver) -- list the inputs (a prefix, one file, or a Parquet/CSV/text
    list of URIs), give each a safe output URI under the output prefix, and mark the ones an
    earlier run already restored. Inputs that cannot be planned become error rows right away.
-   Output: a *work* table (:data:`WORK_SCHEMA`).
+   Output: a *work* table (:data:`WORK_SCHEMA`). On a re-run, :func:`skip_stage` (CPU tasks)
+   then stats the inputs restored before and marks the unchanged ones as skipped, so that no
+   model is loaded for inputs that are all done.
 2. :func:`read_stage` (CPU tasks) -- stat, read and decode each input. Output: a *pipeline*
    table (:data:`PIPELINE_SCHEMA`) holding raw pixels, or a status for inputs that are done
    (``skipped``) or failed (``error``).
@@ -63,11 +65,13 @@ __all__ = [
     "Plan",
     "PredictorConfig",
     "RestoreConfig",
+    "SKIP_SCHEMA",
     "encode_stage",
     "list_inputs",
     "plan_restore",
     "read_stage",
     "restore_stage",
+    "skip_stage",
     "target_format",
 ]
 
@@ -528,6 +532,34 @@ def _previous_rows(manifest: pa.Table | None) -> dict[str, dict[str, Any]]:
     if manifest is None or manifest.num_rows == 0:
         return {}
     return {row["source_uri"]: row for row in manifest.to_pylist() if row["status"] in ("ok", "skipped")}
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 0 (re-runs only): which inputs are already done
+
+
+SKIP_SCHEMA: Final[pa.Schema] = WORK_SCHEMA.append(pa.field("bytes_in", pa.int64())).append(
+    pa.field("skipped", pa.bool_(), nullable=False)
+)
+
+
+def skip_stage(work: pa.Table, *, io_retries: int = 3) -> pa.Table:
+    """Stat the inputs of a work table that an earlier run restored (``previous_bytes`` set) and
+    mark those whose size is unchanged as ``skipped`` (:data:`SKIP_SCHEMA`).
+
+    Only metadata is read. An input that cannot be inspected is not skipped: the read stage
+    then reports what is wrong with it.
+    """
+    rows = []
+    for item in work.to_pylist():
+        size = None
+        if item["previous_bytes"] is not None:
+            try:
+                size = _with_retries(lambda: storage.size(item["source_uri"]), io_retries)
+            except (OSError, ValueError):
+                size = None
+        rows.append({**item, "bytes_in": size, "skipped": size is not None and size == item["previous_bytes"]})
+    return pa.Table.from_pylist(rows, schema=SKIP_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------

@@ -394,6 +394,15 @@ def test_restore_subcommand_with_a_list_an_output_format_and_fail_on_error(
         assert row["output_uri"] == _uri("as-jpeg", key.replace(".png", ".jpg"))
         assert decode_image(_get(s3_server, row["output_uri"])).format == "JPEG"
 
+    # The same command on the first input only: it is done, so nothing fails and no model loads.
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["restore", "--input", _uri("in", "few.csv"), "--output", _uri("as-jpeg"), "--task", "denoise",
+                     "--model", str(denoiser), "--set", "output.format=jpeg", "--fail-on-error", "--limit", "1"])
+    assert code == 0
+    summary = json.loads(_get(s3_server, _uri("as-jpeg", MANIFEST_DIR, SUMMARY_FILE)))
+    assert summary["counts"] == {"ok": 0, "error": 0, "skipped": 1} and summary["actor_pool"] is None
+    assert len(read_manifest(_uri("as-jpeg"))) == 3  # the other inputs' rows are kept
+
 
 @pytest.mark.timeout(900)
 def test_an_interrupted_job_finishes_the_rest_when_run_again(

@@ -24,6 +24,7 @@ from restoration.restore import (
     plan_restore,
     read_stage,
     restore_stage,
+    skip_stage,
 )
 
 TINY = (8, 8, 16, 16, 24, 24)
@@ -245,6 +246,9 @@ def test_plan_marks_earlier_outputs_for_skipping(tmp_path: Path, sample) -> None
     assert list(plan.previous) == [rows[0]["source_uri"]]
     decoded = read_stage(plan.work)
     assert decoded.column("status").to_pylist() == ["skipped", None, None]
+    marked = skip_stage(plan.work)
+    assert marked.column("skipped").to_pylist() == [True, False, False]
+    assert marked.column("bytes_in").to_pylist() == [rows[0]["bytes_in"], None, None]  # only candidates are read
     # A changed source is redone.
     (tmp_path / "in/a.png").write_bytes(png(rgb[:50]))
     assert read_stage(plan.work).column("status").to_pylist() == [None, None, None]
