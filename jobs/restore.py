@@ -356,9 +356,7 @@ def restore(
             if writer.counts["skipped"]:
                 echo(f"  {writer.counts['skipped']} inputs already restored (same size): skipped; "
                      f"{work.num_rows} to process")
-    if work.num_rows:
-        import ray
-
+    if work.num_rows:  # Ray was started above
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         largest = max((node["Resources"].get("CPU", 0) for node in nodes), default=0)
         pool = plan_actor_pool(ray.cluster_resources(), largest, config, ray.available_resources())
