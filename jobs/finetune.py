@@ -280,8 +280,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         dist.all_reduce(counts)  # every worker learns the totals, and all fail together if a shard is empty
     total_usable, total_bad, empty_shards = (int(v) for v in counts.cpu())
     if images is None or empty_shards:
-        raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images; "
-                         f"{total_bad} of {total_usable + total_bad} images could not be used")
+        raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images "
+                         f"({total_bad} of {total_usable + total_bad} images could not be used); "
+                         "use fewer --workers or more images")
     say(f"training on {total_usable} images over {world_size} worker(s)"
         + (f"; skipped {total_bad} unusable, e.g. {images.bad[0][0]}: {images.bad[0][1]}" if images.bad else
            f"; skipped {total_bad} unusable" if total_bad else ""))
