@@ -51,7 +51,7 @@ def test_tiled_output_matches_whole_image_without_seams(astronaut, task, scale):
     # image output does not have.
     jump_tiled = (tiled[..., 1:] - tiled[..., :-1]).abs().mean(dim=(0, 1))
     jump_whole = (whole[..., 1:] - whole[..., :-1]).abs().mean(dim=(0, 1))
-    assert (jump_tiled - jump_whole).abs().max() < 0.01
+    assert (jump_tiled - jump_whole)[border:-border].abs().max() < 0.01
 
 
 def test_batched_equals_one_by_one(astronaut):
