@@ -65,11 +65,15 @@ class DataConfig:
             stride); images smaller than this are skipped.
         batch_size: crops per worker per step (the global batch is ``batch_size * workers``).
         max_images: use only the first N training images (sorted by URI), or all.
+        gray_fraction: share of crops turned to 8-bit gray (BT.601 luma) before they are
+            degraded, so the model also learns gray images' degradations (gray JPEG has no chroma
+            subsampling); 0 keeps every crop in color.
     """
 
     crop_size: int = 96
     batch_size: int = 8
     max_images: int | None = None
+    gray_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.crop_size < 32 or self.crop_size % 32:
@@ -78,6 +82,8 @@ class DataConfig:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"data.max_images must be >= 1 or null, got {self.max_images}")
+        if not 0.0 <= self.gray_fraction <= 1.0:
+            raise ValueError(f"data.gray_fraction must lie within [0, 1], got {self.gray_fraction}")
 
 
 @dataclass(frozen=True)
@@ -293,6 +299,12 @@ def load_training_images(uris: list[str], *, min_size: int = 0) -> LoadedImages:
     return LoadedImages(names, pixels, bad)
 
 
+def to_gray8(rgb: Tensor) -> Tensor:
+    """(3, H, W) RGB in [0, 1] -> (1, H, W) 8-bit gray (ITU-R BT.601 luma, as PIL's "L")."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=rgb.dtype).view(3, 1, 1)
+    return ((rgb * weights).sum(0, keepdim=True) * 255).round().clamp(0, 255) / 255
+
+
 class CropSampler:
     """Deterministic stream of (gt, lq, mask) training samples from a worker's images.
 
@@ -307,6 +319,7 @@ class CropSampler:
         self.spec = config.degradation
         self.task = config.task
         self.seed = config.seed
+        self.gray_fraction = config.data.gray_fraction
         self.rank = rank
         self._orders: dict[int, Tensor] = {}
         small = [n for n, p in zip(images.names, images.pixels) if min(p.shape[:2]) < self.crop]
@@ -338,9 +351,15 @@ class CropSampler:
             gt = gt.flip(-2)
         if flips[2]:
             gt = gt.transpose(-1, -2)
+        # Drawn only when asked for, so color-only configs keep their exact sample stream.
+        gray = self.gray_fraction > 0 and float(torch.rand((), generator=g)) < self.gray_fraction
+        if gray:
+            gt = to_gray8(gt)
         lq, extra = degradations.degrade(gt.contiguous(), self.spec, g)
         if self.task == "sr":
             gt = extra["gt"]
+        if gray:  # the model sees gray as three equal channels, as inference runs it
+            gt, lq = gt.expand(3, -1, -1), lq.expand(3, -1, -1)
         return gt, lq, extra.get("mask")
 
     def batch(self, start: int, size: int) -> tuple[Tensor, Tensor, Tensor | None]:

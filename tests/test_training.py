@@ -160,6 +160,27 @@ def test_crop_sampler_is_deterministic_per_position(image_dir: Path) -> None:
     assert not torch.equal(a.sample(0)[0], a.sample(1)[0])
 
 
+def test_gray_fraction_makes_gray_crops_with_gray_degradations(image_dir: Path) -> None:
+    overrides = [o for o in TINY if not o.startswith("degradation")]
+    images = load_training_images(storage.list_images(str(image_dir)), min_size=64)
+    gray = CropSampler(images, load_train_config("jpeg", overrides=overrides + ["data.gray_fraction=1"]))
+    color = CropSampler(images, load_train_config("jpeg", overrides=overrides))
+    for position in range(4):
+        gt, lq, _ = gray.sample(position)
+        assert gt.shape == lq.shape == (3, 64, 64)
+        assert torch.equal(gt[0], gt[1]) and torch.equal(gt[0], gt[2])  # three equal channels
+        assert torch.equal(lq[0], lq[2])  # gray JPEG: no chroma to bleed between channels
+        assert torch.equal(gt * 255, (gt * 255).round())  # 8-bit gray levels
+        assert not torch.equal(gt, lq)  # still compressed
+    # With gray_fraction 0 the color stream is untouched: no extra draw shifts it.
+    assert not torch.equal(color.sample(0)[0][0], color.sample(0)[0][1])
+    half = CropSampler(images, load_train_config("jpeg", overrides=overrides + ["data.gray_fraction=0.5"]))
+    kinds = {bool(torch.equal(g[0], g[1])) for g, _, _ in (half.sample(p) for p in range(16))}
+    assert kinds == {True, False}
+    with pytest.raises(ValueError, match="gray_fraction"):
+        load_train_config("jpeg", overrides=["data.gray_fraction=1.5"])
+
+
 @pytest.mark.parametrize("task", ["sr", "inpaint", "jpeg"])
 def test_other_tasks_take_a_step(image_dir: Path, task: str) -> None:
     overrides = [o for o in TINY if not o.startswith("degradation")] + ["steps=1", "backbone_weights=null"]
