@@ -75,7 +75,8 @@ def _finetune_overrides(init: str | None) -> list[str]:
     from restoration.checkpoint import read_metadata, shipped_checkpoint
 
     architecture = read_metadata(shipped_checkpoint("denoise"))["architecture"]
-    keep = [item for item in DEMO_MODEL if not item.startswith("model.")]
+    # A trained model is adapted gently: the demo's from-scratch learning rate would undo it.
+    keep = [item for item in DEMO_MODEL if not item.startswith(("model.", "optim.lr="))] + ["optim.lr=2e-4"]
     for key in ("widths", "fuse_strides", "backbone", "blocks_per_stage"):
         if key in architecture:
             value = architecture[key]

@@ -1,0 +1,69 @@
+"""The shipped default models: each restores scikit-image photos (never training or benchmark
+images) clearly better than its degraded input and than the simple classical answer, under the
+evaluate protocol. The figures of MODEL_CARD.md are measured on the benchmark sets by
+bench/model_card.py; this is the check that a release ships working weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from restoration.checkpoint import SHIPPED_DIR, read_metadata
+from restoration.evaluate import EvalProtocol, evaluate
+
+SHIPPED = sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / "model.safetensors").is_file()) if SHIPPED_DIR.is_dir() else []
+
+# (protocol, baseline, dB the default must beat the baseline by, on these two crops)
+CASES = {
+    "denoise": [(EvalProtocol(task="denoise", sigma=15), "identity", 6.0),
+                (EvalProtocol(task="denoise", sigma=50), "identity", 10.0)],
+    "sr": [(EvalProtocol(task="sr", scale=4), "bicubic", 0.5)],
+    "jpeg": [(EvalProtocol(task="jpeg", quality=10), "identity", 0.5)],
+    "inpaint": [(EvalProtocol(task="inpaint", mask_kind="dropout", mask_ratio=0.5), "telea", 0.5),
+                (EvalProtocol(task="inpaint", mask_kind="box"), "identity", 3.0)],
+}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two 192x192 crops of scikit-image photos, one color and one gray."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()[40:232, 160:352]).save(root / "astronaut.png")
+    Image.fromarray(data.camera()[60:252, 200:392]).save(root / "camera.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(min(2, saved))
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_every_task_of_the_card_is_shipped():
+    if not SHIPPED:
+        pytest.skip("no default model is shipped in this checkout")
+    assert set(SHIPPED) == set(CASES), f"shipped {SHIPPED}"
+    total = sum(f.stat().st_size for task in SHIPPED for f in (SHIPPED_DIR / task).iterdir())
+    assert total < 25e6, f"shipped weights take {total / 1e6:.1f} MB"
+    for task in SHIPPED:
+        meta = read_metadata(SHIPPED_DIR / task)
+        assert meta["task"] == task
+        assert "CBSD432" in str(meta["provenance"].get("train_images", "")), meta["provenance"]
+
+
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_default_model_beats_baseline(task: str, photos: Path):
+    if task not in SHIPPED:
+        pytest.skip(f"no default model is shipped for {task}")
+    for protocol, baseline, margin in CASES[task]:
+        ours = evaluate("default", protocol, str(photos), device="cpu")
+        theirs = evaluate(baseline, protocol, str(photos), device="cpu")
+        for a, b in zip(ours["images"], theirs["images"]):
+            assert a["psnr"] > b["psnr"] + margin, (protocol.describe(), baseline, a, b)
