@@ -7,6 +7,7 @@ Every row is one ``restoration.evaluate.evaluate`` call, the same code as
 ``restoration evaluate --model default --task ... --images ...``, so each figure can be reproduced
 one command at a time. CBM3D takes 15-25 s per image here, so the side-by-side denoising timing
 table runs on the first ``--classical-limit`` CBSD68 images (the model's main rows use all 68).
+``--ensemble`` adds the defaults with the x8 self-ensemble (``restoration evaluate --ensemble 8``).
 Prints the JSON report and a Markdown table.
 """
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="evaluate this checkpoint instead of the shipped default for TASK (repeatable)")
     p.add_argument("--classical-limit", type=int, default=10, help="CBSD68 images for the CBM3D/NLM timing rows")
     p.add_argument("--limit", type=int, default=None, help="at most N images per row (a quick check)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="add rows for the default models with the x8 geometric self-ensemble (8x the time)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--json", default=None, help="write the report here")
     args = p.parse_args(argv)
@@ -70,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for task in args.tasks:
         for row in rows_for(task, data, args.classical_limit):
-            for model in row["models"]:
-                name = override.get(task, model) if model == "default" else model
+            models = row["models"] + (["default-x8"] if args.ensemble and row["limit"] is None else [])
+            for model in models:
+                ensemble = 8 if model == "default-x8" else 1
+                name = override.get(task, "default") if model.startswith("default") else model
                 start = time.perf_counter()
-                report = evaluate(name, row["protocol"], row["images"], limit=min(filter(None, (row["limit"], args.limit)), default=None), device="cpu")
+                report = evaluate(name, row["protocol"], row["images"], limit=min(filter(None, (row["limit"], args.limit)), default=None),
+                                  device="cpu", ensemble=ensemble)
                 result = {
                     "task": task, "set": Path(row["images"]).name, "setting": row["setting"], "model": model,
-                    "checkpoint": name if model == "default" else None, "images": len(report["images"]),
+                    "checkpoint": name if model.startswith("default") else None, "ensemble": ensemble, "images": len(report["images"]),
                     "psnr": round(report["psnr"], 3), "ssim": round(report["ssim"], 4),
                     "seconds_per_image": round(report["seconds_per_image"], 3),
                     "protocol": report["protocol"],

@@ -36,6 +36,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image degradations (0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--ensemble", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="geometric self-ensemble: average over 1 (off), 2, 4 or 8 flips/transpositions")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.set_defaults(func=_run_evaluate)
 
@@ -53,7 +55,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         blur_sigma=args.blur_sigma,
         seed=args.seed,
     )
-    report = evaluate(args.model, protocol, args.images, limit=args.limit, device=args.device)
+    report = evaluate(args.model, protocol, args.images, limit=args.limit, device=args.device,
+                      ensemble=args.ensemble)
     print(f"model: {args.model}   protocol: {json.dumps(protocol.describe())}")
     print(format_table(report))
     if args.json:

@@ -176,8 +176,11 @@ def load_images(images: str, limit: int | None = None) -> list[tuple[str, np.nda
 RestoreFn = Callable[[EvalSample], np.ndarray]
 
 
-def build_restorer(model: str, protocol: EvalProtocol, *, device: str | None = None) -> tuple[RestoreFn, dict]:
-    """A function from sample to 8-bit output, and a description of the model for the report."""
+def build_restorer(
+    model: str, protocol: EvalProtocol, *, device: str | None = None, ensemble: int = 1
+) -> tuple[RestoreFn, dict]:
+    """A function from sample to 8-bit output, and a description of the model for the report.
+    ``ensemble``: the Predictor's geometric self-ensemble (1, 2, 4 or 8 passes)."""
     if model in CLASSICAL_MODELS:
         if protocol.task not in CLASSICAL_MODELS[model]:
             raise ValueError(f"{model} is a baseline for {', '.join(CLASSICAL_MODELS[model])}, not {protocol.task!r}")
@@ -191,13 +194,14 @@ def build_restorer(model: str, protocol: EvalProtocol, *, device: str | None = N
         raise ValueError(f"model {model} restores {config.task!r}, but --task is {protocol.task!r}")
     if protocol.task == "sr" and config.scale != protocol.scale:
         raise ValueError(f"model {model} upscales x{config.scale}, but --scale is {protocol.scale}")
-    predictor = Predictor(checkpoint.model, device=device)
+    predictor = Predictor(checkpoint.model, device=device, ensemble=ensemble)
 
     def restore(sample: EvalSample) -> np.ndarray:
         out = predictor.restore(sample.lq, sample.mask)
         return tensor_to_pixels(out.clamp(0, 1))
 
-    return restore, {"model": str(model), "model_id": checkpoint.model_id, "alpha": checkpoint.model.alphas()}
+    return restore, {"model": str(model), "model_id": checkpoint.model_id, "alpha": checkpoint.model.alphas(),
+                     "ensemble": ensemble}
 
 
 def _classical(name: str, protocol: EvalProtocol) -> RestoreFn:
@@ -252,10 +256,13 @@ def evaluate(
     *,
     limit: int | None = None,
     device: str | None = None,
+    ensemble: int = 1,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run the protocol over a folder of images; returns the JSON-ready report."""
-    restore, model_info = build_restorer(model, protocol, device=device)
+    if ensemble != 1 and model in CLASSICAL_MODELS:
+        raise ValueError(f"--ensemble applies to trained models, not to the {model} baseline")
+    restore, model_info = build_restorer(model, protocol, device=device, ensemble=ensemble)
     rows = []
     total_seconds = 0.0
     for name, pixels in load_images(images, limit):

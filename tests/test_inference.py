@@ -84,6 +84,37 @@ def test_inpainting_needs_matching_mask():
     assert torch.allclose(out, image)
 
 
+@pytest.mark.parametrize("task,scale", [("denoise", 1), ("sr", 2), ("inpaint", 1)])
+def test_self_ensemble_averages_the_transformed_passes(astronaut, task, scale):
+    model = _model(task, scale)
+    lq = _photo(astronaut, (48, 80))  # not square: transposed passes must come back the right way
+    mask = (torch.rand(1, 48, 80, generator=torch.Generator().manual_seed(0)) < 0.3).float() if task == "inpaint" else None
+    plain = Predictor(model, device="cpu", tile=0).restore(lq, mask)
+    ensembled = Predictor(model, device="cpu", tile=0, ensemble=8).restore(lq, mask)
+    assert ensembled.shape == plain.shape == (3, 48 * scale, 80 * scale)
+    # By hand: the mean of the model on the 8 flips/transposes of the input, each undone.
+    expected = torch.zeros_like(plain)
+    with torch.no_grad():
+        for k in range(8):
+            x, m = lq[None], None if mask is None else mask[None]
+            for dims, on in (((-1,), k & 1), ((-2,), k & 2)):
+                if on:
+                    x, m = x.flip(dims), None if m is None else m.flip(dims)
+            if k & 4:
+                x, m = x.transpose(-1, -2), None if m is None else m.transpose(-1, -2)
+            y = model(x, m)
+            if k & 4:
+                y = y.transpose(-1, -2)
+            for dims, on in (((-2,), k & 2), ((-1,), k & 1)):
+                if on:
+                    y = y.flip(dims)
+            expected += y[0] / 8
+    assert torch.allclose(ensembled, expected, atol=1e-5)
+    assert (ensembled - plain).abs().mean() > 1e-4  # the members differ: an ensemble, not one pass
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        Predictor(model, ensemble=3)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="tile must be 0"):
         Predictor(_model(), tile=50, overlap=32)
