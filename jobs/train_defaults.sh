@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped default models with the project's own fine-tuning job and install them
-# (float16) into restoration/weights/<task>/. The denoiser is trained first; SR, JPEG and
-# inpainting start from it (--init, task transfer). Training images: CBSD432 only.
+# (float16) into restoration/weights/<task>/. The denoiser is trained first; JPEG and inpainting
+# start from it (--init, task transfer), SR from ImageNet. Training images: CBSD432 only.
 #
 #   jobs/train_defaults.sh DATA_DIR [STORAGE] [TASKS...]
 #
@@ -23,9 +23,12 @@ scaling=(--workers "${WORKERS:-1}" --cpus-per-worker "${CPUS_PER_WORKER:-2}")
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 declare -A val=([denoise]=Set14_SRF4_HR [sr]=CBSD68 [jpeg]=CBSD68 [inpaint]=Set14_SRF4_HR)
+# SR starts from ImageNet, not from the denoiser: on smooth bicubic inputs the denoiser's decoder
+# features are all zero (ReLU), no gradient reaches the network and the loss stays flat.
+declare -A from_denoiser=([jpeg]=1 [inpaint]=1)
 for task in "${tasks[@]}"; do
     init=()
-    [[ "$task" != denoise ]] && init=(--init "$storage/default-denoise/model")
+    [[ -n "${from_denoiser[$task]:-}" ]] && init=(--init "$storage/default-denoise/model")
     restoration finetune --task "$task" --train-images "$data/train/CBSD432" \
         --val-images "$data/val/${val[$task]}" "${scaling[@]}" \
         --storage "$storage" --name "default-$task" --config "$here/jobs/configs/$task.yaml" "${init[@]}"
