@@ -305,6 +305,11 @@ def to_gray8(rgb: Tensor) -> Tensor:
     return ((rgb * weights).sum(0, keepdim=True) * 255).round().clamp(0, 255) / 255
 
 
+# The step whose gradients are checked for flow (a fresh model's head starts at zero, so the first
+# step only reaches the head).
+GRADIENT_CHECK_STEP = 3
+
+
 class CropSampler:
     """Deterministic stream of (gt, lq, mask) training samples from a worker's images.
 
@@ -507,6 +512,8 @@ class Trainer:
         loss.backward()
         self._synchronize()
         t3 = time.perf_counter()
+        if self.step == GRADIENT_CHECK_STEP:
+            self._check_gradient_flow()
         if self.config.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
@@ -609,6 +616,18 @@ class Trainer:
                 self.save(Path(checkpoint_dir) / f"checkpoint_step_{step:08d}",
                           provenance={**(provenance or {}), "steps": step, "wall_seconds": row["wall_seconds"]})
         return row
+
+    def _check_gradient_flow(self) -> None:
+        """Warn when most trainable tensors get no gradient (checked at step ``GRADIENT_CHECK_STEP``,
+        once a fresh run's zero-initialized head lets gradients through): typically --init
+        from another task whose ReLU features are all zero on this task's inputs (a denoiser's
+        decoder on smooth bicubic-upsampled SR inputs), which leaves the loss flat."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        dead = sum(1 for p in trainable if p.grad is None or not bool(p.grad.any()))
+        if trainable and dead > len(trainable) // 2:
+            self.progress(f"warning: {dead} of {len(trainable)} trainable tensors got no gradient at step "
+                          f"{self.step + 1}; the loss will barely move. If this run starts from --init of another task, "
+                          "start it from the ImageNet backbone instead.")
 
     # -- validation ----------------------------------------------------------------------------
 

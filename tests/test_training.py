@@ -181,6 +181,24 @@ def test_gray_fraction_makes_gray_crops_with_gray_degradations(image_dir: Path) 
         load_train_config("jpeg", overrides=["data.gray_fraction=1.5"])
 
 
+def test_a_network_without_gradient_flow_is_reported(image_dir: Path) -> None:
+    messages: list[str] = []
+    trainer = make_trainer(image_dir, ["steps=6", "backbone_weights=null"])
+    trainer.progress = messages.append
+    for _ in range(5):
+        trainer.train_step()
+    assert not [m for m in messages if "no gradient" in m]  # a fresh model: gradients flow
+    dead = make_trainer(image_dir, ["steps=6", "backbone_weights=null"])
+    dead.progress = messages.append
+    with torch.no_grad():  # every decoder ReLU off: only the head and its input layer can learn
+        for name, param in dead.model.named_parameters():
+            if name.startswith("decoder") and name.endswith("bias"):
+                param.fill_(-100.0)
+    for _ in range(5):
+        dead.train_step()
+    assert [m for m in messages if "no gradient at step 4" in m], messages
+
+
 @pytest.mark.parametrize("task", ["sr", "inpaint", "jpeg"])
 def test_other_tasks_take_a_step(image_dir: Path, task: str) -> None:
     overrides = [o for o in TINY if not o.startswith("degradation")] + ["steps=1", "backbone_weights=null"]
