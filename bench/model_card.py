@@ -35,8 +35,9 @@ def rows_for(task: str, data: Path, classical_limit: int) -> list[dict]:
         for sigma in (15, 25, 50):
             protocol = EvalProtocol(task="denoise", sigma=sigma)
             rows.append(dict(setting=f"sigma {sigma}", images=cbsd68, protocol=protocol, models=["default", "identity"], limit=None))
-            rows.append(dict(setting=f"sigma {sigma}", images=cbsd68, protocol=protocol,
-                             models=["default", "bm3d", "nlm"], limit=classical_limit))
+            if classical_limit:
+                rows.append(dict(setting=f"sigma {sigma}", images=cbsd68, protocol=protocol,
+                                 models=["default", "bm3d", "nlm"], limit=classical_limit))
     elif task == "sr":
         for images in (set5, set14):
             rows.append(dict(setting="x4", images=images, protocol=EvalProtocol(task="sr", scale=4),
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--model", action="append", default=[], metavar="TASK=DIR",
                    help="evaluate this checkpoint instead of the shipped default for TASK (repeatable)")
-    p.add_argument("--classical-limit", type=int, default=10, help="CBSD68 images for the CBM3D/NLM timing rows")
+    p.add_argument("--classical-limit", type=int, default=10, help="CBSD68 images for the CBM3D/NLM timing rows (0: none)")
+    p.add_argument("--timing-only", action="store_true", help="only the CBM3D/NLM timing rows (run them on an idle machine)")
     p.add_argument("--limit", type=int, default=None, help="at most N images per row (a quick check)")
     p.add_argument("--ensemble", action="store_true",
                    help="add rows for the default models with the x8 geometric self-ensemble (8x the time)")
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for task in args.tasks:
         for row in rows_for(task, data, args.classical_limit):
+            if args.timing_only and row["limit"] is None:
+                continue
             models = row["models"] + (["default-x8"] if args.ensemble and row["limit"] is None else [])
             for model in models:
                 ensemble = 8 if model == "default-x8" else 1

@@ -292,7 +292,10 @@ def test_working_dir_upload_is_small_and_leaves_the_venv_behind(tmp_path: Path) 
     assert "jobs/restore.py" in names or "jobs/finetune.py" in names
     assert "restoration/__init__.py" in names and "cluster/runtime_env.yaml" in names
     assert not [n for n in names if n.startswith((".venv/", ".git/", "runs/"))]
-    assert package.stat().st_size < 20 * 2**20, f"{package.stat().st_size / 2**20:.1f} MiB to upload per job"
+    # The shipped default weights (about 25 MB, float16) travel with the code so that
+    # `--model default` resolves on the cluster; everything else is small.
+    weights = sum(p.stat().st_size for p in (REPO / "restoration" / "weights").rglob("*") if p.is_file())
+    assert package.stat().st_size < weights + 8 * 2**20, f"{package.stat().st_size / 2**20:.1f} MiB to upload per job"
 
 
 @pytest.fixture()
