@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
     out = {
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
+        "machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
         "results": results,
     }

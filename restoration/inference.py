@@ -150,15 +150,10 @@ class Predictor:
         if mask is not None:
             mask = mask.to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
-            if self.ensemble == 1:
-                out = self.model(lq, mask).float()
-            else:
-                out = None
-                for flips in _ENSEMBLE_TRANSFORMS[: self.ensemble]:
-                    res = _undo(self.model(_apply(lq, flips), None if mask is None else _apply(mask, flips)).float(), flips)
-                    out = res if out is None else out + res
-                out = out / self.ensemble
-        return out.cpu()
+            # Member 0 is the identity, so ensemble=1 is the plain forward pass.
+            out = sum(_undo(self.model(_apply(lq, flips), None if mask is None else _apply(mask, flips)).float(), flips)
+                      for flips in _ENSEMBLE_TRANSFORMS[: self.ensemble])
+        return (out / self.ensemble).cpu()
 
     def _check(self, lq: Tensor, mask: Tensor | None) -> None:
         if lq.dim() != 3 or lq.shape[0] not in (1, 3):
