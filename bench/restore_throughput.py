@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if lines & {"c", "d"}:
             import contextlib
 
-            from restoration.s3server import LocalS3Server, find_weed_binary
+            from jobs.s3server import LocalS3Server, find_weed_binary
 
             with contextlib.ExitStack() as stack:
                 endpoint = None

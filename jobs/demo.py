@@ -105,7 +105,7 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     from restoration import storage
-    from restoration.s3server import LocalS3Server, find_weed_binary
+    from jobs.s3server import LocalS3Server, find_weed_binary
 
     with contextlib.ExitStack() as stack:
         if find_weed_binary() is not None:

@@ -29,7 +29,7 @@ from restoration import degradations
 from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
 from restoration.metrics import psnr
-from restoration.s3server import LocalS3Server
+from jobs.s3server import LocalS3Server
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 

