@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from processes import command_lines
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "cluster" / "local_autoscaling.py"
@@ -55,19 +56,7 @@ def _script_module():
 
 def _leftovers(marker: str) -> list[str]:
     """Command lines of live processes that still name ``marker`` (the cluster's temp dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state != "Z":
-            text = cmdline.replace(b"\0", b" ")[:200].decode(errors="replace")
-            found.append(f"{entry.name}: {text}")
-    return found
+    return [f"{pid}: {command[:200]}" for pid, command in command_lines().items() if marker in command]
 
 
 def test_both_jobs_run_and_the_restore_job_scales_gpu_nodes_up_and_down(tmp_path: Path) -> None:

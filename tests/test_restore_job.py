@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from processes import command_lines, descendants, is_alive
 from restore_images import bad_files, oversize_png, png, variants
 from s3_fixtures import s3_server  # noqa: F401  (pytest fixture)
 
@@ -44,31 +45,6 @@ TINY_WIDTHS = "[8,8,16,16,24,24]"
 # Fixtures: Ray, the model, the inputs
 
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as file:
-                found.update(int(child) for child in file.read().split())
-        except OSError:
-            continue
-    for child in list(found):
-        found |= _children(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(s3_server: LocalS3Server) -> Iterator[None]:  # noqa: F811
     """A local Ray instance for the module; started after the S3 server so that its workers
@@ -83,13 +59,13 @@ def ray_cluster(s3_server: LocalS3Server) -> Iterator[None]:  # noqa: F811
     try:
         yield
     finally:
-        started = roots | {child for pid in roots for child in _children(pid)}
+        started = roots | {child for pid in roots for child in descendants(pid)}
         ray.shutdown()
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+        while time.monotonic() < deadline and any(is_alive(pid) for pid in started):
             time.sleep(0.2)
         for pid in started:
-            if _alive(pid):
+            if is_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -317,18 +293,7 @@ def test_rerun_skips_what_is_done_and_overwrite_redoes_all(
 
 
 def _restorer_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                command = file.read().decode(errors="replace")
-        except OSError:
-            continue
-        if command.startswith("ray::") and "Restorer" in command:
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, command in command_lines().items() if command.startswith("ray::") and "Restorer" in command]
 
 
 @pytest.mark.timeout(900)
@@ -359,7 +324,7 @@ def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(
     assert code == 0, stdout
     assert killed, "the job finished before an actor could be killed"
     assert killed["written"] < len(inputs["good"]), killed
-    assert not _alive(killed["pid"])
+    assert not is_alive(killed["pid"])
     rows = _rows(_uri("killed"))  # asserts one row per input
     assert sorted(rows) == sorted(inputs["good"] + list(inputs["bad"]))
     assert sorted(key for key, row in rows.items() if row["status"] == "ok") == sorted(inputs["good"])
