@@ -39,11 +39,12 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from restoration.checkpoint import CheckpointBytes
 
 log = logging.getLogger("jobs.restore")
 
@@ -75,10 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """A checkpoint read on the driver, shipped to the actors through the object store (so a
-    driver-local folder works on a multi-node cluster)."""
+    """A checkpoint read and validated on the driver; its bytes reach the actors through the
+    object store (so a driver-local folder works on a multi-node cluster)."""
 
-    files: dict[str, bytes]
+    data: CheckpointBytes
     model_id: str
     task: str
     source: str
@@ -88,34 +89,13 @@ def load_model_files(spec: str, task: str) -> ModelFiles:
     """Read and validate the checkpoint ``spec`` (a folder, ``file://``/``s3://`` URI, or
     ``default``) for ``task``; raises ValueError (CheckpointError) when it is missing, broken
     or for another task."""
-    from restoration import storage
-    from restoration.checkpoint import METADATA_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, resolve_model
+    from restoration.checkpoint import CheckpointError, checkpoint_from_bytes, read_checkpoint_bytes, resolve_model
 
-    if "://" in spec:
-        try:
-            files = {name: storage.read_bytes(storage.join(spec, name)) for name in (METADATA_FILE, WEIGHTS_FILE)}
-        except FileNotFoundError as error:
-            raise CheckpointError(f"--model {spec} is not a checkpoint: {error}") from error
-        source = spec
-    else:
-        directory = resolve_model(spec, task)
-        if not directory.is_dir():
-            raise CheckpointError(f"checkpoint directory not found: {directory}")
-        files = {}
-        for name in (METADATA_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise CheckpointError(f"{directory} is not a checkpoint: it needs {WEIGHTS_FILE} and {METADATA_FILE}")
-            files[name] = (directory / name).read_bytes()
-        source = str(directory)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            Path(tmp, name).write_bytes(data)
-        checkpoint = load_checkpoint(tmp)  # the whole model must load here before any actor tries
-    model_task = checkpoint.metadata.get("task")
-    if model_task != task:
-        raise CheckpointError(f"--model {spec} is a {model_task!r} model, but --task is {task!r}")
-    model_id = str(checkpoint.metadata.get("model_id") or Path(source.rstrip("/")).name)
-    return ModelFiles(files=files, model_id=model_id, task=task, source=storage.redact(source))
+    data = read_checkpoint_bytes(resolve_model(spec, task))
+    checkpoint = checkpoint_from_bytes(data)  # the whole model must load here before any actor tries
+    if checkpoint.metadata.task != task:
+        raise CheckpointError(f"--model {spec} is a {checkpoint.metadata.task!r} model, but --task is {task!r}")
+    return ModelFiles(data=data, model_id=checkpoint.model_id, task=task, source=data.source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +169,7 @@ class Restorer:
         import ray
         import torch
 
+        from restoration.checkpoint import checkpoint_from_bytes
         from restoration.inference import Predictor
 
         if threads and device == "cpu":
@@ -198,11 +179,8 @@ class Restorer:
         files: ModelFiles = ray.get(model_ref[0])
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"predictor device {device} requested but this actor sees no GPU")
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, data in files.files.items():
-                Path(tmp, name).write_bytes(data)
-            options = {k: v for k, v in predictor.items() if k not in ("device", "threads")}
-            self.predictor = Predictor.from_checkpoint(tmp, device=device, **options)
+        options = {k: v for k, v in predictor.items() if k not in ("device", "threads")}
+        self.predictor = Predictor(checkpoint_from_bytes(files.data).model, device=device, **options)
         self.task = task
 
     def __call__(self, batch):

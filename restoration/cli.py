@@ -13,51 +13,87 @@ import sys
 from restoration import TASKS
 
 
+def _cases_epilog() -> str:
+    from restoration.tasks import CASES, TASK_SPECS
+
+    lines = ["protocols (task, the flags that fix its parameters, what it undoes):"]
+    for name, spec in TASK_SPECS.items():
+        point = ", ".join(f"--{flag.replace('_', '-')}" for flag in spec.flags) or "-"
+        lines.append(f"  {name:<9} {point:<30} {spec.summary}")
+    lines.append("")
+    lines.append("real-world cases (--case NAME; fixed seeds; any model without a mask or upscaling):")
+    for case in CASES.values():
+        if not case.gray:
+            lines.append(f"  {case.name:<22} {case.description} (also {case.name}-gray: on the gray image)")
+    return "\n".join(lines)
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="measure PSNR/SSIM of a model under the literature's protocol",
+        help="measure PSNR/SSIM of a model under the literature's protocol or a real-world case",
         description=(
-            "Degrade clean images under the protocol of the papers, restore them and print PSNR/SSIM "
-            "per image and the means. MODEL is a checkpoint directory, 'default' (the shipped model "
-            "for the task), 'identity' (the degraded input itself; bicubic for SR) or a classical "
-            "baseline: 'bm3d' or 'nlm' (denoise), 'bicubic' (sr), 'telea' (inpaint)."
+            "Degrade clean images under the protocol of the papers (or a named real-world case), restore "
+            "them and print PSNR/SSIM per image and the means. MODEL is a checkpoint directory, 'default' "
+            "(the shipped model for --task), 'identity' (the degraded input itself; bicubic for SR) or a "
+            "classical baseline: 'bm3d' or 'nlm' (Gaussian noise of known sigma), 'wiener' or "
+            "'richardson-lucy' (known Gaussian blur), 'bicubic' (sr), 'telea' (inpaint)."
         ),
+        epilog=_cases_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="checkpoint directory, 'default', 'identity', 'bm3d', 'nlm', 'bicubic' or 'telea'")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--model", required=True,
+                   help="checkpoint directory, 'default', 'identity', 'bm3d', 'nlm', 'wiener', 'richardson-lucy', "
+                        "'bicubic' or 'telea'")
+    p.add_argument("--task", default=None, choices=TASKS,
+                   help="the task's protocol, and the task whose shipped model 'default' is (with --case: "
+                        "default general)")
+    p.add_argument("--case", default=None, help="a named real-world case instead of the task's protocol (see below)")
     p.add_argument("--images", required=True, help="folder or URI of clean test images")
-    p.add_argument("--sigma", type=float, default=25.0, help="denoise: Gaussian noise sigma on the 0-255 scale (25)")
-    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4), help="sr: upscaling factor (4)")
-    p.add_argument("--quality", type=int, default=10, help="jpeg: JPEG quality 1-100 (10)")
-    p.add_argument("--mask-ratio", type=float, default=0.5, help="inpaint: fraction of pixels dropped (0.5)")
-    p.add_argument("--mask-kind", default="dropout", choices=("dropout", "box", "stroke"), help="inpaint: mask kind")
-    p.add_argument("--blur-sigma", type=float, default=1.6, help="deblur: Gaussian blur sigma in pixels (1.6)")
+    p.add_argument("--sigma", type=float, default=None, help="denoise: Gaussian noise sigma on the 0-255 scale (25)")
+    p.add_argument("--scale", type=int, default=None, choices=(2, 3, 4), help="sr: upscaling factor (4)")
+    p.add_argument("--quality", type=int, default=None, help="jpeg: JPEG quality 1-100 (10)")
+    p.add_argument("--mask-ratio", type=float, default=None, help="inpaint: fraction of pixels dropped (0.5)")
+    p.add_argument("--mask-kind", default=None, choices=("dropout", "box", "stroke"), help="inpaint: mask kind (dropout)")
+    p.add_argument("--blur-sigma", type=float, default=None, help="deblur: Gaussian blur sigma in pixels (1.6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image degradations (0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--ensemble", type=int, default=1, choices=(1, 2, 4, 8),
                    help="geometric self-ensemble: average over 1 (off), 2, 4 or 8 flips/transpositions")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="restoration strength in [0, 1]: 0 returns the input, 1 the model as trained (1)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.set_defaults(func=_run_evaluate)
 
 
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from restoration.evaluate import EvalProtocol, evaluate, format_table, write_json
+PROTOCOL_FLAGS = ("sigma", "scale", "quality", "mask_ratio", "mask_kind", "blur_sigma")
 
-    protocol = EvalProtocol(
-        task=args.task,
-        sigma=args.sigma,
-        scale=args.scale,
-        quality=args.quality,
-        mask_ratio=args.mask_ratio,
-        mask_kind=args.mask_kind,
-        blur_sigma=args.blur_sigma,
-        seed=args.seed,
-    )
-    report = evaluate(args.model, protocol, args.images, limit=args.limit, device=args.device,
-                      ensemble=args.ensemble)
-    print(f"model: {args.model}   protocol: {json.dumps(protocol.describe())}")
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from restoration.evaluate import evaluate, format_table, write_json
+    from restoration.tasks import get_case, get_task
+
+    if not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength must lie within [0, 1], got {args.strength:g}")
+    given = {flag: getattr(args, flag) for flag in PROTOCOL_FLAGS if getattr(args, flag) is not None}
+    if args.case is not None:
+        if given:
+            raise ValueError(f"--case {args.case} is a fixed degradation; drop {', '.join('--' + f.replace('_', '-') for f in given)}")
+        spec = get_case(args.case)
+        task = args.task or "general"
+    else:
+        if args.task is None:
+            raise ValueError("give --task (the protocol) or --case (a real-world case)")
+        spec_class = get_task(args.task)
+        unused = sorted(set(given) - set(spec_class.flags))
+        if unused:
+            raise ValueError(f"--task {args.task} does not use {', '.join('--' + f.replace('_', '-') for f in unused)}")
+        spec = spec_class.protocol(**given)
+        task = args.task
+    report = evaluate(args.model, spec, args.images, task=task, seed=args.seed, limit=args.limit,
+                      device=args.device, ensemble=args.ensemble, strength=args.strength)
+    print(f"model: {args.model}   protocol: {json.dumps(report['protocol'])}")
     print(format_table(report))
     if args.json:
         write_json(report, args.json)
@@ -106,7 +142,7 @@ def _run_export(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     task = checkpoint.model.config.task
     target = SHIPPED_DIR / task if args.as_default else args.output
-    provenance = checkpoint.metadata.get("provenance", {})
+    provenance = dict(checkpoint.metadata.provenance)
     model_id = args.model_id or (f"default-{task}" if args.as_default else None)
     path = save_checkpoint(checkpoint.model, target, provenance=provenance, half=True, model_id=model_id)
     size = sum(f.stat().st_size for f in path.iterdir())

@@ -1,13 +1,23 @@
-"""Checkpoints: safetensors + JSON round trip, no pickle, clear errors, the default model."""
+"""Checkpoints: safetensors + JSON round trip, no pickle, clear errors, the default model; one
+API for folders, URIs (file://, s3:// on the local SeaweedFS server) and bytes."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
+
 from restoration.checkpoint import (
+    CheckpointBytes,
     CheckpointError,
+    CheckpointMetadata,
+    checkpoint_from_bytes,
+    checkpoint_to_bytes,
     load_checkpoint,
+    read_checkpoint_bytes,
+    read_metadata,
     resolve_model,
     save_checkpoint,
     shipped_checkpoint,
@@ -82,3 +92,86 @@ def test_default_model_resolution():
                 resolve_model("default", task)
     with pytest.raises(ValueError, match="unknown task"):
         shipped_checkpoint("colorize")
+
+
+# --------------------------------------------------------------------------------------------
+# One API: folder, URI or bytes; typed metadata
+
+
+def test_typed_metadata_round_trips_through_model_json(tmp_path):
+    model = build_model(ModelConfig(task="sr", scale=3, widths=SMALL, alpha=0.25))
+    save_checkpoint(model, tmp_path / "ckpt", provenance={"steps": 7}, model_id="my-sr")
+    checkpoint = load_checkpoint(tmp_path / "ckpt")
+    meta = checkpoint.metadata
+    assert isinstance(meta, CheckpointMetadata)
+    assert (meta.task, meta.scale, meta.model_id, meta.dtype) == ("sr", 3, "my-sr", "float32")
+    assert meta.architecture == model.config and meta.backbone == model.config.backbone
+    assert meta.provenance == {"steps": 7} and meta.alpha["2"] == pytest.approx(0.25, abs=1e-4)
+    assert len(meta.normalization["mean"]) == 3
+    assert checkpoint.model_id == "my-sr" and checkpoint.path == tmp_path / "ckpt"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        meta.model_id = "other"  # type: ignore[misc]
+    # The typed form writes what it read.
+    written = json.loads((tmp_path / "ckpt" / "model.json").read_text())
+    assert meta.to_dict() == written == read_metadata(tmp_path / "ckpt")
+    assert CheckpointMetadata.from_json(meta.to_json()) == meta
+
+
+def test_metadata_errors_name_the_field(tmp_path):
+    save_checkpoint(build_model(ModelConfig(widths=SMALL)), tmp_path / "a")
+    raw = json.loads((tmp_path / "a" / "model.json").read_text())
+    with pytest.raises(CheckpointError, match="format_version 7"):
+        CheckpointMetadata.from_dict({**raw, "format_version": 7})
+    with pytest.raises(CheckpointError, match="says task 'sr' but its architecture has 'denoise'"):
+        CheckpointMetadata.from_dict({**raw, "task": "sr"})
+    with pytest.raises(CheckpointError, match="invalid architecture: unknown task 'colorize'"):
+        CheckpointMetadata.from_dict({**raw, "task": "colorize", "architecture": {**raw["architecture"], "task": "colorize"}})
+    with pytest.raises(CheckpointError, match="dtype 'int8'"):
+        CheckpointMetadata.from_dict({**raw, "dtype": "int8"})
+
+
+def test_bytes_round_trip_without_files(tmp_path):
+    model = build_model(ModelConfig(widths=SMALL))
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    data = checkpoint_to_bytes(model, model_id="in-memory", half=True)
+    assert isinstance(data.weights, bytes) and json.loads(data.metadata)["model_id"] == "in-memory"
+    loaded = checkpoint_from_bytes(data)
+    assert loaded.path is None and loaded.model_id == "in-memory" and loaded.metadata.dtype == "float16"
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), loaded.model(x), atol=2e-2)
+    assert load_checkpoint(data).model_id == "in-memory"  # load_checkpoint takes bytes too
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        checkpoint_from_bytes(CheckpointBytes(weights=b"garbage", metadata=data.metadata))
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoint_from_bytes(CheckpointBytes(weights=data.weights, metadata=b"{"))
+
+
+def test_a_folder_and_its_file_uri_load_the_same(tmp_path):
+    model = build_model(ModelConfig(widths=SMALL))
+    save_checkpoint(model, tmp_path / "ckpt")
+    from_folder = load_checkpoint(tmp_path / "ckpt")
+    from_uri = load_checkpoint(f"file://{tmp_path}/ckpt")
+    assert from_uri.metadata == from_folder.metadata and from_uri.model_id == "ckpt"
+    for (name, a), (_, b) in zip(from_folder.model.state_dict().items(), from_uri.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert resolve_model(f"file://{tmp_path}/ckpt", "denoise") == f"file://{tmp_path}/ckpt"
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
+        load_checkpoint(f"file://{tmp_path}/nothing")
+
+
+@pytest.mark.s3
+def test_a_checkpoint_loads_from_s3(s3_server, s3_bucket, tmp_path):  # noqa: F811
+    model = build_model(ModelConfig(widths=SMALL))
+    data = checkpoint_to_bytes(model, model_id="on-s3")
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="models/m/model.safetensors", Body=data.weights)
+    client.put_object(Bucket=s3_bucket, Key="models/m/model.json", Body=data.metadata)
+    uri = f"s3://{s3_bucket}/models/m"
+    read = read_checkpoint_bytes(uri)
+    assert (read.weights, read.metadata, read.source) == (data.weights, data.metadata, uri)
+    loaded = load_checkpoint(resolve_model(uri, "denoise"))
+    assert loaded.model_id == "on-s3" and loaded.path is None and loaded.source == uri
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
+        load_checkpoint(f"s3://{s3_bucket}/models/none")
