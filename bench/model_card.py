@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from restoration.evaluate import EvalProtocol, evaluate
+from restoration.evaluate import evaluate
+from restoration.tasks import get_task
 
 TASKS = ("denoise", "sr", "jpeg", "inpaint")
 
@@ -33,23 +34,23 @@ def rows_for(task: str, data: Path, classical_limit: int) -> list[dict]:
     rows = []
     if task == "denoise":
         for sigma in (15, 25, 50):
-            protocol = EvalProtocol(task="denoise", sigma=sigma)
+            protocol = get_task("denoise").protocol(sigma=sigma)
             rows.append(dict(setting=f"sigma {sigma}", images=cbsd68, protocol=protocol, models=["default", "identity"], limit=None))
             if classical_limit:
                 rows.append(dict(setting=f"sigma {sigma}", images=cbsd68, protocol=protocol,
                                  models=["default", "bm3d", "nlm"], limit=classical_limit))
     elif task == "sr":
         for images in (set5, set14):
-            rows.append(dict(setting="x4", images=images, protocol=EvalProtocol(task="sr", scale=4),
+            rows.append(dict(setting="x4", images=images, protocol=get_task("sr").protocol(scale=4),
                              models=["default", "bicubic"], limit=None))
     elif task == "jpeg":
         for quality in (10, 20):
-            rows.append(dict(setting=f"quality {quality}", images=classic5, protocol=EvalProtocol(task="jpeg", quality=quality),
+            rows.append(dict(setting=f"quality {quality}", images=classic5, protocol=get_task("jpeg").protocol(quality=quality),
                              models=["default", "identity"], limit=None))
     elif task == "inpaint":
         for kind, ratio in (("dropout", 0.25), ("dropout", 0.5), ("box", 0.5)):
             setting = f"{kind} {ratio:.0%}" if kind == "dropout" else kind
-            rows.append(dict(setting=setting, images=cbsd68, protocol=EvalProtocol(task="inpaint", mask_kind=kind, mask_ratio=ratio),
+            rows.append(dict(setting=setting, images=cbsd68, protocol=get_task("inpaint").protocol(mask_kind=kind, mask_ratio=ratio),
                              models=["default", "identity", "telea"], limit=None))
     return rows
 

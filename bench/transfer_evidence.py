@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from restoration import storage  # noqa: E402
-from restoration.evaluate import EvalProtocol, evaluate  # noqa: E402
+from restoration.evaluate import evaluate  # noqa: E402
+from restoration.tasks import get_task  # noqa: E402
 from restoration.checkpoint import save_checkpoint  # noqa: E402
 from restoration.training import (  # noqa: E402
     CropSampler,
@@ -48,8 +49,8 @@ VARIANTS = {
 }
 TASKS = {
     # task: (training overrides, evaluation protocol, evaluation folder)
-    "denoise": (["degradation.sigma_range=[25,25]"], EvalProtocol(task="denoise", sigma=25), "val/CBSD68"),
-    "sr": (["degradation.scale=4"], EvalProtocol(task="sr", scale=4), "val/Set14_SRF4_HR"),
+    "denoise": (["degradation.sigma_range=[25,25]"], get_task("denoise").protocol(sigma=25), "val/CBSD68"),
+    "sr": (["degradation.scale=4"], get_task("sr").protocol(scale=4), "val/Set14_SRF4_HR"),
 }
 
 

@@ -22,6 +22,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML/CLI value to ``annotation``, or raise a ValueError naming ``key``."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation) and isinstance(value, annotation):
+        return value  # already built (e.g. a task's degradation spec)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping of {annotation.__name__} fields, got {value!r}")

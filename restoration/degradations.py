@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,24 +23,30 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from restoration import TASKS
-
 __all__ = [
     "BLUR_KINDS",
     "MASK_KINDS",
     "NOISE_KINDS",
     "SR_SCALES",
-    "DegradationSpec",
+    "RESIZE_MODES",
+    "add_correlated_gaussian_noise",
     "add_gaussian_noise",
+    "add_gray_gaussian_noise",
+    "add_gray_poisson_noise",
+    "anisotropic_gaussian_blur",
+    "anisotropic_gaussian_kernel",
     "add_poisson_noise",
     "apply_mask",
+    "check_range",
+    "draw_choice",
+    "draw_int",
+    "draw_uniform",
     "bicubic_downsample",
     "bicubic_downsample_uint8",
     "bicubic_upsample",
     "bicubic_upsample_uint8",
     "box_mask",
     "crop_to_multiple",
-    "degrade",
     "dropout_mask",
     "gaussian_blur",
     "gaussian_kernel",
@@ -51,7 +55,9 @@ __all__ = [
     "make_generator",
     "motion_blur",
     "motion_blur_kernel",
-    "random_composition",
+    "quantize",
+    "to_gray_uint8",
+    "resize_down_up",
     "stroke_mask",
 ]
 
@@ -95,19 +101,23 @@ def make_generator(*keys: int | str, device: str | torch.device = "cpu") -> torc
     return generator
 
 
-def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+def draw_uniform(low: float, high: float, generator: torch.Generator) -> float:
     """A float drawn uniformly from [low, high) (exactly ``low`` when the range is a point)."""
+    if low == high:  # a fixed point: no draw, so a protocol's noise equals the plain function's
+        return float(low)
     u = torch.rand((), generator=generator, device=generator.device).item()
     return low + (high - low) * u
 
 
-def _randint(low: int, high: int, generator: torch.Generator) -> int:
-    """An int drawn uniformly from [low, high], both inclusive."""
+def draw_int(low: int, high: int, generator: torch.Generator) -> int:
+    """An int drawn uniformly from [low, high], both inclusive (``low`` without a draw when equal)."""
+    if low == high:
+        return int(low)
     return int(torch.randint(low, high + 1, (), generator=generator, device=generator.device).item())
 
 
-def _choice(options: tuple[str, ...], generator: torch.Generator) -> str:
-    return options[_randint(0, len(options) - 1, generator)]
+def draw_choice(options: tuple[str, ...], generator: torch.Generator) -> str:
+    return options[draw_int(0, len(options) - 1, generator)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +149,7 @@ def _check_ratio(ratio: float, name: str = "ratio") -> None:
         raise ValueError(f"{name} must be in [0, 1), got {ratio!r}")
 
 
-def _check_range(value: tuple[float, float], name: str, low: float, high: float) -> None:
+def check_range(value: tuple[float, float], name: str, low: float, high: float) -> None:
     """A (lo, hi) pair with low <= lo <= hi <= high."""
     if len(value) != 2:
         raise ValueError(f"{name} must be a (low, high) pair, got {value!r}")
@@ -542,11 +552,11 @@ def box_mask(
     mask = torch.zeros(1, height, width)
     max_h = max(1, int(round(max_fraction * height)))
     max_w = max(1, int(round(max_fraction * width)))
-    for _ in range(_randint(num_boxes[0], num_boxes[1], generator)):
-        box_h = _randint(1, max_h, generator)
-        box_w = _randint(1, max_w, generator)
-        top = _randint(0, height - box_h, generator)
-        left = _randint(0, width - box_w, generator)
+    for _ in range(draw_int(num_boxes[0], num_boxes[1], generator)):
+        box_h = draw_int(1, max_h, generator)
+        box_w = draw_int(1, max_w, generator)
+        top = draw_int(0, height - box_h, generator)
+        left = draw_int(0, width - box_w, generator)
         mask[:, top : top + box_h, left : left + box_w] = 1.0
     return mask
 
@@ -589,12 +599,12 @@ def stroke_mask(
     cols = torch.arange(width, dtype=torch.float32)[None, :]
     mask = torch.zeros(height, width, dtype=torch.bool)
     max_step = max(height, width) / 4
-    for _ in range(_randint(num_strokes[0], num_strokes[1], generator)):
-        radius = _randint(max(1, max_width // 3), max_width, generator) / 2
-        y, x = _uniform(0, height - 1, generator), _uniform(0, width - 1, generator)
-        for _ in range(_randint(1, max_vertices - 1, generator)):
-            angle = _uniform(0, 2 * math.pi, generator)
-            step = _uniform(max_step / 4, max_step, generator)
+    for _ in range(draw_int(num_strokes[0], num_strokes[1], generator)):
+        radius = draw_int(max(1, max_width // 3), max_width, generator) / 2
+        y, x = draw_uniform(0, height - 1, generator), draw_uniform(0, width - 1, generator)
+        for _ in range(draw_int(1, max_vertices - 1, generator)):
+            angle = draw_uniform(0, 2 * math.pi, generator)
+            step = draw_uniform(max_step / 4, max_step, generator)
             y_end = min(max(y + step * math.sin(angle), 0.0), height - 1.0)
             x_end = min(max(x + step * math.cos(angle), 0.0), width - 1.0)
             # Distance from every pixel to the segment (y, x) -> (y_end, x_end): project onto
@@ -650,215 +660,141 @@ def apply_mask(x: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Task-level sampling
+# Real-world degradations: the building blocks of blind chains (see ``restoration.tasks``)
 # --------------------------------------------------------------------------------------------
 
 
-def _as_tuple(value: Any) -> Any:
-    # YAML gives lists; the frozen dataclass stores tuples so specs are hashable and comparable.
-    return tuple(value) if isinstance(value, list) else value
-
-
-@dataclass(frozen=True)
-class DegradationSpec:
-    """Typed description of the degradation a task's model learns to undo.
-
-    Ranges are inclusive ``(low, high)`` pairs; a fixed value is a range of one point, e.g.
-    ``DegradationSpec("denoise", sigma_range=(25, 25))``. Only the fields of ``task`` are used.
-
-    Attributes:
-        task: one of ``restoration.TASKS``: "denoise", "deblur", "jpeg", "sr", "inpaint".
-        noise_kind: denoise -- "gaussian" (additive, unclipped) or "poisson" (shot noise, clipped).
-        sigma_range: denoise/gaussian -- noise std on the 0-255 scale, within [0, 255].
-        poisson_peak_range: denoise/poisson -- photons at value 1, > 0.
-        blur_kinds: deblur -- kernels to choose from: "gaussian", "motion".
-        blur_sigma_range: deblur/gaussian -- kernel std in pixels, > 0.
-        motion_length_range: deblur/motion -- motion extent in pixels, >= 1.
-        quality_range: jpeg -- JPEG quality within 1..100.
-        scale: sr -- downscaling factor, 2, 3 or 4.
-        mask_kinds: inpaint -- masks to choose from: "box", "stroke", "dropout".
-        dropout_ratio_range: inpaint/dropout -- fraction of missing pixels, within [0, 1).
-    """
-
-    task: str
-    noise_kind: str = "gaussian"
-    sigma_range: tuple[float, float] = (0.0, 50.0)
-    poisson_peak_range: tuple[float, float] = (5.0, 100.0)
-    blur_kinds: tuple[str, ...] = BLUR_KINDS
-    blur_sigma_range: tuple[float, float] = (0.5, 3.0)
-    motion_length_range: tuple[int, int] = (5, 21)
-    quality_range: tuple[int, int] = (10, 90)
-    scale: int = 4
-    mask_kinds: tuple[str, ...] = MASK_KINDS
-    dropout_ratio_range: tuple[float, float] = (0.1, 0.5)
-
-    def __post_init__(self) -> None:
-        for name in (
-            "sigma_range",
-            "poisson_peak_range",
-            "blur_kinds",
-            "blur_sigma_range",
-            "motion_length_range",
-            "quality_range",
-            "mask_kinds",
-            "dropout_ratio_range",
-        ):
-            object.__setattr__(self, name, _as_tuple(getattr(self, name)))
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
-        if self.noise_kind not in NOISE_KINDS:
-            raise ValueError(f"unknown noise_kind {self.noise_kind!r}; expected one of {NOISE_KINDS}")
-        _check_range(self.sigma_range, "sigma_range (0-255 scale)", 0.0, 255.0)
-        _check_range(self.poisson_peak_range, "poisson_peak_range", 0.0, math.inf)
-        if self.poisson_peak_range[0] <= 0:
-            raise ValueError(f"poisson_peak_range must be > 0, got {self.poisson_peak_range!r}")
-        _check_kinds(self.blur_kinds, "blur_kinds", BLUR_KINDS)
-        _check_range(self.blur_sigma_range, "blur_sigma_range (pixels)", 0.0, math.inf)
-        if self.blur_sigma_range[0] <= 0:
-            raise ValueError(f"blur_sigma_range must be > 0 pixels, got {self.blur_sigma_range!r}")
-        _check_range(self.motion_length_range, "motion_length_range (pixels)", 1, math.inf)
-        _check_range(self.quality_range, "quality_range", 1, 100)
-        _check_scale(self.scale)
-        _check_kinds(self.mask_kinds, "mask_kinds", MASK_KINDS)
-        _check_range(self.dropout_ratio_range, "dropout_ratio_range", 0.0, 1.0)
-        if self.dropout_ratio_range[1] >= 1.0:
-            raise ValueError(f"dropout_ratio_range must lie within [0, 1), got {self.dropout_ratio_range!r}")
-
-
-def _check_kinds(kinds: tuple[str, ...], name: str, allowed: tuple[str, ...]) -> None:
-    if not kinds:
-        raise ValueError(f"{name} must name at least one of {allowed}")
-    unknown = [kind for kind in kinds if kind not in allowed]
-    if unknown:
-        raise ValueError(f"unknown {name} {unknown}; expected a subset of {allowed}")
-
-
-def _sample_blur(
-    x: Tensor,
-    generator: torch.Generator,
-    kinds: tuple[str, ...],
-    sigma_range: tuple[float, float],
-    length_range: tuple[int, int],
-) -> tuple[Tensor, dict[str, Any]]:
-    kind = _choice(kinds, generator)
-    if kind == "gaussian":
-        sigma = _uniform(*sigma_range, generator)
-        return gaussian_blur(x, sigma), {"blur": "gaussian", "blur_sigma": sigma}
-    length = _randint(int(length_range[0]), int(length_range[1]), generator)
-    angle = _uniform(0.0, 180.0, generator)  # a line at 180 + a is the same line
-    return motion_blur(x, length, angle), {"blur": "motion", "length": length, "angle": angle}
-
-
-def degrade(gt: Tensor, spec: DegradationSpec, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
-    """Sample degradation parameters from ``generator`` and degrade one image.
+def add_gray_gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
+    """Gaussian noise that is the same in every channel (a gray sensor, a scan), not clipped.
 
     Args:
-        gt: CHW float in [0, 1] (one image: parameters are drawn per image).
-        spec: the task's degradation.
-        generator: source of every random choice (see :func:`make_generator`).
-
-    Returns:
-        ``(lq, extra)``. ``lq`` is CHW like ``gt`` except:
-
-        - "sr": ``gt`` is cropped to a multiple of ``spec.scale`` and ``lq`` is that crop
-          downscaled, ``(C, H // s, W // s)``; ``extra["gt"]`` is the cropped target.
-        - "inpaint": holes are filled with 0 and ``extra["mask"]`` is (1, H, W), 1 = missing.
-
-        ``extra`` records the sampled parameters: "sigma" or "peak" (denoise); "blur" and
-        "blur_sigma" or "length"/"angle" (deblur; the kernel is ``gaussian_kernel(blur_sigma)``
-        or ``motion_blur_kernel(length, angle)`` -- not stored, since its size varies and would
-        not collate into a batch); "quality" (jpeg); "scale" and "gt" (sr); "mask" and
-        "mask_kind" (inpaint).
+        x: CHW or NCHW float in [0, 1].
+        sigma: standard deviation on the 0-255 scale, >= 0.
+        generator: source of the noise.
     """
-    _check_image(gt, "gt")
-    if gt.ndim != 3:
-        raise ValueError(f"degrade takes one CHW image, got shape {tuple(gt.shape)}")
-    if spec.task == "denoise":
-        if spec.noise_kind == "gaussian":
-            sigma = _uniform(*spec.sigma_range, generator)
-            return add_gaussian_noise(gt, sigma, generator), {"sigma": sigma}
-        peak = _uniform(*spec.poisson_peak_range, generator)
-        return add_poisson_noise(gt, peak, generator), {"peak": peak}
-    if spec.task == "deblur":
-        return _sample_blur(gt, generator, spec.blur_kinds, spec.blur_sigma_range, spec.motion_length_range)
-    if spec.task == "jpeg":
-        quality = _randint(int(spec.quality_range[0]), int(spec.quality_range[1]), generator)
-        return jpeg_compress(gt, quality), {"quality": quality}
-    if spec.task == "sr":
-        cropped = crop_to_multiple(gt, spec.scale)
-        return bicubic_downsample(cropped, spec.scale), {"scale": spec.scale, "gt": cropped}
-    if spec.task == "inpaint":
-        height, width = gt.shape[-2:]
-        kind = _choice(spec.mask_kinds, generator)
-        if kind == "box":
-            mask = box_mask(height, width, generator)
-        elif kind == "stroke":
-            mask = stroke_mask(height, width, generator)
-        else:
-            mask = dropout_mask(height, width, _uniform(*spec.dropout_ratio_range, generator), generator)
-        mask = mask.to(gt.device)
-        return apply_mask(gt, mask), {"mask": mask, "mask_kind": kind}
-    raise ValueError(f"unknown task {spec.task!r}; expected one of {TASKS}")  # unreachable after __post_init__
+    _check_image(x)
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0 (0-255 scale), got {sigma!r}")
+    shape = (*x.shape[:-3], 1, *x.shape[-2:])
+    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return x + noise.to(x.device) * (sigma / 255.0)
 
 
-def random_composition(
-    gt: Tensor,
-    generator: torch.Generator,
-    *,
-    probability: float = 0.5,
-    blur_kinds: tuple[str, ...] = BLUR_KINDS,
-    blur_sigma_range: tuple[float, float] = (0.5, 3.0),
-    motion_length_range: tuple[int, int] = (5, 15),
-    sigma_range: tuple[float, float] = (1.0, 30.0),
-    quality_range: tuple[int, int] = (30, 95),
-) -> tuple[Tensor, dict[str, Any]]:
-    """A random subset of {blur, Gaussian noise, JPEG} in random order, for blind models.
+def add_correlated_gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
+    """Gaussian noise correlated across the RGB channels (demosaicked sensor noise), not clipped.
 
-    Each operation is kept with ``probability``; if none is kept, one is chosen uniformly, so
-    ``lq`` is never clean. The order is a random permutation (noise then JPEG compresses the
-    noise; JPEG then noise leaves it intact -- both happen to real photos).
+    The 3x3 covariance is ``U diag(d) U^T`` with a random rotation ``U`` and eigenvalues ``d``
+    drawn in [0.1, 1] and rescaled so that the mean per-channel variance is ``sigma^2``. Gray
+    images (1 channel) get plain Gaussian noise.
 
     Args:
-        gt: CHW float in [0, 1].
-        generator: source of every choice.
-        probability: chance of each operation, in [0, 1].
-        blur_kinds, blur_sigma_range, motion_length_range: blur parameters (see DegradationSpec).
-        sigma_range: Gaussian noise std range, 0-255 scale.
-        quality_range: JPEG quality range, 1..100.
+        x: CHW or NCHW float in [0, 1], 1 or 3 channels.
+        sigma: mean per-channel standard deviation on the 0-255 scale, >= 0.
+        generator: source of the covariance and the noise.
+    """
+    _check_image(x)
+    if x.shape[-3] != 3:
+        return add_gaussian_noise(x, sigma, generator)
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0 (0-255 scale), got {sigma!r}")
+    device = generator.device
+    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=generator, device=device, dtype=torch.float64))
+    eigenvalues = 0.1 + 0.9 * torch.rand(3, generator=generator, device=device, dtype=torch.float64)
+    eigenvalues = eigenvalues * 3 / eigenvalues.sum()  # trace 3: mean variance 1 per channel
+    transform = (rotation * eigenvalues.sqrt()).to(x.dtype)  # (3, 3): noise = transform @ z
+    white = torch.randn((*x.shape[:-3], 3, x.shape[-2] * x.shape[-1]), generator=generator, device=device, dtype=x.dtype)
+    noise = (transform @ white).reshape(x.shape)  # (..., 3, H, W)
+    return x + noise.to(x.device) * (sigma / 255.0)
+
+
+def add_gray_poisson_noise(x: Tensor, peak: float, generator: torch.Generator) -> Tensor:
+    """Shot noise computed on the luma and added equally to every channel, clipped to [0, 1].
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+        peak: photon count of a pixel of value 1, > 0.
+        generator: source of the noise.
+    """
+    _check_image(x)
+    if x.shape[-3] == 1:
+        return add_poisson_noise(x, peak, generator)
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(3, 1, 1)
+    luma = (x.clamp(0.0, 1.0) * weights).sum(-3, keepdim=True)
+    noise = add_poisson_noise(luma, peak, generator) - luma.clamp(0.0, 1.0)
+    return (x + noise).clamp_(0.0, 1.0)
+
+
+def anisotropic_gaussian_kernel(sigma_x: float, sigma_y: float, angle_degrees: float) -> Tensor:
+    """2-D Gaussian kernel with standard deviations ``sigma_x``/``sigma_y`` (pixels, > 0) along
+    axes rotated by ``angle_degrees``; float32, odd size ``2 * ceil(3 * max sigma) + 1``, sums to 1."""
+    if not (sigma_x > 0 and sigma_y > 0):
+        raise ValueError(f"anisotropic blur sigmas must be > 0 pixels, got {sigma_x!r}, {sigma_y!r}")
+    size = 2 * math.ceil(3 * max(sigma_x, sigma_y)) + 1
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    ys, xs = torch.meshgrid(offsets, offsets, indexing="ij")
+    theta = math.radians(angle_degrees)
+    u = xs * math.cos(theta) + ys * math.sin(theta)
+    v = -xs * math.sin(theta) + ys * math.cos(theta)
+    kernel = torch.exp(-0.5 * ((u / sigma_x) ** 2 + (v / sigma_y) ** 2))
+    return (kernel / kernel.sum()).float()
+
+
+def anisotropic_gaussian_blur(x: Tensor, sigma_x: float, sigma_y: float, angle_degrees: float) -> Tensor:
+    """Blur with :func:`anisotropic_gaussian_kernel` (reflect padding, same size).
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
+    """
+    _check_image(x)
+    batch, unbatched = _as_batch(x)
+    out = _filter2d(batch, anisotropic_gaussian_kernel(sigma_x, sigma_y, angle_degrees))
+    return out.squeeze(0) if unbatched else out
+
+
+RESIZE_MODES = ("area", "bilinear", "bicubic")
+
+
+def resize_down_up(x: Tensor, factor: float, down_mode: str, up_mode: str) -> Tensor:
+    """Resize by ``factor`` (0 < factor <= 1) and back to the original size: the detail a
+    downscaled-then-upscaled web copy has lost. Modes are ``RESIZE_MODES``; ``area`` upsampling
+    is nearest-neighbour, as torch defines it.
+
+    Args:
+        x: CHW or NCHW float in [0, 1].
 
     Returns:
-        ``(lq, extra)``: ``lq`` has ``gt``'s shape (unclipped if noise came last);
-        ``extra["operations"]`` lists ``{"name": "blur" | "noise" | "jpeg", ...parameters}`` in
-        the order applied.
+        Same shape; bicubic may overshoot [0, 1] slightly (not clipped).
     """
-    _check_image(gt, "gt")
-    if gt.ndim != 3:
-        raise ValueError(f"random_composition takes one CHW image, got shape {tuple(gt.shape)}")
-    if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"probability must be in [0, 1], got {probability!r}")
-    _check_kinds(blur_kinds, "blur_kinds", BLUR_KINDS)
-    _check_range(sigma_range, "sigma_range (0-255 scale)", 0.0, 255.0)
-    _check_range(quality_range, "quality_range", 1, 100)
-    _check_range(blur_sigma_range, "blur_sigma_range (pixels)", 1e-6, math.inf)
-    _check_range(motion_length_range, "motion_length_range (pixels)", 1, math.inf)
+    _check_image(x)
+    if not 0.0 < factor <= 1.0:
+        raise ValueError(f"resize factor must lie in (0, 1], got {factor!r}")
+    for mode in (down_mode, up_mode):
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    batch, unbatched = _as_batch(x)
+    height, width = batch.shape[-2:]
+    small = (max(1, round(height * factor)), max(1, round(width * factor)))
+    if small == (height, width):
+        return x.clone()
 
-    names = ("blur", "noise", "jpeg")
-    keep = torch.rand(len(names), generator=generator, device=generator.device).cpu() < probability
-    chosen = [name for name, kept in zip(names, keep.tolist()) if kept]
-    if not chosen:
-        chosen = [_choice(names, generator)]
-    order = torch.randperm(len(chosen), generator=generator, device=generator.device).tolist()
+    def resize(image: Tensor, size: tuple[int, int], mode: str) -> Tensor:
+        if mode == "area":
+            return F.interpolate(image, size=size, mode="area" if size[0] <= image.shape[-2] else "nearest")
+        return F.interpolate(image, size=size, mode=mode, align_corners=False, antialias=size[0] < image.shape[-2])
 
-    lq = gt
-    operations: list[dict[str, Any]] = []
-    for name in (chosen[i] for i in order):
-        if name == "blur":
-            lq, params = _sample_blur(lq, generator, blur_kinds, blur_sigma_range, motion_length_range)
-        elif name == "noise":
-            sigma = _uniform(*sigma_range, generator)
-            lq, params = add_gaussian_noise(lq, sigma, generator), {"sigma": sigma}
-        else:
-            quality = _randint(int(quality_range[0]), int(quality_range[1]), generator)
-            lq, params = jpeg_compress(lq, quality), {"quality": quality}
-        operations.append({"name": name, **params})
-    return lq, {"operations": operations}
+    out = resize(resize(batch, small, down_mode), (height, width), up_mode)
+    return out.squeeze(0) if unbatched else out
+
+
+def to_gray_uint8(pixels: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 RGB -> H x W x 1 uint8 gray (ITU-R BT.601 luma, as PIL's "L"); gray
+    input is returned as it is."""
+    _check_uint8_pixels(pixels)
+    if pixels.shape[-1] == 1:
+        return pixels
+    return np.asarray(Image.fromarray(pixels[..., :3]).convert("L"))[..., None]
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Clip to [0, 1] and round to the 8-bit grid: what saving an image as 8-bit does."""
+    return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from restoration import TASKS
 from restoration.backbones import BACKBONES, Backbone, build_backbone
+from restoration.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ModelConfig:
     """Architecture of a ``FusedRestorationNet``; saved in every checkpoint's ``model.json``.
 
     Attributes:
-        task: one of ``restoration.TASKS``.
+        task: one of ``restoration.tasks.TASK_NAMES``.
         scale: upscaling factor (1 except for ``sr``, where 2, 3 or 4).
         backbone: one of ``restoration.backbones.BACKBONES``.
         widths: target-branch channels at strides 1, 2, 4, 8, 16, 32.
@@ -53,13 +53,12 @@ class ModelConfig:
     blocks_per_stage: int = 1
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        task = get_task(self.task)
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        if self.task == "sr" and self.scale not in (2, 3, 4):
+        if task.upscale and self.scale not in (2, 3, 4):
             raise ValueError(f"super-resolution scale must be 2, 3 or 4, got {self.scale}")
-        if self.task != "sr" and self.scale != 1:
+        if not task.upscale and self.scale != 1:
             raise ValueError(f"scale must be 1 for task {self.task!r}, got {self.scale}")
         if len(self.widths) != 6 or any(w <= 0 for w in self.widths):
             raise ValueError(f"widths must be 6 positive channel counts (strides 1..32), got {self.widths}")
@@ -73,9 +72,14 @@ class ModelConfig:
             raise ValueError(f"fuse_strides must be a non-empty subset of (2, 4, 8, 16, 32), got {self.fuse_strides}")
 
     @property
+    def mask_input(self) -> bool:
+        """The model takes a mask (inpainting)."""
+        return get_task(self.task).mask_input
+
+    @property
     def in_channels(self) -> int:
         """Target-branch input channels: RGB, plus the mask for inpainting."""
-        return 4 if self.task == "inpaint" else 3
+        return 4 if self.mask_input else 3
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -229,7 +233,7 @@ class FusedRestorationNet(nn.Module):
         """Restore ``lq`` (N, 3, h, w); returns (N, 3, h * scale, w * scale), not clipped."""
         if lq.dim() != 4 or lq.shape[1] != 3:
             raise ValueError(f"expected lq of shape (N, 3, H, W), got {tuple(lq.shape)}")
-        if self.config.task == "inpaint":
+        if self.config.mask_input:
             if mask is None:
                 raise ValueError("the inpainting model needs a mask (N, 1, H, W), 1 = missing pixel")
             # Missing pixels carry no information: zero them so the model does not depend on the fill.
@@ -264,7 +268,7 @@ class FusedRestorationNet(nn.Module):
             y = F.interpolate(up(y), size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = dec(torch.cat([y, skip], dim=1))
         restored = base + self.head(y)[..., :height, :width]
-        if self.config.task == "inpaint":
+        if self.config.mask_input:
             # Known pixels are kept exactly; only the holes are filled.
             restored = base * (1 - mask) + restored * mask
         return restored

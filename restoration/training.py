@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,21 +33,21 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from restoration import TASKS, config as config_lib, degradations, storage
+from restoration import config as config_lib, degradations, storage
 from restoration.checkpoint import (
-    METADATA_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     load_weights,
+    read_checkpoint_bytes,
     read_metadata,
     resolve_model,
     save_checkpoint,
 )
 from restoration.codec import ImageDecodeError, decode_image, pixels_to_tensor, tensor_to_pixels
-from restoration.degradations import DegradationSpec
-from restoration.evaluate import EvalProtocol, make_sample, score
+from restoration.evaluate import score
 from restoration.losses import build_loss
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
+from restoration.tasks import Case, DenoiseTask, TaskSpec, get_case, get_task
 
 log = logging.getLogger(__name__)
 
@@ -126,28 +125,35 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Validation under the evaluate protocol, every ``interval`` steps (and at every checkpoint)
-    on the first ``limit`` validation images."""
+    """Validation every ``interval`` steps (and at every checkpoint) on the first ``limit``
+    validation images, under the task's evaluation protocol with ``protocol`` fixed (the names of
+    ``restoration evaluate``'s flags or the task's fields, e.g. ``{sigma: 25}``), or under the
+    named real-world ``case`` (see ``restoration.tasks.CASES``)."""
 
     interval: int = 200
     limit: int = 4
-    sigma: float = 25.0
-    quality: int = 10
-    mask_ratio: float = 0.5
-    blur_sigma: float = 1.6
     seed: int = 0
+    protocol: dict[str, Any] = field(default_factory=dict)
+    case: str | None = None
 
     def __post_init__(self) -> None:
         if self.interval < 1:
             raise ValueError(f"validation.interval must be >= 1, got {self.interval}")
         if self.limit < 1:
             raise ValueError(f"validation.limit must be >= 1, got {self.limit}")
+        if not isinstance(self.protocol, dict):
+            raise ValueError(f"validation.protocol must be a mapping of protocol settings, got {self.protocol!r}")
+        if self.case is not None:
+            get_case(self.case)
+        if self.case is not None and self.protocol:
+            raise ValueError("set validation.case or validation.protocol, not both")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a fine-tuning run needs; saved next to its outputs as ``config.yaml``.
 
+    ``degradation`` is the task's spec (``restoration.tasks``), typed by ``task``.
     ``checkpoint_interval`` and ``log_interval`` count optimizer steps; the last step always logs,
     validates and checkpoints. ``keep_checkpoints`` is how many checkpoints (the best by
     validation PSNR, plus always the latest) a Ray run keeps.
@@ -159,7 +165,7 @@ class TrainConfig:
     loss: str = "l1"
     backbone_weights: str | None = "imagenet"
     model: ModelConfig = field(default_factory=ModelConfig)
-    degradation: DegradationSpec = field(default_factory=lambda: DegradationSpec("denoise"))
+    degradation: TaskSpec = field(default_factory=DenoiseTask)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -168,14 +174,13 @@ class TrainConfig:
     log_interval: int = 10
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        if self.model.task != self.task or self.degradation.task != self.task:
+        spec_class = get_task(self.task)
+        if self.model.task != self.task or type(self.degradation) is not spec_class:
             raise ValueError(
-                f"task {self.task!r} disagrees with model.task {self.model.task!r} / degradation.task "
-                f"{self.degradation.task!r}; set only the top-level task"
+                f"task {self.task!r} disagrees with model.task {self.model.task!r} / degradation "
+                f"({type(self.degradation).__name__}); set only the top-level task"
             )
-        if self.task == "sr" and self.model.scale != self.degradation.scale:
+        if self.model.scale != self.degradation.scale:
             raise ValueError(f"model.scale {self.model.scale} differs from degradation.scale {self.degradation.scale}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
@@ -183,6 +188,10 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         build_loss(self.loss)  # validates the name
+        try:
+            self.validation_protocol()
+        except ValueError as exc:
+            raise ValueError(f"validation.protocol: {exc}") from None
 
     @property
     def freeze_steps(self) -> int:
@@ -194,12 +203,16 @@ class TrainConfig:
         """Effective warm-up: ``optim.warmup_steps``, at most a fifth of the run."""
         return min(self.optim.warmup_steps, self.steps // 5)
 
-    def eval_protocol(self) -> EvalProtocol:
-        v = self.validation
-        return EvalProtocol(
-            task=self.task, sigma=v.sigma, scale=self.degradation.scale if self.task == "sr" else 4,
-            quality=v.quality, mask_ratio=v.mask_ratio, blur_sigma=v.blur_sigma, seed=v.seed,
-        )
+    def validation_protocol(self) -> tuple[TaskSpec, Case | None]:
+        """The spec validation degrades with (the task's protocol, or the case's chain) and the
+        case, if any (its ``prepare`` turns images gray for gray cases)."""
+        if self.validation.case is not None:
+            case = get_case(self.validation.case)
+            return case.spec, case
+        protocol = dict(self.validation.protocol)
+        if self.degradation.upscale:  # validate at the scale the model is trained for
+            protocol.setdefault("scale", self.degradation.scale)
+        return get_task(self.task).protocol(**protocol), None
 
 
 def load_train_config(
@@ -211,16 +224,15 @@ def load_train_config(
 ) -> TrainConfig:
     """Resolve a TrainConfig: defaults for ``task`` <- YAML file <- ``--set`` overrides <- ``steps``.
 
-    The top-level task is copied into the model and degradation sections; for super-resolution
-    the model's scale follows ``degradation.scale``.
+    The top-level task is copied into the model section and types the ``degradation`` section
+    (the task's spec); the model's scale follows the spec's (super-resolution).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unknown keys, values of the wrong type or out of range, or a task/scale in
             the file or overrides that contradicts ``task`` -- each naming the key.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    get_task(task)
     data: dict[str, Any] = {}
     if path is not None:
         data = config_lib.read_yaml(path)
@@ -228,24 +240,34 @@ def load_train_config(
         data = config_lib.merge(data, config_lib.parse_overrides(overrides))
     if "task" in data and data["task"] != task:
         raise ValueError(f"task {data['task']!r} in the config disagrees with --task {task!r}")
+    if steps is not None:
+        data["steps"] = steps
+    return train_config_from_dict(data, task=task)
+
+
+def train_config_from_dict(data: dict[str, Any], *, task: str | None = None) -> TrainConfig:
+    """A TrainConfig from a mapping such as a saved ``config.yaml``; its ``degradation`` section
+    is typed by ``task`` (default: the mapping's own ``task``, else denoise)."""
+    data = dict(data)
+    task = task or data.get("task", "denoise")
+    spec_class = get_task(task)
     for section in ("model", "degradation"):
         if section in data and not isinstance(data[section], dict):
             raise ValueError(f"{section}: expected a mapping, got {data[section]!r}")
         data[section] = dict(data.get(section) or {})
-        if "task" in data[section] and data[section]["task"] != task:
-            raise ValueError(f"{section}.task {data[section]['task']!r} disagrees with --task {task!r}")
-        data[section]["task"] = task
+    if "task" in data["model"] and data["model"]["task"] != task:
+        raise ValueError(f"model.task {data['model']['task']!r} disagrees with --task {task!r}")
+    data["model"]["task"] = task
     data["task"] = task
-    if task == "sr":
-        model_scale, degradation_scale = data["model"].get("scale"), data["degradation"].get("scale")
-        if model_scale is not None and degradation_scale is not None and model_scale != degradation_scale:
-            raise ValueError(f"model.scale {model_scale!r} disagrees with degradation.scale {degradation_scale!r}; "
-                             "set degradation.scale only")
-        scale = degradation_scale if degradation_scale is not None else (model_scale if model_scale is not None else 4)
-        data["degradation"]["scale"] = scale
-        data["model"]["scale"] = scale
-    if steps is not None:
-        data["steps"] = steps
+    model_scale = data["model"].get("scale")
+    if spec_class.upscale and "scale" not in data["degradation"] and model_scale is not None:
+        data["degradation"]["scale"] = model_scale
+    spec = config_lib.from_dict(spec_class, data["degradation"], prefix="degradation.")
+    if model_scale is not None and model_scale != spec.scale:
+        raise ValueError(f"model.scale {model_scale!r} disagrees with degradation.scale {spec.scale!r}; "
+                         "set degradation.scale only")
+    data["model"]["scale"] = spec.scale
+    data["degradation"] = spec
     return config_lib.from_dict(TrainConfig, data)
 
 
@@ -322,7 +344,6 @@ class CropSampler:
         self.images = images
         self.crop = config.data.crop_size
         self.spec = config.degradation
-        self.task = config.task
         self.seed = config.seed
         self.gray_fraction = config.data.gray_fraction
         self.rank = rank
@@ -360,12 +381,11 @@ class CropSampler:
         gray = self.gray_fraction > 0 and float(torch.rand((), generator=g)) < self.gray_fraction
         if gray:
             gt = to_gray8(gt)
-        lq, extra = degradations.degrade(gt.contiguous(), self.spec, g)
-        if self.task == "sr":
-            gt = extra["gt"]
+        degraded = self.spec.degrade(gt.contiguous(), g)
+        gt, lq = degraded.gt, degraded.lq
         if gray:  # the model sees gray as three equal channels, as inference runs it
             gt, lq = gt.expand(3, -1, -1), lq.expand(3, -1, -1)
-        return gt, lq, extra.get("mask")
+        return gt, lq, degraded.mask
 
     def batch(self, start: int, size: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """Samples ``start .. start + size - 1`` stacked: gt (B,3,c,c), lq (B,3,c/s,c/s), mask or None."""
@@ -454,8 +474,10 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0  # this worker's position in its sample stream
         self.amp = self.device.type == "cuda"
-        self.protocol = config.eval_protocol()
-        self.val_samples = [make_sample(n, p, self.protocol) for n, p in (val_samples or [])]
+        self.protocol, case = config.validation_protocol()
+        seed = config.validation.seed
+        self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
+                            for n, p in (val_samples or [])]
         self.history: list[dict[str, Any]] = []
         self.resumed_at: list[int] = []  # the step of every resume, in order
         self._stage: str | None = None
@@ -743,26 +765,6 @@ def format_duration(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def fetch_checkpoint(uri: str | Path, directory: str | Path) -> Path:
-    """A local directory holding the checkpoint at ``uri`` (local path, ``file://`` or ``s3://``).
-
-    A local checkpoint is returned as is; a remote one is downloaded into ``directory``.
-    """
-    import pyarrow.fs as pafs
-
-    filesystem, path = storage.resolve(str(uri))
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        return Path(path)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in (METADATA_FILE, WEIGHTS_FILE):
-        try:
-            (directory / name).write_bytes(storage.read_bytes(storage.join(str(uri), name)))
-        except FileNotFoundError as exc:
-            raise CheckpointError(f"{uri} is not a checkpoint: it needs {WEIGHTS_FILE} and {METADATA_FILE}") from exc
-    return directory
-
-
 def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedRestorationNet:
     """The model a run starts from: ImageNet backbone + fresh target branch, or ``init`` weights.
 
@@ -776,25 +778,23 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
     """
     if init is None:
         return build_model(config.model, backbone_weights=config.backbone_weights)
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_safetensors
 
     if str(init) == "default":
         init = resolve_model("default", config.task)
-    with tempfile.TemporaryDirectory(prefix="restoration-init-") as tmp:
-        directory = fetch_checkpoint(init, tmp)
-        metadata = read_metadata(directory)
-        source = ModelConfig.from_dict(metadata["architecture"])
-        mine = config.model
-        keys = [k for k in ("backbone", "widths", "fuse_strides", "blocks_per_stage") if hasattr(mine, k)]
-        if any(getattr(source, k) != getattr(mine, k) for k in keys):
-            def describe(c: ModelConfig) -> str:
-                return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k in keys for v in [getattr(c, k)])
+    files = read_checkpoint_bytes(init)
+    source = files.read_metadata().architecture
+    mine = config.model
+    keys = [k for k in ("backbone", "widths", "fuse_strides", "blocks_per_stage") if hasattr(mine, k)]
+    if any(getattr(source, k) != getattr(mine, k) for k in keys):
+        def describe(c: ModelConfig) -> str:
+            return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k in keys for v in [getattr(c, k)])
 
-            raise CheckpointError(
-                f"--init {init} has architecture {describe(source)}; this run needs {describe(mine)} "
-                f"(set {' / '.join('model.' + k for k in keys)} to match)"
-            )
-        state = load_file(str(directory / WEIGHTS_FILE))
+        raise CheckpointError(
+            f"--init {init} has architecture {describe(source)}; this run needs {describe(mine)} "
+            f"(set {' / '.join('model.' + k for k in keys)} to match)"
+        )
+    state = load_safetensors(files.weights)
     model = build_model(mine, backbone_weights=None)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     own = model.state_dict()

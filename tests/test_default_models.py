@@ -13,18 +13,19 @@ from PIL import Image
 
 from restoration import storage
 from restoration.checkpoint import SHIPPED_DIR, read_metadata
-from restoration.evaluate import EvalProtocol, evaluate
+from restoration.evaluate import evaluate
+from restoration.tasks import get_task
 
 SHIPPED = sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / "model.safetensors").is_file()) if SHIPPED_DIR.is_dir() else []
 
 # (protocol, baseline, dB the default must beat the baseline by, on these two crops)
 CASES = {
-    "denoise": [(EvalProtocol(task="denoise", sigma=15), "identity", 6.0),
-                (EvalProtocol(task="denoise", sigma=50), "identity", 10.0)],
-    "sr": [(EvalProtocol(task="sr", scale=4), "bicubic", 0.5)],
-    "jpeg": [(EvalProtocol(task="jpeg", quality=10), "identity", 0.5)],
-    "inpaint": [(EvalProtocol(task="inpaint", mask_kind="dropout", mask_ratio=0.5), "telea", 0.1),
-                (EvalProtocol(task="inpaint", mask_kind="box"), "identity", 3.0)],
+    "denoise": [(get_task("denoise").protocol(sigma=15), "identity", 6.0),
+                (get_task("denoise").protocol(sigma=50), "identity", 10.0)],
+    "sr": [(get_task("sr").protocol(scale=4), "bicubic", 0.5)],
+    "jpeg": [(get_task("jpeg").protocol(quality=10), "identity", 0.5)],
+    "inpaint": [(get_task("inpaint").protocol(mask_kind="dropout", mask_ratio=0.5), "telea", 0.1),
+                (get_task("inpaint").protocol(mask_kind="box"), "identity", 3.0)],
 }
 
 

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from restoration import TASKS
 from restoration.degradations import (
-    DegradationSpec,
     add_gaussian_noise,
     add_poisson_noise,
     apply_mask,
@@ -18,7 +16,6 @@ from restoration.degradations import (
     bicubic_upsample_uint8,
     box_mask,
     crop_to_multiple,
-    degrade,
     dropout_mask,
     gaussian_blur,
     gaussian_kernel,
@@ -27,7 +24,6 @@ from restoration.degradations import (
     make_generator,
     motion_blur,
     motion_blur_kernel,
-    random_composition,
     stroke_mask,
 )
 
@@ -298,79 +294,6 @@ def test_apply_mask_fills_only_the_holes(image: torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# degrade() and random_composition()
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_degrade_shapes_and_determinism(image: torch.Tensor, task: str) -> None:
-    gt = image[:, :94, :130]  # not a multiple of 4: sr must crop
-    spec = DegradationSpec(task)
-    lq, extra = degrade(gt, spec, make_generator(0, "img.png", 1))
-    lq_again, _ = degrade(gt, spec, make_generator(0, "img.png", 1))
-    assert torch.equal(lq, lq_again)
-    assert lq.dtype == torch.float32
-    if task == "sr":
-        assert lq.shape == (3, 94 // 4, 130 // 4)
-        assert extra["gt"].shape == (3, 92, 128) and extra["scale"] == 4
-    else:
-        assert lq.shape == gt.shape
-        assert not torch.equal(lq, gt) or task == "denoise"
-    if task == "inpaint":
-        assert extra["mask"].shape == (1, 94, 130)
-        assert extra["mask_kind"] in spec.mask_kinds
-        assert torch.all(lq[extra["mask"].bool().expand_as(lq)] == 0)
-    if task == "denoise":
-        assert 0.0 <= extra["sigma"] <= 50.0
-    if task == "jpeg":
-        assert 10 <= extra["quality"] <= 90
-    if task == "deblur":
-        assert extra["blur"] in ("gaussian", "motion")
-
-
-def test_degrade_fixed_sigma_matches_add_gaussian_noise(image: torch.Tensor) -> None:
-    spec = DegradationSpec("denoise", sigma_range=(25, 25))
-    lq, extra = degrade(image, spec, make_generator(0, "a"))
-    assert extra == {"sigma": 25.0}
-    assert (lq - image).std().item() == pytest.approx(25 / 255, rel=0.02)
-
-
-def test_degrade_samples_differ_across_epochs(image: torch.Tensor) -> None:
-    spec = DegradationSpec("jpeg")
-    crop = image[:, :32, :32]
-    qualities = {degrade(crop, spec, make_generator(0, "a", epoch))[1]["quality"] for epoch in range(8)}
-    assert len(qualities) > 1
-
-
-def test_degrade_other_variants(image: torch.Tensor) -> None:
-    gt = image[:, :64, :64]
-    lq, extra = degrade(gt, DegradationSpec("denoise", noise_kind="poisson"), make_generator(0))
-    assert lq.shape == gt.shape and 5 <= extra["peak"] <= 100
-    lq, extra = degrade(gt, DegradationSpec("deblur", blur_kinds=("motion",)), make_generator(0))
-    assert extra["blur"] == "motion" and 5 <= extra["length"] <= 21
-    lq, extra = degrade(gt, DegradationSpec("sr", scale=3), make_generator(0))
-    assert lq.shape == (3, 21, 21) and extra["gt"].shape == (3, 63, 63)
-    lq, extra = degrade(gt, DegradationSpec("inpaint", mask_kinds=["box"]), make_generator(0))
-    assert extra["mask_kind"] == "box"
-
-
-def test_random_composition(image: torch.Tensor) -> None:
-    gt = image[:, :64, :64]
-    seen: set[str] = set()
-    for index in range(12):
-        lq, extra = random_composition(gt, make_generator(5, index))
-        assert lq.shape == gt.shape
-        names = [operation["name"] for operation in extra["operations"]]
-        assert 1 <= len(names) == len(set(names)) <= 3
-        assert not torch.equal(lq, gt)
-        seen.update(names)
-    assert seen == {"blur", "noise", "jpeg"}
-    first = random_composition(gt, make_generator(5, 0))
-    again = random_composition(gt, make_generator(5, 0))
-    assert torch.equal(first[0], again[0]) and first[1] == again[1]
-
-
-# ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
 
@@ -394,8 +317,6 @@ def test_random_composition(image: torch.Tensor) -> None:
         (lambda x: stroke_mask(8, 8, make_generator(0), num_strokes=(3, 1)), r"num_strokes.*\(3, 1\)"),
         (lambda x: crop_to_multiple(x, 0), r"multiple must be an int >= 1.*0"),
         (lambda x: apply_mask(x, torch.zeros(1, 4, 4)), r"mask size"),
-        (lambda x: degrade(x[None], DegradationSpec("denoise"), make_generator(0)), r"one CHW image"),
-        (lambda x: random_composition(x, make_generator(0), probability=2.0), r"probability.*2\.0"),
     ],
 )
 def test_bad_parameters_raise_value_error(image: torch.Tensor, call, message: str) -> None:
@@ -408,47 +329,3 @@ def test_bad_inputs_raise_type_error() -> None:
         gaussian_blur(torch.zeros(3, 8, 8, dtype=torch.uint8), 1.0)
     with pytest.raises(TypeError, match="uint8"):
         jpeg_compress_uint8(np.zeros((8, 8), dtype=np.float32), 50)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"task": "colorize"}, r"unknown task 'colorize'.*denoise"),
-        ({"task": "denoise", "sigma_range": (-5, 10)}, r"sigma_range.*\(-5, 10\)"),
-        ({"task": "denoise", "sigma_range": (30, 10)}, r"low <= high.*\(30, 10\)"),
-        ({"task": "denoise", "noise_kind": "salt"}, r"noise_kind 'salt'.*gaussian"),
-        ({"task": "jpeg", "quality_range": (0, 50)}, r"quality_range.*\[1, 100\].*\(0, 50\)"),
-        ({"task": "jpeg", "quality_range": (10, 101)}, r"quality_range.*\(10, 101\)"),
-        ({"task": "sr", "scale": 8}, r"scale must be one of \(2, 3, 4\).*8"),
-        ({"task": "inpaint", "dropout_ratio_range": (0.1, 1.0)}, r"dropout_ratio_range.*\[0, 1\)"),
-        ({"task": "inpaint", "mask_kinds": ("box", "blob")}, r"mask_kinds \['blob'\]"),
-        ({"task": "deblur", "blur_kinds": ()}, r"blur_kinds must name at least one"),
-        ({"task": "deblur", "blur_sigma_range": (0, 2)}, r"blur_sigma_range must be > 0"),
-    ],
-)
-def test_degradation_spec_validation(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        DegradationSpec(**kwargs)
-
-
-def test_degradation_spec_normalizes_yaml_lists() -> None:
-    spec = DegradationSpec("denoise", sigma_range=[15, 15])  # type: ignore[arg-type]
-    assert spec.sigma_range == (15, 15)
-    # Frozen, comparable and hashable: two equal specs collapse into one set element.
-    assert len({spec, DegradationSpec("denoise", sigma_range=(15, 15))}) == 1
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_degradations_do_not_depend_on_the_image_device(image: torch.Tensor) -> None:
-    # A CPU generator drives the sampling wherever the image lives, so a GPU worker and a CPU
-    # worker degrade the same image identically (up to float rounding in convolutions).
-    cuda_image = image.cuda()
-    for task in TASKS:
-        spec = DegradationSpec(task)
-        lq_cpu, _ = degrade(image, spec, make_generator(0, task))
-        lq_cuda, extra = degrade(cuda_image, spec, make_generator(0, task))
-        assert lq_cuda.device.type == "cuda"
-        assert torch.allclose(lq_cuda.cpu(), lq_cpu, atol=1e-5), task
-        if task == "inpaint":
-            assert extra["mask"].device.type == "cuda"

@@ -8,39 +8,40 @@ import torch
 
 from restoration.checkpoint import save_checkpoint
 from restoration.cli import main
-from restoration.evaluate import EvalProtocol, evaluate, make_sample
+from restoration.evaluate import evaluate
+from restoration.tasks import get_task
 from restoration.model import ModelConfig, build_model
 
 SMALL = (8, 8, 16, 16, 24, 24)
 
 
 def test_identity_denoise_is_the_noise_level(cbsd68_dir):
-    report = evaluate("identity", EvalProtocol(task="denoise", sigma=25), str(cbsd68_dir))
+    report = evaluate("identity", get_task("denoise").protocol(sigma=25), str(cbsd68_dir))
     assert len(report["images"]) == 68
     # 20 log10(255 / 25) = 20.17 dB: the noise itself.
     assert report["psnr"] == pytest.approx(20.17, abs=0.05)
 
 
 def test_identity_sr_x4_is_published_bicubic(set5_dir):
-    report = evaluate("identity", EvalProtocol(task="sr", scale=4), str(set5_dir))
+    report = evaluate("identity", get_task("sr").protocol(scale=4), str(set5_dir))
     assert report["psnr"] == pytest.approx(28.42, abs=0.05)
 
 
 def test_identity_jpeg_matches_published_input(classic5_dir):
-    assert evaluate("identity", EvalProtocol(task="jpeg", quality=10), str(classic5_dir))["psnr"] == pytest.approx(
+    assert evaluate("identity", get_task("jpeg").protocol(quality=10), str(classic5_dir))["psnr"] == pytest.approx(
         27.82, abs=0.05
     )
-    assert evaluate("identity", EvalProtocol(task="jpeg", quality=20), str(classic5_dir))["psnr"] == pytest.approx(
+    assert evaluate("identity", get_task("jpeg").protocol(quality=20), str(classic5_dir))["psnr"] == pytest.approx(
         30.12, abs=0.05
     )
 
 
 def test_noise_is_seeded_per_image_name(astronaut):
-    protocol = EvalProtocol(task="denoise", sigma=25, seed=0)
-    a = make_sample("a.png", astronaut, protocol).lq
-    assert torch.equal(a, make_sample("a.png", astronaut, protocol).lq)
-    assert not torch.equal(a, make_sample("b.png", astronaut, protocol).lq)
-    assert not torch.equal(a, make_sample("a.png", astronaut, EvalProtocol(task="denoise", seed=1)).lq)
+    protocol = get_task("denoise").protocol(sigma=25)
+    a = protocol.sample("a.png", astronaut, seed=0).lq
+    assert torch.equal(a, protocol.sample("a.png", astronaut, seed=0).lq)
+    assert not torch.equal(a, protocol.sample("b.png", astronaut, seed=0).lq)
+    assert not torch.equal(a, protocol.sample("a.png", astronaut, seed=1).lq)
     assert a.min() < 0 or a.max() > 1  # not clipped before the model
 
 
@@ -56,14 +57,14 @@ def test_cli_with_checkpoint_writes_json(tmp_path, classic5_dir, capsys):
     report = json.loads(out.read_text())
     assert set(report) >= {"psnr", "ssim", "images", "seconds_per_image", "task", "model", "protocol"}
     assert len(report["images"]) == 2 and report["task"] == "jpeg"
-    identity = evaluate("identity", EvalProtocol(task="jpeg", quality=10), str(classic5_dir), limit=2)
+    identity = evaluate("identity", get_task("jpeg").protocol(quality=10), str(classic5_dir), limit=2)
     assert report["psnr"] == pytest.approx(identity["psnr"], abs=1e-6)
     printed = capsys.readouterr().out
     assert "mean (2 images)" in printed and "PSNR" in printed
 
 
 def test_inpaint_protocol_masks_the_requested_fraction(astronaut):
-    sample = make_sample("x.png", astronaut, EvalProtocol(task="inpaint", mask_ratio=0.25))
+    sample = get_task("inpaint").protocol(mask_ratio=0.25).sample("x.png", astronaut)
     assert sample.mask.mean().item() == pytest.approx(0.25, abs=0.01)
     assert np.all(sample.identity[sample.mask[0].numpy() > 0] == 0)
 
@@ -79,15 +80,50 @@ def test_user_errors(tmp_path, capsys, set5_dir):
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", "--model", "identity", "--task", "denoise", "--images", str(tmp_path / "empty")]) == 2
     assert "no images found" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="quality must be in 1..100"):
-        EvalProtocol(task="jpeg", quality=0)
+    with pytest.raises(ValueError, match=r"quality_range must lie within \[1, 100\]"):
+        get_task("jpeg").protocol(quality=0)
 
 
 @pytest.mark.parametrize("model,task,better_than_identity_by", [("nlm", "denoise", 3.0), ("telea", "inpaint", 5.0)])
 def test_classical_baselines_beat_identity(cbsd68_dir, model, task, better_than_identity_by):
-    protocol = EvalProtocol(task=task, sigma=25, mask_ratio=0.5)
+    protocol = get_task(task).protocol(**({"sigma": 25} if task == "denoise" else {"mask_ratio": 0.5}))
     baseline = evaluate(model, protocol, str(cbsd68_dir), limit=1)
     identity = evaluate("identity", protocol, str(cbsd68_dir), limit=1)
     assert baseline["psnr"] > identity["psnr"] + better_than_identity_by
     with pytest.raises(ValueError, match="baseline for denoise"):
-        evaluate("bm3d", EvalProtocol(task="sr"), str(cbsd68_dir), limit=1)
+        evaluate("bm3d", get_task("sr").protocol(), str(cbsd68_dir), limit=1)
+
+
+def test_real_world_case_cli(tmp_path, cbsd68_dir, capsys):
+    out = tmp_path / "case.json"
+    assert main(["evaluate", "--model", "identity", "--case", "noise15-jpeg60-gray", "--images", str(cbsd68_dir),
+                 "--limit", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["protocol"]["case"] == "noise15-jpeg60-gray" and report["protocol"]["gray"] is True
+    assert 24.0 < report["psnr"] < 32.0  # sigma-15 noise, partly smoothed by JPEG 60
+    # A case is a fixed degradation: protocol flags are refused, and so is a model that upscales.
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "identity", "--case", "blur1.6", "--sigma", "5",
+                 "--images", str(cbsd68_dir)]) == 2
+    assert "--case blur1.6 is a fixed degradation" in capsys.readouterr().err
+    model = build_model(ModelConfig(task="sr", scale=4, widths=SMALL))
+    save_checkpoint(model, tmp_path / "sr")
+    assert main(["evaluate", "--model", str(tmp_path / "sr"), "--case", "blur1.6", "--images", str(cbsd68_dir)]) == 2
+    assert "restores 'sr'" in capsys.readouterr().err
+
+
+def test_help_lists_cases_and_protocols(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    for name in ("noise15-jpeg60", "strong", "shot-jpeg75", "--blur-sigma", "general"):
+        assert name in text
+
+
+def test_deconvolution_baselines_beat_identity(cbsd68_dir):
+    protocol = get_task("deblur").protocol(blur_sigma=1.6)
+    identity = evaluate("identity", protocol, str(cbsd68_dir), limit=1)["psnr"]
+    for name in ("wiener", "richardson-lucy"):
+        assert evaluate(name, protocol, str(cbsd68_dir), limit=1)["psnr"] > identity + 1.0, name
+    with pytest.raises(ValueError, match="baseline for deblur"):
+        evaluate("wiener", get_task("deblur").protocol(blur_kinds=("motion",)), str(cbsd68_dir), limit=1)

@@ -27,7 +27,8 @@ from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from jobs import finetune
 from restoration import storage
 from restoration.checkpoint import load_checkpoint, save_checkpoint
-from restoration.evaluate import EvalProtocol, evaluate
+from restoration.evaluate import evaluate
+from restoration.tasks import get_task
 from restoration.model import ModelConfig, build_model
 
 pytestmark = pytest.mark.ray
@@ -362,7 +363,7 @@ def test_two_worker_run_on_cbsd432_beats_identity(local_ray, cbsd432_dir: Path, 
     )
     assert result.returncode == 0, result.stderr
     fine_tuned = json.loads(out.read_text())
-    identity = evaluate("identity", EvalProtocol("denoise", sigma=25), str(val_dir))
+    identity = evaluate("identity", get_task("denoise").protocol(sigma=25), str(val_dir))
     assert len(fine_tuned["images"]) == len(identity["images"]) == 3
     assert fine_tuned["psnr"] > identity["psnr"] + 0.5, (fine_tuned["psnr"], identity["psnr"])
 

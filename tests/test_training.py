@@ -17,6 +17,7 @@ from restoration.training import (
     CropSampler,
     Trainer,
     TrainConfig,
+    train_config_from_dict,
     format_duration,
     initial_model,
     load_train_config,
@@ -120,10 +121,10 @@ def test_checkpoint_is_a_regular_model_checkpoint(image_dir: Path, tmp_path: Pat
     trainer = make_trainer(image_dir, ["steps=2", "backbone_weights=null"])
     trainer.fit(checkpoint_dir=tmp_path, provenance={"train_images": str(image_dir)})
     checkpoint = load_checkpoint(tmp_path / "checkpoint_step_00000002")
-    assert checkpoint.metadata["provenance"]["steps"] == 2
-    assert checkpoint.metadata["provenance"]["train_images"] == str(image_dir)
+    assert checkpoint.metadata.provenance["steps"] == 2
+    assert checkpoint.metadata.provenance["train_images"] == str(image_dir)
     saved = config_lib.read_yaml(tmp_path / "checkpoint_step_00000002" / "config.yaml")
-    assert config_lib.from_dict(TrainConfig, saved) == trainer.config
+    assert train_config_from_dict(saved) == trainer.config
 
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(image_dir: Path, tmp_path: Path) -> None:
@@ -333,7 +334,7 @@ def test_train_config_from_yaml_and_overrides(tmp_path: Path) -> None:
     # The resolved config round-trips through YAML.
     written = tmp_path / "resolved.yaml"
     written.write_text(config_lib.to_yaml(config))
-    assert config_lib.from_dict(TrainConfig, config_lib.read_yaml(written)) == config
+    assert train_config_from_dict(config_lib.read_yaml(written)) == config
 
 
 @pytest.mark.timeout(300)
