@@ -202,11 +202,10 @@ def bench_worker(loop_config: dict) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from jobs.finetune import quiet_train_worker
-    from restoration import config as config_lib
-    from restoration.training import CropSampler, Trainer, TrainConfig, initial_model
+    from restoration.training import CropSampler, Trainer, initial_model, train_config_from_dict
 
     quiet_train_worker()
-    config = config_lib.from_dict(TrainConfig, loop_config["config"])
+    config = train_config_from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()

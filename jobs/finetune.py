@@ -248,13 +248,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from restoration import config as config_lib
     from restoration.evaluate import load_images
     from restoration.model import build_model
-    from restoration.training import CropSampler, Trainer, TrainConfig, initial_model, load_training_images
+    from restoration.training import (
+        CropSampler, Trainer, TrainConfig, initial_model, load_training_images, train_config_from_dict,
+    )
 
     quiet_train_worker()
-    config: TrainConfig = config_lib.from_dict(TrainConfig, loop_config["config"])
+    config: TrainConfig = train_config_from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
