@@ -12,14 +12,28 @@ S3 keys are taken literally.
 
 S3 is configured by the standard AWS variables (see :func:`s3_filesystem`). Credentials never
 appear in error messages; :func:`redact` strips them from any text before it is logged.
+
+Relative local paths are resolved against the current working directory of the process that
+calls these functions. A driver resolves its URIs once with :func:`absolute_uri` before any Ray
+task sees them: a task's working directory is not the driver's, and may even be gone. Absolute
+paths, ``file://`` and ``s3://`` URIs never consult the working directory.
+
+Retries: pyarrow's S3 client is the one retry layer (AWS standard strategy,
+:data:`S3_MAX_ATTEMPTS` tries per request); callers do not retry storage calls again.
+:func:`check_readable` and :func:`check_writable` are the preflight checks a command runs before it
+starts any work: they fail fast on the user's storage errors (unreachable endpoint, missing bucket,
+access denied) with a one-line :class:`StorageError`; :func:`describe_storage_error` turns such an
+error, raised anywhere, into that line.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import posixpath
 import re
+import tempfile
 import uuid
 from collections.abc import Iterable
 from typing import Final
@@ -29,6 +43,12 @@ import pyarrow.fs as pafs
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "S3_MAX_ATTEMPTS",
+    "StorageError",
+    "absolute_uri",
+    "check_readable",
+    "check_writable",
+    "describe_storage_error",
     "exists",
     "join",
     "list_images",
@@ -57,6 +77,26 @@ _CREDENTIAL_VARIABLES: Final[tuple[str, ...]] = (
 _SIGNED_QUERY = re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s]+", re.IGNORECASE)
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
+S3_MAX_ATTEMPTS: Final[int] = 3
+"""Tries per S3 request (the first and up to 2 retries), with AWS's standard retry strategy in
+pyarrow's client, the only retry layer; 3 is that strategy's own default. Only throttling,
+server (5xx) and network errors are retried, after a random backoff of up to 1 s, then 2 s, and
+a client-wide retry quota stops retrying once many requests fail. Access denied and a missing
+bucket or key (4xx) are never retried. A request to a closed port fails within about 3 s. In a
+batch job, an input that still fails becomes an error row, which the next run retries."""
+
+# The preflight checks (check_readable, check_writable) ask once more at most and give up on a
+# connection quickly: a missing or firewalled endpoint is the user's error, reported in seconds.
+_PROBE_MAX_ATTEMPTS: Final[int] = 2
+_PROBE_CONNECT_TIMEOUT_S: Final[float] = 2.0
+_CONNECT_TIMEOUT_S: Final[float] = 10.0
+_WRITE_CHECK_PREFIX: Final[str] = "_write_check-"
+
+
+class StorageError(ValueError):
+    """A storage error that is the user's to fix (unreachable endpoint, missing bucket or file,
+    access denied); ``str()`` is one line with credentials redacted."""
+
 
 # --------------------------------------------------------------------------------------------
 # URIs
@@ -72,10 +112,7 @@ def _split(uri: str) -> tuple[str, str]:
     if not uri:
         raise ValueError("URI must not be empty")
     if _WINDOWS_DRIVE.match(uri) or "://" not in uri:
-        path = os.path.expanduser(uri)
-        if not os.path.isabs(path):
-            path = os.path.join(os.getcwd(), path)
-        return "local", _strip_slash(path)
+        return "local", _strip_slash(_absolute_path(uri))
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme == "file":
@@ -97,6 +134,41 @@ def _split(uri: str) -> tuple[str, str]:
 def _strip_slash(path: str) -> str:
     stripped = path.rstrip("/")
     return stripped or "/"
+
+
+def _absolute_path(path: str) -> str:
+    """``path`` with ``~`` expanded, joined to the working directory only when still relative."""
+    expanded = os.path.expanduser(path)
+    if os.path.isabs(expanded):
+        return expanded
+    try:
+        working_directory = os.getcwd()
+    except FileNotFoundError as error:  # the directory was deleted under this process
+        raise ValueError(
+            f"relative path {path!r} cannot be resolved: this process's working directory no "
+            "longer exists; pass an absolute path (drivers resolve theirs with absolute_uri)"
+        ) from error
+    return os.path.join(working_directory, expanded)
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` in a form that means the same in every process on every node.
+
+    A relative local path is joined to this process's working directory and ``~`` is expanded
+    (a trailing ``/`` is kept); absolute paths, ``file://`` and ``s3://`` URIs are returned
+    unchanged. Drivers call this once for each URI they are given, before handing it to tasks.
+
+    Raises:
+        ValueError: the URI is malformed (see :func:`resolve`), or it is relative and the
+            working directory no longer exists.
+    """
+    _split(uri)  # validates
+    if not (_WINDOWS_DRIVE.match(uri) or "://" not in uri):
+        return uri
+    absolute = _absolute_path(uri)
+    if uri.endswith("/") and not absolute.endswith("/"):
+        absolute += "/"
+    return absolute
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -212,17 +284,35 @@ def s3_filesystem() -> pafs.S3FileSystem:
     - ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, for S3-compatible stores
       (``http://host:port`` switches to plain HTTP).
 
-    Requests are retried (AWS standard strategy, 5 attempts). One filesystem is cached per
-    distinct set of settings, so changing the variables takes effect on the next call.
+    Requests are retried by pyarrow's client, :data:`S3_MAX_ATTEMPTS` tries each (AWS standard
+    strategy); connections time out after 10 s. One filesystem is cached per distinct set of
+    settings, so changing the variables takes effect on the next call.
     """
+    return _cached_s3_filesystem(*_s3_settings(), S3_MAX_ATTEMPTS, _CONNECT_TIMEOUT_S)
+
+
+def _probe_s3_filesystem() -> pafs.S3FileSystem:
+    """The S3 filesystem of the preflight checks: the same settings, fewer tries, shorter connect."""
+    return _cached_s3_filesystem(*_s3_settings(), _PROBE_MAX_ATTEMPTS, _PROBE_CONNECT_TIMEOUT_S)
+
+
+def _s3_settings() -> tuple[str | None, ...]:
     environ = os.environ
-    return _cached_s3_filesystem(
+    return (
         environ.get("AWS_ACCESS_KEY_ID") or None,
         environ.get("AWS_SECRET_ACCESS_KEY") or None,
         environ.get("AWS_SESSION_TOKEN") or None,
         environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
         environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None,
     )
+
+
+def _endpoint_setting() -> tuple[str, str] | None:
+    """(endpoint URL, the variable it came from) when a custom S3 endpoint is set."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            return os.environ[name], name
+    return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -232,10 +322,12 @@ def _cached_s3_filesystem(
     session_token: str | None,
     region: str | None,
     endpoint_url: str | None,
+    max_attempts: int,
+    connect_timeout: float,
 ) -> pafs.S3FileSystem:
     options: dict[str, object] = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5),
-        "connect_timeout": 10.0,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        "connect_timeout": connect_timeout,
     }
     if (access_key is None) != (secret_key is None):
         missing = "AWS_SECRET_ACCESS_KEY" if secret_key is None else "AWS_ACCESS_KEY_ID"
@@ -352,7 +444,9 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no such file: {uri}") from error
     except OSError as error:
-        if _info(filesystem, path, uri).type == pafs.FileType.NotFound:
+        # Some stores answer a GET of a missing key with a bare error; ask once more, unless the
+        # error already says what is wrong (asking an unreachable endpoint again only waits).
+        if describe_storage_error(error, uri) is None and _info(filesystem, path, uri).type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"no such file: {uri}") from error
         raise OSError(f"cannot read {uri}: {redact(str(error))}") from error
 
@@ -397,3 +491,181 @@ def size(uri: str) -> int | None:
     filesystem, path = resolve(uri)
     info = _info(filesystem, path, uri)
     return int(info.size) if info.type == pafs.FileType.File else None
+
+
+# --------------------------------------------------------------------------------------------
+# The user's storage errors, and the preflight checks that find them before any work starts
+
+_UNREACHABLE = re.compile(
+    r"NETWORK_CONNECTION|curlCode: (?:5|6|7|28)\b|Could not connect|Couldn't resolve|Could not resolve"
+    r"|Connection refused|Failed to connect|Timeout was reached|timed out",
+    re.IGNORECASE,
+)
+_NO_SUCH_BUCKET = re.compile(r"NO_SUCH_BUCKET|NoSuchBucket|specified bucket does not exist", re.IGNORECASE)
+_ACCESS_DENIED = re.compile(
+    r"ACCESS_DENIED|AccessDenied|Access Denied|SIGNATURE_DOES_NOT_MATCH|SignatureDoesNotMatch"
+    r"|INVALID_ACCESS_KEY_ID|InvalidAccessKeyId|EXPIRED_TOKEN|ExpiredToken|InvalidToken"
+    r"|HTTP response code: 403|\b403 Forbidden"
+)
+# Why access was denied, when the store says so: (pattern, the hint that names the variable).
+_ACCESS_REASONS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+    (re.compile(r"SIGNATURE_DOES_NOT_MATCH|SignatureDoesNotMatch"),
+     "the secret key does not match the access key (AWS_SECRET_ACCESS_KEY)"),
+    (re.compile(r"INVALID_ACCESS_KEY_ID|InvalidAccessKeyId"), "unknown access key (AWS_ACCESS_KEY_ID)"),
+    (re.compile(r"EXPIRED_TOKEN|ExpiredToken|InvalidToken"), "the session token is expired or invalid (AWS_SESSION_TOKEN)"),
+)
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _endpoint_for_display(endpoint: str) -> str:
+    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    host = parts.netloc.rsplit("@", 1)[-1]  # never show user:password@
+    return redact(f"{parts.scheme}://{host}{parts.path}".rstrip("/"))
+
+
+def describe_storage_error(error: BaseException, uri: str) -> str | None:
+    """One line describing ``error``, raised while using ``uri``, when it is the user's to fix.
+
+    Recognized (in the error or anything it was raised from), with credentials redacted:
+
+    - an unreachable S3 endpoint: ``"cannot reach the S3 endpoint http://127.0.0.1:9
+      (AWS_ENDPOINT_URL)"``;
+    - a missing bucket: ``"bucket photos does not exist (s3://photos/in)"``;
+    - access denied (S3 403s, wrong keys, expired tokens, local permissions):
+      ``"access denied to s3://photos/in: <reason when known>"``;
+    - nothing at ``uri``: ``"no such file or directory: <uri>"``;
+    - a :class:`StorageError`: its own message.
+
+    Returns:
+        The line, or None for anything else (server faults, bugs), which callers should let
+        propagate with its traceback.
+    """
+    if isinstance(error, StorageError):
+        return redact(str(error))
+    chain = _error_chain(error)
+    text = " | ".join(str(item) for item in chain)
+    shown = redact(uri)
+    is_s3 = isinstance(uri, str) and uri.lower().startswith("s3://")
+    if is_s3 and _UNREACHABLE.search(text):
+        endpoint = _endpoint_setting()
+        if endpoint is None:
+            return f"cannot reach S3 for {shown} (AWS's own endpoint: no AWS_ENDPOINT_URL is set)"
+        return f"cannot reach the S3 endpoint {_endpoint_for_display(endpoint[0])} ({endpoint[1]})"
+    if is_s3 and _NO_SUCH_BUCKET.search(text):
+        bucket = uri.split("://", 1)[1].split("/", 1)[0]
+        return f"bucket {bucket} does not exist ({shown})"
+    if _ACCESS_DENIED.search(text) or any(isinstance(item, PermissionError) for item in chain):
+        reason = next((hint for pattern, hint in _ACCESS_REASONS if pattern.search(text)), None)
+        if reason is None and not is_s3:
+            reason = "permission denied"
+        return f"access denied to {shown}" + (f": {reason}" if reason else "")
+    if any(isinstance(item, FileNotFoundError) for item in chain):
+        return f"no such file or directory: {shown}"
+    if any(isinstance(item, NotADirectoryError) for item in chain):
+        return f"not a folder: a part of {shown} is a file"
+    return None
+
+
+def _raise_if_user_error(error: OSError, uri: str) -> None:
+    message = describe_storage_error(error, uri)
+    if message is not None:
+        raise StorageError(message) from error
+
+
+def _checked_info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
+    try:
+        return filesystem.get_file_info(path)
+    except OSError as error:
+        _raise_if_user_error(error, uri)
+        raise OSError(f"cannot inspect {uri}: {redact(str(error))}") from error
+
+
+def _require_bucket(filesystem: pafs.FileSystem, bucket: str, uri: str) -> None:
+    if _checked_info(filesystem, bucket, uri).type == pafs.FileType.NotFound:
+        raise StorageError(f"bucket {bucket} does not exist ({redact(uri)})")
+
+
+def check_readable(uri: str) -> None:
+    """Check, before any work starts, that a file or a non-empty folder / prefix is at ``uri``
+    and can be read.
+
+    S3: one or two requests (HEAD, LIST for a prefix; HEAD of the bucket when nothing is found),
+    each tried at most twice with a 2 s connect timeout, so an unreachable endpoint fails in a
+    few seconds. Local: the file is opened, or the folder listed.
+
+    Raises:
+        StorageError: the user's error, in one redacted line (see :func:`describe_storage_error`).
+        ValueError: a malformed URI. OSError: anything else (a server fault), unchanged.
+    """
+    kind, path = _split(uri)
+    if kind == "s3":
+        filesystem = _probe_s3_filesystem()
+        if _checked_info(filesystem, path, uri).type == pafs.FileType.NotFound:
+            bucket = path.split("/", 1)[0]
+            _require_bucket(filesystem, bucket, uri)
+            raise StorageError(f"no such file or directory: {redact(uri)}")
+        return
+    try:
+        if os.path.isdir(path):
+            with os.scandir(path) as entries:
+                next(entries, None)
+        else:
+            with open(path, "rb"):
+                pass
+    except OSError as error:
+        _raise_if_user_error(error, uri)
+        raise
+
+
+def check_writable(uri: str) -> None:
+    """Check, before any work starts, that files can be written under the folder / prefix ``uri``
+    (which need not exist yet).
+
+    S3: the bucket must exist (HEAD), and an empty object ``<uri>/_write_check-<random>`` is
+    written and deleted; pyarrow then keeps ``<uri>/`` as an empty folder marker. Requests are
+    tried at most twice with a 2 s connect timeout. Local: the nearest existing folder at or
+    above ``uri`` must be a folder in which a temporary file can be created (it is removed).
+
+    Raises:
+        StorageError: the user's error, in one redacted line (see :func:`describe_storage_error`),
+            also when a file stands where a folder is needed.
+        ValueError: a malformed URI. OSError: anything else (a server fault), unchanged.
+    """
+    kind, path = _split(uri)
+    if kind == "s3":
+        filesystem = _probe_s3_filesystem()
+        _require_bucket(filesystem, path.split("/", 1)[0], uri)
+        probe = f"{path}/{_WRITE_CHECK_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with filesystem.open_output_stream(probe):
+                pass
+        except OSError as error:
+            _raise_if_user_error(error, uri)
+            raise OSError(f"cannot write {uri}: {redact(str(error))}") from error
+        try:
+            filesystem.delete_file(probe)
+        except OSError:
+            pass  # written but not deletable: writing is what was checked; the empty object stays
+        return
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StorageError(f"cannot write under {redact(uri)}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=f".{_WRITE_CHECK_PREFIX}"):
+            pass
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StorageError(f"access denied to {redact(uri)}: cannot create files in {existing}") from error
+        _raise_if_user_error(error, uri)
+        raise

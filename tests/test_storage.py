@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import time
 from pathlib import Path
 
 import boto3
@@ -295,3 +298,168 @@ def test_local_s3_server_stops_its_process_and_removes_its_data() -> None:
     assert process.poll() is not None
     assert not Path(directory).exists()
     assert not server.running
+
+
+# --------------------------------------------------------------------------------------------
+# Absolute URIs: resolved once on the driver; absolute ones never consult the working directory
+
+
+def test_absolute_uri_resolves_relative_paths_and_keeps_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert storage.absolute_uri("inputs") == f"{tmp_path}/inputs"
+    assert storage.absolute_uri("inputs/sub/") == f"{tmp_path}/inputs/sub/"
+    assert storage.absolute_uri("~/photos") == f"{tmp_path}/home/photos"
+    for unchanged in ("/data/in/", "file:///data/in", "s3://bucket/in/", "s3://bucket"):
+        assert storage.absolute_uri(unchanged) == unchanged
+    with pytest.raises(ValueError, match="unsupported URI scheme 'gs'"):
+        storage.absolute_uri("gs://bucket/x")
+
+
+def test_absolute_paths_work_after_the_working_directory_is_gone(
+    tmp_path: Path, image_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a Ray task sees when its working directory is deleted under it.
+    doomed = tmp_path / "doomed"
+    doomed.mkdir()
+    monkeypatch.chdir(doomed)
+    doomed.rmdir()
+    with pytest.raises(FileNotFoundError):
+        os.getcwd()
+    root = str(image_tree)
+    assert storage.list_images(root) == [f"{root}/{name}" for name in VISIBLE_IMAGES]
+    assert storage.read_bytes(f"file://{root}/a.png") == b"a"
+    storage.write_bytes(f"{root}/out/new.png", b"new")
+    assert storage.exists(f"{root}/out/new.png") and storage.size(f"{root}/out/new.png") == 3
+    assert storage.relative_key(root, f"{root}/sub/c.webp") == "sub/c.webp"
+    assert storage.absolute_uri(root) == root
+    for call in (storage.resolve, storage.absolute_uri):
+        with pytest.raises(ValueError, match="'relative/x.png' cannot be resolved: .* working directory no longer exists"):
+            call("relative/x.png")
+
+
+# --------------------------------------------------------------------------------------------
+# Preflight checks and the user's storage errors
+
+
+def test_local_checks(tmp_path: Path, image_tree: Path) -> None:
+    storage.check_readable(str(image_tree))
+    storage.check_readable(f"file://{image_tree}/sub/c.webp")
+    missing = str(tmp_path / "missing")
+    with pytest.raises(storage.StorageError, match=re.escape(f"no such file or directory: {missing}")):
+        storage.check_readable(missing)
+
+    storage.check_writable(f"{tmp_path}/new/deeper/out")  # need not exist yet
+    storage.check_writable(str(image_tree))
+    assert not (tmp_path / "new").exists()  # nothing is created
+    assert sorted(path.name for path in image_tree.iterdir()) == sorted({name.split("/")[0] for name in TREE})
+    with pytest.raises(storage.StorageError, match=f"cannot write under .*: {re.escape(str(image_tree))}/a.png is not a folder"):
+        storage.check_writable(f"{image_tree}/a.png/out")
+
+    if os.geteuid() != 0:  # root reads and writes anything
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o000)
+        try:
+            with pytest.raises(storage.StorageError, match="access denied to .*locked"):
+                storage.check_readable(str(locked))
+            with pytest.raises(storage.StorageError, match="access denied to .*locked"):
+                storage.check_writable(str(locked / "out"))
+        finally:
+            locked.chmod(0o700)
+
+
+def test_describe_storage_error_recognizes_only_the_users_errors() -> None:
+    denied = PermissionError(13, "Permission denied", "/data/in")
+    assert storage.describe_storage_error(denied, "/data/in") == "access denied to /data/in: permission denied"
+    missing = FileNotFoundError(2, "No such file or directory")
+    assert storage.describe_storage_error(missing, "/data/in") == "no such file or directory: /data/in"
+    try:  # the cause counts too
+        raise OSError("cannot read s3://b/k: AWS Error NO_SUCH_BUCKET during GetObject") from OSError("inner")
+    except OSError as error:
+        assert storage.describe_storage_error(error, "s3://b/k") == "bucket b does not exist (s3://b/k)"
+    server_fault = OSError("When reading s3://b/k: AWS Error INTERNAL_FAILURE during GetObject: 500")
+    assert storage.describe_storage_error(server_fault, "s3://b/k") is None
+    assert storage.describe_storage_error(RuntimeError("a bug"), "s3://b/k") is None
+    assert storage.describe_storage_error(storage.StorageError("bucket x does not exist"), "s3://x") == (
+        "bucket x does not exist"
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as listener:  # bound and closed again: nothing listens there
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_an_unreachable_endpoint_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "closed-port-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "closed-port-secret")
+    expected = f"cannot reach the S3 endpoint {endpoint} ({variable})"
+    for check in (storage.check_readable, storage.check_writable):
+        started = time.monotonic()
+        with pytest.raises(storage.StorageError) as caught:
+            check("s3://photos/in")
+        assert str(caught.value) == expected
+        assert time.monotonic() - started < 5, "the preflight checks must give up within seconds"
+    # The data path retries (S3_MAX_ATTEMPTS tries, one layer), yet gives up within seconds too.
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        storage.read_bytes("s3://photos/in/a.png")
+    assert time.monotonic() - started < 10
+    message = storage.describe_storage_error(caught.value, "s3://photos/in/a.png")
+    assert message == expected and "closed-port-secret" not in str(caught.value)
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(60)
+def test_checks_on_s3(s3_server: LocalS3Server, s3_bucket: str) -> None:  # noqa: F811
+    storage.write_bytes(f"s3://{s3_bucket}/in/a.png", b"a")
+    storage.check_readable(f"s3://{s3_bucket}/in")
+    storage.check_readable(f"s3://{s3_bucket}/in/a.png")
+    storage.check_readable(f"s3://{s3_bucket}")
+    with pytest.raises(storage.StorageError, match=re.escape(f"no such file or directory: s3://{s3_bucket}/nothing")):
+        storage.check_readable(f"s3://{s3_bucket}/nothing")
+    for check in (storage.check_readable, storage.check_writable):
+        with pytest.raises(storage.StorageError, match=r"^bucket no-such-bucket-9f2 does not exist \(s3://no-such-bucket-9f2/x\)$"):
+            check("s3://no-such-bucket-9f2/x")
+    # The write check did not create the bucket (SeaweedFS would, on a plain write).
+    assert "no-such-bucket-9f2" not in [bucket["Name"] for bucket in s3_server.client().list_buckets()["Buckets"]]
+
+    storage.check_writable(f"s3://{s3_bucket}/out")
+    objects = s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents", [])
+    assert sorted(item["Key"] for item in objects) == ["in/a.png", "out/"]  # pyarrow's folder marker
+    assert storage.list_images(f"s3://{s3_bucket}") == [f"s3://{s3_bucket}/in/a.png"]
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(60)
+def test_access_denied_on_s3_is_not_retried(
+    s3_server: LocalS3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    storage.write_bytes(f"s3://{s3_bucket}/in/a.png", b"a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key")
+    uri = f"s3://{s3_bucket}/in"
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match=f"^access denied to {re.escape(uri)}"):
+        storage.check_readable(uri)
+    with pytest.raises(storage.StorageError, match=f"^access denied to {re.escape(uri)}"):
+        storage.check_writable(uri)
+    # The data path: the store's reason, when it gives one (HEAD answers have no body), is named.
+    with pytest.raises(OSError) as caught:
+        storage.write_bytes(f"{uri}/b.png", b"b")
+    assert storage.describe_storage_error(caught.value, uri) == (
+        f"access denied to {uri}: the secret key does not match the access key (AWS_SECRET_ACCESS_KEY)"
+    )
+    with pytest.raises(OSError) as caught:
+        storage.list_images(uri)
+    assert storage.describe_storage_error(caught.value, uri).startswith(f"access denied to {uri}")
+    assert time.monotonic() - started < 3, "a 403 must not be retried"
+    assert "not-the-secret-key" not in str(caught.value)
