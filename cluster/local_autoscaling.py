@@ -6,7 +6,8 @@ What it does, with Ray's fake multi-node provider (``cluster/local-fake.yaml``; 
 node is a set of local processes, so the real autoscaler decides and the real raylets run):
 
 1. starts a head node (1 CPU) on free ports with its own temp dir, autoscaler every second;
-2. writes a few small training/validation/input images under the work dir;
+2. writes a few small training/validation/input images under the work dir, and copies the files
+   `ray job submit --working-dir .` would upload to ``WORKDIR/working-dir``;
 3. submits ``jobs.finetune`` with ``cluster/submit.sh`` (``ray job submit``) for a tiny model: one
    1-CPU worker fits on the head (``--finetune-workers 2`` does not, and adds a ``cpu-worker``);
 4. submits ``jobs.restore`` with that model, set up as on a real autoscaling GPU cluster
@@ -17,7 +18,18 @@ node is a set of local processes, so the real autoscaler decides and the real ra
 6. prints (and with ``--report`` writes) a JSON report: job statuses, the autoscaler's events,
    the node timeline and peaks, the restore manifest's counts;
 7. stops every process it started, by PID, whatever happened (also on Ctrl-C, SIGTERM or
-   ``--timeout``), keeping the nodes' logs in ``WORKDIR/ray-logs``.
+   ``--timeout``), keeping the nodes' logs in ``WORKDIR/ray-logs``. The cluster's temp dir is
+   written to ``WORKDIR/cluster-temp-dir`` as soon as it exists, so that a caller can find (by
+   command line) and stop what is left if this script itself is killed.
+
+The jobs get that copy of the working tree in place (``WORKING_DIR=local://WORKDIR/working-dir``
+for ``cluster/submit.sh``) instead of an uploaded package. On a real cluster every node unpacks
+the package on its own disk; here every simulated node shares the head's temp dir, and each node
+that joins re-creates the package's folder there (Ray deletes and unpacks it again), under the
+workers that other nodes have already started in it: those lose their working directory (``os.getcwd()``, and so
+``os.path.abspath`` of a relative path, raise ``FileNotFoundError``) and import half-unpacked
+modules, and their tasks die and are retried. A folder that no node unpacks cannot vanish, and a copy (rather than the
+checkout itself) keeps edits made while the jobs run out of them.
 
 Needs the dashboard (``ray job submit`` talks to it): ``pip install 'ray[default]'``.
 
@@ -153,6 +165,30 @@ def stop_processes(root_pid: int | None, marker: str | None, grace_s: float = 10
 # The simulated cluster
 
 
+def snapshot_working_tree(destination: Path) -> Path:
+    """Copy what ``ray job submit --working-dir .`` would upload to ``destination``: the files git
+    tracks or would track (.gitignore applies; without git, all but .git, .venv and caches)."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=REPO, capture_output=True, check=True, timeout=60).stdout
+        relatives = [name for name in listed.decode().split("\0") if name]
+    except (OSError, subprocess.SubprocessError):
+        relatives = None
+    if relatives is None:
+        shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", "runs", "demo-output"))
+        return destination
+    for relative in relatives:
+        source = REPO / relative
+        if source.is_file():  # tracked files deleted in the checkout are listed too
+            target = destination / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
 class LocalCluster:
     """A head node started from ``cluster/local-fake.yaml`` on free ports, stopped by PID."""
 
@@ -160,6 +196,7 @@ class LocalCluster:
         self.workdir = workdir
         # Unix socket paths must stay short: the temp dir goes under /tmp, not under workdir.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rlas-", dir="/tmp"))
+        (workdir / "cluster-temp-dir").write_text(str(self.temp_dir))
         self.port = free_port()
         self.dashboard_port = free_port()
         self.ip = _node_ip()
@@ -300,9 +337,11 @@ class Timeline:
 
 
 def submit(cluster: LocalCluster, job: str, args: list[str], timeline: Timeline, deadline: float,
-           log_path: Path) -> dict[str, Any]:
-    """Run ``cluster/submit.sh JOB ARGS`` (blocks until the job ends), sampling nodes meanwhile."""
+           log_path: Path, working_dir: Path) -> dict[str, Any]:
+    """Run ``cluster/submit.sh JOB ARGS`` (blocks until the job ends), sampling nodes meanwhile;
+    the job runs in ``working_dir`` in place (see the module docstring for why)."""
     env = {**os.environ, **cluster.auth_env, "RAY_ADDRESS": cluster.address,
+           "WORKING_DIR": f"local://{working_dir}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = ["bash", str(SUBMIT), job, *args]
     log(f"submitting {job}: {' '.join(command[2:])}")
@@ -390,6 +429,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train = write_images(workdir / "train", count=2 * args.finetune_workers, size=96)
     val = write_images(workdir / "val", count=1, size=64)
     inputs = write_images(workdir / "inputs", count=args.images, size=args.image_size)
+    working_dir = snapshot_working_tree(workdir / "working-dir")
 
     with LocalCluster(workdir, idle_timeout_minutes=args.idle_timeout_minutes) as cluster:
         report["dashboard"] = cluster.address
@@ -405,7 +445,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--task", "denoise", "--train-images", str(train), "--val-images", str(val),
             "--steps", str(args.steps), "--workers", str(args.finetune_workers), "--cpus-per-worker", "1",
             "--storage", str(workdir / "runs"), "--name", "local", *TINY_FINETUNE_ARGS,
-        ], timeline, deadline, workdir / "finetune.log")
+        ], timeline, deadline, workdir / "finetune.log", working_dir)
         finetune["model_written"] = (model / "model.safetensors").is_file()
         finetune["autoscaler_events"] = autoscaler_events(workdir / "finetune.log")
         report["jobs"]["finetune"] = finetune
@@ -422,7 +462,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "--input", str(inputs), "--output", str(workdir / "restored"), "--task", "denoise",
                 "--model", restore_model, *restore_simulation_args(args.min_actors, args.max_actors),
                 *args.restore_arg,
-            ], timeline, deadline, workdir / "restore.log")
+            ], timeline, deadline, workdir / "restore.log", working_dir)
             restore["model"] = restore_model
             restore["autoscaler_events"] = autoscaler_events(workdir / "restore.log")
             if (workdir / "restored" / "_manifest").is_dir():

@@ -16,12 +16,14 @@
 #                  ~/.ray/auth_token (either one sets RAY_AUTH_MODE=token for the client)
 #   SUBMISSION_ID  the job's id (default JOB-YYYYmmdd-HHMMSS); `ray job logs/status/stop ID`
 #   NO_WAIT=1      return once submitted instead of following the logs until the job ends
+#   WORKING_DIR    the job's --working-dir (default `.`, uploaded to the cluster); a
+#                  local:///path that every node already has is used in place
 #
 # Exit status: that of `ray job submit` -- 0 when the job succeeded, 1 when it failed, 2 on usage.
 set -euo pipefail
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
 }
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
@@ -59,7 +61,7 @@ fi
 exec ray job submit \
     --address "${RAY_ADDRESS:-http://127.0.0.1:8265}" \
     --submission-id "$submission_id" \
-    --working-dir . \
+    --working-dir "${WORKING_DIR:-.}" \
     --runtime-env cluster/runtime_env.yaml \
     "${wait_flag[@]}" \
     -- python -m "jobs.$job" "$@"
