@@ -1,6 +1,7 @@
 """``restoration finetune`` and ``restoration restore``: the Ray jobs as subcommands.
 
-Ray is imported only when a job runs, so ``restoration --help`` stays fast.
+Ray is imported only when a job runs, so ``restoration --help`` stays fast; ``restoration restore
+--no-ray`` never imports it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "restore",
-        help="restore an image collection (folder, s3:// prefix or URI list) with Ray Data",
+        help="restore an image collection (folder, s3:// prefix or URI list) with Ray Data (--no-ray: in this process)",
         description=restore.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,4 +35,34 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=restore.run)
 
 
-SUBCOMMANDS = [_add_finetune, _add_restore]
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="end-to-end demo on scikit-image's sample photos",
+        description="Degrade scikit-image's sample photos, restore them and report PSNR before/after.",
+    )
+    p.add_argument("--output", default="demo-output", help="folder for the demo's results (demo-output)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps of the demo model")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(output=args.output, steps=args.steps)
+
+
+SUBCOMMANDS = [_add_finetune, _add_restore, _add_demo]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``restoration`` console command: the library's subcommands plus the jobs'."""
+    from restoration import cli
+
+    return cli.main(argv, commands=[*cli.LIBRARY_COMMANDS, *SUBCOMMANDS])
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,6 +1,8 @@
-"""The ``restoration`` command: one entry point, one subcommand per job.
+"""The library's subcommands of the ``restoration`` command (``evaluate``, ``export``).
 
-Heavy modules (torch models, Ray) are imported inside the subcommands so that ``--help`` is fast.
+The console command itself is ``jobs.cli:main``: it adds the Ray jobs (``finetune``, ``restore``)
+and the demo, which live in ``jobs/``, so the library never imports them. Heavy modules (torch
+models) are imported inside the subcommands so that ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 
 from restoration import TASKS
 
@@ -101,23 +104,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="end-to-end demo on scikit-image's sample photos",
-        description="Degrade scikit-image's sample photos, restore them and report PSNR before/after.",
-    )
-    p.add_argument("--output", default="demo-output", help="folder for the demo's results (demo-output)")
-    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps of the demo model")
-    p.set_defaults(func=_run_demo)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from jobs.demo import run_demo
-
-    return run_demo(output=args.output, steps=args.steps)
-
-
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -150,32 +136,28 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+AddCommand = Callable[[argparse._SubParsersAction], None]
+
+LIBRARY_COMMANDS: list[AddCommand] = [_add_evaluate, _add_export]
+"""The subcommands that need only the library; ``jobs.cli`` adds the Ray jobs and the demo."""
+
+
+def build_parser(commands: list[AddCommand] | None = None) -> argparse.ArgumentParser:
+    """The ``restoration`` parser with ``commands`` (default: the library's own)."""
     parser = argparse.ArgumentParser(
         prog="restoration",
         description="Transfer-learning image restoration: fine-tune, evaluate and batch-restore images.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_demo(sub)
-    _add_evaluate(sub)
-    _add_export(sub)
-    for extra in _extra_commands():
-        extra(sub)
+    for add in sorted(commands or LIBRARY_COMMANDS, key=lambda add: add.__name__.removeprefix("_add_")):
+        add(sub)
     return parser
 
 
-def _extra_commands():
-    """Subcommands whose implementation lives next to the Ray jobs (imported lazily)."""
-    try:
-        from jobs import cli as jobs_cli  # the jobs package ships with the project
-    except ImportError:
-        return []
-    return jobs_cli.SUBCOMMANDS
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, commands: list[AddCommand] | None = None) -> int:
+    """Run one subcommand; a user error prints one line and returns 2."""
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

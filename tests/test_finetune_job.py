@@ -202,7 +202,7 @@ def test_a_run_of_the_same_name_with_another_model_is_refused(small_dirs: dict, 
 @pytest.mark.timeout(180)
 def test_restoration_finetune_command_reports_bad_input_in_one_line(small_dirs: dict) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "restoration.cli", "finetune",
+        [sys.executable, "-m", "jobs.cli", "finetune",
          *job_args(small_dirs["train"], small_dirs["empty"], small_dirs["storage"], "bad", steps=5)],
         cwd=PROJECT_ROOT, env=job_environment(), capture_output=True, text=True, timeout=170,
     )

@@ -338,7 +338,7 @@ def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(
 def test_restore_subcommand_with_a_list_an_output_format_and_fail_on_error(
     ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server  # noqa: F811
 ) -> None:
-    from restoration.cli import main
+    from jobs.cli import main
 
     listed = ["photos/chelsea.png", "bad/corrupt.png", "kinds/rgba.png"]
     # A CSV next to the images it names, with entries relative to its folder. (It is not an image,
