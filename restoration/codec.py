@@ -26,8 +26,26 @@ source                        decoded as
 ============================  =========================================================
 
 A single color marked transparent with a ``tRNS`` chunk (gray or RGB PNG) becomes an alpha plane.
-Multi-frame files (GIF, TIFF, APNG) decode their first frame. EXIF metadata is not carried over:
-orientation is applied to the pixels, so an encoded output needs no orientation tag.
+Multi-frame files (GIF, TIFF, APNG) decode their first frame.
+
+Descriptive metadata travels in :class:`ImageMetadata` from :func:`decode_image` to
+:func:`encode_image` (``strip_metadata=True`` drops it):
+
+=========  ==========================  ===================================================
+block      read from                   written to
+=========  ==========================  ===================================================
+EXIF       JPEG, PNG, WEBP, TIFF, ...  JPEG, PNG (8/16-bit), WEBP, TIFF (8/16-bit)
+XMP        JPEG, PNG, WEBP, TIFF, GIF  JPEG, PNG (8/16-bit), WEBP, TIFF (8/16-bit)
+IPTC-IIM   JPEG (APP13), TIFF          JPEG (APP13), TIFF (tag 33723); PNG and WEBP have no
+                                       standard place for it and write none
+ICC        every format                every format but BMP (``DecodedImage.icc_profile``)
+=========  ==========================  ===================================================
+
+The EXIF orientation is applied to the pixels, so the orientation tag is set to 1 (in EXIF and in
+XMP's ``tiff:Orientation``), and an EXIF block that held nothing but the orientation is dropped.
+EXIF tags that describe how a file stores its pixels (sizes, strips, compression, bits per
+sample, ...) are not carried, and ``PixelXDimension``/``PixelYDimension`` are set to the written
+size.
 
 Pillow keeps its own process-wide decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``; it
 refuses images above twice that value, about 179 megapixels by default). :func:`decode_image`
@@ -41,26 +59,37 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageCms, TiffImagePlugin, TiffTags, UnidentifiedImageError, features
+from PIL.PngImagePlugin import PngInfo
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ENCODE_FORMATS",
+    "FORMAT_ALIASES",
+    "PNG_COMPRESSION_LEVELS",
     "DecodedImage",
     "ImageDecodeError",
+    "ImageMetadata",
+    "check_image_size",
     "decode_image",
     "encode_image",
+    "normalize_format",
+    "output_format_for",
     "pixels_to_tensor",
     "read_image_file",
     "tensor_to_pixels",
+    "to_uint8",
     "with_pixels",
 ]
 
@@ -70,7 +99,15 @@ DEFAULT_MAX_PIXELS: Final[int] = 100_000_000
 ENCODE_FORMATS: Final[frozenset[str]] = frozenset({"PNG", "JPEG", "WEBP", "TIFF", "BMP"})
 """Formats :func:`encode_image` writes, as Pillow names them."""
 
-_FORMAT_ALIASES: Final[dict[str, str]] = {"JPG": "JPEG", "TIF": "TIFF", "MPO": "JPEG"}
+FORMAT_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
+    {"JPG": "JPEG", "JPE": "JPEG", "MPO": "JPEG", "TIF": "TIFF"}
+)
+"""Other names of the formats, upper case -> the name Pillow uses. ``MPO`` is what Pillow reports
+for the multi-picture JPEGs of phones and stereo cameras; its first picture is a plain JPEG."""
+
+PNG_COMPRESSION_LEVELS: Final[range] = range(0, 10)
+"""zlib levels :func:`encode_image` accepts for PNG: 0 stores, 1 is fastest, 9 is smallest."""
+
 _PNG_SIGNATURE: Final[bytes] = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES: Final[tuple[bytes, ...]] = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PIXEL_DTYPES: Final[tuple[type, ...]] = (np.uint8, np.uint16)
@@ -103,6 +140,42 @@ class ImageDecodeError(ValueError):
 
 
 @dataclass(frozen=True)
+class ImageMetadata:
+    """Descriptive metadata of an image file, carried from :func:`decode_image` to :func:`encode_image`.
+
+    Each block is None when the source has none (an empty block is stored as None).
+
+    Attributes:
+        exif: an EXIF block as ``PIL.Image.Exif.tobytes()`` writes it (``b"Exif\\0\\0"`` and a
+            TIFF-structured directory with its Exif and GPS sub-directories; read it with
+            ``PIL.Image.Exif().load(exif)``). As decoded: orientation 1, no pixel-layout tags.
+        xmp: an XMP packet, UTF-8 XML bytes (``tiff:Orientation`` set to 1 as decoded).
+        iptc: IPTC-IIM records (bytes starting ``0x1C``), as stored in a JPEG's Photoshop APP13
+            resource 0x0404 or a TIFF's tag 33723.
+    """
+
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    iptc: bytes | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("exif", "xmp", "iptc"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (bytes, bytearray, memoryview)):
+                raise TypeError(f"ImageMetadata.{name} must be bytes or None, got {type(value).__name__}")
+            if value is not None:
+                object.__setattr__(self, name, bytes(value) or None)
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether there is no block at all."""
+        return self.exif is None and self.xmp is None and self.iptc is None
+
+
+NO_METADATA: Final[ImageMetadata] = ImageMetadata()
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     """Decoded pixels plus what is needed to write them back the way they came.
 
@@ -113,6 +186,7 @@ class DecodedImage:
         mode: the source's Pillow mode (``"L"``, ``"RGBA"``, ``"P"``, ``"CMYK"``, ``"I;16"``, ...).
         format: the source's format as Pillow names it (``"PNG"``, ``"JPEG"``, ``"TIFF"``, ...).
         icc_profile: the embedded ICC profile, describing ``pixels``, or None.
+        metadata: the source's EXIF, XMP and IPTC blocks (:class:`ImageMetadata`; empty when none).
     """
 
     pixels: np.ndarray
@@ -120,9 +194,12 @@ class DecodedImage:
     mode: str
     format: str
     icc_profile: bytes | None = None
+    metadata: ImageMetadata = NO_METADATA
 
     def __post_init__(self) -> None:
         _check_pixels(self.pixels)
+        if not isinstance(self.metadata, ImageMetadata):
+            raise TypeError(f"metadata must be an ImageMetadata, got {type(self.metadata).__name__}")
         if self.alpha is not None:
             if not isinstance(self.alpha, np.ndarray) or self.alpha.shape != self.pixels.shape[:2]:
                 shape = getattr(self.alpha, "shape", type(self.alpha).__name__)
@@ -245,41 +322,71 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     with warnings.catch_warnings():
         # Our own max_pixels check below replaces Pillow's warning.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Opening a JPEG reads its EXIF for the DPI; corrupt EXIF counts as none (see _read_metadata).
+        warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             if data.startswith(_TIFF_SIGNATURES):
                 # e.g. 16-bit gray + alpha, which Pillow has no mode for.
-                return _decode_tiff_with_tifffile(data, max_pixels)
+                return _decode_tiff_with_tifffile(data, max_pixels, _read_metadata(None, data, "TIFF"))
             raise
     width, height = image.size
-    _check_size(width, height, max_pixels)
+    _check_decode_size(width, height, max_pixels)
     source_format = image.format or "UNKNOWN"
+    # Before the pixels are loaded: a TIFF's EXIF sub-directories are read from the open file.
+    metadata = _read_metadata(image, data, source_format)
     if source_format == "TIFF" and _tiff_is_wide(image):
-        return _decode_tiff_with_tifffile(data, max_pixels)
+        return _decode_tiff_with_tifffile(data, max_pixels, metadata)
     source_mode = image.mode
     _check_mode(source_mode)  # before decoding any pixel data
     icc_profile = image.info.get("icc_profile") or None
-    orientation = _exif_orientation(image)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         if source_format == "PNG" and _png_is_wide(data):
+            orientation = _exif_orientation(image)
             pixels, alpha = _decode_wide_png(data)
         else:
             image.load()
+            # Read after loading: Pillow's TIFF loader applies the orientation itself and removes
+            # the tag, so what is left here is what remains to be applied.
+            orientation = _exif_orientation(image)
             pixels, alpha, icc_profile = _pillow_to_arrays(image, icc_profile)
-    return _finish(pixels, alpha, orientation, source_mode, source_format, icc_profile)
+    return _finish(pixels, alpha, orientation, source_mode, source_format, icc_profile, metadata)
 
 
-def _check_size(width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image has {width * height} pixels ({width}x{height}), more than the limit {max_pixels}; "
-            "pass a larger max_pixels to decode it"
+def check_image_size(*, height: int, width: int, max_pixels: int | None = None, name: str = "image") -> None:
+    """Check an image (or mask) size before any work is done on it.
+
+    The arguments are keyword-only, so that height and width cannot be swapped silently.
+
+    Args:
+        height, width: the size in pixels; both must be positive integers.
+        max_pixels: when given, the largest allowed ``width * height``.
+        name: what the size belongs to, for the message (``"image"``, ``"mask"``, ...).
+
+    Raises:
+        ValueError: a size that is not a positive integer, or more pixels than ``max_pixels``;
+            the message names both dimensions as ``WIDTHxHEIGHT``, as image tools print them.
+    """
+    for dimension, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(
+                f"{name} {dimension} must be a positive integer, got {value!r} ({name} {width}x{height})"
+            )
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"{name} has {width * height} pixels ({width}x{height}), more than the limit {max_pixels}; "
+            "pass a larger max_pixels to accept it"
         )
-    if width == 0 or height == 0:
-        raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+
+
+def _check_decode_size(width: int, height: int, max_pixels: int) -> None:
+    try:
+        check_image_size(height=height, width=width, max_pixels=max_pixels)
+    except ValueError as error:
+        raise ImageDecodeError(str(error)) from None
 
 
 def _finish(
@@ -289,6 +396,7 @@ def _finish(
     mode: str,
     source_format: str,
     icc_profile: bytes | None,
+    metadata: ImageMetadata,
 ) -> DecodedImage:
     pixels = _orient(pixels, orientation)
     alpha = None if alpha is None else _orient(alpha, orientation)
@@ -300,6 +408,7 @@ def _finish(
         mode=mode,
         format=source_format,
         icc_profile=icc_profile,
+        metadata=metadata,
     )
 
 
@@ -385,7 +494,9 @@ def _icc_matches(icc_profile: bytes, channels: int) -> bool:
 
 def _exif_orientation(image: Image.Image) -> int:
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF, which counts as none
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception:  # unreadable EXIF must not make the image unreadable
         return 1
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
@@ -408,6 +519,282 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return np.rot90(array, k=1)
     return array
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata: EXIF, XMP, IPTC
+
+# TIFF tags that describe how a file stores its pixels, not the photo. A TIFF's EXIF is its first
+# directory, so they come with it (JPEG EXIF sometimes has a few too); written into another file
+# they would contradict its real layout. ICC (34675), XMP (700) and IPTC (33723) have their own
+# fields; Photoshop resources (34377) and layers (37724) are not carried.
+_LAYOUT_TAGS: Final[frozenset[int]] = frozenset(
+    {
+        254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281, 284,
+        288, 289, 290, 291, 292, 293, 297, 301, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330,
+        332, 338, 339, 340, 341, 347, 512, 513, 514, 515, 517, 518, 519, 520, 521, 529, 530, 532,
+        700, 33723, 34377, 34675, 37724,
+    }
+)  # fmt: skip
+_XMP_ORIENTATION: Final[re.Pattern[bytes]] = re.compile(rb"(tiff:Orientation\s*(?:=\s*[\"']|>)\s*)[0-9]+")
+# Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., IFD).
+_TIFF_TYPE_SIZES: Final[dict[int, int]] = {
+    1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4
+}  # fmt: skip
+_TIFF_XMP_TAG: Final[int] = 700
+_TIFF_IPTC_TAG: Final[int] = 33723
+_PHOTOSHOP_IPTC_RESOURCE: Final[int] = 0x0404
+_JPEG_SEGMENT_LIMIT: Final[int] = 65533  # payload bytes of one JPEG marker segment
+_JPEG_XMP_LIMIT: Final[int] = _JPEG_SEGMENT_LIMIT - len(b"http://ns.adobe.com/xap/1.0/\x00")
+
+
+def _read_metadata(image: Image.Image | None, data: bytes, source_format: str) -> ImageMetadata:
+    """EXIF, XMP and IPTC of an opened file (``image``; None: a TIFF Pillow cannot open).
+
+    A block that cannot be read is left out: unreadable metadata must not make the image unreadable.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; it is left out instead
+        return _read_metadata_blocks(image, data, source_format)
+
+
+def _read_metadata_blocks(image: Image.Image | None, data: bytes, source_format: str) -> ImageMetadata:
+    exif = xmp = iptc = None
+    try:
+        source_exif = Image.Exif()
+        if image is not None:
+            # A copy: Pillow's TIFF loader reads the image's own Exif (and its orientation).
+            source_exif.load(image.getexif().tobytes())
+        elif _classic_tiff_first_directory(data) is not None:
+            source_exif.load(data)  # a classic TIFF file is itself an EXIF-structured block
+        exif = _upright_exif(source_exif)
+    except Exception:
+        exif = None
+    try:
+        if source_format == "TIFF":
+            values = _tiff_first_directory_values(data, (_TIFF_XMP_TAG, _TIFF_IPTC_TAG))
+            xmp, iptc = values.get(_TIFF_XMP_TAG), values.get(_TIFF_IPTC_TAG)
+            if iptc is None and image is not None and hasattr(image, "get_photoshop_blocks"):
+                iptc = image.get_photoshop_blocks().get(_PHOTOSHOP_IPTC_RESOURCE, {}).get("data")
+        elif image is not None:
+            xmp = image.info.get("xmp")
+            photoshop = image.info.get("photoshop")  # JPEG APP13 resources, by id
+            if isinstance(photoshop, dict):
+                iptc = photoshop.get(_PHOTOSHOP_IPTC_RESOURCE)
+        if isinstance(xmp, str):
+            xmp = xmp.encode("utf-8")
+        xmp = _upright_xmp(xmp) if isinstance(xmp, bytes) and xmp else None
+        iptc = iptc if isinstance(iptc, bytes) and iptc else None
+    except Exception:
+        xmp = iptc = None
+    return ImageMetadata(exif=exif, xmp=xmp, iptc=iptc)
+
+
+def _upright_exif(exif: Image.Exif, size: tuple[int, int] | None = None) -> bytes | None:
+    """An EXIF block for pixels that are already upright: orientation 1, no layout tags, and
+    ``PixelXDimension``/``PixelYDimension`` set to ``size`` (width, height) when given. None when
+    nothing but the orientation would be left. Changes ``exif`` in place."""
+    for tag in [tag for tag in exif if tag in _LAYOUT_TAGS]:
+        del exif[tag]
+    if all(tag == ExifTags.Base.Orientation for tag in exif):
+        return None
+    if ExifTags.Base.Orientation in exif:
+        exif[ExifTags.Base.Orientation] = 1
+    if size is not None and ExifTags.IFD.Exif in exif:
+        details = exif.get_ifd(ExifTags.IFD.Exif)  # Exif.tobytes writes this same dict back
+        for tag, value in ((ExifTags.Base.ExifImageWidth, size[0]), (ExifTags.Base.ExifImageHeight, size[1])):
+            if tag in details:
+                details[tag] = value
+    return exif.tobytes()
+
+
+def _upright_xmp(xmp: bytes) -> bytes:
+    """The XMP packet with ``tiff:Orientation`` (attribute or element) set to 1."""
+    return _XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
+
+
+def _metadata_for_output(metadata: ImageMetadata, width: int, height: int) -> ImageMetadata:
+    """The blocks to write for upright ``width x height`` pixels (see :func:`_upright_exif`)."""
+    exif = None
+    if metadata.exif is not None:
+        source = Image.Exif()
+        try:
+            source.load(metadata.exif)
+            exif = _upright_exif(source, (width, height))
+        except Exception as error:
+            raise ValueError(
+                f"metadata.exif is not a readable EXIF block ({len(metadata.exif)} bytes): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+    xmp = None if metadata.xmp is None else _upright_xmp(metadata.xmp)
+    return ImageMetadata(exif=exif, xmp=xmp, iptc=metadata.iptc)
+
+
+def _jpeg_metadata_options(metadata: ImageMetadata) -> dict[str, object]:
+    """Pillow save options for a JPEG's EXIF (APP1), XMP (APP1) and IPTC (APP13, via ``extra``).
+
+    A JPEG marker segment holds at most 65,533 bytes; a larger block is left out with a warning
+    (Extended XMP and multi-segment EXIF are not written).
+    """
+    options: dict[str, object] = {}
+    for name, block, limit in (
+        ("exif", metadata.exif, _JPEG_SEGMENT_LIMIT),
+        ("xmp", metadata.xmp, _JPEG_XMP_LIMIT),
+        ("iptc", metadata.iptc, _JPEG_SEGMENT_LIMIT - 30),  # Photoshop and 8BIM headers
+    ):
+        if block is None:
+            continue
+        if len(block) > limit:
+            warnings.warn(
+                f"{name} block of {len(block)} bytes does not fit one JPEG segment ({limit} bytes); "
+                "it is not written",
+                stacklevel=3,
+            )
+        elif name == "iptc":
+            options["extra"] = _photoshop_iptc_segment(block)
+        else:
+            options[name] = block
+    return options
+
+
+def _photoshop_iptc_segment(iptc: bytes) -> bytes:
+    """A JPEG APP13 segment: "Photoshop 3.0" image resources holding one IPTC-NAA resource."""
+    padding = b"\x00" * (len(iptc) % 2)  # resource data is padded to an even length
+    # 8BIM, resource id, empty Pascal-string name padded to 2 bytes, data size, data.
+    resource = b"8BIM" + struct.pack(">H", _PHOTOSHOP_IPTC_RESOURCE) + b"\x00\x00"
+    resource += struct.pack(">I", len(iptc)) + iptc + padding
+    payload = b"Photoshop 3.0\x00" + resource
+    return b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _png_metadata_chunks(metadata: ImageMetadata) -> list[tuple[bytes, bytes]]:
+    """PNG chunks (type, payload) for EXIF (``eXIf``) and XMP (``iTXt`` keyword
+    ``XML:com.adobe.xmp``, uncompressed, as the XMP specification asks)."""
+    chunks = []
+    if metadata.exif is not None:
+        chunks.append((b"eXIf", metadata.exif.removeprefix(b"Exif\x00\x00")))
+    if metadata.xmp is not None:
+        # keyword, NUL, compression flag 0, method 0, empty language tag and translated keyword.
+        chunks.append((b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + metadata.xmp))
+    return chunks
+
+
+def _classic_tiff_first_directory(data: bytes) -> tuple[str, int] | None:
+    """(struct byte order, offset of the first directory) of a classic TIFF; None otherwise (BigTIFF)."""
+    if data.startswith(b"II*\x00"):
+        byteorder = "<"
+    elif data.startswith(b"MM\x00*"):
+        byteorder = ">"
+    else:
+        return None
+    if len(data) < 8:
+        return None
+    return byteorder, struct.unpack_from(byteorder + "I", data, 4)[0]
+
+
+def _tiff_directory_entries(data: bytes, byteorder: str, offset: int) -> tuple[dict[int, bytes], int]:
+    """The raw 12-byte entries of the classic TIFF directory at ``offset`` by tag, and the next
+    directory's offset (0: none)."""
+    (count,) = struct.unpack_from(byteorder + "H", data, offset)
+    entries = {}
+    for index in range(count):
+        entry = data[offset + 2 + 12 * index : offset + 14 + 12 * index]
+        if len(entry) < 12:
+            raise ValueError(f"TIFF directory at {offset} is truncated")
+        entries[struct.unpack_from(byteorder + "H", entry)[0]] = entry
+    (next_offset,) = struct.unpack_from(byteorder + "I", data, offset + 2 + 12 * count)
+    return entries, next_offset
+
+
+def _tiff_first_directory_values(data: bytes, tags: tuple[int, ...]) -> dict[int, bytes]:
+    """The stored bytes of some tags of a classic TIFF's first directory, whatever their declared
+    type (Photoshop declares its IPTC block an array of LONGs; the bytes are the block)."""
+    layout = _classic_tiff_first_directory(data)
+    if layout is None:
+        return {}
+    byteorder, first = layout
+    entries, _ = _tiff_directory_entries(data, byteorder, first)
+    values = {}
+    for tag in tags:
+        if tag not in entries:
+            continue
+        _, kind, count = struct.unpack_from(byteorder + "HHI", entries[tag])
+        length = _TIFF_TYPE_SIZES.get(kind, 0) * count
+        if length <= 4:
+            value = entries[tag][8 : 8 + length]
+        else:
+            (position,) = struct.unpack_from(byteorder + "I", entries[tag], 8)
+            value = data[position : position + length]
+        if value and len(value) == length:
+            values[tag] = value
+    return values
+
+
+def _with_tiff_metadata(data: bytes, metadata: ImageMetadata) -> bytes:
+    """A classic TIFF (as Pillow or tifffile wrote it) with EXIF, XMP and IPTC tags in its first
+    directory.
+
+    Neither writer can do it alone: libtiff, behind Pillow's compressed TIFF, rejects the Exif
+    and GPS sub-directories, and tifffile writes no sub-directories. So a new first directory is
+    appended: the writer's own entries verbatim (their values are absolute offsets, still valid
+    since nothing moves) merged with the metadata entries, which Pillow's directory writer lays
+    out at the end of the file; the header then points at it. The old directory stays,
+    unreferenced (a few hundred bytes).
+    """
+    layout = _classic_tiff_first_directory(data)
+    if metadata.is_empty or layout is None:
+        return data
+    byteorder, first = layout
+    entries, next_offset = _tiff_directory_entries(data, byteorder, first)
+
+    directory = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+    if metadata.exif is not None:
+        exif = Image.Exif()
+        exif.load(metadata.exif)
+        for tag, value in exif.items():
+            if tag not in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo) and tag not in _LAYOUT_TAGS:
+                directory[tag] = value
+        details = dict(exif.get_ifd(ExifTags.IFD.Exif))
+        if ExifTags.IFD.Interop in details:
+            interop = exif.get_ifd(ExifTags.IFD.Interop)
+            details[ExifTags.IFD.Interop] = dict(interop)
+            if not interop:
+                del details[ExifTags.IFD.Interop]
+        gps = dict(exif.get_ifd(ExifTags.IFD.GPSInfo))
+        for pointer, sub_directory in ((ExifTags.IFD.Exif, details), (ExifTags.IFD.GPSInfo, gps)):
+            if sub_directory:
+                directory[pointer] = sub_directory  # a dict value is written as a sub-directory
+    for tag, kind, block in (
+        (_TIFF_XMP_TAG, TiffTags.BYTE, metadata.xmp),
+        (_TIFF_IPTC_TAG, TiffTags.UNDEFINED, metadata.iptc),
+    ):
+        if block is not None:
+            directory.tagtype[tag] = kind
+            directory[tag] = block
+    if not len(directory):
+        return data
+
+    block_start = len(data) + len(data) % 2  # directories and values start on a word boundary
+    block = directory.tobytes(block_start)
+    added, _ = _tiff_directory_entries(block, byteorder, 0)
+    merged = {**entries, **added}
+    table_start = block_start + len(block) + len(block) % 2
+    if table_start + 6 + 12 * len(merged) >= 2**32:
+        return data  # past what classic TIFF offsets address; a writer would have made BigTIFF
+    table = struct.pack(byteorder + "H", len(merged))
+    table += b"".join(merged[tag] for tag in sorted(merged))  # TIFF wants ascending tags
+    table += struct.pack(byteorder + "I", next_offset)
+    return b"".join(
+        [
+            data[:4],
+            struct.pack(byteorder + "I", table_start),
+            data[8:],
+            b"\x00" * (block_start - len(data)),
+            block,
+            b"\x00" * (table_start - block_start - len(block)),
+            table,
+        ]
+    )
 
 
 # 16-bit multi-channel PNG. Pillow decodes these as 8-bit RGB(A) by keeping only the high byte
@@ -463,7 +850,7 @@ def _tiff_is_wide(image: Image.Image) -> bool:
     return samples > 1 and max(bits) > 8
 
 
-def _decode_tiff_with_tifffile(data: bytes, max_pixels: int) -> DecodedImage:
+def _decode_tiff_with_tifffile(data: bytes, max_pixels: int, metadata: ImageMetadata) -> DecodedImage:
     """First page of a TIFF that Pillow cannot read losslessly (16-bit multi-channel)."""
     import tifffile
 
@@ -472,7 +859,7 @@ def _decode_tiff_with_tifffile(data: bytes, max_pixels: int) -> DecodedImage:
         axes, shape = page.axes, page.shape
         if axes not in ("YX", "YXS", "SYX"):
             raise ImageDecodeError(f"unsupported TIFF layout {axes!r}; supported: YX, YXS, SYX (first page)")
-        _check_size(shape[axes.index("X")], shape[axes.index("Y")], max_pixels)
+        _check_decode_size(shape[axes.index("X")], shape[axes.index("Y")], max_pixels)
         photometric = int(page.photometric)
         orientation_tag = page.tags.get(274)
         icc_tag = page.tags.get(34675)
@@ -498,7 +885,7 @@ def _decode_tiff_with_tifffile(data: bytes, max_pixels: int) -> DecodedImage:
     mode = ("L" if color_channels == 1 else "RGB") + ("A" if alpha is not None else "")
     if pixels.dtype == np.uint16 and mode == "L":
         mode = "I;16"
-    return _finish(pixels, alpha, orientation, mode, "TIFF", icc_profile)
+    return _finish(pixels, alpha, orientation, mode, "TIFF", icc_profile, metadata)
 
 
 def read_image_file(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -515,7 +902,31 @@ def read_image_file(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_M
 # Encoding
 
 
-def encode_image(image: DecodedImage, format: str | None = None, *, quality: int = 95) -> bytes:
+def normalize_format(name: str) -> str:
+    """A format name as Pillow spells it: upper case, aliases resolved (``"jpg"`` -> ``"JPEG"``,
+    ``"tif"`` -> ``"TIFF"``, ``"MPO"`` -> ``"JPEG"``; see :data:`FORMAT_ALIASES`). Other names
+    come back upper-cased, whether or not this module can write them (check :data:`ENCODE_FORMATS`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"format must be a string, got {type(name).__name__}")
+    upper = name.strip().upper()
+    return FORMAT_ALIASES.get(upper, upper)
+
+
+def output_format_for(source_format: str) -> str:
+    """The format an image read as ``source_format`` is written in when no format is asked for:
+    the same (normalized) format when :func:`encode_image` can write it, else PNG (GIF, ICO, ...)."""
+    target = normalize_format(source_format)
+    return target if target in ENCODE_FORMATS else "PNG"
+
+
+def encode_image(
+    image: DecodedImage,
+    format: str | None = None,
+    *,
+    quality: int = 95,
+    png_compression: int = 1,
+    strip_metadata: bool = False,
+) -> bytes:
     """Encode a :class:`DecodedImage` as PNG, JPEG, WEBP, TIFF or BMP bytes.
 
     Args:
@@ -523,23 +934,41 @@ def encode_image(image: DecodedImage, format: str | None = None, *, quality: int
             JPEG and BMP. 16-bit pixels stay 16-bit in PNG and TIFF and are rounded to 8 bits for
             the others. The ICC profile is embedded (not for BMP). Gray stays gray, except WEBP,
             which has no gray mode and stores RGB.
-        format: one of :data:`ENCODE_FORMATS` (``"JPG"`` and ``"TIF"`` accepted), case-insensitive;
-            None writes ``image.format``, or PNG when that is a format this function cannot write.
+        format: one of :data:`ENCODE_FORMATS` (aliases such as ``"JPG"`` and ``"TIF"`` accepted,
+            see :func:`normalize_format`), case-insensitive; None writes ``image.format``, or PNG
+            when that is a format this function cannot write (:func:`output_format_for`).
         quality: JPEG/WEBP quality, 1..100; ignored by lossless formats.
+        png_compression: PNG zlib level, 0..9 (8- and 16-bit). The default 1 is the fastest that
+            compresses; Pillow's own default is 6. Ignored by other formats.
+        strip_metadata: write no EXIF, XMP or IPTC (``image.metadata``). The ICC profile is
+            still written: it says what the pixel values mean, not where the photo came from.
 
     Returns:
-        The encoded file contents.
+        The encoded file contents. ``image.metadata`` goes into JPEG, PNG, WEBP and TIFF (IPTC
+        into JPEG and TIFF only; none into BMP) with the EXIF orientation set to 1 and the EXIF
+        pixel dimensions set to the pixels' size; a JPEG block over one segment (65,533 bytes) is
+        left out with a warning.
+
+    Raises:
+        TypeError / ValueError: a bad argument (the message names it and the allowed values), or
+            an ``image.metadata.exif`` that is not an EXIF block.
     """
     if not isinstance(image, DecodedImage):
         raise TypeError(f"image must be a DecodedImage, got {type(image).__name__}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+    if (
+        isinstance(png_compression, bool)
+        or not isinstance(png_compression, int)
+        or png_compression not in PNG_COMPRESSION_LEVELS
+    ):
+        raise ValueError(f"png_compression must be an integer zlib level in 0..9, got {png_compression!r}")
+    if not isinstance(strip_metadata, bool):
+        raise TypeError(f"strip_metadata must be True or False, got {strip_metadata!r}")
     if format is None:
-        target = _FORMAT_ALIASES.get(image.format.upper(), image.format.upper())
-        if target not in ENCODE_FORMATS:
-            target = "PNG"
+        target = output_format_for(image.format)
     else:
-        target = _FORMAT_ALIASES.get(format.upper(), format.upper())
+        target = normalize_format(format)
         if target not in ENCODE_FORMATS:
             raise ValueError(
                 f"cannot encode format {format!r}; supported: {', '.join(sorted(ENCODE_FORMATS))}"
@@ -550,13 +979,16 @@ def encode_image(image: DecodedImage, format: str | None = None, *, quality: int
         icc = None
     if target in ("JPEG", "BMP"):
         alpha = None
+    metadata = NO_METADATA
+    if not strip_metadata and target != "BMP" and not image.metadata.is_empty:
+        metadata = _metadata_for_output(image.metadata, image.width, image.height)
     if image.bit_depth == 16:
         if target == "PNG":
-            return _encode_png16(pixels, alpha, icc)
+            return _encode_png16(pixels, alpha, icc, png_compression, metadata)
         if target == "TIFF":
-            return _encode_tiff16(pixels, alpha, icc)
-        pixels = _to_8bit(pixels)
-        alpha = None if alpha is None else _to_8bit(alpha)
+            return _with_tiff_metadata(_encode_tiff16(pixels, alpha, icc), metadata)
+        pixels = to_uint8(pixels)
+        alpha = None if alpha is None else to_uint8(alpha)
 
     planes = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[planes.shape[2]]
@@ -569,23 +1001,60 @@ def encode_image(image: DecodedImage, format: str | None = None, *, quality: int
         options["icc_profile"] = icc
     if target in ("JPEG", "WEBP"):
         options["quality"] = quality
+    if target == "PNG":
+        options["compress_level"] = png_compression
     if target == "TIFF" and features.check("libtiff"):
         options["compression"] = "tiff_adobe_deflate"
+    # Metadata: TIFF gets it afterwards (_with_tiff_metadata); IPTC has no place in PNG or WEBP.
+    if target == "JPEG":
+        options.update(_jpeg_metadata_options(metadata))
+    elif target == "WEBP":
+        for name, block in (("exif", metadata.exif), ("xmp", metadata.xmp)):
+            if block is not None:
+                options[name] = block
+    elif target == "PNG":
+        if metadata.exif is not None:
+            options["exif"] = metadata.exif
+        if metadata.xmp is not None:
+            text_chunks = PngInfo()
+            text_chunks.add_itxt("XML:com.adobe.xmp", metadata.xmp)
+            options["pnginfo"] = text_chunks
     buffer = io.BytesIO()
     pil_image.save(buffer, format=target, **options)
+    if target == "TIFF":
+        return _with_tiff_metadata(buffer.getvalue(), metadata)
     return buffer.getvalue()
 
 
-def _to_8bit(array: np.ndarray) -> np.ndarray:
-    """uint16 0..65535 -> uint8 0..255, rounded to nearest."""
-    return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit levels of an integer image: uint16 0..65535 -> uint8 0..255, rounded to nearest.
+
+    The result equals ``np.round(pixels / 257).astype(np.uint8)`` (65535 / 255 = 257; no value is
+    a tie), computed in integers. uint8 input is returned as is (not copied). Any shape.
+
+    Raises:
+        TypeError / ValueError: not a numpy array, or a dtype other than uint8 and uint16.
+    """
+    if not isinstance(pixels, np.ndarray):
+        raise TypeError(f"pixels must be a numpy array, got {type(pixels).__name__}")
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype != np.uint16:
+        raise ValueError(f"pixels dtype must be uint8 or uint16, got {pixels.dtype}")
+    return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def _encode_png16(pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | None) -> bytes:
+def _encode_png16(
+    pixels: np.ndarray,
+    alpha: np.ndarray | None,
+    icc: bytes | None,
+    compression: int,
+    metadata: ImageMetadata,
+) -> bytes:
     """A 16-bit PNG (gray, gray+alpha, RGB or RGBA), which Pillow cannot write beyond gray."""
     planes = pixels if alpha is None else np.concatenate([pixels, alpha[:, :, None]], axis=2)
     height, width, samples = planes.shape
@@ -601,7 +1070,8 @@ def _encode_png16(pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | Non
     chunks = [_png_chunk(b"IHDR", header)]
     if icc is not None:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
-    chunks.append(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)))
+    chunks.extend(_png_chunk(kind, payload) for kind, payload in _png_metadata_chunks(metadata))
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), compression)))
     chunks.append(_png_chunk(b"IEND", b""))
     return _PNG_SIGNATURE + b"".join(chunks)
 
@@ -614,6 +1084,7 @@ def _encode_tiff16(pixels: np.ndarray, alpha: np.ndarray | None, icc: bytes | No
         "photometric": "rgb" if pixels.shape[2] == 3 else "minisblack",
         "planarconfig": "contig",
         "compression": "zlib",
+        "metadata": None,  # no JSON shape description in ImageDescription
     }
     if alpha is not None:
         options["extrasamples"] = ["unassalpha"]
@@ -657,7 +1128,8 @@ def tensor_to_pixels(tensor: torch.Tensor, dtype: type | np.dtype = np.uint8) ->
 
 
 def with_pixels(image: DecodedImage, pixels: np.ndarray) -> DecodedImage:
-    """The same image metadata with new pixels (``H x W x C``, C in {1, 3}, uint8 or uint16).
+    """The same mode, format, ICC profile and metadata with new pixels (``H x W x C``, C in {1, 3},
+    uint8 or uint16).
 
     The pixels may have a new size (super-resolution) or dtype: alpha is resized bicubically and
     rescaled to match, so it can still be written back.
@@ -667,7 +1139,12 @@ def with_pixels(image: DecodedImage, pixels: np.ndarray) -> DecodedImage:
     if alpha is not None:
         alpha = _resize_plane(alpha, pixels.shape[1], pixels.shape[0], pixels.dtype)
     return DecodedImage(
-        pixels=pixels, alpha=alpha, mode=image.mode, format=image.format, icc_profile=image.icc_profile
+        pixels=pixels,
+        alpha=alpha,
+        mode=image.mode,
+        format=image.format,
+        icc_profile=image.icc_profile,
+        metadata=image.metadata,
     )
 
 

@@ -14,13 +14,19 @@ from PIL import Image, ImageCms, ImageOps
 
 from restoration.codec import (
     DEFAULT_MAX_PIXELS,
+    ENCODE_FORMATS,
+    FORMAT_ALIASES,
     DecodedImage,
     ImageDecodeError,
+    check_image_size,
     decode_image,
     encode_image,
+    normalize_format,
+    output_format_for,
     pixels_to_tensor,
     read_image_file,
     tensor_to_pixels,
+    to_uint8,
     with_pixels,
 )
 
@@ -259,6 +265,19 @@ def test_every_exif_orientation_matches_pillow(orientation: int) -> None:
     expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
     np.testing.assert_array_equal(decoded.pixels, expected[:, :, :3])
     np.testing.assert_array_equal(decoded.alpha, expected[:, :, 3])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_of_a_tiff_is_applied_once(orientation: int) -> None:
+    """Pillow's TIFF loader turns the pixels itself: the codec must not turn them again."""
+    stored = random_pixels(5, 7, 3)
+    data = save(Image.fromarray(stored), "TIFF", tiffinfo={0x0112: orientation, 0x010F: "Canon"})
+
+    decoded = decode_image(data)
+
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    np.testing.assert_array_equal(decoded.pixels, expected)
+    np.testing.assert_array_equal(decode_image(encode_image(decoded)).pixels, expected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,3 +540,97 @@ def test_with_pixels_resizes_and_rescales_alpha() -> None:
     same_size = with_pixels(image, random_pixels(10, 12, 3))
     assert same_size.alpha is image.alpha
     np.testing.assert_array_equal(decode_image(encode_image(larger)).alpha, larger.alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# PNG compression
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_png_compression_trades_size_for_speed_losslessly(astronaut: np.ndarray, bit_depth: int) -> None:
+    pixels = astronaut[:128, :128] if bit_depth == 8 else astronaut[:128, :128].astype(np.uint16) * 257
+    image = DecodedImage(pixels, None, "RGB", "PNG", None)
+
+    sizes = {level: len(encode_image(image, "PNG", png_compression=level)) for level in (0, 1, 9)}
+
+    assert sizes[0] > sizes[1] > sizes[9], sizes  # 0 stores, 9 is smallest
+    assert sizes[0] > pixels.nbytes  # stored: every byte plus the row filters and headers
+    for level in (0, 1, 9):
+        decoded = decode_image(encode_image(image, "PNG", png_compression=level))
+        np.testing.assert_array_equal(decoded.pixels, pixels)
+    assert encode_image(image, "PNG") == encode_image(image, "PNG", png_compression=1)  # the default
+
+
+@pytest.mark.parametrize("level", [-1, 10, 1.5, True, "6", None])
+def test_png_compression_outside_0_to_9_is_refused(level: object) -> None:
+    image = DecodedImage(random_pixels(4, 4, 3), None, "RGB", "PNG", None)
+    with pytest.raises(ValueError, match=r"png_compression must be an integer zlib level in 0\.\.9, got"):
+        encode_image(image, "PNG", png_compression=level)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="png_compression"):
+        encode_image(image, "JPEG", png_compression=level)  # type: ignore[arg-type]  # checked for all formats
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers: 8-bit conversion, format names, size checks
+
+
+def test_to_uint8_rounds_every_16_bit_level_to_nearest() -> None:
+    levels = np.arange(65536, dtype=np.uint16)
+    converted = to_uint8(levels)
+    assert converted.dtype == np.uint8
+    # The float rounding that other modules used gives the same for every level (no ties exist).
+    np.testing.assert_array_equal(converted, np.round(levels / 257.0).astype(np.uint8))
+    np.testing.assert_array_equal(to_uint8(np.array([0, 128, 129, 257 * 100, 65535], np.uint16)), [0, 0, 1, 100, 255])
+    eight_bit = random_pixels(3, 4, 3)
+    assert to_uint8(eight_bit) is eight_bit
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (np.zeros((2, 2), np.float32), ValueError, "uint8 or uint16, got float32"),
+        (np.zeros((2, 2), np.int32), ValueError, "uint8 or uint16, got int32"),
+        ([1, 2], TypeError, "numpy array, got list"),
+    ],
+)
+def test_to_uint8_refuses_other_types(value: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        to_uint8(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("jpg", "JPEG"), ("JPEG", "JPEG"), ("jpe", "JPEG"), ("MPO", "JPEG"), ("tif", "TIFF"), (" png ", "PNG"), ("gif", "GIF")],
+)
+def test_normalize_format(name: str, expected: str) -> None:
+    assert normalize_format(name) == expected
+
+
+def test_format_aliases_name_writable_formats_and_cannot_change() -> None:
+    assert set(FORMAT_ALIASES.values()) <= ENCODE_FORMATS
+    with pytest.raises(TypeError):
+        FORMAT_ALIASES["PNG8"] = "PNG"  # type: ignore[index]
+    with pytest.raises(TypeError, match="format must be a string, got int"):
+        normalize_format(5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"), [("JPEG", "JPEG"), ("MPO", "JPEG"), ("tif", "TIFF"), ("GIF", "PNG"), ("ICO", "PNG")]
+)
+def test_output_format_for_a_source(source: str, expected: str) -> None:
+    assert output_format_for(source) == expected
+    image = DecodedImage(random_pixels(4, 4, 3), None, "RGB", source, None)
+    assert Image.open(io.BytesIO(encode_image(image))).format == expected
+
+
+def test_check_image_size() -> None:
+    check_image_size(height=50, width=100, max_pixels=5000)
+    check_image_size(height=np.int64(3), width=4)
+    with pytest.raises(ValueError, match=r"image has 5000 pixels \(100x50\), more than the limit 4999"):
+        check_image_size(height=50, width=100, max_pixels=4999)
+    with pytest.raises(ValueError, match=r"mask width must be a positive integer, got 0 \(mask 0x7\)"):
+        check_image_size(height=7, width=0, name="mask")
+    with pytest.raises(ValueError, match="image height must be a positive integer, got 2.5"):
+        check_image_size(height=2.5, width=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        check_image_size(7, 3)  # type: ignore[misc]  # keyword-only: the order cannot be mixed up
