@@ -483,6 +483,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["peak_workers"] = {"cpu-worker": timeline.peak("cpu-worker"), "gpu-worker": timeline.peak("gpu-worker")}
         report["jobs_done_at_s"] = jobs_done
         report["scaled_down_at_s"] = drained_at
+    shutil.rmtree(working_dir, ignore_errors=True)  # a copy of the checkout; the logs stay
     return report
 
 

@@ -5,7 +5,7 @@ restore job's actors and removes them once idle.
 The work is done by cluster/local_autoscaling.py (also runnable by hand); this test runs it in
 its own session with a deadline, checks its JSON report, and stops by PID whatever of the cluster
 is left (the script's process tree and every process naming the cluster's temp dir). About 2-3
-minutes on a 2-core machine; part of the default suite.
+minutes on a 2-core machine (4 with a load average of 40); part of the default suite.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from processes import command_lines, descendants, stop_pids
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "cluster" / "local_autoscaling.py"
-DEADLINE_S = 360  # the script's own deadline (--timeout)
+DEADLINE_S = 480  # the script's own deadline (--timeout); a pass takes 2-5 minutes on a busy 2-core machine
 EXIT_GRACE_S = 45  # for the script to stop its cluster, after its deadline or a SIGTERM
 
 pytestmark = [
