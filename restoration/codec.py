@@ -562,8 +562,12 @@ def _read_metadata_blocks(image: Image.Image | None, data: bytes, source_format:
     exif = xmp = iptc = None
     try:
         source_exif = Image.Exif()
-        if image is not None:
-            # A copy: Pillow's TIFF loader reads the image's own Exif (and its orientation).
+        raw_exif = image.info.get("exif") if image is not None else None
+        if isinstance(raw_exif, bytes) and raw_exif:
+            source_exif.load(raw_exif)  # JPEG, PNG eXIf, WEBP: the stored block itself
+        elif image is not None:
+            # A copy, not the image's own Exif: Pillow's TIFF loader reads that one (and its
+            # orientation) later.
             source_exif.load(image.getexif().tobytes())
         elif _classic_tiff_first_directory(data) is not None:
             source_exif.load(data)  # a classic TIFF file is itself an EXIF-structured block
