@@ -21,177 +21,46 @@ instance the workers inherit them from this process.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-log = logging.getLogger("jobs.finetune")
+from jobs.ray_runtime import QUIET_RAY_ENVIRONMENT, init_ray, quiet_train_worker, root_cause
 
-# Ray Train settings for readable output, set (unless the user set them) before Ray starts: they
-# reach a local instance's workers through the environment and a cluster's Train controller and
-# workers through Ray Train's own propagation of RAY_TRAIN_* variables.
-QUIET_RAY_ENVIRONMENT = {
-    # Ray Train V2 routes print() in workers to a logger and, because Ray replaces sys.stdout in
-    # workers, also to the original print: every progress line showed up twice.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-}
-# Only for a Ray instance this process starts (one machine): there is no node to be preempted,
-# and the preemption watcher logs a core_worker error about its constructor arguments.
-LOCAL_RAY_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+__all__ = ["add_arguments", "init_ray", "main", "quiet_train_worker", "run", "train_loop_per_worker"]
 
 # Test-only: "RANK:STEP:MARKER_FILE" makes worker RANK raise once at report step STEP (the marker
 # file records that it did), to exercise FailureConfig retries.
 FAIL_ONCE_VARIABLE = "RESTORATION_FINETUNE_FAIL_ONCE"
 
-SAMPLE_IMAGES_CHECKED = 8
-
-
-class InputError(ValueError):
-    """Bad command-line input, found before any worker starts (exit code 2)."""
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from restoration import TASKS
+    from restoration.finetune import add_run_arguments
 
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--train-images", required=True, help="folder, file:// or s3:// prefix of clean training images")
-    p.add_argument("--val-images", required=True, help="folder or prefix of clean validation images")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's, 1000)")
+    add_run_arguments(p)
     p.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (1)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); otherwise CPU (gloo)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (1)")
-    p.add_argument("--storage", required=True, help="folder or s3:// prefix for checkpoints and the final model")
-    p.add_argument("--name", required=True, help="run name; re-running the same name resumes it")
-    p.add_argument("--init", default=None,
-                   help="start from this restoration checkpoint (folder or s3://; task transfer) or 'default'")
-    p.add_argument("--config", default=None, help="YAML file with TrainConfig fields")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures retried within the run (2)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local instance)")
 
 
-# --------------------------------------------------------------------------------------------
-# Pre-flight: everything that can be checked before a worker starts
-# --------------------------------------------------------------------------------------------
+def preflight(args: argparse.Namespace):
+    """Check the command line before Ray starts (``restoration.finetune.plan_finetune``); raises
+    FinetuneInputError with one line naming the bad value."""
+    from restoration.finetune import FinetuneInputError, check_resumable, plan_finetune
 
-
-@dataclass(frozen=True)
-class Plan:
-    """A checked run: the resolved config and absolute URIs the workers can use from any cwd."""
-
-    config: Any  # restoration.training.TrainConfig
-    train_uris: list[str]
-    val_uris: list[str]
-    train_images: str
-    val_images: str
-    storage: str
-    init: str | None
-
-
-def _absolute(uri: str) -> str:
-    """Local paths made absolute: Ray Train changes the workers' working directory."""
-    if "://" in uri:
-        return uri
-    return os.path.abspath(os.path.expanduser(uri))
-
-
-def _list(uri: str, flag: str) -> list[str]:
-    from restoration import storage as storage_lib
-
-    try:
-        uris = storage_lib.list_images(uri)
-    except FileNotFoundError:
-        raise InputError(f"{flag} {uri}: no such file or directory") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{flag} {uri}: {storage_lib.redact(str(exc))}") from None
-    if not uris:
-        extensions = ", ".join(sorted(storage_lib.IMAGE_EXTENSIONS))
-        raise InputError(f"{flag} {uri} holds no images ({extensions})")
-    return uris
-
-
-def _check_some_decode(uris: list[str], flag: str, *, min_size: int = 0, every: bool = False) -> None:
-    """Decode a few images spread over ``uris`` (or all with ``every``); fail if none is usable."""
-    from restoration.training import load_training_images
-
-    if every or len(uris) <= SAMPLE_IMAGES_CHECKED:
-        sample = uris
-    else:
-        sample = [uris[i * len(uris) // SAMPLE_IMAGES_CHECKED] for i in range(SAMPLE_IMAGES_CHECKED)]
-    try:
-        images = load_training_images(sample, min_size=min_size)
-    except ValueError as exc:
-        checked = f" (checked {len(sample)} of {len(uris)})" if len(sample) < len(uris) else ""
-        raise InputError(f"{flag}{checked}: {exc}") from None
-    if every and images.bad:
-        uri, reason = images.bad[0]
-        raise InputError(f"{flag}: cannot use {uri}: {reason}")
-
-
-def preflight(args: argparse.Namespace) -> Plan:
-    """Check the command line before Ray starts; raises InputError (or FileNotFoundError) with a
-    one-line message naming the bad value."""
-    from restoration import storage as storage_lib
-    from restoration.checkpoint import CheckpointError
-    from restoration.training import CONFIG_FILE, initial_model, load_train_config
-    from restoration import config as config_lib
-
-    if args.workers < 1:
-        raise InputError(f"--workers must be >= 1, got {args.workers}")
     if args.cpus_per_worker <= 0:
-        raise InputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
+        raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
     if args.max_failures < 0:
-        raise InputError(f"--max-failures must be >= 0, got {args.max_failures}")
-    if not args.name or "/" in args.name or args.name.startswith("."):
-        raise InputError(f"--name must be a plain folder name, got {args.name!r}")
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"--steps must be >= 1, got {args.steps}")
-    try:
-        config = load_train_config(args.task, path=args.config, overrides=args.overrides, steps=args.steps)
-    except ValueError as exc:
-        raise InputError(f"config: {exc}") from None
-
-    train_images, val_images = _absolute(args.train_images), _absolute(args.val_images)
-    train_uris = _list(train_images, "--train-images")
-    if config.data.max_images is not None:
-        train_uris = train_uris[: config.data.max_images]
-    if len(train_uris) < args.workers:
-        raise InputError(f"--train-images: {len(train_uris)} images cannot be split over {args.workers} workers")
-    _check_some_decode(train_uris, "--train-images", min_size=config.data.crop_size)
-    val_uris = _list(val_images, "--val-images")[: config.validation.limit]
-    _check_some_decode(val_uris, "--val-images", every=True)
-
-    init = None
-    if args.init:
-        init = args.init if args.init == "default" else _absolute(args.init)
-        try:
-            initial_model(config, init)  # refuses a checkpoint of another architecture, here and now
-        except (CheckpointError, FileNotFoundError, OSError) as exc:
-            raise InputError(f"--init: {storage_lib.redact(str(exc))}") from None
-
-    storage = _absolute(args.storage)
-    _check_resumable(storage, args.name, config)
-    # The storage must be writable before hours of training depend on it. The resolved config is
-    # the probe, and stays beside the run.
-    try:
-        probe = storage_lib.join(storage, args.name, f".write-test-{uuid.uuid4().hex[:8]}")
-        storage_lib.write_bytes(probe, b"ok")
-        filesystem, path = storage_lib.resolve(probe)
-        filesystem.delete_file(path)
-        storage_lib.write_bytes(storage_lib.join(storage, args.name, CONFIG_FILE), config_lib.to_yaml(config).encode())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--storage {args.storage} cannot be written: {storage_lib.redact(str(exc))}") from None
-    return Plan(config, train_uris, val_uris, train_images, val_images, storage, init)
+        raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
+    plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,
+                         storage_uri=args.storage, name=args.name, workers=args.workers, init=args.init,
+                         config_path=args.config, overrides=args.overrides, steps=args.steps)
+    check_resumable(plan, latest_checkpoint(plan.storage, plan.name))
+    return plan
 
 
 def latest_checkpoint(storage: str, name: str) -> str | None:
@@ -207,55 +76,25 @@ def latest_checkpoint(storage: str, name: str) -> str | None:
     return storage_lib.join(storage, name, directory) if isinstance(directory, str) and directory else None
 
 
-def _check_resumable(storage: str, name: str, config) -> None:
-    """An existing run of the same name resumes: its task and model must be this command's."""
-    from restoration import config as config_lib, storage as storage_lib
-    from restoration.training import CONFIG_FILE
-
-    import yaml
-
-    checkpoint = latest_checkpoint(storage, name)
-    if checkpoint is None:
-        return
-    try:
-        saved = yaml.safe_load(storage_lib.read_bytes(storage_lib.join(checkpoint, CONFIG_FILE)))
-    except (OSError, ValueError, yaml.YAMLError):
-        return
-    mine = config_lib.to_dict(config)
-    if not isinstance(saved, dict) or (saved.get("task"), saved.get("model")) == (mine["task"], mine["model"]):
-        return
-    differences = [f"{key}: {saved.get('model', {}).get(key)!r} -> {value!r}"
-                   for key, value in mine["model"].items()
-                   if key != "task" and (saved.get("model") or {}).get(key) != value]
-    if saved.get("task") != mine["task"]:
-        differences.insert(0, f"task: {saved.get('task')!r} -> {mine['task']!r}")
-    raise InputError(
-        f"--name {name}: {storage_lib.join(storage, name)} holds a run with another model "
-        f"({'; '.join(differences)}); running the same name resumes it. Use another --name for a new run, "
-        f"or --init {checkpoint} to start from its weights"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # The Ray Train worker
 # --------------------------------------------------------------------------------------------
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """One Ray Train worker: its shard, the library's Trainer, checkpoints and reports."""
+    """One Ray Train worker: the library's shard and Trainer, checkpoints in and out, reports."""
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
 
+    from restoration import finetune as run_lib
     from restoration.evaluate import load_images
     from restoration.model import build_model
-    from restoration.training import (
-        CropSampler, Trainer, TrainConfig, initial_model, load_training_images, train_config_from_dict,
-    )
+    from restoration.training import CropSampler, Trainer, initial_model, train_config_from_dict
 
     quiet_train_worker()
-    config: TrainConfig = train_config_from_dict(loop_config["config"])
+    config = train_config_from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -268,27 +107,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(text, flush=True)
 
-    # Every worker decodes its own disjoint shard.
-    shard = loop_config["train_uris"][rank::world_size]
-    try:
-        images = load_training_images(shard, min_size=config.data.crop_size)
-        usable, bad = len(images.names), len(images.bad)
-    except ValueError:
-        images, usable, bad = None, 0, len(shard)
-    counts = torch.tensor([usable, bad, int(usable == 0)], dtype=torch.int64)
+    shard = run_lib.load_shard(loop_config["train_uris"], rank=rank, world_size=world_size,
+                               min_size=config.data.crop_size)
+    counts = torch.tensor([shard.usable, shard.bad, int(shard.usable == 0)], dtype=torch.int64)
     if world_size > 1:
         counts = counts.to(device) if dist.get_backend() == "nccl" else counts
         dist.all_reduce(counts)  # every worker learns the totals, and all fail together if a shard is empty
     total_usable, total_bad, empty_shards = (int(v) for v in counts.cpu())
-    if images is None or empty_shards:
+    if shard.images is None or empty_shards:
         raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images "
                          f"({total_bad} of {total_usable + total_bad} images could not be used); "
                          "use fewer --workers or more images")
+    bad = shard.images.bad
     say(f"training on {total_usable} images over {world_size} worker(s)"
-        + (f"; skipped {total_bad} unusable, e.g. {images.bad[0][0]}: {images.bad[0][1]}" if images.bad else
+        + (f"; skipped {total_bad} unusable, e.g. {bad[0][0]}: {bad[0][1]}" if bad else
            f"; skipped {total_bad} unusable" if total_bad else ""))
-    if images.bad and rank != 0:
-        print(f"[worker {rank}] skipped {bad} training images, e.g. {images.bad[0][0]}: {images.bad[0][1]}", flush=True)
+    if bad and rank != 0:
+        print(f"[worker {rank}] skipped {shard.bad} training images, e.g. {bad[0][0]}: {bad[0][1]}", flush=True)
 
     val = [item for uri in loop_config["val_uris"] for item in load_images(uri)] if rank == 0 else []
     checkpoint = ray.train.get_checkpoint()
@@ -302,7 +137,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    trainer = Trainer(config, model, CropSampler(images, config, rank=rank), device=device, wrap=wrap,
+    trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
                       val_samples=val, world_size=world_size, rank=rank, progress=say)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -312,21 +147,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     else:
         say(f"starting at step 0 of {config.steps} from "
             + (f"--init {loop_config['init']}" if loop_config["init"] else f"{config.backbone_weights or 'random'} backbone weights"))
-
-    provenance = {
-        "train_images": loop_config["train_images"],
-        "val_images": loop_config["val_images"],
-        "train_image_count": total_usable,
-        "skipped_images": total_bad,
-        "task": config.task,
-        "seed": config.seed,
-        "workers": world_size,
-        "global_batch": config.data.batch_size * world_size,
-        "hardware": (f"{world_size} x {torch.cuda.get_device_name(device)}" if device.type == "cuda"
-                     else f"{world_size} x cpu ({platform.processor() or platform.machine()})"),
-        "init": loop_config["init"],
-        "run_name": loop_config["name"],
-    }
+    provenance = run_lib.provenance(loop_config, config, workers=world_size, device_name=run_lib.device_name(device),
+                                    image_count=total_usable, skipped=total_bad)
     fail_once = loop_config.get("fail_once")
 
     def report(row: dict, checkpoint_due: bool) -> None:
@@ -349,136 +171,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     trainer.fit(report)
     if rank == 0:
-        target = write_final_outputs(trainer, loop_config["storage"], loop_config["name"],
-                                     {**provenance, "resumed_at": trainer.resumed_at})
+        target = run_lib.write_final_outputs(trainer, loop_config["storage"], loop_config["name"],
+                                             {**provenance, "resumed_at": trainer.resumed_at})
         say(f"final model written to {target}")
-
-
-# --------------------------------------------------------------------------------------------
-# Final outputs
-# --------------------------------------------------------------------------------------------
-
-
-def write_final_outputs(trainer, storage: str, name: str, provenance: dict) -> str:
-    """``<storage>/<name>/model/``: model.safetensors, model.json, config.yaml, metrics.csv,
-    training_curve.png. Returns that URI."""
-    from restoration import config as config_lib, storage as storage_lib
-    from restoration.checkpoint import save_checkpoint
-    from restoration.training import CONFIG_FILE
-
-    history = trainer.history
-    final_val = next((h for h in reversed(history) if "val_psnr" in h), {})
-    target = storage_lib.join(storage, name, "model")
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(trainer.model, tmp, model_id=name, provenance={
-            **provenance, "steps": trainer.step,
-            "wall_seconds": history[-1]["wall_seconds"] if history else None,
-            "validation": {k: final_val[k] for k in ("val_psnr", "val_ssim") if k in final_val},
-            "validation_step": final_val.get("step"),
-            "validation_protocol": trainer.protocol.describe(),
-        })
-        (Path(tmp) / CONFIG_FILE).write_text(config_lib.to_yaml(trainer.config))
-        (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
-        plot_training_curve(history, Path(tmp) / "training_curve.png")
-        for path in sorted(Path(tmp).iterdir()):
-            storage_lib.write_bytes(storage_lib.join(target, path.name), path.read_bytes())
-    return target
-
-
-def metrics_csv(history: list[dict]) -> str:
-    """The training history as CSV, one row per reported step (``METRIC_COLUMNS``)."""
-    from restoration.training import METRIC_COLUMNS
-
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow(row)
-    return out.getvalue()
-
-
-def plot_training_curve(history: list[dict], path: Path) -> None:
-    """Training loss (log scale) and validation PSNR against step, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax_loss = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = [h["step"] for h in history]
-    ax_loss.plot(steps, [h["loss"] for h in history], color="tab:blue", label="training loss")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training loss", color="tab:blue")
-    ax_loss.set_yscale("log")
-    val = [(h["step"], h["val_psnr"]) for h in history if "val_psnr" in h]
-    if val:
-        ax_psnr = ax_loss.twinx()
-        ax_psnr.plot(*zip(*val), color="tab:red", marker="o", label="validation PSNR")
-        ax_psnr.set_ylabel("validation PSNR (dB)", color="tab:red")
-    unfrozen = next((h["step"] for h in history if h.get("stage") == "unfrozen"), None)
-    if unfrozen is not None and unfrozen > steps[0]:
-        ax_loss.axvline(unfrozen, color="gray", linestyle=":", linewidth=1)
-        ax_loss.annotate(" backbone unfrozen", (unfrozen, 1), xycoords=("data", "axes fraction"),
-                         va="top", fontsize=8, color="gray")
-    ax_loss.set_title("fine-tuning")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
-
-
-def _quiet_worker_logs() -> None:
-    """Ray worker_process_setup_hook for a local instance.
-
-    Ray Train's PlacementGroupCleaner asks the State API every second whether the controller is
-    alive. With several local Ray instances on one machine it cannot tell which is its own and
-    its thread dies with a traceback; pointing RAY_ADDRESS at this worker's own instance fixes
-    that. Without the dashboard's HTTP server (Ray installed without ``ray[default]``) every query
-    then fails and logs a warning, each second. The cleaner only matters when a controller dies
-    ungracefully, and a local instance goes away with this process anyway.
-    """
-    import ray
-
-    try:
-        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
-    except Exception:  # not connected yet: leave the default address resolution alone
-        pass
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
-def quiet_train_worker() -> None:
-    """Hide Ray Train's per-report INFO line ("Reporting training result ...") in a worker.
-
-    Ray 2.60 logs it through ``logging.getLogger(__file__)``, outside the ``ray.train`` logger
-    that RunConfig's LoggingConfig governs, so it reaches the console through the root logger.
-    """
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:  # another Ray version: nothing to quiet
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-
-
-def init_ray(address: str | None = None, **kwargs: Any) -> None:
-    """Start (or connect to) Ray with the settings this job needs for readable output.
-
-    With no ``address`` and no RAY_ADDRESS, a local instance is started; its workers inherit
-    this process's environment, the AWS_* variables included. ``kwargs`` go to ``ray.init``.
-    """
-    import ray
-
-    for name, value in QUIET_RAY_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address is None:
-        for name, value in LOCAL_RAY_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
-        kwargs.setdefault("runtime_env", {"worker_process_setup_hook": _quiet_worker_logs})
-    ray.init(address=address, **kwargs)
 
 
 def _fail_once_from_environment() -> dict | None:
@@ -487,16 +187,6 @@ def _fail_once_from_environment() -> dict | None:
         return None
     rank, step, marker = value.split(":", 2)
     return {"rank": int(rank), "step": int(step), "marker": marker}
-
-
-def _root_cause(error: BaseException) -> str:
-    """The innermost worker error of a Ray Train failure, in one line."""
-    text = str(error)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if not line.startswith(("File ", "^", "~", "Traceback")) and ("Error" in line or "error" in line):
-            return line
-    return lines[-1] if lines else type(error).__name__
 
 
 def run(args: argparse.Namespace) -> int:
@@ -539,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             "val_images": plan.val_images,
             "init": plan.init,
             "storage": plan.storage,
-            "name": args.name,
+            "name": plan.name,
             "cpus_per_worker": args.cpus_per_worker,
             "fail_once": _fail_once_from_environment(),
         },
@@ -564,10 +254,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray Train raises once FailureConfig's retries are spent
-        print(f"fine-tuning failed: {storage_lib.redact(_root_cause(exc))}", file=sys.stderr, flush=True)
+        print(f"fine-tuning failed: {storage_lib.redact(root_cause(exc))}", file=sys.stderr, flush=True)
         return 1
     if result.error:
-        print(f"fine-tuning failed: {storage_lib.redact(_root_cause(result.error))}", file=sys.stderr, flush=True)
+        print(f"fine-tuning failed: {storage_lib.redact(root_cause(result.error))}", file=sys.stderr, flush=True)
         return 1
     metrics = result.metrics or {}
     summary = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}

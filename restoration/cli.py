@@ -74,6 +74,7 @@ PROTOCOL_FLAGS = ("sigma", "scale", "quality", "mask_ratio", "mask_kind", "blur_
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from restoration import storage
     from restoration.evaluate import evaluate, format_table, write_json
     from restoration.tasks import get_case, get_task
 
@@ -94,6 +95,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"--task {args.task} does not use {', '.join('--' + f.replace('_', '-') for f in unused)}")
         spec = spec_class.protocol(**given)
         task = args.task
+    storage.check_readable(args.images)  # the user's storage errors: one line, exit 2, in seconds
     report = evaluate(args.model, spec, args.images, task=task, seed=args.seed, limit=args.limit,
                       device=args.device, ensemble=args.ensemble, strength=args.strength)
     print(f"model: {args.model}   protocol: {json.dumps(report['protocol'])}")

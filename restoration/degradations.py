@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from restoration.codec import check_image_size
+
 __all__ = [
     "BLUR_KINDS",
     "MASK_KINDS",
@@ -515,11 +517,6 @@ def jpeg_compress(x: Tensor, quality: int) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_size(height: int, width: int) -> None:
-    if height < 1 or width < 1:
-        raise ValueError(f"mask size must be positive, got {height}x{width}")
-
-
 def _check_count_range(value: tuple[int, int], name: str) -> None:
     if len(value) != 2 or value[0] < 1 or value[0] > value[1]:
         raise ValueError(f"{name} must be a (low, high) pair with 1 <= low <= high, got {value!r}")
@@ -545,7 +542,7 @@ def box_mask(
     Returns:
         float32 (1, H, W), 1 where pixels are missing, 0 where kept.
     """
-    _check_size(height, width)
+    check_image_size(height=height, width=width, name="mask")
     _check_count_range(num_boxes, "num_boxes")
     if not 0 < max_fraction <= 1:
         raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction!r}")
@@ -587,7 +584,7 @@ def stroke_mask(
     Returns:
         float32 (1, H, W), 1 where pixels are missing.
     """
-    _check_size(height, width)
+    check_image_size(height=height, width=width, name="mask")
     _check_count_range(num_strokes, "num_strokes")
     if max_width is None:
         max_width = max(2, min(height, width) // 12)
@@ -635,7 +632,7 @@ def dropout_mask(height: int, width: int, ratio: float, generator: torch.Generat
     Returns:
         float32 (1, H, W), 1 where pixels are missing.
     """
-    _check_size(height, width)
+    check_image_size(height=height, width=width, name="mask")
     _check_ratio(ratio, "dropout ratio")
     count = int(round(ratio * height * width))
     order = torch.randperm(height * width, generator=generator, device=generator.device).cpu()

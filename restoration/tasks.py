@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from restoration import degradations as D
-from restoration.codec import pixels_to_tensor, tensor_to_pixels
+from restoration.codec import pixels_to_tensor, tensor_to_pixels, to_uint8
 
 __all__ = [
     "CASES",
@@ -207,7 +207,7 @@ class TaskSpec:
 
     def sample(self, name: str, gt: np.ndarray, *, seed: int = 0) -> EvalSample:
         """Degrade an 8-bit ground-truth image (H x W x C) under this spec, seeded by (seed, name)."""
-        gt = _to_uint8(gt)
+        gt = to_uint8(gt)
         degraded = self.degrade(pixels_to_tensor(gt), D.make_generator(seed, name))
         if self.quantized_input():
             lq = D.quantize(degraded.lq)
@@ -226,12 +226,6 @@ class TaskSpec:
         y_channel, border = self.metric(3)
         out["metric"] = f"Y (BT.601), {border}-pixel border crop" if y_channel else "RGB (gray for gray images), no border crop"
         return out
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    if pixels.dtype == np.uint16:
-        return np.round(pixels / 257.0).astype(np.uint8)
-    return pixels
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +422,7 @@ class SuperResolutionTask(TaskSpec):
         return channels == 3, self.scale
 
     def sample(self, name: str, gt: np.ndarray, *, seed: int = 0) -> EvalSample:
-        gt = _to_uint8(gt)
+        gt = to_uint8(gt)
         s = self.scale
         gt = gt[: gt.shape[0] - gt.shape[0] % s, : gt.shape[1] - gt.shape[1] % s]
         lq_pixels = D.bicubic_downsample_uint8(gt, s)

@@ -43,7 +43,7 @@ from restoration.checkpoint import (
     resolve_model,
     save_checkpoint,
 )
-from restoration.codec import ImageDecodeError, decode_image, pixels_to_tensor, tensor_to_pixels
+from restoration.codec import ImageDecodeError, decode_image, pixels_to_tensor, tensor_to_pixels, to_uint8
 from restoration.evaluate import score
 from restoration.losses import build_loss
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
@@ -304,9 +304,7 @@ def load_training_images(uris: list[str], *, min_size: int = 0) -> LoadedImages:
         except (ImageDecodeError, OSError, ValueError) as exc:
             bad.append((uri, storage.redact(str(exc))))
             continue
-        p = image.pixels
-        if p.dtype == np.uint16:
-            p = np.round(p / 257.0).astype(np.uint8)
+        p = to_uint8(image.pixels)
         if p.shape[-1] == 1:
             p = np.repeat(p, 3, axis=-1)
         p = p[..., :3]

@@ -1,0 +1,81 @@
+"""Starting Ray for the jobs: settings for readable output on a local instance or a cluster, and
+Ray Train's errors reduced to one line. Ray is imported only inside the functions."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+# Ray Train settings for readable output, set (unless the user set them) before Ray starts: they
+# reach a local instance's workers through the environment and a cluster's Train controller and
+# workers through Ray Train's own propagation of RAY_TRAIN_* variables.
+QUIET_RAY_ENVIRONMENT = {
+    # Ray Train V2 routes print() in workers to a logger and, because Ray replaces sys.stdout in
+    # workers, also to the original print: every progress line showed up twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+# Only for a Ray instance this process starts (one machine): there is no node to be preempted,
+# and the preemption watcher logs a core_worker error about its constructor arguments.
+LOCAL_RAY_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+
+def _quiet_worker_logs() -> None:
+    """Ray worker_process_setup_hook for a local instance.
+
+    Ray Train's PlacementGroupCleaner asks the State API every second whether the controller is
+    alive. With several local Ray instances on one machine it cannot tell which is its own and
+    its thread dies with a traceback; pointing RAY_ADDRESS at this worker's own instance fixes
+    that. Without the dashboard's HTTP server (Ray installed without ``ray[default]``) every query
+    then fails and logs a warning, each second. The cleaner only matters when a controller dies
+    ungracefully, and a local instance goes away with this process anyway.
+    """
+    import ray
+
+    try:
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception:  # not connected yet: leave the default address resolution alone
+        pass
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def quiet_train_worker() -> None:
+    """Hide Ray Train's per-report INFO line ("Reporting training result ...") in a worker.
+
+    Ray 2.60 logs it through ``logging.getLogger(__file__)``, outside the ``ray.train`` logger
+    that RunConfig's LoggingConfig governs, so it reaches the console through the root logger.
+    """
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """Start (or connect to) Ray with the settings this job needs for readable output.
+
+    With no ``address`` and no RAY_ADDRESS, a local instance is started; its workers inherit
+    this process's environment, the AWS_* variables included. ``kwargs`` go to ``ray.init``.
+    """
+    import ray
+
+    for name, value in QUIET_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        for name, value in LOCAL_RAY_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+        kwargs.setdefault("runtime_env", {"worker_process_setup_hook": _quiet_worker_logs})
+    ray.init(address=address, **kwargs)
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost worker error of a Ray Train failure, in one line."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "~", "Traceback")) and ("Error" in line or "error" in line):
+            return line
+    return lines[-1] if lines else type(error).__name__

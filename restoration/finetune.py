@@ -1,0 +1,324 @@
+"""A fine-tuning run's logic, with no Ray in it: the plan checked before any worker starts, each
+worker's shard, the provenance recorded in checkpoints, and the final outputs.
+
+``jobs/finetune.py`` is the Ray Train adapter over these (context, checkpoints in and out,
+``report``); the training loop itself is :class:`restoration.training.Trainer`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from restoration import config as config_lib, storage
+from restoration.checkpoint import CheckpointError, save_checkpoint
+from restoration.training import (
+    CONFIG_FILE,
+    METRIC_COLUMNS,
+    LoadedImages,
+    TrainConfig,
+    Trainer,
+    initial_model,
+    load_train_config,
+    load_training_images,
+)
+
+__all__ = [
+    "FinetuneInputError",
+    "FinetunePlan",
+    "Shard",
+    "add_run_arguments",
+    "check_resumable",
+    "load_shard",
+    "metrics_csv",
+    "plan_finetune",
+    "plot_training_curve",
+    "provenance",
+    "write_final_outputs",
+]
+
+SAMPLE_IMAGES_CHECKED = 8
+"""How many training images (spread over the list) the plan decodes to check they are usable."""
+
+
+class FinetuneInputError(ValueError):
+    """Bad input to a fine-tuning run, found before any worker starts (exit code 2)."""
+
+
+def add_run_arguments(p: Any) -> None:
+    """The arguments of a fine-tuning run (an ``argparse.ArgumentParser``); executors add their
+    own (workers, devices)."""
+    from restoration.tasks import TASK_NAMES
+
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--train-images", required=True, help="folder, file:// or s3:// prefix of clean training images")
+    p.add_argument("--val-images", required=True, help="folder or prefix of clean validation images")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's, 1000)")
+    p.add_argument("--storage", required=True, help="folder or s3:// prefix for checkpoints and the final model")
+    p.add_argument("--name", required=True, help="run name; re-running the same name resumes it")
+    p.add_argument("--init", default=None,
+                   help="start from this restoration checkpoint (folder or s3://; task transfer) or 'default'")
+    p.add_argument("--config", default=None, help="YAML file with TrainConfig fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """A checked run: the resolved config and absolute URIs that every worker can use."""
+
+    config: TrainConfig
+    train_uris: list[str]
+    val_uris: list[str]
+    train_images: str
+    val_images: str
+    storage: str
+    name: str
+    init: str | None
+
+
+def _list(uri: str, flag: str) -> list[str]:
+    try:
+        uris = storage.list_images(uri)
+    except FileNotFoundError:
+        raise FinetuneInputError(f"{flag} {storage.redact(uri)}: no such file or directory") from None
+    except (OSError, ValueError) as exc:
+        message = storage.describe_storage_error(exc, uri) if isinstance(exc, OSError) else None
+        raise FinetuneInputError(f"{flag}: {message or storage.redact(str(exc))}") from None
+    if not uris:
+        extensions = ", ".join(sorted(storage.IMAGE_EXTENSIONS))
+        raise FinetuneInputError(f"{flag} {storage.redact(uri)} holds no images ({extensions})")
+    return uris
+
+
+def _check_some_decode(uris: list[str], flag: str, *, min_size: int = 0, every: bool = False) -> None:
+    """Decode a few images spread over ``uris`` (or all with ``every``); fail if none is usable."""
+    if every or len(uris) <= SAMPLE_IMAGES_CHECKED:
+        sample = uris
+    else:
+        sample = [uris[i * len(uris) // SAMPLE_IMAGES_CHECKED] for i in range(SAMPLE_IMAGES_CHECKED)]
+    try:
+        images = load_training_images(sample, min_size=min_size)
+    except ValueError as exc:
+        checked = f" (checked {len(sample)} of {len(uris)})" if len(sample) < len(uris) else ""
+        raise FinetuneInputError(f"{flag}{checked}: {exc}") from None
+    if every and images.bad:
+        uri, reason = images.bad[0]
+        raise FinetuneInputError(f"{flag}: cannot use {uri}: {reason}")
+
+
+def plan_finetune(
+    task: str,
+    *,
+    train_images: str,
+    val_images: str,
+    storage_uri: str,
+    name: str,
+    workers: int = 1,
+    init: str | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    steps: int | None = None,
+) -> FinetunePlan:
+    """Check everything a run needs before any worker starts: the config (every setting), the
+    image folders (listed, a sample decoded), the ``init`` checkpoint's architecture, and that the
+    storage can be written (the resolved ``config.yaml`` is the probe, and stays beside the run).
+
+    Raises:
+        FinetuneInputError: one line naming the bad value (storage errors redacted).
+    """
+    if workers < 1:
+        raise FinetuneInputError(f"--workers must be >= 1, got {workers}")
+    if not name or "/" in name or name.startswith("."):
+        raise FinetuneInputError(f"--name must be a plain folder name, got {name!r}")
+    if steps is not None and steps < 1:
+        raise FinetuneInputError(f"--steps must be >= 1, got {steps}")
+    try:
+        config = load_train_config(task, path=config_path, overrides=overrides, steps=steps)
+    except ValueError as exc:
+        raise FinetuneInputError(f"config: {exc}") from None
+    try:
+        train_images, val_images = storage.absolute_uri(train_images), storage.absolute_uri(val_images)
+        storage_uri = storage.absolute_uri(storage_uri)
+        # Fast, one-line failures for the user's storage errors (unreachable endpoint, missing
+        # bucket, access denied) before anything is listed or decoded.
+        for flag, uri in (("--train-images", train_images), ("--val-images", val_images)):
+            try:
+                storage.check_readable(uri)
+            except storage.StorageError as exc:
+                raise FinetuneInputError(f"{flag}: {exc}") from None
+        try:
+            storage.check_writable(storage_uri)
+        except storage.StorageError as exc:
+            raise FinetuneInputError(f"--storage: {exc}") from None
+    except FinetuneInputError:
+        raise
+    except ValueError as exc:
+        raise FinetuneInputError(str(exc)) from None
+    train_uris = _list(train_images, "--train-images")
+    if config.data.max_images is not None:
+        train_uris = train_uris[: config.data.max_images]
+    if len(train_uris) < workers:
+        raise FinetuneInputError(f"--train-images: {len(train_uris)} images cannot be split over {workers} workers")
+    _check_some_decode(train_uris, "--train-images", min_size=config.data.crop_size)
+    val_uris = _list(val_images, "--val-images")[: config.validation.limit]
+    _check_some_decode(val_uris, "--val-images", every=True)
+    if init is not None and init != "default":
+        init = storage.absolute_uri(init)
+    if init is not None:
+        try:
+            initial_model(config, init)  # refuses a checkpoint of another architecture, here and now
+        except (CheckpointError, FileNotFoundError, OSError) as exc:
+            message = storage.describe_storage_error(exc, init) if isinstance(exc, OSError) else None
+            raise FinetuneInputError(f"--init: {message or storage.redact(str(exc))}") from None
+    try:
+        probe = storage.join(storage_uri, name, f".write-test-{uuid.uuid4().hex[:8]}")
+        storage.write_bytes(probe, b"ok")
+        filesystem, path = storage.resolve(probe)
+        filesystem.delete_file(path)
+        storage.write_bytes(storage.join(storage_uri, name, CONFIG_FILE), config_lib.to_yaml(config).encode())
+    except (OSError, ValueError) as exc:
+        message = storage.describe_storage_error(exc, storage_uri) if isinstance(exc, OSError) else None
+        raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: "
+                                 f"{message or storage.redact(str(exc))}") from None
+    return FinetunePlan(config, train_uris, val_uris, train_images, val_images, storage_uri, name, init)
+
+
+def check_resumable(plan: FinetunePlan, checkpoint: str | None) -> None:
+    """A run of the same name resumes from ``checkpoint`` (None: a new run): its config.yaml, if
+    readable, must have this plan's task and model, or FinetuneInputError says what differs."""
+    if checkpoint is None:
+        return
+    try:
+        saved = yaml.safe_load(storage.read_bytes(storage.join(checkpoint, CONFIG_FILE)))
+    except (OSError, ValueError, yaml.YAMLError):
+        return
+    mine = config_lib.to_dict(plan.config)
+    if not isinstance(saved, dict) or (saved.get("task"), saved.get("model")) == (mine["task"], mine["model"]):
+        return
+    differences = [f"{key}: {(saved.get('model') or {}).get(key)!r} -> {value!r}"
+                   for key, value in mine["model"].items()
+                   if key != "task" and (saved.get("model") or {}).get(key) != value]
+    if saved.get("task") != mine["task"]:
+        differences.insert(0, f"task: {saved.get('task')!r} -> {mine['task']!r}")
+    raise FinetuneInputError(
+        f"--name {plan.name}: {storage.join(plan.storage, plan.name)} holds a run with another model "
+        f"({'; '.join(differences)}); running the same name resumes it. Use another --name for a new run, "
+        f"or --init {checkpoint} to start from its weights"
+    )
+
+
+@dataclass
+class Shard:
+    """One worker's decoded training images; ``usable``/``bad`` count this worker's images."""
+
+    images: LoadedImages | None
+    usable: int
+    bad: int
+
+
+def load_shard(uris: list[str], *, rank: int, world_size: int, min_size: int) -> Shard:
+    """Worker ``rank``'s disjoint shard (every ``world_size``-th image from ``rank``), decoded;
+    unusable images are counted, and a shard with none is ``Shard(None, 0, n)``."""
+    shard = uris[rank::world_size]
+    try:
+        images = load_training_images(shard, min_size=min_size)
+    except ValueError:
+        return Shard(None, 0, len(shard))
+    return Shard(images, len(images.names), len(images.bad))
+
+
+def provenance(plan_values: dict[str, Any], config: TrainConfig, *, workers: int, device_name: str,
+               image_count: int, skipped: int) -> dict[str, Any]:
+    """The training provenance recorded in every checkpoint's ``model.json``."""
+    return {
+        "train_images": plan_values["train_images"],
+        "val_images": plan_values["val_images"],
+        "train_image_count": image_count,
+        "skipped_images": skipped,
+        "task": config.task,
+        "seed": config.seed,
+        "workers": workers,
+        "global_batch": config.data.batch_size * workers,
+        "hardware": f"{workers} x {device_name}",
+        "init": plan_values["init"],
+        "run_name": plan_values["name"],
+    }
+
+
+def device_name(device: Any) -> str:
+    """``"NVIDIA H100 ..."`` for a CUDA device, ``"cpu (<processor>)"`` otherwise."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def write_final_outputs(trainer: Trainer, storage_uri: str, name: str, run_provenance: dict[str, Any]) -> str:
+    """``<storage>/<name>/model/``: model.safetensors, model.json, config.yaml, metrics.csv,
+    training_curve.png. Returns that URI."""
+    history = trainer.history
+    final_val = next((h for h in reversed(history) if "val_psnr" in h), {})
+    target = storage.join(storage_uri, name, "model")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(trainer.model, tmp, model_id=name, provenance={
+            **run_provenance, "steps": trainer.step,
+            "wall_seconds": history[-1]["wall_seconds"] if history else None,
+            "validation": {k: final_val[k] for k in ("val_psnr", "val_ssim") if k in final_val},
+            "validation_step": final_val.get("step"),
+            "validation_protocol": trainer.protocol.describe(),
+        })
+        (Path(tmp) / CONFIG_FILE).write_text(config_lib.to_yaml(trainer.config))
+        (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
+        plot_training_curve(history, Path(tmp) / "training_curve.png")
+        for path in sorted(Path(tmp).iterdir()):
+            storage.write_bytes(storage.join(target, path.name), path.read_bytes())
+    return target
+
+
+def metrics_csv(history: list[dict]) -> str:
+    """The training history as CSV, one row per reported step (``METRIC_COLUMNS``)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def plot_training_curve(history: list[dict], path: Path) -> None:
+    """Training loss (log scale) and validation PSNR against step, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax_loss = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = [h["step"] for h in history]
+    ax_loss.plot(steps, [h["loss"] for h in history], color="tab:blue", label="training loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss", color="tab:blue")
+    ax_loss.set_yscale("log")
+    val = [(h["step"], h["val_psnr"]) for h in history if "val_psnr" in h]
+    if val:
+        ax_psnr = ax_loss.twinx()
+        ax_psnr.plot(*zip(*val), color="tab:red", marker="o", label="validation PSNR")
+        ax_psnr.set_ylabel("validation PSNR (dB)", color="tab:red")
+    unfrozen = next((h["step"] for h in history if h.get("stage") == "unfrozen"), None)
+    if unfrozen is not None and unfrozen > steps[0]:
+        ax_loss.axvline(unfrozen, color="gray", linestyle=":", linewidth=1)
+        ax_loss.annotate(" backbone unfrozen", (unfrozen, 1), xycoords=("data", "axes fraction"),
+                         va="top", fontsize=8, color="gray")
+    ax_loss.set_title("fine-tuning")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
