@@ -295,7 +295,7 @@ def test_checkpoints_and_model_on_s3_and_resume_from_s3(train_dir: Path, val_dir
     for name in ("model.safetensors", "model.json", "metrics.csv", "training_curve.png", "config.yaml"):
         (local / name).write_bytes(storage.read_bytes(f"{model_uri}/{name}"))
     checkpoint = load_checkpoint(local)
-    provenance = checkpoint.metadata["provenance"]
+    provenance = checkpoint.metadata.provenance
     assert provenance["steps"] == 10 and provenance["resumed_at"] == [6]
     assert provenance["train_images"] == f"s3://{s3_bucket}/train" and provenance["train_image_count"] == 4
     assert [int(r["step"]) for r in read_metrics((local / "metrics.csv").read_text())] == [3, 6, 9, 10]
