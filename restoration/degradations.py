@@ -57,6 +57,7 @@ __all__ = [
     "make_generator",
     "motion_blur",
     "motion_blur_kernel",
+    "pad_edges",
     "quantize",
     "to_gray_uint8",
     "resize_down_up",
@@ -216,11 +217,17 @@ def _as_batch(x: Tensor) -> tuple[Tensor, bool]:
     return (x.unsqueeze(0), True) if x.ndim == 3 else (x, False)
 
 
-def _pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
-    """Reflect padding (no seam at the border); replicate where the image is too small to reflect."""
+def pad_edges(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Pad NCHW ``x`` by ``(left, right, top, bottom)`` pixels: reflect (no seam at the border),
+    or replicate where the image is too small to reflect."""
     height, width = x.shape[-2:]
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode=mode)
+    left, right, top, bottom = padding
+    fits = max(left, right) < width and max(top, bottom) < height
+    return F.pad(x, padding, mode="reflect" if fits else "replicate")
+
+
+def _pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
+    return pad_edges(x, (pad_w, pad_w, pad_h, pad_h))
 
 
 def _filter2d(x: Tensor, kernel: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from restoration.backbones import BACKBONES, Backbone, build_backbone
+from restoration.degradations import pad_edges
 from restoration.tasks import get_task
 
 
@@ -250,8 +251,7 @@ class FusedRestorationNet(nn.Module):
         if mask is not None:
             x = torch.cat([lq, mask], dim=1)
         if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+            x = pad_edges(x, (0, pad_w, 0, pad_h))
 
         pretrained = dict(zip(self.backbone.strides, self.backbone(x[:, :3])))
         skips = []
