@@ -1,0 +1,436 @@
+"""A batch restoration run, owned by the library: plan, stages, manifest accounting, summary and
+progress, with the execution left to an executor.
+
+:func:`run_restore` does everything a run needs whatever executes it:
+
+1. check that the input can be read and the output written (:func:`restoration.storage.check_readable`,
+   :func:`~restoration.storage.check_writable`), load and validate the model
+   (:func:`load_restore_model`), read the earlier manifest, list and plan the inputs
+   (:func:`restoration.restore.plan_restore`) and write the resolved config -- all on the
+   driver, before any executor starts, so that unreachable storage, a missing bucket or denied
+   access fails in one line (:class:`restoration.storage.StorageError`) without starting
+   anything (settings were checked when the config loaded);
+2. on a re-run, have the executor stat the inputs restored before (:meth:`RestoreExecutor.skip`)
+   and record the unchanged ones as ``skipped`` before any model is loaded;
+3. have the executor restore the rest (:meth:`RestoreExecutor.restore`: read, restore, encode
+   and write), keeping the first manifest row per input, writing manifest parts as they stream
+   and printing a progress line every :data:`PROGRESS_SECONDS`;
+4. turn every input the executor did not report into an error row, compact the manifest and
+   write ``_summary.json``.
+
+Executors: :class:`LocalRestoreExecutor` runs the stages in this process (one machine, no Ray
+imported: ``restoration restore --no-ray``); the Ray Data executor lives in ``jobs/restore.py``.
+Both run the same stage functions of :mod:`restoration.restore` on the same Arrow tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from restoration import TASKS, config as config_lib, manifest as manifest_lib, storage
+from restoration.checkpoint import (
+    Checkpoint,
+    CheckpointBytes,
+    CheckpointError,
+    checkpoint_from_bytes,
+    read_checkpoint_bytes,
+    resolve_model,
+)
+from restoration.restore import (
+    WORK_SCHEMA,
+    PredictorConfig,
+    RestoreConfig,
+    encode_stage,
+    plan_restore,
+    read_stage,
+    restore_stage,
+    skip_stage,
+)
+
+__all__ = [
+    "PROGRESS_SECONDS",
+    "LocalRestoreExecutor",
+    "RestoreExecutor",
+    "RestoreJob",
+    "RestoreModel",
+    "add_restore_arguments",
+    "encode_options",
+    "format_summary",
+    "load_restore_model",
+    "make_predictor",
+    "read_options",
+    "run_restore",
+    "run_restore_command",
+]
+
+PROGRESS_SECONDS: Final[float] = 15.0
+"""Seconds between two progress lines."""
+
+
+# --------------------------------------------------------------------------------------------
+# The model and the job
+
+
+@dataclass(frozen=True)
+class RestoreModel:
+    """A checkpoint read and validated on the driver: ``data`` (its bytes, what reaches other
+    processes) and ``checkpoint`` (the model built from them, float32 on the CPU)."""
+
+    data: CheckpointBytes
+    checkpoint: Checkpoint
+
+    @property
+    def model_id(self) -> str:
+        return self.checkpoint.model_id
+
+
+def load_restore_model(spec: str, task: str) -> RestoreModel:
+    """Read and validate ``--model`` (a folder, a ``file://``/``s3://`` URI, or ``default``) for
+    ``task``.
+
+    Raises:
+        CheckpointError: missing, broken, or a model of another task.
+        OSError: the storage holding it could not be reached.
+    """
+    data = read_checkpoint_bytes(resolve_model(spec, task))
+    checkpoint = checkpoint_from_bytes(data)  # the whole model loads here, before any executor starts
+    if checkpoint.metadata.task != task:
+        raise CheckpointError(f"--model {spec} is a {checkpoint.metadata.task!r} model, but --task is {task!r}")
+    return RestoreModel(data=data, checkpoint=checkpoint)
+
+
+@dataclass(frozen=True)
+class RestoreJob:
+    """What the stages of one run need, for any executor."""
+
+    task: str
+    job_id: str
+    config: RestoreConfig
+    model: RestoreModel
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+
+def read_options(config: RestoreConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`restoration.restore.read_stage` for ``config``."""
+    return {"max_pixels": config.input.max_pixels, "max_bytes": config.input.max_bytes}
+
+
+def encode_options(job: RestoreJob) -> dict[str, Any]:
+    """Keyword arguments of :func:`restoration.restore.encode_stage` for ``job``."""
+    output = job.config.output
+    return {"task": job.task, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
+            "quality": output.quality}
+
+
+def make_predictor(model: Any, config: PredictorConfig, *, device: str, threads: int | None = None) -> Any:
+    """A :class:`restoration.inference.Predictor` for ``model`` with ``config``'s settings on
+    ``device``; ``threads`` sets torch's intra-op threads on CPU (None leaves them)."""
+    import torch
+
+    from restoration.inference import Predictor
+
+    if threads and device == "cpu":
+        torch.set_num_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"predictor device {device} requested but this process sees no GPU")
+    options = config_lib.to_dict(config)
+    for name in ("device", "threads"):
+        options.pop(name)
+    return Predictor(model, device=device, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# Executors
+
+
+class RestoreExecutor(Protocol):
+    """Runs the stages of :mod:`restoration.restore` somewhere; :func:`run_restore` does the rest.
+
+    ``skip`` takes work rows an earlier run restored (``previous_bytes`` set) and yields
+    :data:`restoration.restore.SKIP_SCHEMA` tables (from :func:`~restoration.restore.skip_stage`);
+    ``restore`` takes work rows (:data:`~restoration.restore.WORK_SCHEMA`) and yields manifest
+    tables (from :func:`~restoration.restore.encode_stage`), at most one row per input, in any
+    order and in any number of tables. ``describe`` says how the model ran, for the summary
+    (None when it never did).
+    """
+
+    name: str
+
+    def skip(self, candidates: pa.Table, config: RestoreConfig) -> Iterable[pa.Table]: ...
+
+    def restore(self, work: pa.Table, job: RestoreJob) -> Iterable[pa.Table]: ...
+
+    def describe(self) -> dict[str, Any] | None: ...
+
+
+def _slices(table: pa.Table, rows: int) -> Iterator[pa.Table]:
+    for start in range(0, table.num_rows, rows):
+        yield table.slice(start, rows)
+
+
+class LocalRestoreExecutor:
+    """The stages in this process, one batch after another: read and decode ``batch_size``
+    inputs, restore them, encode and write them. No Ray; the device is ``predictor.device``, or
+    CUDA when available, else the CPU with torch's default threads (or ``predictor.threads``)."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._described: dict[str, Any] | None = None
+
+    def skip(self, candidates: pa.Table, config: RestoreConfig) -> Iterator[pa.Table]:
+        for chunk in _slices(candidates, 64):
+            yield skip_stage(chunk)
+
+    def restore(self, work: pa.Table, job: RestoreJob) -> Iterator[pa.Table]:
+        import torch
+
+        config = job.config
+        device = config.predictor.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        predictor = make_predictor(job.model.checkpoint.model, config.predictor, device=device,
+                                   threads=config.predictor.threads)
+        batch_size = config.pipeline.batch_size or (16 if device.startswith("cuda") else 4)
+        self._described = {"device": device, "threads": torch.get_num_threads(),
+                           "batch_size": batch_size}
+        reading, encoding = read_options(config), encode_options(job)
+        for chunk in _slices(work, batch_size):
+            restored = restore_stage(predictor, read_stage(chunk, **reading), task=job.task)
+            yield encode_stage(restored, **encoding)
+
+    def describe(self) -> dict[str, Any] | None:
+        return self._described
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+@contextlib.contextmanager
+def _users_storage_errors(argument: str, uri: str) -> Iterator[None]:
+    """Turn a storage error that is the user's to fix (unreachable endpoint, missing bucket or
+    file, denied access) while using ``uri`` into one redacted line naming the argument and the
+    URI, a StorageError (a ValueError); anything else propagates unchanged."""
+    try:
+        yield
+    except (OSError, storage.StorageError) as error:
+        message = storage.describe_storage_error(error, uri)
+        if message is None:
+            raise
+        shown = storage.redact(uri)
+        raise storage.StorageError(message if shown in message else f"{argument} {shown}: {message}") from error
+
+
+def run_restore(
+    input_uri: str,
+    output_uri: str,
+    *,
+    task: str,
+    executor: RestoreExecutor,
+    model: str = "default",
+    config: RestoreConfig | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Run one batch restoration with ``executor`` and return its summary (also written to
+    ``<output>/_manifest/_summary.json``).
+
+    Local paths are made absolute here, on the driver, so that they mean the same in every
+    process (:func:`restoration.storage.absolute_uri`).
+
+    Raises (all before the executor starts):
+        ValueError: a bad argument, a checkpoint that does not fit (CheckpointError), no
+            inputs, or storage that is the user's to fix: unreachable, a missing bucket or file,
+            denied access (:class:`restoration.storage.StorageError`, one line).
+    """
+    config = config or RestoreConfig()
+    started = time.time()
+    job_id = manifest_lib.new_job_id()
+    input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
+    folder = manifest_lib.manifest_uri(output_uri)
+    with _users_storage_errors("--input", input_uri):
+        storage.check_readable(input_uri)
+    with _users_storage_errors("--output", output_uri):
+        storage.check_writable(output_uri)
+    with _users_storage_errors("--model", model):
+        restore_model = load_restore_model(model, task)
+    with _users_storage_errors("--output", output_uri):
+        previous = manifest_lib.read_manifest(output_uri)
+    with _users_storage_errors("--input", input_uri):
+        plan = plan_restore(input_uri, output_uri, task=task, model_id=restore_model.model_id, config=config,
+                            previous_manifest=previous, overwrite=overwrite, limit=limit)
+    with _users_storage_errors("--output", output_uri):
+        storage.write_bytes(storage.join(folder, manifest_lib.CONFIG_FILE), config_lib.to_yaml(config).encode())
+    job = RestoreJob(task=task, job_id=job_id, config=config, model=restore_model)
+    listed = time.time()
+    total = len(plan.inputs)
+    echo(f"restore {task}: {total} inputs from {storage.redact(input_uri)} -> {storage.redact(output_uri)} "
+         f"(model {job.model_id}, job {job_id}, {executor.name}; {plan.work.num_rows} to process, "
+         f"{len(plan.previous)} may be skipped, {len(plan.errors)} cannot be placed)")
+
+    writer = manifest_lib.ManifestWriter(output_uri, job_id, flush_rows=config.manifest.flush_rows,
+                                         flush_seconds=config.manifest.flush_seconds)
+    if plan.errors:
+        writer.add_rows({**row, "job_id": job_id} for row in plan.errors)
+    megapixels = 0.0
+    work = plan.work
+    try:
+        if work.num_rows and plan.previous:
+            work = _skip_done(work, executor=executor, config=config, writer=writer, previous=plan.previous,
+                              job_id=job_id)
+            if writer.counts["skipped"]:
+                echo(f"  {writer.counts['skipped']} inputs already restored (same size): skipped; "
+                     f"{work.num_rows} to process")
+        if work.num_rows:
+            last_report = time.monotonic()
+            for rows in executor.restore(work, job):
+                new = writer.add(_fill_skipped(rows, plan.previous, job_id))
+                megapixels += _ok_megapixels(new)
+                if time.monotonic() - last_report >= PROGRESS_SECONDS:
+                    last_report = time.monotonic()
+                    rate = writer.counts["ok"] / max(time.time() - listed, 1e-9)
+                    echo(f"  {len(writer.seen)}/{total} done (ok {writer.counts['ok']}, error {writer.counts['error']}, "
+                         f"skipped {writer.counts['skipped']}), {rate:.2f} images/s")
+    finally:
+        writer.flush()  # whatever happens, the rows received so far are kept
+    # Every input exactly once: anything the executor did not report is an error, not a gap.
+    missing = [uri for uri in plan.inputs if uri not in writer.seen]
+    if missing:
+        writer.add_rows(manifest_lib.error_row(uri, f"no result came back from the {executor.name} executor", "restore",
+                                               task=task, model_id=job.model_id, job_id=job_id) for uri in missing)
+    manifest_file = writer.close()
+    finished = time.time()
+
+    pipeline_seconds = max(finished - listed, 1e-9)
+    summary = {
+        "job_id": job_id,
+        "task": task,
+        "model_id": job.model_id,
+        "input": storage.redact(input_uri),
+        "output": storage.redact(output_uri),
+        "inputs": total,
+        "counts": dict(writer.counts),
+        "duplicates_dropped": writer.duplicates,
+        "images_per_second": writer.counts["ok"] / pipeline_seconds,
+        "megapixels": megapixels,
+        "megapixels_per_second": megapixels / pipeline_seconds,
+        "wall_seconds": finished - started,
+        "pipeline_seconds": pipeline_seconds,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "pipeline_started_epoch": listed,
+        "manifest": storage.redact(manifest_file),
+        "executor": executor.name,
+        "actor_pool": executor.describe(),
+        "config": config_lib.to_dict(config),
+    }
+    storage.write_bytes(storage.join(folder, manifest_lib.SUMMARY_FILE),
+                        (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    echo(format_summary(summary))
+    return summary
+
+
+def _skip_done(work: pa.Table, *, executor: RestoreExecutor, config: RestoreConfig,
+               writer: manifest_lib.ManifestWriter, previous: dict[str, dict[str, Any]], job_id: str) -> pa.Table:
+    """Re-runs: the executor stats the inputs restored before (metadata only); the unchanged
+    ones are recorded as skipped and the rest of the work is returned. Runs before the model is
+    loaded anywhere, so a re-run of a finished job loads no model (and asks an autoscaler for
+    no GPU)."""
+    candidates = work.filter(pc.is_valid(work.column("previous_bytes")))
+    pending = [work.filter(pc.is_null(work.column("previous_bytes")))]
+    for batch in executor.skip(candidates, config):
+        done = batch.filter(batch.column("skipped"))
+        if done.num_rows:
+            writer.add_rows(manifest_lib.skipped_row(previous[row["source_uri"]], job_id=job_id, bytes_in=row["bytes_in"])
+                            for row in done.select(["source_uri", "bytes_in"]).to_pylist())
+        pending.append(batch.filter(pc.invert(batch.column("skipped"))).select(WORK_SCHEMA.names))
+    return pa.concat_tables([table.cast(WORK_SCHEMA) for table in pending])
+
+
+def _ok_megapixels(rows: pa.Table) -> float:
+    """Input megapixels of the ``ok`` rows of a manifest table."""
+    ok = rows.filter(pc.equal(rows.column("status"), "ok"))
+    if ok.num_rows == 0:
+        return 0.0
+    pixels = pc.multiply(ok.column("width").cast("int64"), ok.column("height").cast("int64"))
+    return float(pc.sum(pixels).as_py() or 0) / 1e6
+
+
+def _fill_skipped(batch: pa.Table, previous: dict[str, dict[str, Any]], job_id: str) -> pa.Table:
+    """Skipped rows arrive with only their source and size: complete them from the earlier row."""
+    status = batch.column("status").to_pylist()
+    if "skipped" not in status:
+        return batch
+    rows = batch.to_pylist()
+    for index, row in enumerate(rows):
+        if status[index] == "skipped":
+            rows[index] = manifest_lib.skipped_row(previous[row["source_uri"]], job_id=job_id, bytes_in=row["bytes_in"])
+    return manifest_lib.rows_to_table(rows)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The two lines a run prints at the end: counts and rates, and where the manifest is."""
+    counts = summary["counts"]
+    return (
+        f"restored {counts['ok']} of {summary['inputs']} inputs "
+        f"(errors {counts['error']}, skipped {counts['skipped']}) in {summary['wall_seconds']:.1f} s: "
+        f"{summary['images_per_second']:.2f} images/s, {summary['megapixels_per_second']:.3f} megapixels/s\n"
+        f"manifest: {summary['manifest']}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The command line (shared by `restoration restore` and `python -m jobs.restore`)
+
+
+def add_restore_arguments(p: argparse.ArgumentParser) -> None:
+    """The restore command's arguments, except the Ray executor's own (``jobs/restore.py``)."""
+    p.add_argument("--input", required=True,
+                   help="folder, file:// or s3:// prefix of images; one image; or a .parquet/.csv/.txt list of URIs")
+    p.add_argument("--output", required=True, help="folder or s3:// prefix for restored images and _manifest/")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--model", default="default",
+                   help="checkpoint folder (local, file:// or s3://) or 'default' (the shipped model; default)")
+    p.add_argument("--limit", type=int, default=None, help="restore only the first N inputs")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs an earlier run already restored")
+    p.add_argument("--fail-on-error", action="store_true", help="exit with status 1 when any input failed")
+    p.add_argument("--config", default=None, help="YAML file with RestoreConfig fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set output.format=png (repeatable)")
+    p.add_argument("--no-ray", action="store_true",
+                   help="run in this process without Ray (one machine; the same plan, stages and manifest)")
+
+
+def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None) -> int:
+    """Resolve the configuration, run with the in-process executor (``--no-ray``) or
+    ``ray_executor()``, and return the exit code (1 for failed inputs with ``--fail-on-error``)."""
+    config = config_lib.load_config(RestoreConfig, path=args.config, overrides=args.overrides)
+    if args.no_ray or ray_executor is None:
+        executor: RestoreExecutor = LocalRestoreExecutor()
+    else:
+        executor = ray_executor()
+    summary = run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
+                          limit=args.limit, overwrite=args.overwrite, executor=executor)
+    errors = summary["counts"]["error"]
+    if errors and args.fail_on_error:
+        import sys
+
+        print(f"{errors} input(s) failed (--fail-on-error); see the manifest", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(function).parameters

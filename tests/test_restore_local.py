@@ -1,0 +1,136 @@
+"""The library's restore run (restoration.runs) with the in-process executor: ``restoration restore
+--no-ray`` restores a folder with a complete manifest while ``ray`` cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from restore_images import bad_files, png
+
+from restoration.checkpoint import save_checkpoint
+from restoration.codec import decode_image
+from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
+from restoration.model import ModelConfig, build_model
+from restoration.restore import RestoreConfig
+from restoration.runs import LocalRestoreExecutor, RestoreJob, run_restore
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY = (8, 8, 16, 16, 24, 24)
+
+# Runs the console command `restoration` (its installed entry point) with `import ray` failing.
+NO_RAY_COMMAND = """
+import sys
+sys.modules["ray"] = None  # `import ray` raises ImportError from here on
+from importlib.metadata import entry_points
+(command,) = entry_points(group="console_scripts", name="restoration")
+code = command.load()(sys.argv[1:])
+assert sys.modules["ray"] is None
+sys.exit(code)
+"""
+
+
+def no_ray_environment(tmp_path: Path) -> dict[str, str]:
+    """This environment without a Ray address, with Ray's temp folder (where a started Ray
+    would put its session) under ``tmp_path``."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    environment["RAY_TMPDIR"] = str(tmp_path / "ray-tmp")
+    return environment
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny denoiser: its residual head is zero, so it returns its input."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="denoise", widths=TINY), backbone_weights=None)
+    return save_checkpoint(model, tmp_path_factory.mktemp("model") / "tiny", model_id="tiny")
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    return {"a.png": data.astronaut()[:96, :128].copy(), "sub/b.png": data.chelsea()[:64, :96].copy(),
+            "sub/deep/c.png": data.camera()[:80, :64, None].copy()}
+
+
+def write_inputs(root: Path, photos: dict[str, np.ndarray]) -> dict[str, bytes]:
+    files = {key: png(pixels) for key, pixels in photos.items()}
+    files |= {key: data for key, (data, _, _) in bad_files(photos["a.png"]).items()}
+    for key, data in files.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(data)
+    return files
+
+
+@pytest.mark.timeout(300)
+def test_no_ray_console_command_restores_a_folder_with_a_complete_manifest(
+    tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
+) -> None:
+    files = write_inputs(tmp_path / "in", photos)
+    command = [sys.executable, "-c", NO_RAY_COMMAND, "restore", "--no-ray", "--input", str(tmp_path / "in"),
+               "--output", str(tmp_path / "out"), "--task", "denoise", "--model", str(tiny_model)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=PROJECT_ROOT,
+                            env=no_ray_environment(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "ray-tmp").exists(), "a Ray session was started"
+
+    rows = {Path(row["source_uri"]).relative_to(tmp_path / "in").as_posix(): row
+            for row in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert sorted(rows) == sorted(files)  # one row per input, none missing
+    bad = bad_files(photos["a.png"])
+    for key, (_, stage, reason) in bad.items():
+        assert (rows[key]["status"], rows[key]["error_stage"]) == ("error", stage) and reason in rows[key]["error"]
+    for key, pixels in photos.items():
+        row = rows[key]
+        assert row["status"] == "ok" and (row["task"], row["model_id"]) == ("denoise", "tiny"), row
+        output = decode_image((tmp_path / "out" / key).read_bytes())
+        np.testing.assert_array_equal(output.pixels, pixels)  # the identity model
+        assert row["bytes_out"] == (tmp_path / "out" / key).stat().st_size
+    summary = json.loads((tmp_path / "out" / MANIFEST_DIR / SUMMARY_FILE).read_text())
+    assert summary["counts"] == {"ok": len(photos), "error": len(bad), "skipped": 0}
+    assert summary["executor"] == "local" and summary["actor_pool"]["device"] == "cpu"
+    assert f"restored {len(photos)} of {len(files)} inputs" in result.stdout
+
+    # The same command again: everything that was restored is skipped, errors are retried.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=PROJECT_ROOT,
+                            env=no_ray_environment(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / MANIFEST_DIR / SUMMARY_FILE).read_text())
+    assert summary["counts"] == {"ok": 0, "error": len(bad), "skipped": len(photos)}
+
+
+class DropsOne(LocalRestoreExecutor):
+    """The in-process executor, except that the result of one input never comes back."""
+
+    def __init__(self, lost: str) -> None:
+        super().__init__()
+        self.lost = lost
+
+    def restore(self, work: pa.Table, job: RestoreJob):
+        for rows in super().restore(work, job):
+            keep = [index for index, uri in enumerate(rows.column("source_uri").to_pylist()) if not uri.endswith(self.lost)]
+            yield rows.take(pa.array(keep, pa.int64()))
+
+
+@pytest.mark.timeout(120)
+def test_an_input_the_executor_did_not_report_becomes_an_error_row(
+    tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
+) -> None:
+    for key, pixels in photos.items():
+        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / key).write_bytes(png(pixels))
+    lines: list[str] = []
+    summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
+                          config=RestoreConfig(), executor=DropsOne("sub/b.png"), echo=lines.append)
+    assert summary["counts"] == {"ok": len(photos) - 1, "error": 1, "skipped": 0}
+    rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert rows["b.png"]["status"] == "error" and "no result came back from the local executor" in rows["b.png"]["error"]
+    assert lines[0].startswith(f"restore denoise: {len(photos)} inputs") and "manifest:" in lines[-1]
