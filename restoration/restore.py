@@ -29,12 +29,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import math
 import os
 import posixpath
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +54,7 @@ from restoration.codec import (
     tensor_to_pixels,
     with_pixels,
 )
+from restoration.inference import ENSEMBLE_SIZES
 from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, error_row
 
 __all__ = [
@@ -74,8 +77,6 @@ __all__ = [
     "skip_stage",
     "target_format",
 ]
-
-T = TypeVar("T")
 
 LIST_EXTENSIONS: Final[frozenset[str]] = frozenset({".parquet", ".csv", ".txt"})
 """An ``--input`` file with one of these extensions is a list of input URIs, not an image."""
@@ -111,8 +112,11 @@ class InputConfig:
     uri_column: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_pixels < 1 or self.max_bytes < 1:
-            raise ValueError(f"input.max_pixels and input.max_bytes must be >= 1, got {self.max_pixels}, {self.max_bytes}")
+        for name in ("max_pixels", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"input.{name} must be >= 1, got {getattr(self, name)}")
+        if self.uri_column is not None and not self.uri_column.strip():
+            raise ValueError("input.uri_column must be a column name or null, got an empty string")
 
 
 @dataclass(frozen=True)
@@ -155,12 +159,21 @@ class PredictorConfig:
     ensemble: int = 1
 
     def __post_init__(self) -> None:
-        if self.ensemble not in (1, 2, 4, 8):
-            raise ValueError(f"predictor.ensemble must be 1, 2, 4 or 8, got {self.ensemble}")
-        if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        # The Predictor's own rules (restoration.inference), checked when the config loads so that
+        # a bad value fails in one line before any worker starts.
+        if self.ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(f"predictor.ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {self.ensemble}")
+        if self.device not in (None, "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(self.device)):
             raise ValueError(f"predictor.device must be cpu, cuda, cuda:N or null, got {self.device!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"predictor.threads must be >= 1, got {self.threads}")
+        if self.overlap < 0:
+            raise ValueError(f"predictor.overlap must be >= 0 pixels, got {self.overlap}")
+        if self.tile != 0 and not self.tile > 2 * self.overlap:
+            raise ValueError(f"predictor.tile must be 0 (no tiling) or more than 2 * predictor.overlap = "
+                             f"{2 * self.overlap} pixels, got {self.tile}")
+        if self.batch_size < 1:
+            raise ValueError(f"predictor.batch_size must be >= 1 (images or tiles per forward pass), got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -173,8 +186,9 @@ class PipelineConfig:
     CPU-only clusters) and ``gpus_per_actor`` (None: 1 where the cluster has GPUs). ``use_gpu``:
     None decides from the cluster's resources when the job starts; set it true on an autoscaling
     cluster whose GPU nodes are not up yet. ``cpus_per_task``: CPUs of a read or write task.
-    ``io_retries``: extra attempts for a failed read or write (transient storage errors), on top
-    of the S3 client's own retries.
+    (Transient storage errors are retried by the S3 client, up to
+    :data:`restoration.storage.S3_MAX_ATTEMPTS` tries; an input that still fails is an error
+    row, which the next run retries.)
     """
 
     batch_size: int | None = None
@@ -185,17 +199,23 @@ class PipelineConfig:
     gpus_per_actor: float | None = None
     use_gpu: bool | None = None
     cpus_per_task: float = 1.0
-    io_retries: int = 3
 
     def __post_init__(self) -> None:
-        if (self.batch_size is not None and self.batch_size < 1) or self.read_batch_size < 1:
-            raise ValueError(f"pipeline.batch_size and read_batch_size must be >= 1, got {self.batch_size}, {self.read_batch_size}")
-        if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
-            raise ValueError(f"need 1 <= pipeline.min_actors <= max_actors, got {self.min_actors}, {self.max_actors}")
-        if self.cpus_per_task <= 0 or (self.cpus_per_actor is not None and self.cpus_per_actor < 0):
-            raise ValueError("pipeline.cpus_per_task must be > 0 and cpus_per_actor >= 0")
-        if self.io_retries < 0:
-            raise ValueError(f"pipeline.io_retries must be >= 0, got {self.io_retries}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"pipeline.batch_size must be >= 1 or null, got {self.batch_size}")
+        if self.read_batch_size < 1:
+            raise ValueError(f"pipeline.read_batch_size must be >= 1, got {self.read_batch_size}")
+        if self.min_actors < 1:
+            raise ValueError(f"pipeline.min_actors must be >= 1, got {self.min_actors}")
+        if self.max_actors is not None and self.max_actors < self.min_actors:
+            raise ValueError(f"pipeline.max_actors must be >= pipeline.min_actors ({self.min_actors}) or null, "
+                             f"got {self.max_actors}")
+        if not (math.isfinite(self.cpus_per_task) and self.cpus_per_task > 0):
+            raise ValueError(f"pipeline.cpus_per_task must be a number > 0, got {self.cpus_per_task}")
+        for name in ("cpus_per_actor", "gpus_per_actor"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"pipeline.{name} must be a number >= 0 or null, got {value}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +224,12 @@ class ManifestConfig:
 
     flush_rows: int = 500
     flush_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.flush_rows < 1:
+            raise ValueError(f"manifest.flush_rows must be >= 1, got {self.flush_rows}")
+        if not (math.isfinite(self.flush_seconds) and self.flush_seconds > 0):
+            raise ValueError(f"manifest.flush_seconds must be a number > 0, got {self.flush_seconds}")
 
 
 @dataclass(frozen=True)
@@ -289,20 +315,6 @@ def _unpack(row: Mapping[str, Any], pixels: pa.Buffer, alpha: pa.Buffer | None,
 # Planning (driver)
 
 
-def _with_retries(action: Callable[[], T], retries: int, *, delay: float = 0.5) -> T:
-    """Run ``action``; retry OSErrors (not FileNotFoundError) ``retries`` times with backoff."""
-    for attempt in range(retries + 1):
-        try:
-            return action()
-        except FileNotFoundError:
-            raise
-        except OSError:
-            if attempt == retries:
-                raise
-            time.sleep(delay * 2**attempt)
-    raise AssertionError("unreachable")
-
-
 def _normalize(uri: str) -> str:
     """One spelling per location: ``s3://bucket/key`` or an absolute local path."""
     if uri.startswith("s3://"):
@@ -372,22 +384,14 @@ def _pick_column(names: list[str], wanted: str | None, list_uri: str) -> str:
 def _common_root(uris: list[str]) -> str:
     """The deepest folder holding every URI (all must be on one filesystem and bucket)."""
     normalized = [_normalize(uri) for uri in uris]
-    kinds = {uri.startswith("s3://") for uri in normalized}
-    if len(kinds) > 1:
+    if len({uri.startswith("s3://") for uri in normalized}) > 1:
         raise ValueError("a list input must name files on one filesystem (all local or all s3://)")
-    split = [uri.split("/")[:-1] for uri in normalized]
-    common = split[0]
-    for parts in split[1:]:
-        length = 0
-        while length < min(len(common), len(parts)) and common[length] == parts[length]:
-            length += 1
-        common = common[:length]
-    root = "/".join(common)
-    if normalized[0].startswith("s3://"):
-        if len(common) < 3:  # ["s3:", "", bucket]
-            raise ValueError("a list input must name objects in one S3 bucket")
-        return root
-    return root or "/"
+    if not normalized[0].startswith("s3://"):
+        return posixpath.commonpath([posixpath.dirname(path) for path in normalized])
+    keys = [uri[len("s3://"):] for uri in normalized]  # bucket/key
+    if len({key.split("/", 1)[0] for key in keys}) > 1:
+        raise ValueError("a list input must name objects in one S3 bucket")
+    return "s3://" + posixpath.commonpath([posixpath.dirname(key) for key in keys])
 
 
 def list_inputs(input_uri: str, *, uri_column: str | None = None) -> tuple[str, list[str], bool]:
@@ -547,7 +551,7 @@ SKIP_SCHEMA: Final[pa.Schema] = WORK_SCHEMA.append(pa.field("bytes_in", pa.int64
 )
 
 
-def skip_stage(work: pa.Table, *, io_retries: int = 3) -> pa.Table:
+def skip_stage(work: pa.Table) -> pa.Table:
     """Stat the inputs of a work table that an earlier run restored (``previous_bytes`` set) and
     mark those whose size is unchanged as ``skipped`` (:data:`SKIP_SCHEMA`).
 
@@ -559,7 +563,7 @@ def skip_stage(work: pa.Table, *, io_retries: int = 3) -> pa.Table:
         size = None
         if item["previous_bytes"] is not None:
             try:
-                size = _with_retries(lambda: storage.size(item["source_uri"]), io_retries)
+                size = storage.size(item["source_uri"])
             except (OSError, ValueError):
                 size = None
         rows.append({**item, "bytes_in": size, "skipped": size is not None and size == item["previous_bytes"]})
@@ -571,7 +575,7 @@ def skip_stage(work: pa.Table, *, io_retries: int = 3) -> pa.Table:
 
 
 def read_stage(
-    work: pa.Table, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = 1 << 30, io_retries: int = 3
+    work: pa.Table, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = 1 << 30
 ) -> pa.Table:
     """Stat, read and decode every row of a work table (:data:`WORK_SCHEMA`).
 
@@ -585,7 +589,7 @@ def read_stage(
         row: dict[str, Any] = {"source_uri": item["source_uri"], "output_uri": item["output_uri"]}
         source = item["source_uri"]
         try:
-            size = _with_retries(lambda: storage.size(source), io_retries)
+            size = storage.size(source)
             if size is None:
                 raise FileNotFoundError(f"no such file: {source}")
             row["bytes_in"] = size
@@ -595,7 +599,7 @@ def read_stage(
                 continue
             if size > max_bytes:
                 raise _StageError("read", f"file has {size} bytes, more than input.max_bytes={max_bytes}")
-            data = _with_retries(lambda: storage.read_bytes(source), io_retries)
+            data = storage.read_bytes(source)
         except _StageError as error:
             rows.append(_failed(row, error.stage, error.message, start))
             continue
@@ -739,7 +743,6 @@ def encode_stage(
     job_id: str,
     output_format: str | None = None,
     quality: int = 95,
-    io_retries: int = 3,
 ) -> pa.Table:
     """Encode and write the restored rows of a :data:`PIPELINE_SCHEMA` table; return one manifest
     row per input (:data:`restoration.manifest.MANIFEST_SCHEMA`). Skipped rows come back as
@@ -769,7 +772,7 @@ def encode_stage(
             written_format = target_format(row["format"], output_format)
             data = encode_image(image, written_format, quality=quality)
             stage = "write"
-            _with_retries(lambda: storage.write_bytes(row["output_uri"], data), io_retries)
+            storage.write_bytes(row["output_uri"], data)
         except Exception as error:  # noqa: BLE001 -- an encoder or storage failure is this image's error
             message = f"{type(error).__name__}: {error}" if stage == "encode" else str(error)
             manifest_rows.append(error_row(

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from restore_images import bad_files, decode_pil, oversize_png, png, variants
+from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from restoration import manifest as manifest_lib
+from restoration import manifest as manifest_lib, storage as storage_lib
 from restoration.codec import decode_image
 from restoration.inference import Predictor
 from restoration.model import ModelConfig, build_model
@@ -110,8 +111,7 @@ def test_bad_inputs_become_error_rows(tmp_path: Path, sample) -> None:
     config = RestoreConfig(input=InputConfig(max_pixels=50_000, max_bytes=150_000))
     plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=config)
     (tmp_path / "in/fine.png").rename(tmp_path / "in/gone.png")  # listed, then deleted before it is read
-    decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes,
-                         io_retries=0)
+    decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes)
     rows = encode_stage(restore_stage(identity_predictor(), decoded, task="denoise"),
                         task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
     by_name = {Path(r["source_uri"]).name: r for r in rows.to_pylist()}
@@ -176,7 +176,7 @@ def test_write_failure_is_an_error_row(tmp_path: Path, sample) -> None:
     (tmp_path / "out/sub").write_bytes(b"a file where the output folder should be")
     plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=RestoreConfig())
     rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
-                        task="denoise", model_id="m", job_id=manifest_lib.new_job_id(), io_retries=1)
+                        task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
     by_name = {Path(r["source_uri"]).name: r for r in rows.to_pylist()}
     assert by_name["a.png"]["status"] == "error" and by_name["a.png"]["error_stage"] == "write"
     assert by_name["b.png"]["status"] == "ok"
@@ -319,28 +319,41 @@ def test_single_file_input_limit_and_tiled_inference(tmp_path: Path, sample) -> 
     assert np.abs(restored.astype(int) - rgb.astype(int)).max() <= 1
 
 
-def test_transient_storage_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    from restoration import restore as restore_lib
+@pytest.mark.s3
+@pytest.mark.timeout(120)
+def test_transient_storage_errors_are_retried(
+    s3_server, s3_bucket: str, sample, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """One retry layer: pyarrow's S3 retry strategy. Through a proxy that answers 503 SlowDown,
+    reads and writes that fail fewer times than it tries succeed; more failures make an error
+    row; a missing file is not transient and is asked for once."""
+    from faulty_s3 import FaultyS3Proxy
 
-    monkeypatch.setattr(restore_lib.time, "sleep", lambda seconds: None)
-    calls = []
+    from restoration.storage import S3_MAX_ATTEMPTS
 
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise OSError("503 Slow Down")
-        return "data"
+    rgb, _ = sample
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.png", Body=png(rgb))
+    with FaultyS3Proxy(s3_server.env()["AWS_ENDPOINT_URL"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        plan = plan_restore(f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out", task="denoise", model_id="m",
+                            config=RestoreConfig())
+        proxy.fail_next(S3_MAX_ATTEMPTS - 1)
+        decoded = read_stage(plan.work)
+        assert decoded.column("status").to_pylist() == [None] and proxy.failed() == S3_MAX_ATTEMPTS - 1
+        proxy.fail_next(S3_MAX_ATTEMPTS - 1)
+        rows = encode_stage(restore_stage(identity_predictor(), decoded, task="denoise"),
+                            task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
+        assert rows.column("status").to_pylist() == ["ok"], rows.column("error").to_pylist()
+        assert proxy.failed() == 2 * (S3_MAX_ATTEMPTS - 1)
+        written = s3_server.client().get_object(Bucket=s3_bucket, Key="out/a.png")["Body"].read()
+        np.testing.assert_array_equal(decode_image(written).pixels, rgb)
 
-    assert restore_lib._with_retries(flaky, 3) == "data" and len(calls) == 3
-    calls.clear()
-    with pytest.raises(OSError, match="Slow Down"):
-        restore_lib._with_retries(flaky, 1)
+        proxy.fail_next(1000)  # more failures than tries: the input is an error row
+        [row] = read_stage(plan.work).to_pylist()
+        assert (row["status"], row["error_stage"]) == ("error", "read") and "503" in row["error"], row["error"]
+        proxy.fail_next(0)
 
-    def missing() -> None:
-        calls.append(1)
-        raise FileNotFoundError("gone")
-
-    calls.clear()
-    with pytest.raises(FileNotFoundError):
-        restore_lib._with_retries(missing, 3)
-    assert len(calls) == 1  # a missing file is not transient
+        proxy.requests.clear()
+        with pytest.raises(FileNotFoundError):
+            storage_lib.read_bytes(f"s3://{s3_bucket}/in/missing.png")
+        assert [status for _, path, status in proxy.requests if path.endswith("missing.png")] == [404]
