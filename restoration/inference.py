@@ -3,11 +3,17 @@
 ``Predictor`` wraps a model for restoration of whole images:
 
 - images up to ``tile`` pixels on each side go through the model whole, same-sized ones batched;
-- larger ones are cut into ``tile`` x ``tile`` tiles overlapping by ``overlap`` pixels; each tile's
-  output is weighted by a window that ramps linearly from ~0 to 1 across the overlap, so tiles
-  blend without visible seams;
-- on CUDA it runs under bf16 autocast and channels_last; a CUDA out-of-memory error retries the
-  image with half the tile size (down to ``min_tile``).
+- larger ones are cut into ``tile`` x ``tile`` tiles overlapping by ``overlap`` pixels, and
+  ``tile_batch_size`` tiles of one image share each forward pass (so one large image keeps all of
+  torch's threads busy); each tile's output is weighted by a window that ramps linearly from ~0
+  to 1 across the overlap, so tiles blend without visible seams;
+- ``precision="auto"`` runs under bf16 autocast on CUDA and on CPUs that compute bf16 natively
+  (AVX512-BF16 or AMX, see :func:`cpu_has_fast_bf16`), fp32 elsewhere; ``"fp32"`` forces fp32;
+- channels_last memory format; on the CPU, batch norms are folded into the preceding
+  convolutions of a private copy of the model (:func:`fold_batch_norms`);
+- a CUDA out-of-memory error retries the image with half the tile size (down to ``min_tile``);
+- ``strength`` in [0, 1] scales the model's change: ``lq + strength * (model(lq) - lq)``, with
+  ``lq`` at the output size (bicubic for super-resolution, as the model upsamples).
 
 Tensors are float32 CHW RGB (or 1-channel gray) in [0, 1]; gray images are run as RGB and
 averaged back to one channel, so gray stays gray.
@@ -16,13 +22,16 @@ averaged back to one channel, so gray stays gray.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from restoration.checkpoint import Checkpoint, load_checkpoint
 from restoration.codec import pixels_to_tensor, tensor_to_pixels
@@ -33,6 +42,110 @@ log = logging.getLogger(__name__)
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+_FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16).
+
+    Only there do bf16 convolutions beat fp32 (about 2x on AVX512-BF16); elsewhere oneDNN
+    emulates bf16 and it is slower than fp32. Read from torch's CPU capabilities, or from the
+    ``/proc/cpuinfo`` flags where torch does not report them.
+    """
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        try:
+            found = capabilities()
+            return any(bool(found.get(flag)) for flag in _FAST_BF16_FLAGS)
+        except RuntimeError:
+            pass
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return any(flag in flags for flag in _FAST_BF16_FLAGS)
+
+
+def _resolve_precision(precision: str, amp: bool, device: torch.device) -> str:
+    """``"bf16"`` or ``"fp32"``: what ``precision`` (one of ``PRECISIONS``) means on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not amp:
+        # amp=False is the older spelling of precision="fp32".
+        if precision == "bf16":
+            raise ValueError("amp=False forces fp32, which contradicts precision='bf16'")
+        return "fp32"
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def fold_batch_norms(model: nn.Module, probe: tuple[Tensor, ...]) -> tuple[nn.Module, int]:
+    """A copy of ``model`` (in eval mode) with each batch norm that directly follows a
+    convolution folded into that convolution's weights and bias, and replaced by the identity.
+
+    Which batch norm follows which convolution is found by running ``probe`` (the model's
+    inputs, e.g. a small image) through the copy: a batch norm whose input is the very tensor a
+    convolution returned. The folded copy is checked against ``model`` on the probe; if they
+    disagree (a convolution output used elsewhere too), the unfolded copy is returned.
+
+    Returns the copy and the number of batch norms folded. Later changes to ``model``'s weights
+    do not reach the copy.
+    """
+    folded = copy.deepcopy(model).eval()
+    outputs: dict[int, tuple[nn.Conv2d, Tensor]] = {}
+    calls: dict[int, int] = {}
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+
+    def after_conv(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        outputs[id(output)] = (module, output)  # the tensor is kept so that its id is not reused
+
+    def after_norm(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        source = outputs.get(id(inputs[0]))
+        if source is not None and source[1] is inputs[0]:
+            pairs.append((source[0], module))
+
+    hooks = []
+    for module in folded.modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(after_conv))
+        elif isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
+            hooks.append(module.register_forward_hook(after_norm))
+    try:
+        with torch.no_grad():
+            expected = folded(*probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    outputs.clear()
+    # A module called twice (shared weights) cannot be folded for one of its uses only.
+    pairs = [(conv, norm) for conv, norm in pairs if calls[id(conv)] == 1 and calls[id(norm)] == 1]
+    if not pairs:
+        return folded, 0
+    parents = {id(child): (parent, name) for parent in folded.modules() for name, child in parent.named_children()}
+    with torch.no_grad():
+        for conv, norm in pairs:
+            conv.weight, conv.bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
+                conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias)
+            parent, name = parents[id(norm)]
+            setattr(parent, name, nn.Identity())
+        got = folded(*probe)
+    # Folding reorders float32 arithmetic only; anything more is a convolution output with a
+    # second consumer, which folding would have changed.
+    tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
+    if not torch.allclose(got, expected, rtol=0, atol=tolerance):
+        log.warning("folding batch norms changed the model's output by %.2e; running it unfolded",
+                    float((got - expected).abs().max()))
+        return copy.deepcopy(model).eval(), 0
+    return folded, len(pairs)
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -80,17 +193,34 @@ class Predictor:
     """Restores whole images with a ``FusedRestorationNet``.
 
     Args:
-        model: the network (moved to ``device`` and set to eval mode).
+        model: the network (moved to ``device`` and set to eval mode; converted to channels_last
+            when ``channels_last``).
         device: ``"cpu"``, ``"cuda"``, a torch.device, or None for CUDA when available.
         tile: tile side in input pixels; images larger than this are tiled. 0 disables tiling.
         overlap: overlap between neighbouring tiles, in input pixels.
-        batch_size: images or tiles per forward pass.
-        amp: bf16 autocast on CUDA (ignored on CPU, where it is slower).
+        batch_size: same-sized whole images per forward pass.
+        tile_batch_size: tiles of one image per forward pass (None: ``batch_size``).
+        amp: False forces fp32 (the older spelling of ``precision="fp32"``).
+        precision: ``"auto"`` (bf16 autocast on CUDA and on CPUs with hardware bf16, see
+            :func:`cpu_has_fast_bf16`; fp32 elsewhere), ``"bf16"`` (bf16 autocast on any device)
+            or ``"fp32"``. On the shipped denoiser bf16 changes PSNR by less than 0.05 dB.
         channels_last: memory format for convolutions.
+        fold_batch_norm: run a copy of the model with its batch norms folded into the
+            convolutions (:func:`fold_batch_norms`; same outputs up to float rounding, fewer
+            passes over memory). None: on the CPU only. The copy is made here, so later changes
+            to ``model``'s weights are not seen: build a new Predictor after training steps.
         min_tile: smallest tile tried after CUDA out-of-memory errors.
         ensemble: geometric self-ensemble: the mean of the outputs for 1, 2, 4 or 8 flips and
             transpositions of the input (``ENSEMBLE_SIZES``), each undone on its output. Costs as
             many forward passes; gains a little PSNR (see MODEL_CARD.md).
+        strength: how much of the model's change to apply, in [0, 1]: the output is
+            ``lq + strength * (model(lq) - lq)`` with ``lq`` at the output size (its bicubic
+            upsampling for super-resolution, as the model's own). 0 returns the input without
+            running the model; 1 is the model as trained.
+
+    ``precision`` and ``fold_batch_norm`` resolve to what runs: ``self.precision`` is ``"bf16"``
+    or ``"fp32"``, ``self.amp`` whether bf16 autocast is on, ``self.folded_batch_norms`` how many
+    batch norms were folded.
     """
 
     def __init__(
@@ -101,10 +231,14 @@ class Predictor:
         tile: int = 512,
         overlap: int = 32,
         batch_size: int = 4,
+        tile_batch_size: int | None = None,
         amp: bool = True,
+        precision: str = "auto",
         channels_last: bool = True,
+        fold_batch_norm: bool | None = None,
         min_tile: int = 128,
         ensemble: int = 1,
+        strength: float = 1.0,
     ) -> None:
         if ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
@@ -114,7 +248,13 @@ class Predictor:
             raise ValueError(f"overlap must be >= 0, got {overlap}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if tile_batch_size is not None and tile_batch_size < 1:
+            raise ValueError(f"tile_batch_size must be >= 1 or None (batch_size), got {tile_batch_size}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (0: the input unchanged, 1: the model as trained), got {strength}")
         self.device = torch.device(device) if device is not None else default_device()
+        self.precision = _resolve_precision(precision, amp, self.device)
+        self.amp = self.precision == "bf16"
         self.model = model.to(self.device).eval()
         self.channels_last = channels_last
         if channels_last:
@@ -122,11 +262,21 @@ class Predictor:
         self.tile = tile
         self.overlap = overlap
         self.batch_size = batch_size
-        self.amp = amp and self.device.type == "cuda"
+        self.tile_batch_size = tile_batch_size or batch_size
         self.min_tile = min_tile
         self.scale = model.config.scale
         self.needs_mask = model.config.task == "inpaint"
         self.ensemble = ensemble
+        self.strength = float(strength)
+        # What the forward passes run: the model itself, or its folded copy.
+        self.network: nn.Module = self.model
+        self.folded_batch_norms = 0
+        if fold_batch_norm is None:
+            fold_batch_norm = self.device.type == "cpu"
+        if fold_batch_norm:
+            self.network, self.folded_batch_norms = fold_batch_norms(self.model, self._probe())
+            if channels_last:
+                self.network = self.network.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
@@ -137,13 +287,21 @@ class Predictor:
 
     # -- core ----------------------------------------------------------------------------------
 
+    def _probe(self) -> tuple[Tensor, ...]:
+        """A small input for the model (a 64 x 64 image, and a mask for inpainting) on the device."""
+        generator = torch.Generator().manual_seed(0)
+        image = torch.rand(1, 3, 64, 64, generator=generator).to(self.device)
+        if self.needs_mask:
+            return image, (torch.rand(1, 1, 64, 64, generator=generator) < 0.3).float().to(self.device)
+        return (image,)
+
     def _autocast(self):
         if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _forward(self, lq: Tensor, mask: Tensor | None) -> Tensor:
-        """(N, 3, h, w) -> (N, 3, h*scale, w*scale) float32 on the CPU."""
+        """(N, 3, h, w) -> (N, 3, h*scale, w*scale) float32 on the CPU (the model, before strength)."""
         lq = lq.to(self.device, non_blocking=True)
         if self.channels_last:
             lq = lq.contiguous(memory_format=torch.channels_last)
@@ -151,7 +309,7 @@ class Predictor:
             mask = mask.to(self.device, non_blocking=True)
         with torch.inference_mode(), self._autocast():
             # Member 0 is the identity, so ensemble=1 is the plain forward pass.
-            out = sum(_undo(self.model(_apply(lq, flips), None if mask is None else _apply(mask, flips)).float(), flips)
+            out = sum(_undo(self.network(_apply(lq, flips), None if mask is None else _apply(mask, flips)).float(), flips)
                       for flips in _ENSEMBLE_TRANSFORMS[: self.ensemble])
         return (out / self.ensemble).cpu()
 
@@ -172,15 +330,20 @@ class Predictor:
         boxes = plan.boxes()
         out = torch.zeros(3, height * s, width * s)
         weight = torch.zeros(1, height * s, width * s)
-        for i in range(0, len(boxes), self.batch_size):
-            chunk = boxes[i : i + self.batch_size]
+        windows: dict[tuple[int, int, bool, bool, bool, bool], Tensor] = {}
+        for i in range(0, len(boxes), self.tile_batch_size):
+            chunk = boxes[i : i + self.tile_batch_size]
             tiles = torch.stack([lq[:, t : t + h, l : l + w] for t, l, h, w in chunk])
             tile_masks = torch.stack([mask[:, t : t + h, l : l + w] for t, l, h, w in chunk]) if mask is not None else None
             results = self._forward(tiles, tile_masks)
             for (t, l, h, w), res in zip(chunk, results):
-                wy = _ramp(h * s, self.overlap * s, t == 0, t + h == height)
-                wx = _ramp(w * s, self.overlap * s, l == 0, l + w == width)
-                win = (wy[:, None] * wx[None, :])[None]
+                # Tiles of one shape and one set of image edges share a blending window.
+                key = (h, w, t == 0, t + h == height, l == 0, l + w == width)
+                win = windows.get(key)
+                if win is None:
+                    wy = _ramp(h * s, self.overlap * s, key[2], key[3])
+                    wx = _ramp(w * s, self.overlap * s, key[4], key[5])
+                    win = windows[key] = (wy[:, None] * wx[None, :])[None]
                 out[:, t * s : (t + h) * s, l * s : (l + w) * s] += res * win
                 weight[:, t * s : (t + h) * s, l * s : (l + w) * s] += win
         return out / weight
@@ -200,23 +363,53 @@ class Predictor:
                 torch.cuda.empty_cache()
                 tile = smaller
 
+    def _at_output_size(self, lq: Tensor) -> Tensor:
+        """The input (C, H, W) at the output size: itself, or bicubic as the SR model upsamples."""
+        if self.scale == 1:
+            return lq
+        return F.interpolate(lq[None], scale_factor=self.scale, mode="bicubic", align_corners=False)[0]
+
+    def _with_strength(self, restored: Tensor, lq: Tensor) -> Tensor:
+        """``lq + strength * (restored - lq)``, ``lq`` at the output size; restored as is at 1."""
+        if self.strength == 1.0:
+            return restored
+        base = self._at_output_size(lq)
+        return base + self.strength * (restored - base)
+
     # -- public --------------------------------------------------------------------------------
 
     def restore(self, lq: Tensor, mask: Tensor | None = None) -> Tensor:
         """Restore one image (C, H, W), C in (1, 3); returns (C, H*scale, W*scale), not clipped."""
         return self.restore_many([lq], None if mask is None else [mask])[0]
 
+    def restore_batch(self, lq: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Restore a batch (N, C, H, W), C in (1, 3), float in [0, 1] (noise may exceed it), with
+        ``mask`` (N, 1, H, W) for inpainting; returns (N, C, H*scale, W*scale) float32 on the CPU,
+        not clipped. Gray (C = 1) runs as RGB and comes back gray; precision, tiling, ensemble and
+        strength as for every method of this Predictor. (The validation pass of a training loop
+        can use it, or ``restore_many`` for images of different sizes.)"""
+        if lq.dim() != 4:
+            raise ValueError(f"expected a batch tensor (N, C, H, W) with C in (1, 3), got {tuple(lq.shape)}")
+        if mask is not None and (mask.dim() != 4 or mask.shape[0] != lq.shape[0]):
+            raise ValueError(f"mask must have shape ({lq.shape[0]}, 1, {lq.shape[2]}, {lq.shape[3]}), got {tuple(mask.shape)}")
+        return torch.stack(self.restore_many(list(lq), None if mask is None else list(mask)))
+
     def restore_many(self, images: list[Tensor], masks: list[Tensor] | None = None) -> list[Tensor]:
-        """Restore a list of images; same-sized small images share forward passes."""
+        """Restore a list of images (C, H, W), C in (1, 3), each with its (1, H, W) mask for
+        inpainting; returns a list of (C, H*scale, W*scale) float32 CPU tensors, not clipped.
+        Same-sized small images share forward passes; larger ones are tiled."""
         if masks is not None and len(masks) != len(images):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
+        for i, lq in enumerate(images):
+            self._check(lq, masks[i] if masks is not None else None)
+        if self.strength == 0.0:
+            # The input unchanged (at the output size): the model has nothing to add.
+            return [self._at_output_size(lq.detach().to("cpu", torch.float32)).clone() for lq in images]
         results: list[Tensor | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, lq in enumerate(images):
-            mask = masks[i] if masks is not None else None
-            self._check(lq, mask)
             if self.tile and max(lq.shape[-2:]) > self.tile:
-                results[i] = self._restore_one(lq, mask)
+                results[i] = self._restore_one(lq, masks[i] if masks is not None else None)
             else:
                 groups.setdefault(tuple(lq.shape[-2:]), []).append(i)
         for indices in groups.values():
@@ -228,19 +421,19 @@ class Predictor:
                     out = self._forward(batch, mask_batch)
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
-                    out = [self._restore_one(images[i], masks[i] if masks is not None else None) for i in chunk]
-                    for i, res in zip(chunk, out):
-                        results[i] = res
+                    for i in chunk:
+                        results[i] = self._restore_one(images[i], masks[i] if masks is not None else None)
                     continue
                 for i, res in zip(chunk, out):
-                    results[i] = _like(res, images[i])
+                    results[i] = self._with_strength(_like(res, images[i]), images[i].cpu())
         return results  # type: ignore[return-value]
 
     def _restore_one(self, lq: Tensor, mask: Tensor | None) -> Tensor:
-        return _like(self._restore_rgb(_as_rgb(lq), mask), lq)
+        return self._with_strength(_like(self._restore_rgb(_as_rgb(lq), mask), lq), lq.cpu())
 
     def restore_pixels(self, pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Restore an HxWxC uint8/uint16 array; returns the same dtype and channel count."""
+        """Restore an HxWxC uint8/uint16 array; returns the same dtype and channel count. At
+        strength 0 (and scale 1) the same pixels come back."""
         lq = pixels_to_tensor(pixels)
         mask_t = None if mask is None else torch.from_numpy(np.asarray(mask, dtype=np.float32))[None]
         restored = self.restore(lq, mask_t)

@@ -57,9 +57,10 @@ def test_tiled_output_matches_whole_image_without_seams(astronaut, task, scale):
 def test_batched_equals_one_by_one(astronaut):
     model = _model()
     images = [_photo(astronaut, (64, 64)), _photo(astronaut, (64, 64)).flip(-1), _photo(astronaut, (48, 80))]
-    predictor = Predictor(model, device="cpu", batch_size=4, tile=0)
+    # fp32: bf16 kernels may round differently for different batch sizes.
+    predictor = Predictor(model, device="cpu", batch_size=4, tile=0, precision="fp32")
     batched = predictor.restore_many(images)
-    single = [Predictor(model, device="cpu", batch_size=1, tile=0).restore(x) for x in images]
+    single = [Predictor(model, device="cpu", batch_size=1, tile=0, precision="fp32").restore(x) for x in images]
     for a, b in zip(batched, single):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -89,8 +90,9 @@ def test_self_ensemble_averages_the_transformed_passes(astronaut, task, scale):
     model = _model(task, scale)
     lq = _photo(astronaut, (48, 80))  # not square: transposed passes must come back the right way
     mask = (torch.rand(1, 48, 80, generator=torch.Generator().manual_seed(0)) < 0.3).float() if task == "inpaint" else None
-    plain = Predictor(model, device="cpu", tile=0).restore(lq, mask)
-    ensembled = Predictor(model, device="cpu", tile=0, ensemble=8).restore(lq, mask)
+    # fp32, to compare with the fp32 model by hand.
+    plain = Predictor(model, device="cpu", tile=0, precision="fp32").restore(lq, mask)
+    ensembled = Predictor(model, device="cpu", tile=0, ensemble=8, precision="fp32").restore(lq, mask)
     assert ensembled.shape == plain.shape == (3, 48 * scale, 80 * scale)
     # By hand: the mean of the model on the 8 flips/transposes of the input, each undone.
     expected = torch.zeros_like(plain)
@@ -120,3 +122,116 @@ def test_bad_arguments_are_named():
         Predictor(_model(), tile=50, overlap=32)
     with pytest.raises(ValueError, match=r"expected an image tensor \(C, H, W\)"):
         Predictor(_model(), device="cpu").restore(torch.rand(1, 3, 8, 8))
+
+
+def test_precision_settings():
+    from restoration.inference import cpu_has_fast_bf16
+
+    assert Predictor(_model(), device="cpu", precision="fp32").amp is False
+    assert Predictor(_model(), device="cpu", amp=False).precision == "fp32"  # the older spelling
+    assert Predictor(_model(), device="cpu", precision="bf16").precision == "bf16"
+    auto = Predictor(_model(), device="cpu")
+    assert auto.precision == ("bf16" if cpu_has_fast_bf16() else "fp32") and auto.amp == (auto.precision == "bf16")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        Predictor(_model(), device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="contradicts precision='bf16'"):
+        Predictor(_model(), device="cpu", amp=False, precision="bf16")
+
+
+def test_fast_bf16_detection_matches_the_cpu_flags():
+    from pathlib import Path
+
+    from restoration.inference import cpu_has_fast_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = set(cpuinfo.read_text().split())
+    assert cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_bf16_output_is_close_to_fp32(astronaut):
+    model = _model()
+    lq = _photo(astronaut, (64, 96))
+    fp32 = Predictor(model, device="cpu", precision="fp32", tile=0).restore(lq)
+    bf16 = Predictor(model, device="cpu", precision="bf16", tile=0).restore(lq)
+    assert bf16.dtype == torch.float32
+    diff = (bf16 - fp32).abs()
+    assert 0 < diff.mean() < 2e-3, diff.mean()  # bf16 ran (the outputs differ), and changes little
+
+
+def test_batch_norms_fold_into_convolutions(astronaut):
+    from restoration.inference import fold_batch_norms
+
+    model = _model()
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert norms > 0
+    lq = _photo(astronaut, (64, 96))[None]
+    folded, count = fold_batch_norms(model, (lq,))
+    # Every batch norm of EfficientNet-Lite0 follows a convolution; the model itself keeps its own.
+    assert count == norms
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == norms
+    with torch.no_grad():
+        assert torch.allclose(folded(lq), model(lq), atol=1e-5)
+    predictor = Predictor(model, device="cpu", precision="fp32")
+    assert predictor.folded_batch_norms == norms
+    unfolded = Predictor(model, device="cpu", precision="fp32", fold_batch_norm=False)
+    assert unfolded.folded_batch_norms == 0 and unfolded.network is unfolded.model
+    assert torch.allclose(predictor.restore(lq[0]), unfolded.restore(lq[0]), atol=1e-5)
+
+
+def test_batch_norm_is_not_folded_where_the_convolution_output_has_another_use():
+    from restoration.inference import fold_batch_norms
+
+    class Shortcut(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.norm(y) + y  # y is used twice: folding the norm into conv would change it
+
+    torch.manual_seed(0)
+    model = Shortcut()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-1, 1)
+        model.norm.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.rand(1, 3, 16, 16)
+    copied, count = fold_batch_norms(model, (x,))
+    assert count == 0 and isinstance(copied.norm, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        assert torch.equal(copied(x), model(x))
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_tile_batch_size_does_not_change_tiled_output(astronaut, scale):
+    model = _model("sr" if scale > 1 else "denoise", scale)
+    lq = _photo(astronaut, (160, 200))
+    one = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=1, precision="fp32").restore(lq)
+    many = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=8, precision="fp32").restore(lq)
+    assert one.shape == (3, 160 * scale, 200 * scale)
+    assert torch.allclose(one, many, atol=1e-5)
+    with pytest.raises(ValueError, match="tile_batch_size must be >= 1"):
+        Predictor(model, device="cpu", tile_batch_size=0)
+
+
+def test_restore_batch_handles_gray_color_and_masks(astronaut):
+    color = torch.stack([_photo(astronaut, (48, 64)), _photo(astronaut, (48, 64)).flip(-1)])
+    predictor = Predictor(_model(), device="cpu", tile=0)
+    out = predictor.restore_batch(color)
+    assert out.shape == (2, 3, 48, 64)
+    for restored, single in zip(out, predictor.restore_many(list(color))):
+        assert torch.equal(restored, single)
+    gray = predictor.restore_batch(color.mean(dim=1, keepdim=True))
+    assert gray.shape == (2, 1, 48, 64)
+    inpainter = Predictor(_model("inpaint"), device="cpu", tile=0)
+    masks = torch.zeros(2, 1, 48, 64)
+    assert torch.allclose(inpainter.restore_batch(color, masks), color)
+    with pytest.raises(ValueError, match=r"expected a batch tensor \(N, C, H, W\)"):
+        predictor.restore_batch(color[0])
+    with pytest.raises(ValueError, match="mask must have shape"):
+        inpainter.restore_batch(color, masks[:1])
