@@ -265,7 +265,7 @@ class Predictor:
         self.tile_batch_size = tile_batch_size or batch_size
         self.min_tile = min_tile
         self.scale = model.config.scale
-        self.needs_mask = model.config.task == "inpaint"
+        self.needs_mask = model.config.mask_input
         self.ensemble = ensemble
         self.strength = float(strength)
         # What the forward passes run: the model itself, or its folded copy.
