@@ -653,19 +653,19 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean PSNR/SSIM on the validation images under the evaluate protocol (8-bit output)."""
+        """Mean PSNR/SSIM on the validation images under the evaluate protocol (8-bit output),
+        restored by the same Predictor as evaluate and restore (gray in, gray out), whole images
+        (no tiling), in fp32 on CPUs and bf16 on CUDA as the training's forward pass."""
+        from restoration.inference import Predictor
+
         if not self.val_samples:
             return {}
-        self.model.eval()
+        predictor = Predictor(self.model, device=self.device, tile=0, precision="bf16" if self.amp else "fp32",
+                              channels_last=False, fold_batch_norm=False)
         psnrs, ssims = [], []
         for sample in self.val_samples:
-            lq = sample.lq
-            lq = lq.expand(3, -1, -1) if lq.shape[0] == 1 else lq
-            mask = sample.mask[None].to(self.device) if sample.mask is not None else None
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                out = self.model(lq[None].to(self.device), mask)[0].float().cpu()
-            if sample.gt.shape[-1] == 1:
-                out = out.mean(0, keepdim=True)
+            mask = sample.mask[None] if sample.mask is not None else None
+            out = predictor.restore_batch(sample.lq[None], mask)[0]
             p, s = score(tensor_to_pixels(out.clamp(0, 1)), sample.gt, self.protocol)
             psnrs.append(p)
             ssims.append(s)
