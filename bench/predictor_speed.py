@@ -200,8 +200,13 @@ def main() -> None:
     parser.add_argument("--psnr-images", type=int, default=4)
     parser.add_argument("--large-megapixels", type=float, default=48.0)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of warm-up)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores)")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     for name in ("images", "size", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")

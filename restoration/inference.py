@@ -405,6 +405,23 @@ class Predictor:
         if self.strength == 0.0:
             # The input unchanged (at the output size): the model has nothing to add.
             return [self._at_output_size(lq.detach().to("cpu", torch.float32)).clone() for lq in images]
+        with self._eval_mode():
+            return self._restore_many(images, masks)
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """The network in eval mode, and back in training mode after if it was in it (a training
+        loop may share its model with a Predictor for its validation passes)."""
+        training = self.network.training
+        if training:
+            self.network.eval()
+        try:
+            yield
+        finally:
+            if training:
+                self.network.train()
+
+    def _restore_many(self, images: list[Tensor], masks: list[Tensor] | None) -> list[Tensor]:
         results: list[Tensor | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, lq in enumerate(images):

@@ -235,3 +235,28 @@ def test_restore_batch_handles_gray_color_and_masks(astronaut):
         predictor.restore_batch(color[0])
     with pytest.raises(ValueError, match="mask must have shape"):
         inpainter.restore_batch(color, masks[:1])
+
+
+def test_validation_pass_shares_a_training_model(astronaut):
+    """What a training loop's validation needs: the live model (no copy, no memory-format
+    change), run in eval mode and left in training mode, gray handled as in every restore."""
+    model = _model()
+    model.train()
+    predictor = Predictor(model, device="cpu", tile=0, precision="fp32", channels_last=False, fold_batch_norm=False)
+    assert predictor.network is model
+    model.train()  # the loop goes on training after building it
+    color = torch.stack([_photo(astronaut, (48, 64)), _photo(astronaut, (48, 64)).flip(-1)])
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight, std=0.05)  # a training step changed the weights
+    out = predictor.restore_batch(color)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        expected = model(color)
+    assert torch.allclose(out, expected, atol=1e-6)
+    model.train()
+    gray = predictor.restore_many([color[0, :1]])[0]
+    with torch.no_grad():
+        model.eval()
+        expected_gray = model(color[:1, :1].expand(1, 3, -1, -1))[0].mean(dim=0, keepdim=True)
+    assert gray.shape == (1, 48, 64) and torch.allclose(gray, expected_gray, atol=1e-6)
