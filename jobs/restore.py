@@ -3,12 +3,10 @@
     python -m jobs.restore --input s3://photos/scans/ --output s3://photos/restored/ \\
         --task denoise --model default [--limit N] [--overwrite] [--fail-on-error] [--set key=value ...]
 
-``--input`` is a folder or prefix (images below it, recursively), one image, or a Parquet, CSV
-or text file listing image URIs; local paths, ``file://`` and ``s3://`` alike (S3 from the
-standard AWS variables, ``AWS_ENDPOINT_URL`` included). Each output goes to
-``<output>/<path relative to the input>``, in the input's format (or ``--set output.format=png``),
-keeping gray/RGB, alpha, 16-bit depth and the ICC profile; EXIF orientation is applied to the
-pixels.
+``--input`` is a folder or prefix (recursive), one image, or a Parquet, CSV or text list of image
+URIs: local, ``file://`` or ``s3://`` (S3 from the standard AWS variables). Each output goes to
+``<output>/<path relative to the input>`` in the input's format (or ``--set output.format=png``),
+keeping gray/RGB, alpha, 16-bit depth, ICC, EXIF, XMP and IPTC (EXIF orientation applied).
 
 Pipeline (streaming; memory is bounded by Ray Data's backpressure, not by the collection)::
 
@@ -21,13 +19,12 @@ the read and write tasks always find room (an actor pool that reserves every CPU
 and the job never finishes). An actor that dies is restarted and its batch retried by Ray Data;
 outputs are written under deterministic keys, so a retry rewrites the same object.
 
-The run itself -- plan, re-run skips, manifest (only the driver writes it, keeping the first row
-per input, so retried tasks cannot duplicate rows), summary, progress -- is the library's
-(:mod:`restoration.runs`); this module is its Ray Data executor: the dataset wiring, the actor
-class and the pool sizing. ``--no-ray`` runs the same plan, stages and manifest in this process
-without importing Ray. Bad inputs are manifest rows with ``status=error``; the job exits 0
-unless ``--fail-on-error``, and 2 with one line for a bad setting or unreachable storage, before
-Ray starts.
+The run -- plan, re-run skips, manifest (written by the driver only, first row per input, so
+retried tasks cannot duplicate rows), summary, progress -- is the library's
+(:mod:`restoration.runs`); this module is its Ray Data executor (dataset wiring, actor class,
+pool sizing). ``--no-ray`` runs the same in this process without importing Ray. Bad inputs are
+manifest rows with ``status=error``; exit 0 unless ``--fail-on-error``, and 2 with one line for a
+bad setting or unreachable storage, before Ray starts.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,9 +40,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from restoration.runs import RestoreJob
-
-log = logging.getLogger("jobs.restore")
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from restoration.runs import add_restore_arguments
@@ -140,24 +133,6 @@ class Restorer:
         return restore_stage(self.predictor, batch, task=self.task)
 
 
-def _skip_batch(batch, **options):
-    from restoration.restore import skip_stage
-
-    return skip_stage(batch, **options)
-
-
-def _read_batch(batch, **options):
-    from restoration.restore import read_stage
-
-    return read_stage(batch, **options)
-
-
-def _encode_batch(batch, **options):
-    from restoration.restore import encode_stage
-
-    return encode_stage(batch, **options)
-
-
 def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
     return [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
 
@@ -166,6 +141,7 @@ def build_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: Act
     """The Ray Data pipeline over a work table (:data:`restoration.restore.WORK_SCHEMA`)."""
     import ray.data
 
+    from restoration.restore import encode_stage, read_stage
     from restoration.runs import encode_options, read_options
 
     pipeline = job.config.pipeline
@@ -176,7 +152,7 @@ def build_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: Act
     # Distinct resources keep Ray Data from fusing the read into the actor stage: decoding
     # stays in CPU tasks, in parallel with inference.
     task_cpus = pipeline.cpus_per_task if pipeline.cpus_per_task != pool.num_cpus or pool.num_gpus else pipeline.cpus_per_task + 0.01
-    dataset = dataset.map_batches(_read_batch, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
+    dataset = dataset.map_batches(read_stage, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
                                   num_cpus=task_cpus, fn_kwargs=read_options(job.config))
     dataset = dataset.map_batches(
         Restorer,
@@ -191,7 +167,7 @@ def build_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: Act
         fn_constructor_kwargs={"model_ref": model_ref, "predictor": job.config.predictor, "threads": pool.threads,
                                "device": pool.device, "task": job.task},
     )
-    return dataset.map_batches(_encode_batch, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
+    return dataset.map_batches(encode_stage, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
                                num_cpus=task_cpus, fn_kwargs=encode_options(job))
 
 
@@ -209,12 +185,10 @@ class RayRestoreExecutor:
         import ray
         import ray.data
 
+        from jobs.ray_runtime import init_ray
+
         if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS")
-            if address:
-                ray.init(address=address)
-            else:
-                ray.init()
+            init_ray(self.address)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = context.print_on_execution_start = self.progress_bars
         context.enable_auto_log_stats = False
@@ -226,9 +200,11 @@ class RayRestoreExecutor:
     def skip(self, candidates: pa.Table, config) -> Any:
         import ray.data
 
+        from restoration.restore import skip_stage
+
         self._start()
         blocks = _blocks(candidates, max(64, math.ceil(candidates.num_rows / 2_000)))
-        stats = ray.data.from_arrow(blocks).map_batches(_skip_batch, batch_format="pyarrow", batch_size=None,
+        stats = ray.data.from_arrow(blocks).map_batches(skip_stage, batch_format="pyarrow", batch_size=None,
                                                         num_cpus=config.pipeline.cpus_per_task)
         return stats.iter_batches(batch_format="pyarrow", batch_size=None)
 

@@ -3,35 +3,42 @@
 Schema: :data:`MANIFEST_SCHEMA` (version :data:`MANIFEST_VERSION`, stored in the Parquet
 schema metadata). Columns, in order:
 
-=================  ================  ==========================================================
-column             type              meaning
-=================  ================  ==========================================================
-``source_uri``     string            the input, as listed
-``output_uri``     string            where the restored image is; null on error
-``status``         string            ``ok`` | ``error`` | ``skipped`` (see below)
-``error``          string            readable reason, null unless ``status == "error"``
-``error_stage``    string            ``plan`` | ``read`` | ``decode`` | ``restore`` |
-                                     ``encode`` | ``write``, null unless an error
-``task``           string            restoration task (``denoise``, ``sr``, ...)
-``model_id``       string            the checkpoint's ``model_id``
-``job_id``         string            the run that wrote this row
-``width``          int32             input width after EXIF orientation, null if undecodable
-``height``         int32             input height after EXIF orientation
-``out_width``      int32             output width (``width * scale``), null on error
-``out_height``     int32             output height
-``mode``           string            the input's Pillow mode (``RGB``, ``L``, ``I;16``, ...)
-``format``         string            the input's format (``PNG``, ``JPEG``, ...)
-``out_format``     string            the format written, null on error
-``channels``       int8              1 (gray) or 3 (RGB), alpha not counted
-``bit_depth``      int8              8 or 16 bits per sample
-``has_alpha``      bool              whether an alpha plane was carried over
-``bytes_in``       int64             size of the input file
-``bytes_out``      int64             size of the written output, null on error
-``seconds``        float64           processing time of this input (read to write), summed
-                                     over the stages; the restore share of a batch is split
-                                     by pixel count
-``restored_at``    timestamp[us,UTC] when the output was written; null on error
-=================  ================  ==========================================================
+====================  ================  ==========================================================
+column                type              meaning
+====================  ================  ==========================================================
+``source_uri``        string            the input, as listed
+``output_uri``        string            where the restored image is; null on error
+``status``            string            ``ok`` | ``error`` | ``skipped`` (see below)
+``error``             string            readable reason, null unless ``status == "error"``
+``error_stage``       string            ``plan`` | ``read`` | ``decode`` | ``restore`` |
+                                        ``encode`` | ``write``, null unless an error
+``task``              string            restoration task (``denoise``, ``sr``, ...)
+``model_id``          string            the checkpoint's ``model_id``
+``job_id``            string            the run that wrote this row
+``width``             int32             input width after EXIF orientation, null if undecodable
+``height``            int32             input height after EXIF orientation
+``out_width``         int32             output width (``width * scale``), null on error
+``out_height``        int32             output height
+``mode``              string            the input's Pillow mode (``RGB``, ``L``, ``I;16``, ...)
+``format``            string            the input's format (``PNG``, ``JPEG``, ...)
+``out_format``        string            the format written, null on error
+``channels``          int8              1 (gray) or 3 (RGB), alpha not counted
+``bit_depth``         int8              8 or 16 bits per sample
+``has_alpha``         bool              whether an alpha plane was carried over
+``bytes_in``          int64             size of the input file
+``bytes_out``         int64             size of the written output, null on error
+``seconds``           float64           processing time of this input (read to write), summed
+                                        over the stages; the restore share of a batch is split
+                                        by pixel count
+``mean_abs_change``   float64           how much the model changed the image: mean absolute
+                                        difference in 8-bit levels (0..255) between the model's
+                                        input at the output size (bicubic for SR) and the output;
+                                        null on error. Below ``unchanged_threshold`` (default
+                                        :data:`UNCHANGED_THRESHOLD`) the image counts as
+                                        *unchanged* in the summary
+``strength``          float64           the restoration strength used, in [0, 1]; null on error
+``restored_at``       timestamp[us,UTC] when the output was written; null on error
+====================  ================  ==========================================================
 
 Statuses: ``ok`` -- restored and written by ``job_id``; ``error`` -- not restored, ``error``
 says why; ``skipped`` -- a re-run found it already restored (same task, model, output URI and
@@ -79,7 +86,9 @@ __all__ = [
     "MANIFEST_VERSION",
     "STATUSES",
     "SUMMARY_FILE",
+    "UNCHANGED_THRESHOLD",
     "ManifestWriter",
+    "count_unchanged",
     "error_row",
     "manifest_uri",
     "new_job_id",
@@ -89,7 +98,11 @@ __all__ = [
     "summarize",
 ]
 
-MANIFEST_VERSION: Final[int] = 1
+MANIFEST_VERSION: Final[int] = 2
+"""Version 2 added ``mean_abs_change`` and ``strength``; version 1 files are read with them null."""
+UNCHANGED_THRESHOLD: Final[float] = 0.5
+"""8-bit levels: a restored image whose ``mean_abs_change`` is below this was left as it was (the
+model did nothing to it) and is counted as ``unchanged``; half a level is less than rounding."""
 MANIFEST_DIR: Final[str] = "_manifest"
 SUMMARY_FILE: Final[str] = "_summary.json"
 CONFIG_FILE: Final[str] = "_config.yaml"
@@ -121,6 +134,8 @@ MANIFEST_SCHEMA: Final[pa.Schema] = pa.schema(
         pa.field("bytes_in", pa.int64()),
         pa.field("bytes_out", pa.int64()),
         pa.field("seconds", pa.float64()),
+        pa.field("mean_abs_change", pa.float64()),
+        pa.field("strength", pa.float64()),
         pa.field("restored_at", pa.timestamp("us", tz="UTC")),
     ],
     metadata={_VERSION_KEY: str(MANIFEST_VERSION).encode()},
@@ -194,7 +209,7 @@ def error_row(
 
 _CARRIED: Final[tuple[str, ...]] = (
     "output_uri", "task", "model_id", "width", "height", "out_width", "out_height", "mode", "format",
-    "out_format", "channels", "bit_depth", "has_alpha", "bytes_out", "restored_at",
+    "out_format", "channels", "bit_depth", "has_alpha", "bytes_out", "mean_abs_change", "strength", "restored_at",
 )
 
 
@@ -233,15 +248,22 @@ def _manifest_files(output: str) -> list[_ManifestFile]:
     return sorted(files)
 
 
+# Columns each later version added; a file of an older version is read with them null.
+_ADDED_IN: Final[dict[int, tuple[str, ...]]] = {2: ("mean_abs_change", "strength")}
+
+
 def _read_file(uri: str) -> pa.Table:
     table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    version = (table.schema.metadata or {}).get(_VERSION_KEY)
-    if version != str(MANIFEST_VERSION).encode():
-        found = version.decode() if version else "none"
+    found = (table.schema.metadata or {}).get(_VERSION_KEY, b"none").decode()
+    version = int(found) if found.isdigit() else None
+    if version is None or not 1 <= version <= MANIFEST_VERSION:
         raise ValueError(
             f"manifest file {uri} has schema version {found}; this version of restoration reads "
-            f"version {MANIFEST_VERSION}. Write to a new output, or move the old _manifest away"
+            f"versions 1 to {MANIFEST_VERSION}. Write to a new output, or move the old _manifest away"
         )
+    for later in range(version + 1, MANIFEST_VERSION + 1):
+        for name in _ADDED_IN.get(later, ()):
+            table = table.append_column(MANIFEST_SCHEMA.field(name), pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(name).type))
     return table.select(list(COLUMNS)).cast(MANIFEST_SCHEMA)
 
 
@@ -365,6 +387,13 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
         return [], []
     counts = pc.value_counts(column)
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def count_unchanged(table: pa.Table, threshold: float = UNCHANGED_THRESHOLD) -> int:
+    """``ok`` rows whose ``mean_abs_change`` is below ``threshold`` (8-bit levels): images the
+    model left as they were."""
+    unchanged = pc.and_(pc.equal(table.column("status"), "ok"), pc.less(table.column("mean_abs_change"), threshold))
+    return int(pc.sum(unchanged.cast(pa.int64())).as_py() or 0)
 
 
 def summarize(table: pa.Table) -> dict[str, int]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import inspect
 import io
 import math
 import os
@@ -35,27 +36,32 @@ import posixpath
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from restoration import TASKS, storage
+from restoration import storage
 from restoration.codec import (
     DEFAULT_MAX_PIXELS,
     ENCODE_FORMATS,
+    PNG_COMPRESSION_LEVELS,
     DecodedImage,
     ImageDecodeError,
+    ImageMetadata,
     decode_image,
     encode_image,
+    normalize_format,
+    output_format_for,
     pixels_to_tensor,
     tensor_to_pixels,
     with_pixels,
 )
-from restoration.inference import ENSEMBLE_SIZES
-from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, error_row
+from restoration.inference import ENSEMBLE_SIZES, Predictor
+from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, UNCHANGED_THRESHOLD, error_row
+from restoration.tasks import get_task
 
 __all__ = [
     "LIST_EXTENSIONS",
@@ -71,12 +77,17 @@ __all__ = [
     "SKIP_SCHEMA",
     "encode_stage",
     "list_inputs",
+    "mean_abs_change",
     "plan_restore",
     "read_stage",
     "restore_stage",
     "skip_stage",
     "target_format",
 ]
+
+DEFAULT_PNG_COMPRESSION: Final[int] = 1
+"""PNG zlib level of outputs (as :func:`restoration.codec.encode_image`): the fastest that
+compresses; 6 (Pillow's default) costs several times the encode time for a few percent."""
 
 LIST_EXTENSIONS: Final[frozenset[str]] = frozenset({".parquet", ".csv", ".txt"})
 """An ``--input`` file with one of these extensions is a list of input URIs, not an image."""
@@ -91,7 +102,6 @@ _EXTENSION_FORMATS: Final[dict[str, str]] = {
 _FORMAT_EXTENSIONS: Final[dict[str, str]] = {
     "PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp",
 }
-_FORMAT_ALIASES: Final[dict[str, str]] = {"JPG": "JPEG", "TIF": "TIFF"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,16 +131,26 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """``format``: None writes each image in its input's format (PNG when that format cannot be
+    """How outputs are written (:func:`restoration.codec.encode_image`).
+
+    ``format``: None writes each image in its input's format (PNG when that format cannot be
     written, e.g. GIF); otherwise one of PNG, JPEG, WEBP, TIFF, BMP for every output, whose file
-    extension is changed to match. ``quality``: JPEG/WebP quality, 1..100."""
+    extension is changed to match. ``quality``: JPEG/WebP quality, 1..100. ``png_compression``:
+    PNG zlib level, 0..9 (1, the default, is the fastest that compresses; 9 the smallest).
+    ``strip_metadata``: write no EXIF, XMP or IPTC (carried over from the input otherwise, with
+    the EXIF orientation reset to 1); the ICC profile is always kept.
+    """
 
     format: str | None = None
     quality: int = 95
+    png_compression: int = DEFAULT_PNG_COMPRESSION
+    strip_metadata: bool = False
 
     def __post_init__(self) -> None:
+        if self.png_compression not in PNG_COMPRESSION_LEVELS:
+            raise ValueError(f"output.png_compression must be a zlib level in 0..9, got {self.png_compression}")
         if self.format is not None:
-            canonical = _FORMAT_ALIASES.get(self.format.upper(), self.format.upper())
+            canonical = normalize_format(self.format)
             if canonical not in ENCODE_FORMATS:
                 raise ValueError(
                     f"output.format {self.format!r} is not writable; choose one of {', '.join(sorted(ENCODE_FORMATS))}"
@@ -140,13 +160,20 @@ class OutputConfig:
             raise ValueError(f"output.quality must be in 1..100, got {self.quality}")
 
 
+_PREDICTOR_PARAMETERS: Final[frozenset[str]] = frozenset(inspect.signature(Predictor).parameters)
+
+
 @dataclass(frozen=True)
 class PredictorConfig:
     """Arguments of :class:`restoration.inference.Predictor` in each actor.
 
     ``device``: None picks CUDA when the actor was given a GPU, else CPU. ``threads``: torch
-    intra-op threads per actor on CPU (None: sized from the cluster by the job). ``ensemble``:
-    geometric self-ensemble of 1, 2, 4 or 8 passes (slower, slightly better).
+    intra-op threads per actor on CPU (None: sized from the cluster by the job). ``tile`` /
+    ``overlap``: images larger than ``tile`` pixels on a side go through overlapping tiles
+    (``tile`` 0: never; else more than twice ``overlap``). ``batch_size``: images or tiles per
+    forward pass. ``ensemble``: geometric self-ensemble of 1, 2, 4 or 8 passes (slower,
+    slightly better). ``strength``: how much of the model's change to apply, in [0, 1] (0 returns
+    the input, 1 the model as trained); recorded in every manifest row.
     """
 
     device: str | None = None
@@ -157,6 +184,7 @@ class PredictorConfig:
     channels_last: bool = True
     threads: int | None = None
     ensemble: int = 1
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         # The Predictor's own rules (restoration.inference), checked when the config loads so that
@@ -174,6 +202,20 @@ class PredictorConfig:
                              f"{2 * self.overlap} pixels, got {self.tile}")
         if self.batch_size < 1:
             raise ValueError(f"predictor.batch_size must be >= 1 (images or tiles per forward pass), got {self.batch_size}")
+        if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
+            raise ValueError(f"predictor.strength must be in [0, 1] (0: the input unchanged, 1: the model as "
+                             f"trained), got {self.strength}")
+        unsupported = [name for name in self.predictor_options() if name not in _PREDICTOR_PARAMETERS]
+        if unsupported:
+            raise ValueError(f"predictor.{unsupported[0]} is not supported by this version's Predictor; "
+                             f"leave it at its default")
+
+    def predictor_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`restoration.inference.Predictor` besides the device: every
+        field but ``device`` and ``threads``, leaving out those at their defaults that this
+        version's Predictor does not take."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("device", "threads")
+                and (f.name in _PREDICTOR_PARAMETERS or getattr(self, f.name) != f.default)}
 
 
 @dataclass(frozen=True)
@@ -220,16 +262,21 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class ManifestConfig:
-    """A manifest part is written every ``flush_rows`` rows or ``flush_seconds`` seconds."""
+    """A manifest part is written every ``flush_rows`` rows or ``flush_seconds`` seconds.
+    ``unchanged_threshold``: restored images whose ``mean_abs_change`` is below it (8-bit levels)
+    are counted as ``unchanged`` in ``_summary.json`` and the progress lines."""
 
     flush_rows: int = 500
     flush_seconds: float = 30.0
+    unchanged_threshold: float = UNCHANGED_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.flush_rows < 1:
             raise ValueError(f"manifest.flush_rows must be >= 1, got {self.flush_rows}")
         if not (math.isfinite(self.flush_seconds) and self.flush_seconds > 0):
             raise ValueError(f"manifest.flush_seconds must be a number > 0, got {self.flush_seconds}")
+        if not (math.isfinite(self.unchanged_threshold) and 0 <= self.unchanged_threshold <= 255):
+            raise ValueError(f"manifest.unchanged_threshold must be in [0, 255] 8-bit levels, got {self.unchanged_threshold}")
 
 
 @dataclass(frozen=True)
@@ -274,12 +321,23 @@ PIPELINE_SCHEMA: Final[pa.Schema] = pa.schema(
         # stage, the restored pixels at out_height x out_width.
         pa.field("pixels", pa.large_binary()),
         pa.field("alpha", pa.large_binary()),
+        # Carried from the input to the output unchanged: the ICC profile and the EXIF, XMP and
+        # IPTC blocks (restoration.codec.ImageMetadata).
         pa.field("icc_profile", pa.large_binary()),
+        pa.field("exif", pa.large_binary()),
+        pa.field("xmp", pa.large_binary()),
+        pa.field("iptc", pa.large_binary()),
         pa.field("out_width", pa.int32()),
         pa.field("out_height", pa.int32()),
         pa.field("seconds", pa.float64()),
+        # Set by the restore stage: see restoration.manifest.
+        pa.field("mean_abs_change", pa.float64()),
+        pa.field("strength", pa.float64()),
     ]
 )
+
+_BINARY: Final[tuple[str, ...]] = ("pixels", "alpha", "icc_profile", "exif", "xmp", "iptc")
+_CARRIED: Final[tuple[str, ...]] = ("icc_profile", "exif", "xmp", "iptc")
 
 
 def _pipeline_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -288,27 +346,33 @@ def _pipeline_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _work_rows(table: pa.Table) -> list[dict[str, Any]]:
-    return table.select([n for n in table.column_names if n not in ("pixels", "alpha", "icc_profile")]).to_pylist()
+    return table.select([n for n in table.column_names if n not in _BINARY]).to_pylist()
 
 
-def _buffers(table: pa.Table, name: str) -> list[pa.Buffer | None]:
-    """The cells of a binary column as zero-copy buffers (None for nulls)."""
-    column = table.column(name)
-    return [None if not cell.is_valid else cell.as_buffer() for chunk in column.chunks for cell in chunk]
+def _buffers(table: pa.Table) -> list[dict[str, pa.Buffer | None]]:
+    """Per row, the cells of the binary columns as zero-copy buffers (None for nulls)."""
+    columns = {name: [None if not cell.is_valid else cell.as_buffer()
+                      for chunk in table.column(name).chunks for cell in chunk] for name in _BINARY}
+    return [{name: columns[name][index] for name in _BINARY} for index in range(table.num_rows)]
+
+
+def _bytes(buffer: pa.Buffer | None) -> bytes | None:
+    return None if buffer is None else buffer.to_pybytes()
 
 
 def _dtype(bit_depth: int) -> type:
     return np.uint16 if bit_depth == 16 else np.uint8
 
 
-def _unpack(row: Mapping[str, Any], pixels: pa.Buffer, alpha: pa.Buffer | None,
-            icc: pa.Buffer | None, *, restored: bool = False) -> DecodedImage:
+def _unpack(row: Mapping[str, Any], buffers: Mapping[str, pa.Buffer | None], *, restored: bool = False) -> DecodedImage:
     dtype = _dtype(row["bit_depth"])
     height, width = (row["out_height"], row["out_width"]) if restored else (row["height"], row["width"])
-    array = np.frombuffer(pixels, dtype=dtype).reshape(height, width, row["channels"])
+    array = np.frombuffer(buffers["pixels"], dtype=dtype).reshape(height, width, row["channels"])
+    alpha = buffers["alpha"]
     alpha_array = None if alpha is None else np.frombuffer(alpha, dtype=dtype).reshape(height, width)
+    metadata = ImageMetadata(exif=_bytes(buffers["exif"]), xmp=_bytes(buffers["xmp"]), iptc=_bytes(buffers["iptc"]))
     return DecodedImage(pixels=array, alpha=alpha_array, mode=row["mode"], format=row["format"],
-                        icc_profile=None if icc is None else icc.to_pybytes())
+                        icc_profile=_bytes(buffers["icc_profile"]), metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,8 +528,7 @@ def plan_restore(
             location.
         FileNotFoundError: nothing at ``input_uri``.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    get_task(task)  # ValueError naming the known tasks
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     storage.resolve(output_uri)  # validates the output URI before any listing
@@ -615,6 +678,7 @@ def read_stage(
             width=image.width, height=image.height, mode=image.mode, format=image.format,
             channels=image.channels, bit_depth=image.bit_depth, pixels=image.pixels.tobytes(),
             alpha=None if image.alpha is None else image.alpha.tobytes(), icc_profile=image.icc_profile,
+            exif=image.metadata.exif, xmp=image.metadata.xmp, iptc=image.metadata.iptc,
             seconds=time.perf_counter() - start,
         )
         rows.append(row)
@@ -628,8 +692,8 @@ class _StageError(Exception):
 
 
 def _failed(row: dict[str, Any], stage: str, message: str, start: float) -> dict[str, Any]:
-    row.update(status="error", error_stage=stage, error=storage.redact(message), pixels=None, alpha=None,
-               icc_profile=None, seconds=(row.get("seconds") or 0.0) + time.perf_counter() - start)
+    row.update(status="error", error_stage=stage, error=storage.redact(message),
+               seconds=(row.get("seconds") or 0.0) + time.perf_counter() - start, **dict.fromkeys(_BINARY))
     return row
 
 
@@ -644,21 +708,25 @@ def restore_stage(predictor: Any, table: pa.Table, *, task: str) -> pa.Table:
     Same-sized images share forward passes; if a batch fails, its images are retried one by
     one, and an image that fails alone becomes an error row (stage ``restore``). Restored
     pixels keep the input's channel count and bit depth; alpha is resized with them (SR), or
-    dropped for inpainting, where alpha 0 marks the missing pixels.
+    dropped for tasks with a mask input (inpainting), where alpha 0 marks the missing pixels.
+    Each restored row records ``mean_abs_change`` (:func:`mean_abs_change`) and the
+    predictor's ``strength``.
     """
     import torch
 
+    takes_mask = get_task(task).mask_input
+    strength = float(getattr(predictor, "strength", 1.0))
     rows = _work_rows(table)
-    pixels, alphas, iccs = _buffers(table, "pixels"), _buffers(table, "alpha"), _buffers(table, "icc_profile")
+    buffers = _buffers(table)
     pending: list[int] = []
     images: dict[int, DecodedImage] = {}
     for index, row in enumerate(rows):
         if row["status"] is not None:
             continue
         try:
-            image = _unpack(row, pixels[index], alphas[index], iccs[index])
-            if task == "inpaint" and image.alpha is None:
-                raise ValueError("inpainting reads the missing pixels from the alpha channel "
+            image = _unpack(row, buffers[index])
+            if takes_mask and image.alpha is None:
+                raise ValueError(f"{task} reads the missing pixels from the alpha channel "
                                  "(alpha 0 = missing), and this image has no alpha")
         except ValueError as error:
             _failed(row, "restore", str(error), time.perf_counter())
@@ -672,7 +740,7 @@ def restore_stage(predictor: Any, table: pa.Table, *, task: str) -> pa.Table:
     def run(indices: list[int]) -> None:
         tensors = [pixels_to_tensor(images[i].pixels) for i in indices]
         masks = None
-        if task == "inpaint":
+        if takes_mask:
             masks = [torch.from_numpy((images[i].alpha == 0).astype(np.float32))[None] for i in indices]
         start = time.perf_counter()
         outputs = predictor.restore_many(tensors, masks)
@@ -694,32 +762,48 @@ def restore_stage(predictor: Any, table: pa.Table, *, task: str) -> pa.Table:
                 except Exception as error:  # noqa: BLE001 -- any model failure is this image's error
                     _failed(rows[index], "restore", f"{type(error).__name__}: {error}", time.perf_counter())
 
-    out_pixels: list[bytes | pa.Buffer | None] = []
-    out_alpha: list[bytes | pa.Buffer | None] = []
+    columns: dict[str, list[Any]] = {name: [] for name in _BINARY}
     for index, row in enumerate(rows):
-        if index not in results:
-            out_pixels.append(None)
-            out_alpha.append(alphas[index] if row["status"] is None else None)
+        if index not in results:  # done before this stage, or failed in it
+            for name in _BINARY:
+                columns[name].append(None)
             continue
         source = images[index]
         restored = with_pixels(source, results[index])
-        alpha = None if task == "inpaint" else restored.alpha
-        row.update(out_height=restored.height, out_width=restored.width,
+        alpha = None if takes_mask else restored.alpha
+        row.update(out_height=restored.height, out_width=restored.width, strength=strength,
+                   mean_abs_change=mean_abs_change(source.pixels, restored.pixels),
                    seconds=(row["seconds"] or 0.0) + seconds[index])
-        out_pixels.append(restored.pixels.tobytes())
-        out_alpha.append(None if alpha is None else alpha.tobytes())
-    for row, icc in zip(rows, iccs, strict=True):
-        row["icc_profile"] = icc if row["status"] is None else None
-    columns = {name: [row.get(name) for row in rows] for name in PIPELINE_SCHEMA.names}
-    columns["pixels"] = out_pixels
-    columns["alpha"] = out_alpha
-    columns["icc_profile"] = [None if value is None else _as_bytes(value) for value in columns["icc_profile"]]
-    columns["alpha"] = [None if value is None else _as_bytes(value) for value in columns["alpha"]]
+        columns["pixels"].append(restored.pixels.tobytes())
+        columns["alpha"].append(None if alpha is None else alpha.tobytes())
+        for name in _CARRIED:
+            columns[name].append(_bytes(buffers[index][name]))
+    columns |= {name: [row.get(name) for row in rows] for name in PIPELINE_SCHEMA.names if name not in _BINARY}
     return pa.Table.from_pydict(columns, schema=PIPELINE_SCHEMA)
 
 
-def _as_bytes(value: bytes | pa.Buffer) -> bytes:
-    return value.to_pybytes() if isinstance(value, pa.Buffer) else value
+def mean_abs_change(source: np.ndarray, restored: np.ndarray) -> float:
+    """How much restoration changed an image: the mean absolute difference, in 8-bit levels
+    (0..255 scale, over every pixel and channel), between ``restored`` and the model's input at
+    the output size.
+
+    Args:
+        source: the input, ``H x W x C`` uint8 or uint16.
+        restored: the output, ``H' x W' x C`` of the same dtype. When its size differs (super-
+            resolution), ``source`` is first upsampled bicubically to it, as the model upsamples
+            its input, so that an SR model that adds nothing to bicubic changes nothing.
+    """
+    if source.dtype != restored.dtype or source.shape[2] != restored.shape[2]:
+        raise ValueError(f"source {source.shape} {source.dtype} and restored {restored.shape} {restored.dtype} "
+                         "must have the same channels and dtype")
+    if source.shape[:2] != restored.shape[:2]:
+        import torch.nn.functional as F
+
+        upsampled = F.interpolate(pixels_to_tensor(source)[None], size=restored.shape[:2], mode="bicubic",
+                                  align_corners=False)[0]
+        source = tensor_to_pixels(upsampled.clamp(0, 1), dtype=source.dtype)
+    difference = np.abs(restored.astype(np.int32) - source.astype(np.int32))
+    return float(difference.mean()) * 255.0 / float(np.iinfo(source.dtype).max)
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,10 +813,7 @@ def _as_bytes(value: bytes | pa.Buffer) -> bytes:
 def target_format(source_format: str, output_format: str | None) -> str:
     """The format an output is written in: ``output_format``, else the source's when writable,
     else PNG."""
-    if output_format is not None:
-        return output_format
-    canonical = {"JPG": "JPEG", "TIF": "TIFF", "MPO": "JPEG"}.get(source_format.upper(), source_format.upper())
-    return canonical if canonical in ENCODE_FORMATS else "PNG"
+    return output_format if output_format is not None else output_format_for(source_format)
 
 
 def encode_stage(
@@ -743,13 +824,18 @@ def encode_stage(
     job_id: str,
     output_format: str | None = None,
     quality: int = 95,
+    png_compression: int = DEFAULT_PNG_COMPRESSION,
+    strip_metadata: bool = False,
 ) -> pa.Table:
     """Encode and write the restored rows of a :data:`PIPELINE_SCHEMA` table; return one manifest
     row per input (:data:`restoration.manifest.MANIFEST_SCHEMA`). Skipped rows come back as
     ``status="skipped"`` with only their source, output and size: the driver fills in the rest
-    from the earlier manifest."""
+    from the earlier manifest.
+
+    ``quality``, ``png_compression`` and ``strip_metadata`` go to
+    :func:`restoration.codec.encode_image` (see :class:`OutputConfig`)."""
     rows = _work_rows(table)
-    pixels, alphas, iccs = _buffers(table, "pixels"), _buffers(table, "alpha"), _buffers(table, "icc_profile")
+    buffers = _buffers(table)
     manifest_rows = []
     for index, row in enumerate(rows):
         common = {
@@ -768,9 +854,10 @@ def encode_stage(
         start = time.perf_counter()
         stage = "encode"
         try:
-            image = _unpack(row, pixels[index], alphas[index], iccs[index], restored=True)
+            image = _unpack(row, buffers[index], restored=True)
             written_format = target_format(row["format"], output_format)
-            data = encode_image(image, written_format, quality=quality)
+            data = encode_image(image, written_format, quality=quality, png_compression=png_compression,
+                                strip_metadata=strip_metadata)
             stage = "write"
             storage.write_bytes(row["output_uri"], data)
         except Exception as error:  # noqa: BLE001 -- an encoder or storage failure is this image's error
@@ -787,6 +874,7 @@ def encode_stage(
             "out_height": row["out_height"], "out_format": written_format,
             "has_alpha": image.alpha is not None and written_format not in ("JPEG", "BMP"),
             "bytes_out": len(data), "seconds": (row["seconds"] or 0.0) + time.perf_counter() - start,
+            "mean_abs_change": row["mean_abs_change"], "strength": row["strength"],
             "restored_at": dt.datetime.now(dt.timezone.utc),
         })
     return pa.Table.from_pydict({name: [row.get(name) for row in manifest_rows] for name in COLUMNS},

@@ -4,7 +4,7 @@ progress, with the execution left to an executor.
 :func:`run_restore` does everything a run needs whatever executes it:
 
 1. check that the input can be read and the output written (:func:`restoration.storage.check_readable`,
-   :func:`~restoration.storage.check_writable`), load and validate the model
+   :func:`~restoration.storage.check_writable` on ``<output>/_manifest``), load and validate the model
    (:func:`load_restore_model`), read the earlier manifest, list and plan the inputs
    (:func:`restoration.restore.plan_restore`) and write the resolved config -- all on the
    driver, before any executor starts, so that unreachable storage, a missing bucket or denied
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +36,7 @@ from typing import Any, Final, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from restoration import TASKS, config as config_lib, manifest as manifest_lib, storage
+from restoration import config as config_lib, manifest as manifest_lib, storage
 from restoration.checkpoint import (
     Checkpoint,
     CheckpointBytes,
@@ -56,6 +55,7 @@ from restoration.restore import (
     restore_stage,
     skip_stage,
 )
+from restoration.tasks import TASK_NAMES
 
 __all__ = [
     "PROGRESS_SECONDS",
@@ -132,7 +132,8 @@ def encode_options(job: RestoreJob) -> dict[str, Any]:
     """Keyword arguments of :func:`restoration.restore.encode_stage` for ``job``."""
     output = job.config.output
     return {"task": job.task, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
-            "quality": output.quality}
+            "quality": output.quality, "png_compression": output.png_compression,
+            "strip_metadata": output.strip_metadata}
 
 
 def make_predictor(model: Any, config: PredictorConfig, *, device: str, threads: int | None = None) -> Any:
@@ -146,10 +147,7 @@ def make_predictor(model: Any, config: PredictorConfig, *, device: str, threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"predictor device {device} requested but this process sees no GPU")
-    options = config_lib.to_dict(config)
-    for name in ("device", "threads"):
-        options.pop(name)
-    return Predictor(model, device=device, **options)
+    return Predictor(model, device=device, **config.predictor_options())
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +262,9 @@ def run_restore(
     with _users_storage_errors("--input", input_uri):
         storage.check_readable(input_uri)
     with _users_storage_errors("--output", output_uri):
-        storage.check_writable(output_uri)
+        # Checked on the manifest's folder: on S3 the check leaves an empty folder marker, which
+        # belongs there, not among the outputs.
+        storage.check_writable(folder)
     with _users_storage_errors("--model", model):
         restore_model = load_restore_model(model, task)
     with _users_storage_errors("--output", output_uri):
@@ -286,6 +286,8 @@ def run_restore(
     if plan.errors:
         writer.add_rows({**row, "job_id": job_id} for row in plan.errors)
     megapixels = 0.0
+    unchanged = 0  # ok rows the model changed by less than manifest.unchanged_threshold
+    threshold = config.manifest.unchanged_threshold
     work = plan.work
     try:
         if work.num_rows and plan.previous:
@@ -299,11 +301,12 @@ def run_restore(
             for rows in executor.restore(work, job):
                 new = writer.add(_fill_skipped(rows, plan.previous, job_id))
                 megapixels += _ok_megapixels(new)
+                unchanged += manifest_lib.count_unchanged(new, threshold)
                 if time.monotonic() - last_report >= PROGRESS_SECONDS:
                     last_report = time.monotonic()
                     rate = writer.counts["ok"] / max(time.time() - listed, 1e-9)
-                    echo(f"  {len(writer.seen)}/{total} done (ok {writer.counts['ok']}, error {writer.counts['error']}, "
-                         f"skipped {writer.counts['skipped']}), {rate:.2f} images/s")
+                    echo(f"  {len(writer.seen)}/{total} done (ok {writer.counts['ok']}, of which unchanged {unchanged}; "
+                         f"error {writer.counts['error']}, skipped {writer.counts['skipped']}), {rate:.2f} images/s")
     finally:
         writer.flush()  # whatever happens, the rows received so far are kept
     # Every input exactly once: anything the executor did not report is an error, not a gap.
@@ -323,6 +326,8 @@ def run_restore(
         "output": storage.redact(output_uri),
         "inputs": total,
         "counts": dict(writer.counts),
+        "unchanged": unchanged,
+        "unchanged_threshold": threshold,
         "duplicates_dropped": writer.duplicates,
         "images_per_second": writer.counts["ok"] / pipeline_seconds,
         "megapixels": megapixels,
@@ -381,14 +386,19 @@ def _fill_skipped(batch: pa.Table, previous: dict[str, dict[str, Any]], job_id: 
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The two lines a run prints at the end: counts and rates, and where the manifest is."""
+    """The lines a run prints at the end: counts and rates, the images the model left unchanged
+    (when any), and where the manifest is."""
     counts = summary["counts"]
-    return (
+    lines = [
         f"restored {counts['ok']} of {summary['inputs']} inputs "
         f"(errors {counts['error']}, skipped {counts['skipped']}) in {summary['wall_seconds']:.1f} s: "
-        f"{summary['images_per_second']:.2f} images/s, {summary['megapixels_per_second']:.3f} megapixels/s\n"
-        f"manifest: {summary['manifest']}"
-    )
+        f"{summary['images_per_second']:.2f} images/s, {summary['megapixels_per_second']:.3f} megapixels/s"
+    ]
+    if summary["unchanged"]:
+        lines.append(f"unchanged: {summary['unchanged']} of the {counts['ok']} restored images changed by less than "
+                     f"{summary['unchanged_threshold']:g} levels on average (manifest column mean_abs_change)")
+    lines.append(f"manifest: {summary['manifest']}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,7 +410,7 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True,
                    help="folder, file:// or s3:// prefix of images; one image; or a .parquet/.csv/.txt list of URIs")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for restored images and _manifest/")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
     p.add_argument("--model", default="default",
                    help="checkpoint folder (local, file:// or s3://) or 'default' (the shipped model; default)")
     p.add_argument("--limit", type=int, default=None, help="restore only the first N inputs")
@@ -430,7 +440,3 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
         print(f"{errors} input(s) failed (--fail-on-error); see the manifest", file=sys.stderr)
         return 1
     return 0
-
-
-def _accepts(function: Callable[..., Any], name: str) -> bool:
-    return name in inspect.signature(function).parameters

@@ -118,3 +118,43 @@ def test_empty_output_has_an_empty_manifest(tmp_path: Path) -> None:
     table = m.read_manifest(str(tmp_path / "nothing-here"))
     assert table.num_rows == 0 and table.schema.equals(m.MANIFEST_SCHEMA)
     assert m.summarize(table) == {"ok": 0, "error": 0, "skipped": 0}
+
+
+def test_rows_record_the_change_and_the_strength_and_count_unchanged_images() -> None:
+    assert m.MANIFEST_VERSION == 2 and m.UNCHANGED_THRESHOLD == 0.5
+    for name in ("mean_abs_change", "strength"):
+        assert m.MANIFEST_SCHEMA.field(name).type == pa.float64()
+    table = m.rows_to_table([
+        ok("in/a.png", "j", mean_abs_change=0.0, strength=1.0),
+        ok("in/b.png", "j", mean_abs_change=0.49, strength=1.0),
+        ok("in/c.png", "j", mean_abs_change=3.2, strength=0.5),
+        m.error_row("in/d.png", "bad", "decode"),
+    ])
+    assert m.count_unchanged(table) == 2
+    assert m.count_unchanged(table, threshold=0.25) == 1 and m.count_unchanged(table, threshold=5) == 3
+    row = m.skipped_row(table.to_pylist()[2], job_id="job-2", bytes_in=10)
+    assert (row["mean_abs_change"], row["strength"]) == (3.2, 0.5)
+    assert m.count_unchanged(m.rows_to_table([row])) == 0  # skipped rows were not restored by this run
+
+
+def test_version_1_manifests_are_read_with_the_new_columns_null(tmp_path: Path) -> None:
+    """An output restored before version 2 can be run again: its rows read back, without the
+    change and strength columns they never had."""
+    folder = tmp_path / "out/_manifest"
+    folder.mkdir(parents=True)
+    job = m.new_job_id()
+    version_1 = m.rows_to_table([ok("in/a.png", job)]).drop_columns(["mean_abs_change", "strength"])
+    version_1 = version_1.replace_schema_metadata({b"restoration.manifest.version": b"1"})
+    buffer = io.BytesIO()
+    pq.write_table(version_1, buffer)
+    (folder / f"{job}-manifest.parquet").write_bytes(buffer.getvalue())
+    table = m.read_manifest(str(tmp_path / "out"))
+    assert table.schema.equals(m.MANIFEST_SCHEMA)
+    [row] = table.to_pylist()
+    assert row["source_uri"] == "in/a.png" and row["mean_abs_change"] is None and row["strength"] is None
+    # Compaction by the next run rewrites it at the current version.
+    writer = m.ManifestWriter(str(tmp_path / "out"), m.new_job_id())
+    writer.add_rows([ok("in/b.png", writer.job_id, mean_abs_change=1.0, strength=1.0)])
+    final = writer.close()
+    assert pq.read_schema(final).metadata[b"restoration.manifest.version"] == b"2"
+    assert len(m.read_manifest(str(tmp_path / "out"))) == 2

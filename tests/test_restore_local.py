@@ -70,14 +70,14 @@ def write_inputs(root: Path, photos: dict[str, np.ndarray]) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1500)
 def test_no_ray_console_command_restores_a_folder_with_a_complete_manifest(
     tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
 ) -> None:
     files = write_inputs(tmp_path / "in", photos)
     command = [sys.executable, "-c", NO_RAY_COMMAND, "restore", "--no-ray", "--input", str(tmp_path / "in"),
                "--output", str(tmp_path / "out"), "--task", "denoise", "--model", str(tiny_model)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=PROJECT_ROOT,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
                             env=no_ray_environment(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "ray-tmp").exists(), "a Ray session was started"
@@ -100,7 +100,7 @@ def test_no_ray_console_command_restores_a_folder_with_a_complete_manifest(
     assert f"restored {len(photos)} of {len(files)} inputs" in result.stdout
 
     # The same command again: everything that was restored is skipped, errors are retried.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=PROJECT_ROOT,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
                             env=no_ray_environment(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / MANIFEST_DIR / SUMMARY_FILE).read_text())
@@ -120,7 +120,7 @@ class DropsOne(LocalRestoreExecutor):
             yield rows.take(pa.array(keep, pa.int64()))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(900)
 def test_an_input_the_executor_did_not_report_becomes_an_error_row(
     tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
 ) -> None:
@@ -134,3 +134,59 @@ def test_an_input_the_executor_did_not_report_becomes_an_error_row(
     rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
     assert rows["b.png"]["status"] == "error" and "no result came back from the local executor" in rows["b.png"]["error"]
     assert lines[0].startswith(f"restore denoise: {len(photos)} inputs") and "manifest:" in lines[-1]
+
+
+@pytest.mark.timeout(1500)
+def test_the_summary_counts_the_images_the_model_left_unchanged(
+    tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
+) -> None:
+    from restoration import config as config_lib
+
+    for key, pixels in photos.items():
+        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / key).write_bytes(png(pixels))
+    lines: list[str] = []
+    summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
+                          executor=LocalRestoreExecutor(), echo=lines.append)
+    # The untrained model is the identity: every image is restored, and none is changed.
+    assert summary["counts"]["ok"] == summary["unchanged"] == len(photos) and summary["unchanged_threshold"] == 0.5
+    assert f"unchanged: {len(photos)} of the {len(photos)} restored images" in lines[-1]
+    written = json.loads((tmp_path / "out" / MANIFEST_DIR / SUMMARY_FILE).read_text())
+    assert written["unchanged"] == len(photos)
+    assert all(row["mean_abs_change"] == 0.0 and row["strength"] == 1.0
+               for row in read_manifest(str(tmp_path / "out")).to_pylist())
+
+    config = config_lib.load_config(RestoreConfig, overrides=["manifest.unchanged_threshold=0"])
+    summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
+                          config=config, overwrite=True, executor=LocalRestoreExecutor(), echo=lines.append)
+    assert summary["unchanged"] == 0 and summary["unchanged_threshold"] == 0.0
+
+
+@pytest.mark.timeout(1500)
+def test_strength_is_a_setting_and_is_recorded(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    import inspect
+
+    from restoration import config as config_lib
+    from restoration.inference import Predictor
+
+    if "strength" not in inspect.signature(Predictor).parameters:
+        pytest.skip("this version's Predictor has no strength control")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="denoise", widths=TINY), backbone_weights=None)
+    with torch.no_grad():  # a model that brightens every pixel by 6 levels
+        model.head.bias.fill_(6 / 255)
+    checkpoint = save_checkpoint(model, tmp_path / "brightener")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png(photos["a.png"] // 2))  # no pixel clips at +6
+    changes = {}
+    for strength in (0.0, 0.5, 1.0):
+        config = config_lib.load_config(RestoreConfig, overrides=[f"predictor.strength={strength}"])
+        summary = run_restore(str(tmp_path / "in"), str(tmp_path / f"out-{strength}"), task="denoise",
+                              model=str(checkpoint), config=config, executor=LocalRestoreExecutor(), echo=lambda _: None)
+        [row] = read_manifest(str(tmp_path / f"out-{strength}")).to_pylist()
+        assert row["strength"] == strength and summary["unchanged"] == (1 if strength == 0 else 0)
+        changes[strength] = row["mean_abs_change"]
+    assert changes[0.0] == 0.0 and changes[0.5] == pytest.approx(3.0, abs=0.6) and changes[1.0] == pytest.approx(6.0, abs=0.1)
+    np.testing.assert_array_equal(decode_image((tmp_path / "out-0.0/a.png").read_bytes()).pixels, photos["a.png"] // 2)
+    with pytest.raises(ValueError, match=r"predictor.strength must be in \[0, 1\]"):
+        config_lib.load_config(RestoreConfig, overrides=["predictor.strength=1.5"])

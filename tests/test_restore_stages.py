@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from restoration.restore import (
     RestoreConfig,
     encode_stage,
     list_inputs,
+    mean_abs_change,
     plan_restore,
     read_stage,
     restore_stage,
@@ -93,6 +95,7 @@ def test_every_kind_round_trips_through_an_identity_model(tmp_path: Path, sample
             assert difference < 3, relative
         assert row["bytes_out"] == len(Path(row["output_uri"]).read_bytes())
         assert row["bytes_in"] == len(data) and row["seconds"] > 0 and row["restored_at"] is not None
+        assert (row["mean_abs_change"], row["strength"]) == (0.0, 1.0), relative  # the model changed nothing
     # EXIF orientation is applied to the pixels and not written again.
     rotated = decode_pil((tmp_path / "out/kinds/rotated.jpg").read_bytes())
     assert rotated.size == (rgb.shape[1], rgb.shape[0])
@@ -138,6 +141,8 @@ def test_super_resolution_resizes_alpha_and_inpainting_reads_the_mask_from_alpha
         rows["rgba.png"]["out_width"], rows["rgba.png"]["out_height"])
     assert output.alpha is not None and output.alpha.shape == output.pixels.shape[:2]
     assert decode_image((tmp_path / "sr/gray.png").read_bytes()).channels == 1
+    # The untrained SR model is bicubic, which is what its change is measured against.
+    assert all(row["mean_abs_change"] < 0.01 for row in rows.values()), rows
 
     rows = {Path(r["source_uri"]).name: r for r in
             run_stages(str(tmp_path / "in"), str(tmp_path / "inpaint"), identity_predictor("inpaint"),
@@ -357,3 +362,82 @@ def test_transient_storage_errors_are_retried(
         with pytest.raises(FileNotFoundError):
             storage_lib.read_bytes(f"s3://{s3_bucket}/in/missing.png")
         assert [status for _, path, status in proxy.requests if path.endswith("missing.png")] == [404]
+
+
+# --------------------------------------------------------------------------------------------
+# What the model changed; metadata and PNG settings
+
+
+def test_mean_abs_change_is_in_8_bit_levels() -> None:
+    source = np.full((4, 6, 3), 100, np.uint8)
+    assert mean_abs_change(source, source) == 0.0
+    brighter = source + 3
+    brighter[0, 0, 0] = 100 + 9
+    assert mean_abs_change(source, brighter) == pytest.approx(3 + 6 / source.size)
+    assert mean_abs_change(source.astype(np.uint16) * 257, brighter.astype(np.uint16) * 257) == pytest.approx(
+        mean_abs_change(source, brighter))
+    # A larger output is compared with the bicubic upsampling of the input: a flat image stays flat.
+    assert mean_abs_change(source, np.full((8, 12, 3), 100, np.uint8)) == 0.0
+    assert mean_abs_change(source, np.full((8, 12, 3), 110, np.uint8)) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="same channels and dtype"):
+        mean_abs_change(source, source[:, :, :1])
+
+
+def test_a_model_that_changes_the_image_records_how_much(tmp_path: Path, sample) -> None:
+    rgb, _ = sample
+    write_tree(tmp_path / "in", {"a.png": png(rgb)})
+    model = identity_predictor().model
+    with torch.no_grad():  # a residual head with a bias brightens every pixel by 4/255
+        model.head.bias.fill_(4 / 255)
+    predictor = Predictor(model, device="cpu", tile=0)  # built after the change: it may copy the model
+    [row] = run_stages(str(tmp_path / "in"), str(tmp_path / "out"), predictor).to_pylist()
+    expected = np.abs(np.clip(rgb.astype(int) + 4, 0, 255) - rgb.astype(int)).mean()
+    assert row["mean_abs_change"] == pytest.approx(expected, abs=0.05) and row["mean_abs_change"] > 3
+
+
+def test_metadata_is_carried_to_the_outputs_unless_stripped(tmp_path: Path, sample) -> None:
+    from PIL import Image
+
+    rgb, _ = sample
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0132] = "Camera Maker", "Model 7", "2001:02:03 04:05:06"
+    files = {}
+    for name, format in (("a.jpg", "JPEG"), ("b.png", "PNG"), ("c.webp", "WEBP"), ("d.tif", "TIFF")):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format=format, exif=exif.tobytes(), **({"quality": 95} if format != "PNG" else {}))
+        files[name] = buffer.getvalue()
+    write_tree(tmp_path / "in", files)
+    for strip, folder in ((False, "kept"), (True, "stripped")):
+        plan = plan_restore(str(tmp_path / "in"), str(tmp_path / folder), task="denoise", model_id="m",
+                            config=RestoreConfig())
+        rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
+                            task="denoise", model_id="m", job_id=manifest_lib.new_job_id(), strip_metadata=strip)
+        assert rows.column("status").to_pylist() == ["ok"] * len(files), rows.column("error").to_pylist()
+        for name in files:
+            written = decode_pil((tmp_path / folder / name).read_bytes()).getexif()
+            if strip:
+                assert 0x010F not in written, name
+            else:
+                assert (written.get(0x010F), written.get(0x0110), written.get(0x0132)) == (
+                    "Camera Maker", "Model 7", "2001:02:03 04:05:06"), name
+
+
+def test_png_compression_is_a_setting(tmp_path: Path, sample) -> None:
+    from restoration import config as config_lib
+
+    rgb, _ = sample
+    write_tree(tmp_path / "in", {"a.png": png(rgb)})
+    sizes = {}
+    for level in (0, 9):
+        config = config_lib.load_config(RestoreConfig, overrides=[f"output.png_compression={level}"])
+        plan = plan_restore(str(tmp_path / "in"), str(tmp_path / f"level{level}"), task="denoise", model_id="m",
+                            config=config)
+        [row] = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
+                             task="denoise", model_id="m", job_id=manifest_lib.new_job_id(),
+                             png_compression=config.output.png_compression).to_pylist()
+        sizes[level] = row["bytes_out"]
+        np.testing.assert_array_equal(decode_image((tmp_path / f"level{level}/a.png").read_bytes()).pixels, rgb)
+    assert sizes[0] > 1.5 * sizes[9], sizes
+    assert RestoreConfig().output.png_compression == 1
+    with pytest.raises(ValueError, match="output.png_compression must be a zlib level in 0..9, got 10"):
+        config_lib.load_config(RestoreConfig, overrides=["output.png_compression=10"])
