@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ from restoration.restore import (
     read_stage,
     restore_stage,
     skip_stage,
+    target_format,
 )
 from restoration.tasks import TASK_NAMES
 
@@ -63,8 +66,12 @@ __all__ = [
     "RestoreExecutor",
     "RestoreJob",
     "RestoreModel",
+    "DRY_RUN_MEGAPIXELS_PER_SECOND",
+    "OUTPUT_BYTES_PER_MEGAPIXEL",
     "add_restore_arguments",
+    "dry_run_restore",
     "encode_options",
+    "format_dry_run",
     "format_summary",
     "load_restore_model",
     "make_predictor",
@@ -75,6 +82,29 @@ __all__ = [
 
 PROGRESS_SECONDS: Final[float] = 15.0
 """Seconds between two progress lines."""
+
+OUTPUT_BYTES_PER_MEGAPIXEL: Final[dict[str, int]] = {
+    # Means over the four 8-bit RGB photos of bench/results/codec_throughput.json (0.24 to 1.0
+    # megapixels): PNG at zlib level 1 (the default; level 6 is about 8 % smaller), JPEG and WebP
+    # at quality 95, TIFF with deflate. BMP stores 3 bytes a pixel uncompressed.
+    "PNG": 1_713_000,
+    "JPEG": 360_000,
+    "WEBP": 294_000,
+    "TIFF": 2_392_000,
+    "BMP": 3_000_000,
+}
+"""Bytes of an output per megapixel, by output format: an estimate for ``--dry-run`` (photos
+compress differently; gray images are smaller, 16-bit ones larger)."""
+
+DRY_RUN_MEGAPIXELS_PER_SECOND: Final[dict[str, float]] = {
+    # MODEL_CARD.md, "Against the classical methods, with time": the shipped denoiser restores a
+    # 481x321 CBSD68 image (0.154 megapixels) in 0.23 s with 2 threads on the idle 2-core
+    # machine (bench/model_card.py --timing-only): 0.67 megapixels/s. No GPU figure has been
+    # measured in this repository yet, so there is no GPU row.
+    "cpu-2-cores": 0.67,
+}
+"""Measured restore rates (megapixels of input per second, the model alone, ensemble 1) by node
+type, for the time estimates of ``--dry-run``. The pipeline's decode and encode come on top."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +327,8 @@ def run_restore(
                 echo(f"  {writer.counts['skipped']} inputs already restored (same size): skipped; "
                      f"{work.num_rows} to process")
         if work.num_rows:
-            last_report = time.monotonic()
+            last_report = restore_started = time.monotonic()
+            seen_before = len(writer.seen)  # plan errors and skips: not part of the executor's rate
             for rows in executor.restore(work, job):
                 new = writer.add(_fill_skipped(rows, plan.previous, job_id))
                 megapixels += _ok_megapixels(new)
@@ -306,7 +337,8 @@ def run_restore(
                     last_report = time.monotonic()
                     rate = writer.counts["ok"] / max(time.time() - listed, 1e-9)
                     echo(f"  {len(writer.seen)}/{total} done (ok {writer.counts['ok']}, of which unchanged {unchanged}; "
-                         f"error {writer.counts['error']}, skipped {writer.counts['skipped']}), {rate:.2f} images/s")
+                         f"error {writer.counts['error']}, skipped {writer.counts['skipped']}), {rate:.2f} images/s, "
+                         f"{_eta(len(writer.seen) - seen_before, total - len(writer.seen), last_report - restore_started)}")
     finally:
         writer.flush()  # whatever happens, the rows received so far are kept
     # Every input exactly once: anything the executor did not report is an error, not a gap.
@@ -402,6 +434,189 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# The dry run
+
+
+_HEADER_BYTES: Final[int] = 64 * 1024
+"""Bytes read first for an image header; the whole file is read when Pillow needs more (e.g. a
+JPEG with a large EXIF block)."""
+
+
+def _model_metadata(spec: str, task: str) -> tuple[str, int]:
+    """``(model_id, scale)`` of ``--model`` from its ``model.json`` alone: no weights read, no
+    model built. Raises CheckpointError for a missing checkpoint or one of another task."""
+    from restoration.checkpoint import METADATA_FILE, CheckpointBytes
+
+    source = resolve_model(spec, task)
+    if isinstance(source, str):  # a file:// or s3:// URI
+        try:
+            metadata_bytes = storage.read_bytes(storage.join(source, METADATA_FILE))
+        except FileNotFoundError as error:
+            raise CheckpointError(f"{storage.redact(source)} is not a checkpoint: it has no {METADATA_FILE}") from error
+        shown = storage.redact(source)
+    else:
+        if not (source / METADATA_FILE).is_file():
+            raise CheckpointError(f"{source} is not a checkpoint: it has no {METADATA_FILE}")
+        metadata_bytes, shown = (source / METADATA_FILE).read_bytes(), str(source)
+    metadata = CheckpointBytes(weights=b"", metadata=metadata_bytes, source=shown).read_metadata()
+    if metadata.task != task:
+        raise CheckpointError(f"--model {spec} is a {metadata.task!r} model, but --task is {task!r}")
+    model_id = metadata.model_id or (source.name if not isinstance(source, str)
+                                     else posixpath.basename(shown.rstrip("/")) or "unsaved")
+    return model_id, int(metadata.scale)
+
+
+def _image_header(uri: str, *, max_bytes: int) -> tuple[int, int, str]:
+    """``(width, height, format)`` of an image from its header (the first :data:`_HEADER_BYTES`,
+    or the whole file when Pillow needs more). Raises ValueError or OSError when the file is
+    missing, over ``max_bytes`` or not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    size = storage.size(uri)
+    if size is None:
+        raise FileNotFoundError(f"no such file: {uri}")
+    if size > max_bytes:
+        raise ValueError(f"file has {size} bytes, more than input.max_bytes={max_bytes}")
+    filesystem, path = storage.resolve(uri)
+    with filesystem.open_input_file(path) as stream:
+        head = stream.read(_HEADER_BYTES)
+    for data in (head, None):
+        if data is None:
+            if len(head) >= size:
+                break  # the whole file was read already
+            data = storage.read_bytes(uri)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size[0], image.size[1], image.format or "PNG"
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            continue
+    raise ValueError("not a readable image header")
+
+
+def dry_run_restore(
+    input_uri: str,
+    output_uri: str,
+    *,
+    task: str,
+    model: str = "default",
+    config: RestoreConfig | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """What :func:`run_restore` would do, without doing it: no model loaded (only its
+    ``model.json`` read), no executor or Ray started, nothing written.
+
+    Returns a mapping with ``inputs`` (listed), ``skipped`` (restored by an earlier run, same
+    size), ``to_restore`` (the rest of the work), ``plan_errors`` (inputs that cannot be placed,
+    which become error rows), ``unreadable`` (inputs to restore whose header cannot be read,
+    which would become error rows), ``megapixels`` (inputs to restore with a readable header,
+    width * height / 1e6), ``output_megapixels`` (times the model's scale squared),
+    ``estimated_output_bytes`` (:data:`OUTPUT_BYTES_PER_MEGAPIXEL` of each output's format) and
+    ``estimated_seconds`` (per node type of :data:`DRY_RUN_MEGAPIXELS_PER_SECOND`, times the
+    ensemble size; the model alone).
+
+    Raises:
+        ValueError: as :func:`run_restore` (a bad argument or checkpoint, no inputs, storage
+            that is the user's to fix). The output's writability is not checked: that would
+            write.
+    """
+    config = config or RestoreConfig()
+    input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
+    with _users_storage_errors("--input", input_uri):
+        storage.check_readable(input_uri)
+    with _users_storage_errors("--model", model):
+        model_id, scale = _model_metadata(model, task)
+    with _users_storage_errors("--output", output_uri):
+        previous = manifest_lib.read_manifest(output_uri)
+    with _users_storage_errors("--input", input_uri):
+        plan = plan_restore(input_uri, output_uri, task=task, model_id=model_id, config=config,
+                            previous_manifest=previous, overwrite=overwrite, limit=limit)
+    work = plan.work
+    skipped = 0
+    if work.num_rows and plan.previous:
+        checked = skip_stage(work.filter(pc.is_valid(work.column("previous_bytes"))))
+        skipped = int(pc.sum(checked.column("skipped").cast("int64")).as_py() or 0)
+        done = set(checked.filter(checked.column("skipped")).column("source_uri").to_pylist())
+        work = work.filter(pc.invert(pc.is_in(work.column("source_uri"), pa.array(sorted(done), pa.string()))))
+    pixels = 0
+    output_bytes = 0.0
+    unreadable: list[dict[str, str]] = []
+    for uri in work.column("source_uri").to_pylist():
+        try:
+            width, height, source_format = _image_header(uri, max_bytes=config.input.max_bytes)
+        except (OSError, ValueError) as error:
+            unreadable.append({"source_uri": storage.redact(uri), "error": storage.redact(str(error))})
+            continue
+        if width * height > config.input.max_pixels:
+            unreadable.append({"source_uri": storage.redact(uri),
+                               "error": f"{width}x{height} pixels, more than input.max_pixels={config.input.max_pixels}"})
+            continue
+        pixels += width * height
+        written = target_format(source_format, config.output.format)
+        output_bytes += width * height * scale * scale / 1e6 * OUTPUT_BYTES_PER_MEGAPIXEL.get(written, 3_000_000)
+    megapixels = pixels / 1e6
+    passes = config.predictor.ensemble
+    return {
+        "dry_run": True,
+        "task": task,
+        "model_id": model_id,
+        "scale": scale,
+        "input": storage.redact(input_uri),
+        "output": storage.redact(output_uri),
+        "inputs": len(plan.inputs),
+        "skipped": skipped,
+        "to_restore": work.num_rows,
+        "plan_errors": len(plan.errors),
+        "unreadable": len(unreadable),
+        "unreadable_inputs": unreadable[:20],
+        "megapixels": megapixels,
+        "output_megapixels": megapixels * scale * scale,
+        "estimated_output_bytes": int(round(output_bytes)),
+        "megapixels_per_second": dict(DRY_RUN_MEGAPIXELS_PER_SECOND),
+        "estimated_seconds": {node: megapixels * passes / rate for node, rate in DRY_RUN_MEGAPIXELS_PER_SECOND.items()},
+        "notes": "output bytes from per-format means of bench/results/codec_throughput.json; times from measured "
+                 "model rates (restoration.runs.DRY_RUN_MEGAPIXELS_PER_SECOND), the model alone, times the ensemble",
+    }
+
+
+def _eta(processed: int, remaining: int, seconds: float) -> str:
+    """``"ETA 3 min 20 s"`` for ``remaining`` inputs at the rate of the ``processed`` ones so far
+    (every reported row, ok or error, over ``seconds``); ``"ETA unknown"`` before the first."""
+    if processed <= 0 or seconds <= 0:
+        return "ETA unknown"
+    return f"ETA {_format_duration(remaining * seconds / processed)}"
+
+
+def _format_duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 20 s"`` or ``"5 h 07 min"``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def format_dry_run(report: dict[str, Any]) -> str:
+    """The lines ``restore --dry-run`` prints for a :func:`dry_run_restore` report."""
+    lines = [
+        f"dry run, restore {report['task']} (model {report['model_id']}, scale {report['scale']}): "
+        f"{report['inputs']} inputs from {report['input']} -> {report['output']}",
+        f"  to restore {report['to_restore']}, skipped as already done {report['skipped']}, "
+        f"cannot be placed {report['plan_errors']}, header unreadable {report['unreadable']}",
+        f"  {report['megapixels']:.3f} megapixels in, {report['output_megapixels']:.3f} out; "
+        f"about {report['estimated_output_bytes'] / 1e6:.1f} MB of outputs (estimate)",
+    ]
+    for node, seconds in report["estimated_seconds"].items():
+        lines.append(f"  estimated model time on {node}: {_format_duration(seconds)} "
+                     f"(at {report['megapixels_per_second'][node]:g} megapixels/s)")
+    for item in report["unreadable_inputs"]:
+        lines.append(f"  unreadable: {item['source_uri']}: {item['error']}")
+    lines.append("nothing was written; no model was loaded")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # The command line (shared by `restoration restore` and `python -m jobs.restore`)
 
 
@@ -421,12 +636,21 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set output.format=png (repeatable)")
     p.add_argument("--no-ray", action="store_true",
                    help="run in this process without Ray (one machine; the same plan, stages and manifest)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be done (counts, megapixels, estimated output bytes and time) and "
+                        "exit: no model loaded, no Ray, nothing written")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
 
 
 def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None) -> int:
     """Resolve the configuration, run with the in-process executor (``--no-ray``) or
     ``ray_executor()``, and return the exit code (1 for failed inputs with ``--fail-on-error``)."""
     config = config_lib.load_config(RestoreConfig, path=args.config, overrides=args.overrides)
+    if getattr(args, "dry_run", False):  # before any executor exists: Ray is never imported
+        report = dry_run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
+                                 limit=args.limit, overwrite=args.overwrite)
+        print(json.dumps(report, indent=2, sort_keys=True) if getattr(args, "json", False) else format_dry_run(report))
+        return 0
     if args.no_ray or ray_executor is None:
         executor: RestoreExecutor = LocalRestoreExecutor()
     else:
