@@ -24,7 +24,9 @@ retried tasks cannot duplicate rows), summary, progress -- is the library's
 (:mod:`restoration.runs`); this module is its Ray Data executor (dataset wiring, actor class,
 pool sizing). ``--no-ray`` runs the same in this process without importing Ray. Bad inputs are
 manifest rows with ``status=error``; exit 0 unless ``--fail-on-error``, and 2 with one line for a
-bad setting or unreachable storage, before Ray starts.
+bad setting or unreachable storage, before Ray starts. ``--dry-run`` (``--json``) reports what a
+run would do -- counts, megapixels, estimated output bytes and time -- without Ray, a model or
+any write (:func:`restoration.runs.dry_run_restore`).
 """
 
 from __future__ import annotations

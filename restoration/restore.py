@@ -59,7 +59,7 @@ from restoration.codec import (
     tensor_to_pixels,
     with_pixels,
 )
-from restoration.inference import ENSEMBLE_SIZES, Predictor
+from restoration.inference import ENSEMBLE_SIZES, PRECISIONS, Predictor
 from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, UNCHANGED_THRESHOLD, error_row
 from restoration.tasks import get_task
 
@@ -173,7 +173,10 @@ class PredictorConfig:
     (``tile`` 0: never; else more than twice ``overlap``). ``batch_size``: images or tiles per
     forward pass. ``ensemble``: geometric self-ensemble of 1, 2, 4 or 8 passes (slower,
     slightly better). ``strength``: how much of the model's change to apply, in [0, 1] (0 returns
-    the input, 1 the model as trained); recorded in every manifest row.
+    the input, 1 the model as trained); recorded in every manifest row. ``precision``: ``auto``
+    (bf16 autocast on CUDA and on CPUs with hardware bf16), ``fp32`` or ``bf16``; ``amp: false``
+    also forces fp32. ``tile_batch_size``: tiles of one large image per forward pass (None:
+    ``batch_size``).
     """
 
     device: str | None = None
@@ -185,6 +188,8 @@ class PredictorConfig:
     threads: int | None = None
     ensemble: int = 1
     strength: float = 1.0
+    precision: str = "auto"
+    tile_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         # The Predictor's own rules (restoration.inference), checked when the config loads so that
@@ -205,6 +210,14 @@ class PredictorConfig:
         if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
             raise ValueError(f"predictor.strength must be in [0, 1] (0: the input unchanged, 1: the model as "
                              f"trained), got {self.strength}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"predictor.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.amp and self.precision == "bf16":
+            raise ValueError("predictor.precision bf16 contradicts predictor.amp false (which forces fp32); "
+                             "set one of them")
+        if self.tile_batch_size is not None and self.tile_batch_size < 1:
+            raise ValueError(f"predictor.tile_batch_size must be >= 1 (tiles per forward pass) or null "
+                             f"(predictor.batch_size), got {self.tile_batch_size}")
         unsupported = [name for name in self.predictor_options() if name not in _PREDICTOR_PARAMETERS]
         if unsupported:
             raise ValueError(f"predictor.{unsupported[0]} is not supported by this version's Predictor; "

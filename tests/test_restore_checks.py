@@ -85,6 +85,11 @@ BAD_SETTINGS = {
     "predictor.threads=0": "predictor.threads must be >= 1",
     "predictor.ensemble=3": "predictor.ensemble must be one of 1, 2, 4, 8",
     "predictor.amp=maybe": "predictor.amp: expected true or false",
+    "predictor.precision=fp16": "predictor.precision must be one of auto, fp32, bf16, got 'fp16'",
+    "predictor.precision=BF16": "predictor.precision must be one of auto, fp32, bf16",
+    "predictor.tile_batch_size=0": "predictor.tile_batch_size must be >= 1 (tiles per forward pass) or null",
+    "predictor.tile_batch_size=-3": "predictor.tile_batch_size must be >= 1",
+    "predictor.tile_batch_size=two": "predictor.tile_batch_size",
     "pipeline.batch_size=0": "pipeline.batch_size must be >= 1",
     "pipeline.read_batch_size=0": "pipeline.read_batch_size must be >= 1",
     "pipeline.min_actors=0": "pipeline.min_actors must be >= 1",
@@ -134,3 +139,21 @@ def test_a_missing_bucket_and_denied_access_are_one_line_and_exit_2(
     result = run_restore_process(["--input", f"s3://{s3_bucket}/in", *output], tmp_path, environment=wrong_secret)
     assert_refused_before_ray(result, tmp_path, f"s3://{s3_bucket}/in", "access denied")
     assert "wrong-secret-key-for-this-test" not in result.stderr
+
+
+def test_precision_and_tile_batch_size_reach_the_predictor() -> None:
+    import torch
+
+    from restoration.model import ModelConfig, build_model
+    from restoration.runs import make_predictor
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="denoise", widths=(8, 8, 16, 16, 24, 24)), backbone_weights=None)
+    config = config_lib.load_config(RestoreConfig, overrides=["predictor.precision=fp32", "predictor.tile_batch_size=3"])
+    # Both executors build their Predictor with make_predictor (jobs/restore.py's Restorer too).
+    predictor = make_predictor(model, config.predictor, device="cpu")
+    assert (predictor.precision, predictor.tile_batch_size) == ("fp32", 3)
+    default = make_predictor(model, RestoreConfig().predictor, device="cpu")
+    assert default.tile_batch_size == default.batch_size == 4 and default.precision in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="predictor.precision bf16 contradicts predictor.amp false"):
+        config_lib.load_config(RestoreConfig, overrides=["predictor.precision=bf16", "predictor.amp=false"])

@@ -190,3 +190,23 @@ def test_strength_is_a_setting_and_is_recorded(tmp_path: Path, photos: dict[str,
     np.testing.assert_array_equal(decode_image((tmp_path / "out-0.0/a.png").read_bytes()).pixels, photos["a.png"] // 2)
     with pytest.raises(ValueError, match=r"predictor.strength must be in \[0, 1\]"):
         config_lib.load_config(RestoreConfig, overrides=["predictor.strength=1.5"])
+
+
+@pytest.mark.timeout(900)
+def test_progress_lines_show_an_eta(tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from restoration import config as config_lib, runs
+
+    for key, pixels in photos.items():
+        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / key).write_bytes(png(pixels))
+    monkeypatch.setattr(runs, "PROGRESS_SECONDS", 0.0)  # a progress line after every batch
+    config = config_lib.load_config(RestoreConfig, overrides=["pipeline.batch_size=1"])
+    lines: list[str] = []
+    run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model), config=config,
+                executor=LocalRestoreExecutor(), echo=lines.append)
+    progress = [line for line in lines if " done (ok " in line]
+    assert [line.split("/")[0].strip() for line in progress] == ["1", "2", "3"]
+    assert all(", ETA " in line for line in progress) and progress[-1].endswith("ETA 0 s")
+    assert runs._eta(0, 10, 5.0) == "ETA unknown" and runs._eta(2, 6, 10.0) == "ETA 30 s"
+    assert runs._eta(1, 100, 60.0) == "ETA 1 h 40 min" and runs._eta(1, 5, 40.0) == "ETA 3 min 20 s"
