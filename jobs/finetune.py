@@ -4,18 +4,14 @@
         --steps 2000 --workers 2 --storage DIR_OR_S3 --name my-denoiser [--use-gpu] [--init CKPT] \\
         [--config FILE.yaml] [--set key=value ...]
 
-Each Ray Train worker runs ``restoration.training.Trainer`` over its own disjoint shard of the
-training images; gradients are averaged by DistributedDataParallel (NCCL on GPU, gloo on CPU).
-Checkpoints go to ``RunConfig(storage_path=STORAGE, name=NAME)``; the best few by validation PSNR
-and the latest are kept. Running the same command again resumes from the latest checkpoint (model,
-optimizer, schedule and data position); worker failures within a run are retried from it
-(``--max-failures``). At the end the final model (``model.safetensors`` + ``model.json``),
-``config.yaml``, ``metrics.csv`` and ``training_curve.png`` are written to ``STORAGE/NAME/model/``.
-
-Bad input (missing or empty image folders, unusable images, unknown config keys, an --init
-checkpoint of another architecture, storage that cannot be written) is reported in one line with
-exit code 2 before Ray starts. S3 is configured by the standard AWS variables; on a local Ray
-instance the workers inherit them from this process.
+The Ray Train adapter over ``restoration.finetune`` (the checked plan, shards, provenance, final
+outputs) and ``restoration.training.Trainer``: each worker trains on its own disjoint shard, with
+gradients averaged by DistributedDataParallel (NCCL on GPU, gloo on CPU). Checkpoints go to
+``RunConfig(storage_path=STORAGE, name=NAME)``, the best few by validation PSNR and the latest kept;
+the same command resumes (model, optimizer, schedule, data position), and worker failures are
+retried from the latest (``--max-failures``). The final model, config.yaml, metrics.csv and
+training_curve.png go to ``STORAGE/NAME/model/``. Bad input is one line and exit code 2 before
+Ray starts. S3 is configured by the standard AWS variables, which local workers inherit.
 """
 
 from __future__ import annotations
@@ -28,13 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobs.ray_runtime import QUIET_RAY_ENVIRONMENT, init_ray, quiet_train_worker, root_cause
+from jobs.ray_runtime import (
+    FAIL_ONCE_VARIABLE, QUIET_RAY_ENVIRONMENT, fail_once_from_environment, fail_once_if_asked, init_ray,
+    note_missing_cpus, quiet_train_worker, root_cause,
+)
 
 __all__ = ["add_arguments", "init_ray", "main", "quiet_train_worker", "run", "train_loop_per_worker"]
 
-# Test-only: "RANK:STEP:MARKER_FILE" makes worker RANK raise once at report step STEP (the marker
-# file records that it did), to exercise FailureConfig retries.
-FAIL_ONCE_VARIABLE = "RESTORATION_FINETUNE_FAIL_ONCE"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from restoration.finetune import add_run_arguments
@@ -114,16 +110,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         counts = counts.to(device) if dist.get_backend() == "nccl" else counts
         dist.all_reduce(counts)  # every worker learns the totals, and all fail together if a shard is empty
     total_usable, total_bad, empty_shards = (int(v) for v in counts.cpu())
-    if shard.images is None or empty_shards:
-        raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images "
-                         f"({total_bad} of {total_usable + total_bad} images could not be used); "
-                         "use fewer --workers or more images")
-    bad = shard.images.bad
-    say(f"training on {total_usable} images over {world_size} worker(s)"
-        + (f"; skipped {total_bad} unusable, e.g. {bad[0][0]}: {bad[0][1]}" if bad else
-           f"; skipped {total_bad} unusable" if total_bad else ""))
-    if bad and rank != 0:
-        print(f"[worker {rank}] skipped {shard.bad} training images, e.g. {bad[0][0]}: {bad[0][1]}", flush=True)
+    for line in run_lib.shard_messages(shard, rank, world_size, total_usable, total_bad, empty_shards):
+        print(line, flush=True)
 
     val = [item for uri in loop_config["val_uris"] for item in load_images(uri)] if rank == 0 else []
     checkpoint = ray.train.get_checkpoint()
@@ -142,21 +130,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.resume(directory)
-        say(f"resumed from step {trainer.step} of {config.steps} (checkpoint {Path(checkpoint.path).name}): "
-            "model, optimizer, schedule and data position restored")
-    else:
-        say(f"starting at step 0 of {config.steps} from "
-            + (f"--init {loop_config['init']}" if loop_config["init"] else f"{config.backbone_weights or 'random'} backbone weights"))
+    say(run_lib.start_message(trainer, loop_config["init"], Path(checkpoint.path).name if checkpoint else None))
     provenance = run_lib.provenance(loop_config, config, workers=world_size, device_name=run_lib.device_name(device),
                                     image_count=total_usable, skipped=total_bad)
     fail_once = loop_config.get("fail_once")
 
     def report(row: dict, checkpoint_due: bool) -> None:
-        if fail_once and rank == fail_once["rank"] and row["step"] == fail_once["step"]:
-            marker = Path(fail_once["marker"])
-            if not marker.exists():
-                marker.write_text("failed once\n")
-                raise RuntimeError(f"injected failure on worker {rank} at step {row['step']} ({FAIL_ONCE_VARIABLE})")
+        fail_once_if_asked(fail_once, rank, row["step"])
         if checkpoint_due and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 trainer.save(tmp, provenance={
@@ -176,19 +156,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         say(f"final model written to {target}")
 
 
-# --------------------------------------------------------------------------------------------
-# Driver
-# --------------------------------------------------------------------------------------------
-
-
-def _fail_once_from_environment() -> dict | None:
-    value = os.environ.get(FAIL_ONCE_VARIABLE)
-    if not value:
-        return None
-    rank, step, marker = value.split(":", 2)
-    return {"rank": int(rank), "step": int(step), "marker": marker}
-
-
 def run(args: argparse.Namespace) -> int:
     """Pre-flight checks on the driver, then the TorchTrainer; returns the process exit code."""
     plan = preflight(args)
@@ -198,21 +165,15 @@ def run(args: argparse.Namespace) -> int:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from restoration import config as config_lib, storage as storage_lib
+    from restoration import finetune as run_lib, storage as storage_lib
 
     if not ray.is_initialized():
         init_ray(args.address)
     for name, value in QUIET_RAY_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    needed_cpus = args.workers * args.cpus_per_worker
-    available = ray.cluster_resources().get("CPU", 0)
-    if needed_cpus > available:
-        print(f"note: {args.workers} workers need {needed_cpus:g} CPUs and the cluster has {available:g} now; "
-              "waiting for the autoscaler", flush=True)
-    if plan.storage.startswith("s3://"):
-        storage_path, filesystem = plan.storage[len("s3://"):].rstrip("/"), storage_lib.s3_filesystem()
-    else:
-        storage_path, filesystem = storage_lib.resolve(plan.storage)[1], None
+    note_missing_cpus(args.workers, args.cpus_per_worker)
+    filesystem, storage_path = storage_lib.resolve(plan.storage)
+    filesystem = filesystem if plan.storage.startswith("s3://") else None
     run_uri = storage_lib.join(plan.storage, args.name)
     resume_from = latest_checkpoint(plan.storage, args.name)
     if resume_from is not None:
@@ -221,18 +182,8 @@ def run(args: argparse.Namespace) -> int:
           f"batch {config.data.batch_size}, {config.steps} steps, run {run_uri}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": config_lib.to_dict(config),
-            "train_uris": plan.train_uris,
-            "val_uris": plan.val_uris,
-            "train_images": plan.train_images,
-            "val_images": plan.val_images,
-            "init": plan.init,
-            "storage": plan.storage,
-            "name": plan.name,
-            "cpus_per_worker": args.cpus_per_worker,
-            "fail_once": _fail_once_from_environment(),
-        },
+        train_loop_config={**plan.worker_config(), "cpus_per_worker": args.cpus_per_worker,
+                           "fail_once": fail_once_from_environment()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=args.workers, use_gpu=args.use_gpu,
             resources_per_worker={"CPU": args.cpus_per_worker, **({"GPU": 1} if args.use_gpu else {})},
@@ -259,14 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if result.error:
         print(f"fine-tuning failed: {storage_lib.redact(root_cause(result.error))}", file=sys.stderr, flush=True)
         return 1
-    metrics = result.metrics or {}
-    summary = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}
-    best = max(result.best_checkpoints or [], key=lambda item: item[1].get("val_psnr", float("-inf")), default=None)
-    if best is not None:
-        summary["best_checkpoint"] = storage_lib.join(run_uri, Path(best[0].path).name)
-        summary["best_val_psnr"] = best[1].get("val_psnr")
-    summary["model"] = storage_lib.join(run_uri, "model")
-    print("done: " + json.dumps(summary), flush=True)
+    best = [(Path(checkpoint.path).name, metrics) for checkpoint, metrics in result.best_checkpoints or []]
+    print("done: " + json.dumps(run_lib.run_summary(result.metrics or {}, best, run_uri)), flush=True)
     return 0
 
 

@@ -42,6 +42,9 @@ __all__ = [
     "plan_finetune",
     "plot_training_curve",
     "provenance",
+    "run_summary",
+    "shard_messages",
+    "start_message",
     "write_final_outputs",
 ]
 
@@ -83,6 +86,12 @@ class FinetunePlan:
     storage: str
     name: str
     init: str | None
+
+    def worker_config(self) -> dict[str, Any]:
+        """What every worker needs of the plan, as plain values (the config as a mapping)."""
+        return {"config": config_lib.to_dict(self.config), "train_uris": self.train_uris, "val_uris": self.val_uris,
+                "train_images": self.train_images, "val_images": self.val_images, "init": self.init,
+                "storage": self.storage, "name": self.name}
 
 
 def _list(uri: str, flag: str) -> list[str]:
@@ -154,11 +163,13 @@ def plan_finetune(
             try:
                 storage.check_readable(uri)
             except storage.StorageError as exc:
+                if str(exc).startswith("no such file or directory"):
+                    raise FinetuneInputError(f"{flag} {storage.redact(uri)}: no such file or directory") from None
                 raise FinetuneInputError(f"{flag}: {exc}") from None
         try:
             storage.check_writable(storage_uri)
         except storage.StorageError as exc:
-            raise FinetuneInputError(f"--storage: {exc}") from None
+            raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: {exc}") from None
     except FinetuneInputError:
         raise
     except ValueError as exc:
@@ -234,6 +245,48 @@ def load_shard(uris: list[str], *, rank: int, world_size: int, min_size: int) ->
     except ValueError:
         return Shard(None, 0, len(shard))
     return Shard(images, len(images.names), len(images.bad))
+
+
+def shard_messages(shard: Shard, rank: int, world_size: int, total_usable: int, total_bad: int,
+                   empty_shards: int) -> list[str]:
+    """The lines a worker prints about the shards (rank 0: the totals; others: their own skipped
+    images), given the totals over all workers.
+
+    Raises:
+        ValueError: some worker has no usable image (every worker raises, so all stop together).
+    """
+    if shard.images is None or empty_shards:
+        raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images "
+                         f"({total_bad} of {total_usable + total_bad} images could not be used); "
+                         "use fewer --workers or more images")
+    bad = shard.images.bad
+    if rank == 0:
+        return [f"training on {total_usable} images over {world_size} worker(s)"
+                + (f"; skipped {total_bad} unusable, e.g. {bad[0][0]}: {bad[0][1]}" if bad else
+                   f"; skipped {total_bad} unusable" if total_bad else "")]
+    return [f"[worker {rank}] skipped {shard.bad} training images, e.g. {bad[0][0]}: {bad[0][1]}"] if bad else []
+
+
+def start_message(trainer: Trainer, init: str | None, resumed_from: str | None) -> str:
+    """Where a worker's training starts: a resumed checkpoint, ``--init`` or the backbone weights."""
+    config = trainer.config
+    if resumed_from is not None:
+        return (f"resumed from step {trainer.step} of {config.steps} (checkpoint {resumed_from}): "
+                "model, optimizer, schedule and data position restored")
+    start = f"--init {init}" if init else f"{config.backbone_weights or 'random'} backbone weights"
+    return f"starting at step 0 of {config.steps} from {start}"
+
+
+def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]], run_uri: str) -> dict[str, Any]:
+    """The final line of a run: last metrics, the best checkpoint by validation PSNR (``best``:
+    (checkpoint folder name, its metrics)), and where the final model is."""
+    summary = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}
+    top = max(best, key=lambda item: item[1].get("val_psnr", float("-inf")), default=None)
+    if top is not None:
+        summary["best_checkpoint"] = storage.join(run_uri, top[0])
+        summary["best_val_psnr"] = top[1].get("val_psnr")
+    summary["model"] = storage.join(run_uri, "model")
+    return summary
 
 
 def provenance(plan_values: dict[str, Any], config: TrainConfig, *, workers: int, device_name: str,
