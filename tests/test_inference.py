@@ -260,3 +260,31 @@ def test_validation_pass_shares_a_training_model(astronaut):
         model.eval()
         expected_gray = model(color[:1, :1].expand(1, 3, -1, -1))[0].mean(dim=0, keepdim=True)
     assert gray.shape == (1, 48, 64) and torch.allclose(gray, expected_gray, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_pass_pixels_bounds_the_images_and_tiles_per_pass(astronaut, scale):
+    from restoration.inference import CPU_PASS_PIXELS
+
+    model = _model("sr" if scale > 1 else "denoise", scale)
+    images = [_photo(astronaut, (64, 64)), _photo(astronaut, (64, 64)).flip(-1), _photo(astronaut, (64, 64)).flip(-2)]
+
+    def passes(predictor: Predictor, inputs) -> list[int]:
+        sizes: list[int] = []
+        predictor.network.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+        predictor.restore_many(inputs)
+        return sizes
+
+    assert Predictor(model, device="cpu").pass_pixels == CPU_PASS_PIXELS
+    assert passes(Predictor(model, device="cpu", tile=0), images) == [3]
+    two = 2 * 64 * 64 * scale**2
+    assert passes(Predictor(model, device="cpu", tile=0, pass_pixels=two), images) == [2, 1]
+    assert passes(Predictor(model, device="cpu", tile=0, pass_pixels=1), images) == [1, 1, 1]  # one at least
+    assert passes(Predictor(model, device="cpu", tile=0, pass_pixels=0, batch_size=2), images) == [2, 1]
+    # Tiles: a 160 x 200 image in 64-pixel tiles overlapping by 16 is 3 x 4 tiles.
+    tiled = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=8, pass_pixels=5 * 64 * 64 * scale**2)
+    assert passes(tiled, [_photo(astronaut, (160, 200))]) == [5, 5, 2]
+    tiled = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=4, pass_pixels=0)
+    assert passes(tiled, [_photo(astronaut, (160, 200))]) == [4, 4, 4]
+    with pytest.raises(ValueError, match="pass_pixels must be >= 0"):
+        Predictor(model, device="cpu", pass_pixels=-1)
