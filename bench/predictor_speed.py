@@ -122,7 +122,7 @@ def speed(images: int, size: int, repeats: int) -> dict[str, Any]:
     default = predictors["predictor"]
     result["predictor_settings"] = {"precision": default.precision, "channels_last": default.channels_last,
                                     "folded_batch_norms": default.folded_batch_norms,
-                                    "batch_size": default.batch_size}
+                                    "batch_size": default.batch_size, "pass_pixels": default.pass_pixels}
     result.update(images=images, size=size, repeats=repeats)
     return result
 
