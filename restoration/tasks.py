@@ -585,13 +585,9 @@ class Case:
 
 
 def _case(name: str, description: str, **fields: Any) -> list[Case]:
-    values = {**GeneralTask.protocol_defaults, "blur_probability": 0.0, "noise_probability": 0.0,
-              "jpeg_probability": 0.0}
-    values.update(fields)
-    for key in GeneralTask.range_fields():
-        if key in fields and not isinstance(fields[key], tuple):
-            values[key] = (fields[key], fields[key])
-    spec = GeneralTask(**values)
+    """A case and its gray twin: the general protocol with only the steps named in ``fields``."""
+    spec = GeneralTask.protocol(**{"blur_probability": 0.0, "noise_probability": 0.0, "jpeg_probability": 0.0,
+                                   **fields})
     return [Case(name, description, spec), Case(f"{name}-gray", description + ", on the gray image", spec, gray=True)]
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from processes import command_lines, descendants, is_alive
+from processes import command_lines, descendants, is_alive, stop_pids
 from restore_images import bad_files, oversize_png, png, variants
 from s3_fixtures import s3_server  # noqa: F401  (pytest fixture)
 
@@ -61,13 +61,7 @@ def ray_cluster(s3_server: LocalS3Server) -> Iterator[None]:  # noqa: F811
     finally:
         started = roots | {child for pid in roots for child in descendants(pid)}
         ray.shutdown()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(is_alive(pid) for pid in started):
-            time.sleep(0.2)
-        for pid in started:
-            if is_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        stop_pids(started, grace_seconds=15)  # what shutdown left behind
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,13 @@ def no_ray_environment(tmp_path: Path) -> dict[str, str]:
     return environment
 
 
+def write_photos(folder: Path, photos: dict[str, np.ndarray]) -> None:
+    """``photos`` as PNG files under ``folder`` (keys are relative paths)."""
+    for key, pixels in photos.items():
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        (folder / key).write_bytes(png(pixels))
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny denoiser: its residual head is zero, so it returns its input."""
@@ -124,9 +131,7 @@ class DropsOne(LocalRestoreExecutor):
 def test_an_input_the_executor_did_not_report_becomes_an_error_row(
     tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
 ) -> None:
-    for key, pixels in photos.items():
-        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "in" / key).write_bytes(png(pixels))
+    write_photos(tmp_path / "in", photos)
     lines: list[str] = []
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
                           config=RestoreConfig(), executor=DropsOne("sub/b.png"), echo=lines.append)
@@ -142,9 +147,7 @@ def test_the_summary_counts_the_images_the_model_left_unchanged(
 ) -> None:
     from restoration import config as config_lib
 
-    for key, pixels in photos.items():
-        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "in" / key).write_bytes(png(pixels))
+    write_photos(tmp_path / "in", photos)
     lines: list[str] = []
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
                           executor=LocalRestoreExecutor(), echo=lines.append)
@@ -197,9 +200,7 @@ def test_progress_lines_show_an_eta(tmp_path: Path, tiny_model: Path, photos: di
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from restoration import config as config_lib, runs
 
-    for key, pixels in photos.items():
-        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "in" / key).write_bytes(png(pixels))
+    write_photos(tmp_path / "in", photos)
     monkeypatch.setattr(runs, "PROGRESS_SECONDS", 0.0)  # a progress line after every batch
     config = config_lib.load_config(RestoreConfig, overrides=["pipeline.batch_size=1"])
     lines: list[str] = []
