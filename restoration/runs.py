@@ -75,6 +75,7 @@ __all__ = [
     "format_summary",
     "load_restore_model",
     "make_predictor",
+    "process_work",
     "read_options",
     "run_restore",
     "run_restore_command",
@@ -209,6 +210,21 @@ def _slices(table: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield table.slice(start, rows)
 
 
+def process_work(predictor: Any, work: pa.Table, job: RestoreJob, *, batch_size: int) -> Iterator[pa.Table]:
+    """Read, decode, restore, encode and write every row of ``work`` (:data:`WORK_SCHEMA`) in
+    this process, ``batch_size`` inputs at a time; yield one manifest table
+    (:data:`restoration.manifest.MANIFEST_SCHEMA`) per chunk.
+
+    Decoded and restored pixels never leave the process, and at most one chunk of them is held
+    at once. Both executors run it: the local one over the whole work table, each Ray actor over
+    the blocks it is given.
+    """
+    reading, encoding = read_options(job.config), encode_options(job)
+    for chunk in _slices(work, batch_size):
+        restored = restore_stage(predictor, read_stage(chunk, **reading), task=job.task)
+        yield encode_stage(restored, **encoding)
+
+
 class LocalRestoreExecutor:
     """The stages in this process, one batch after another: read and decode ``batch_size``
     inputs, restore them, encode and write them. No Ray; the device is ``predictor.device``, or
@@ -233,10 +249,7 @@ class LocalRestoreExecutor:
         batch_size = config.pipeline.batch_size or (16 if device.startswith("cuda") else 4)
         self._described = {"device": device, "threads": torch.get_num_threads(),
                            "batch_size": batch_size}
-        reading, encoding = read_options(config), encode_options(job)
-        for chunk in _slices(work, batch_size):
-            restored = restore_stage(predictor, read_stage(chunk, **reading), task=job.task)
-            yield encode_stage(restored, **encoding)
+        yield from process_work(predictor, work, job, batch_size=batch_size)
 
     def describe(self) -> dict[str, Any] | None:
         return self._described
