@@ -70,7 +70,7 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -87,7 +87,9 @@ __all__ = [
     "STATUSES",
     "SUMMARY_FILE",
     "UNCHANGED_THRESHOLD",
+    "ManifestIndex",
     "ManifestWriter",
+    "compact",
     "count_unchanged",
     "error_row",
     "manifest_uri",
@@ -252,19 +254,42 @@ def _manifest_files(output: str) -> list[_ManifestFile]:
 _ADDED_IN: Final[dict[int, tuple[str, ...]]] = {2: ("mean_abs_change", "strength")}
 
 
-def _read_file(uri: str) -> pa.Table:
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    found = (table.schema.metadata or {}).get(_VERSION_KEY, b"none").decode()
+def _file_version(schema: pa.Schema, uri: str) -> int:
+    found = (schema.metadata or {}).get(_VERSION_KEY, b"none").decode()
     version = int(found) if found.isdigit() else None
     if version is None or not 1 <= version <= MANIFEST_VERSION:
         raise ValueError(
             f"manifest file {uri} has schema version {found}; this version of restoration reads "
             f"versions 1 to {MANIFEST_VERSION}. Write to a new output, or move the old _manifest away"
         )
+    return version
+
+
+def _upgrade(table: pa.Table, version: int) -> pa.Table:
     for later in range(version + 1, MANIFEST_VERSION + 1):
         for name in _ADDED_IN.get(later, ()):
             table = table.append_column(MANIFEST_SCHEMA.field(name), pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(name).type))
     return table.select(list(COLUMNS)).cast(MANIFEST_SCHEMA)
+
+
+def _iter_file(uri: str) -> Iterator[pa.Table]:
+    """The rows of one manifest file as :data:`MANIFEST_SCHEMA` tables, one row group at a time
+    (the file is read in ranges, not held whole)."""
+    filesystem, path = storage.resolve(uri)
+    try:
+        handle = filesystem.open_input_file(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"no such file: {uri}") from error
+    with handle:
+        parquet = pq.ParquetFile(handle)
+        version = _file_version(parquet.schema_arrow, uri)
+        for group in range(parquet.num_row_groups):
+            yield _upgrade(parquet.read_row_group(group), version)
+
+
+def _read_file(uri: str) -> pa.Table:
+    tables = list(_iter_file(uri))
+    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
 
 
 def _latest_per_source(tables: list[pa.Table]) -> pa.Table:
@@ -295,10 +320,91 @@ def read_manifest(output: str) -> pa.Table:
     return _latest_per_source([_read_file(f.uri) for f in _manifest_files(output)])
 
 
+ROW_GROUP_ROWS: Final[int] = 65_536
+"""Rows per Parquet row group of a compacted manifest: the unit in which it is read back."""
+
+
 def _write_table(uri: str, table: pa.Table) -> None:
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     storage.write_bytes(uri, buffer.getvalue())
+
+
+class ManifestIndex:
+    """The manifest files of an output as they are now (later files are not seen), for lookups
+    by source that stream the files instead of holding them: memory follows the number of
+    sources asked for, not the size of the manifest."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.files = _manifest_files(output)
+        self._tables: list[pa.Table] = []
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> ManifestIndex:
+        """An index over manifest rows held in memory (oldest first)."""
+        index = cls.__new__(cls)
+        index.output, index.files, index._tables = "", [], [table.select(list(COLUMNS)).cast(MANIFEST_SCHEMA)]
+        return index
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self._tables)
+
+    def _tables_oldest_first(self) -> Iterator[pa.Table]:
+        for file in self.files:
+            yield from _iter_file(file.uri)
+        yield from self._tables
+
+    def latest_rows(self, sources: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The latest row of each of ``sources`` that has one, by source URI."""
+        wanted = pa.array(sorted(set(sources)), pa.string())
+        found: dict[str, dict[str, Any]] = {}
+        if len(wanted) == 0:
+            return found
+        for table in self._tables_oldest_first():  # later rows replace earlier ones
+            hits = table.filter(pc.is_in(table.column("source_uri"), value_set=wanted))
+            for row in hits.to_pylist():
+                found[row["source_uri"]] = row
+        return found
+
+    def restored_rows(self, sources: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`latest_rows` that count as restored (``ok`` or ``skipped``)."""
+        return {source: row for source, row in self.latest_rows(sources).items() if row["status"] in ("ok", "skipped")}
+
+
+def compact(output: str, final: str) -> None:
+    """Write the latest row of every source under ``output``'s manifest folder into ``final``,
+    oldest first, streaming: two passes over the files, with 16 bytes per source
+    (:class:`restoration.digests.DigestSet`) and one byte per row held between them."""
+    import numpy as np
+
+    from restoration.digests import DigestSet
+
+    files = [f for f in _manifest_files(output) if f.uri != final]
+    latest = DigestSet()
+    keep: dict[str, list[np.ndarray]] = {}
+    for file in reversed(files):  # newest first: the first row met per source is its latest
+        masks = []
+        for table in reversed(list(_iter_sources(file.uri))):
+            sources = table.column("source_uri").to_pylist()[::-1]
+            masks.append(latest.add_many(sources)[::-1])
+        keep[file.uri] = masks[::-1]
+    with storage.open_output(final) as stream, pq.ParquetWriter(stream, MANIFEST_SCHEMA, compression="zstd") as writer:
+        for file in files:
+            for table, mask in zip(_iter_file(file.uri), keep[file.uri], strict=True):
+                kept = table.filter(pa.array(mask))
+                if kept.num_rows:
+                    writer.write_table(kept, row_group_size=ROW_GROUP_ROWS)
+
+
+def _iter_sources(uri: str) -> Iterator[pa.Table]:
+    """The ``source_uri`` column of a manifest file, one row group at a time."""
+    filesystem, path = storage.resolve(uri)
+    with filesystem.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        _file_version(parquet.schema_arrow, uri)
+        for group in range(parquet.num_row_groups):
+            yield parquet.read_row_group(group, columns=["source_uri"])
 
 
 class ManifestWriter:
@@ -328,6 +434,16 @@ class ManifestWriter:
         self._pending_rows = 0
         self._last_flush = time.monotonic()
         self._folder = manifest_uri(output)
+
+    def new_partition(self) -> None:
+        """Forget the sources seen so far: the next rows belong to inputs no earlier row can
+        name (the run's partitions are disjoint), so ``seen`` stays the size of one partition."""
+        self.seen = set()
+
+    @property
+    def done(self) -> int:
+        """Rows kept so far, over all partitions."""
+        return sum(self.counts.values())
 
     def add(self, table: pa.Table) -> pa.Table:
         """Add rows (a table with the manifest columns); returns the rows that were new."""
@@ -369,9 +485,8 @@ class ManifestWriter:
         """Flush, then compact every manifest file under the output into one; returns its URI."""
         self.flush()
         files = _manifest_files(self.output)
-        merged = _latest_per_source([_read_file(f.uri) for f in files])
         final = storage.join(self._folder, f"{self.job_id}-manifest.parquet")
-        _write_table(final, merged)
+        compact(self.output, final)
         for old in files:
             if old.uri != final:
                 filesystem, path = storage.resolve(old.uri)

@@ -3,7 +3,7 @@
 The Ray job is a thin adapter over the functions here; each stage maps one Arrow table to the
 next, so it can be run and tested in one process:
 
-1. :func:`plan_restore` (driver) -- list the inputs (a prefix, one file, or a Parquet/CSV/text
+1. :func:`restoration.planning.plan_restore` (driver) -- list the inputs (a prefix, one file, or a Parquet/CSV/text
    list of URIs), give each a safe output URI under the output prefix, and mark the ones an
    earlier run already restored. Inputs that cannot be planned become error rows right away.
    Output: a *work* table (:data:`WORK_SCHEMA`). On a re-run, :func:`skip_stage` (CPU tasks)
@@ -26,13 +26,9 @@ opaque image.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import inspect
-import io
 import math
-import os
-import posixpath
 import re
 import time
 from collections.abc import Mapping
@@ -41,7 +37,6 @@ from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from restoration import storage
 from restoration.codec import (
@@ -64,21 +59,17 @@ from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, UNCHANGED_THRESHOLD, 
 from restoration.tasks import get_task
 
 __all__ = [
-    "LIST_EXTENSIONS",
     "PIPELINE_SCHEMA",
     "WORK_SCHEMA",
     "InputConfig",
     "ManifestConfig",
     "OutputConfig",
     "PipelineConfig",
-    "Plan",
     "PredictorConfig",
     "RestoreConfig",
     "SKIP_SCHEMA",
     "encode_stage",
-    "list_inputs",
     "mean_abs_change",
-    "plan_restore",
     "read_stage",
     "restore_stage",
     "skip_stage",
@@ -88,20 +79,6 @@ __all__ = [
 DEFAULT_PNG_COMPRESSION: Final[int] = 1
 """PNG zlib level of outputs (as :func:`restoration.codec.encode_image`): the fastest that
 compresses; 6 (Pillow's default) costs several times the encode time for a few percent."""
-
-LIST_EXTENSIONS: Final[frozenset[str]] = frozenset({".parquet", ".csv", ".txt"})
-"""An ``--input`` file with one of these extensions is a list of input URIs, not an image."""
-
-URI_COLUMNS: Final[tuple[str, ...]] = ("source_uri", "uri", "path", "url", "key")
-"""Column names recognized as the URI column of a list input, in order of preference."""
-
-_EXTENSION_FORMATS: Final[dict[str, str]] = {
-    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF",
-    ".tiff": "TIFF", ".bmp": "BMP",
-}
-_FORMAT_EXTENSIONS: Final[dict[str, str]] = {
-    "PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,15 +91,18 @@ class InputConfig:
 
     ``max_pixels``: width * height (from the header); ``max_bytes``: file size, checked before
     the file is read. ``uri_column``: the URI column of a Parquet/CSV list (default: the first of
-    :data:`URI_COLUMNS` present, or the only column).
+    :data:`restoration.planning.URI_COLUMNS` present, or the only column). ``partition_size``:
+    inputs planned and run at a time (:mod:`restoration.planning`); the driver's memory follows
+    it, not the size of the collection.
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = 1 << 30
     uri_column: str | None = None
+    partition_size: int = 100_000
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_bytes"):
+        for name in ("max_pixels", "max_bytes", "partition_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"input.{name} must be >= 1, got {getattr(self, name)}")
         if self.uri_column is not None and not self.uri_column.strip():
@@ -386,236 +366,6 @@ def _unpack(row: Mapping[str, Any], buffers: Mapping[str, pa.Buffer | None], *, 
     metadata = ImageMetadata(exif=_bytes(buffers["exif"]), xmp=_bytes(buffers["xmp"]), iptc=_bytes(buffers["iptc"]))
     return DecodedImage(pixels=array, alpha=alpha_array, mode=row["mode"], format=row["format"],
                         icc_profile=_bytes(buffers["icc_profile"]), metadata=metadata)
-
-
-# --------------------------------------------------------------------------------------------
-# Planning (driver)
-
-
-def _normalize(uri: str) -> str:
-    """One spelling per location: ``s3://bucket/key`` or an absolute local path."""
-    if uri.startswith("s3://"):
-        return "s3://" + uri[len("s3://"):].rstrip("/")
-    _, path = storage.resolve(uri)  # local: absolute, no trailing slash, file:// removed
-    return path
-
-
-def _is_within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _read_uri_list(list_uri: str, uri_column: str | None) -> list[str]:
-    """URIs from a Parquet, CSV (with a header) or text (one per line) file; relative entries are
-    resolved against the list's folder."""
-    data = storage.read_bytes(list_uri)
-    extension = posixpath.splitext(list_uri)[1].lower()
-    if extension == ".parquet":
-        table = pq.read_table(io.BytesIO(data))
-        names = table.column_names
-        column = _pick_column(names, uri_column, list_uri)
-        entries = [value for value in table.column(column).to_pylist()]
-    else:
-        text = data.decode("utf-8-sig")
-        lines = [line for line in text.splitlines() if line.strip()]
-        if not lines:
-            return []
-        first = lines[0].strip()
-        names = [name.strip() for name in next(csv.reader([first]))]
-        has_header = extension == ".csv" and (
-            "," in first or first.lower() in URI_COLUMNS or (uri_column is not None and first == uri_column)
-        )
-        if has_header:
-            column = _pick_column(names, uri_column, list_uri)
-            entries = [row.get(column) for row in csv.DictReader(io.StringIO("\n".join(lines)))]
-        else:
-            entries = [line.strip() for line in lines]
-    base = posixpath.dirname(list_uri) if "://" in list_uri else os.path.dirname(_normalize(list_uri))
-    uris = []
-    for entry in entries:
-        if entry is None or not str(entry).strip():
-            continue
-        entry = str(entry).strip()
-        if "://" not in entry and not entry.startswith(("/", "~")):
-            entry = storage.join(base, entry) if "://" in base else os.path.join(base, entry)
-        uris.append(entry)
-    return uris
-
-
-def _pick_column(names: list[str], wanted: str | None, list_uri: str) -> str:
-    if wanted is not None:
-        if wanted not in names:
-            raise ValueError(f"list {list_uri} has no column {wanted!r} (input.uri_column); columns: {', '.join(names)}")
-        return wanted
-    lowered = {name.lower(): name for name in names}
-    for candidate in URI_COLUMNS:
-        if candidate in lowered:
-            return lowered[candidate]
-    if len(names) == 1:
-        return names[0]
-    raise ValueError(
-        f"list {list_uri} has columns {', '.join(names)}; name the URI column one of "
-        f"{', '.join(URI_COLUMNS)} or set input.uri_column"
-    )
-
-
-def _common_root(uris: list[str]) -> str:
-    """The deepest folder holding every URI (all must be on one filesystem and bucket)."""
-    normalized = [_normalize(uri) for uri in uris]
-    if len({uri.startswith("s3://") for uri in normalized}) > 1:
-        raise ValueError("a list input must name files on one filesystem (all local or all s3://)")
-    if not normalized[0].startswith("s3://"):
-        return posixpath.commonpath([posixpath.dirname(path) for path in normalized])
-    keys = [uri[len("s3://"):] for uri in normalized]  # bucket/key
-    if len({key.split("/", 1)[0] for key in keys}) > 1:
-        raise ValueError("a list input must name objects in one S3 bucket")
-    return "s3://" + posixpath.commonpath([posixpath.dirname(key) for key in keys])
-
-
-def list_inputs(input_uri: str, *, uri_column: str | None = None) -> tuple[str, list[str], bool]:
-    """``(root, inputs, is_list)`` for ``--input``: a folder/prefix (images below it, recursive,
-    sorted), one image file, or a list file (:data:`LIST_EXTENSIONS`; in its order, duplicates
-    dropped). Output paths mirror each input's path relative to ``root``.
-
-    Raises:
-        FileNotFoundError: nothing at ``input_uri``. ValueError: a list that is unreadable or
-            spans filesystems or buckets.
-    """
-    uris = storage.list_images(input_uri)
-    is_list = False
-    if len(uris) == 1 and uris[0] == input_uri and posixpath.splitext(input_uri)[1].lower() in LIST_EXTENSIONS:
-        is_list = True
-        uris = list(dict.fromkeys(_read_uri_list(input_uri, uri_column)))
-        root = _common_root(uris) if uris else input_uri
-        return root, uris, is_list
-    return input_uri, uris, is_list
-
-
-def _extension_for(relative: str, source_extension: str, output_format: str | None) -> str:
-    if output_format is not None:
-        return _FORMAT_EXTENSIONS[output_format]
-    if source_extension.lower() in _EXTENSION_FORMATS:
-        return source_extension
-    return ".png"
-
-
-@dataclass
-class Plan:
-    """What a run will do.
-
-    ``inputs``: every input of this run, in order; ``work``: the ones to send through the
-    pipeline (:data:`WORK_SCHEMA`); ``errors``: manifest error rows for inputs that could not
-    be planned; ``previous``: the earlier manifest row of every input that may be skipped.
-    """
-
-    root: str
-    inputs: list[str]
-    work: pa.Table
-    errors: list[dict[str, Any]]
-    previous: dict[str, dict[str, Any]]
-    is_list: bool = False
-
-
-def plan_restore(
-    input_uri: str,
-    output_uri: str,
-    *,
-    task: str,
-    model_id: str,
-    config: RestoreConfig,
-    previous_manifest: pa.Table | None = None,
-    overwrite: bool = False,
-    limit: int | None = None,
-) -> Plan:
-    """List the inputs and plan one output URI for each.
-
-    Output URIs are ``<output>/<path relative to the input root>`` (the extension follows
-    ``output.format`` when set; when two inputs would then collide, e.g. ``a.jpg`` and ``a.png``
-    to PNG, the colliding ones keep their extension too: ``a.jpg.png``). A path that would leave
-    the output prefix, or an output that would overwrite an input, is an error row. Inputs under
-    the output prefix (outputs of earlier runs when the output lies inside the input) are not
-    inputs. Without ``overwrite``, an input whose latest manifest row is ``ok`` or ``skipped``
-    for the same task, model and output URI is marked for skipping when its size is unchanged.
-
-    Raises:
-        ValueError: unknown task, ``limit < 1``, no input images, input and output the same
-            location.
-        FileNotFoundError: nothing at ``input_uri``.
-    """
-    get_task(task)  # ValueError naming the known tasks
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
-    storage.resolve(output_uri)  # validates the output URI before any listing
-    output_root = _normalize(output_uri)
-    root, uris, is_list = list_inputs(input_uri, uri_column=config.input.uri_column)
-    if not uris:
-        what = "the list" if is_list else f"{input_uri} (extensions {', '.join(sorted(storage.IMAGE_EXTENSIONS))})"
-        raise ValueError(f"no input images: nothing to restore in {what}")
-    if _normalize(root) == output_root:
-        raise ValueError(f"--output {output_uri} is the input location; restored images would replace the originals")
-    if not is_list and _is_within(output_root, _normalize(root)):
-        uris = [uri for uri in uris if not _is_within(_normalize(uri), output_root)]
-    if limit is not None:
-        uris = uris[:limit]
-
-    errors: list[dict[str, Any]] = []
-    relative: dict[str, str] = {}
-    for uri in uris:
-        try:
-            relative[uri] = storage.relative_key(root, uri)
-        except ValueError as error:
-            errors.append(error_row(uri, f"cannot place the output: {error}", "plan", task=task, model_id=model_id))
-    output_format = config.output.format
-    wanted: dict[str, str] = {}
-    for uri, key in relative.items():
-        stem, extension = posixpath.splitext(key)
-        new_extension = _extension_for(key, extension, output_format)
-        wanted[uri] = key if new_extension == extension else (stem if output_format else key) + new_extension
-    counts: dict[str, int] = {}
-    for key in wanted.values():
-        counts[key] = counts.get(key, 0) + 1
-    input_locations = {_normalize(uri) for uri in uris}
-    previous = _previous_rows(previous_manifest) if not overwrite else {}
-    work_rows, skippable = [], {}
-    taken: set[str] = set()
-    for uri, key in wanted.items():
-        if counts[key] > 1:
-            key = relative[uri] + _extension_for(relative[uri], "", output_format)
-        try:
-            target = storage.safe_output_uri(output_uri, key)
-        except ValueError as error:
-            errors.append(error_row(uri, f"cannot place the output: {error}", "plan", task=task, model_id=model_id))
-            continue
-        location = _normalize(target)
-        if location in input_locations:
-            errors.append(error_row(uri, f"output {target} would overwrite an input; choose another --output",
-                                    "plan", task=task, model_id=model_id))
-            continue
-        if location in taken:
-            errors.append(error_row(uri, f"output {target} is also the output of another input", "plan",
-                                    task=task, model_id=model_id))
-            continue
-        taken.add(location)
-        earlier = previous.get(uri)
-        previous_bytes = None
-        if (
-            earlier is not None
-            and earlier["output_uri"] == target
-            and earlier["task"] == task
-            and earlier["model_id"] == model_id
-            and earlier["bytes_in"] is not None
-        ):
-            previous_bytes = earlier["bytes_in"]
-            skippable[uri] = earlier
-        work_rows.append({"source_uri": uri, "output_uri": target, "previous_bytes": previous_bytes})
-    work = pa.Table.from_pylist(work_rows, schema=WORK_SCHEMA)
-    return Plan(root=root, inputs=uris, work=work, errors=errors, previous=skippable, is_list=is_list)
-
-
-def _previous_rows(manifest: pa.Table | None) -> dict[str, dict[str, Any]]:
-    """Latest rows that count as restored (``ok`` or ``skipped``), by source URI."""
-    if manifest is None or manifest.num_rows == 0:
-        return {}
-    return {row["source_uri"]: row for row in manifest.to_pylist() if row["status"] in ("ok", "skipped")}
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ progress, with the execution left to an executor.
 1. check that the input can be read and the output written (:func:`restoration.storage.check_readable`,
    :func:`~restoration.storage.check_writable` on ``<output>/_manifest``), load and validate the model
    (:func:`load_restore_model`), read the earlier manifest, list and plan the inputs
-   (:func:`restoration.restore.plan_restore`) and write the resolved config -- all on the
+   (:func:`restoration.planning.plan_restore`) and write the resolved config -- all on the
    driver, before any executor starts, so that unreachable storage, a missing bucket or denied
    access fails in one line (:class:`restoration.storage.StorageError`) without starting
    anything (settings were checked when the config loaded);
@@ -52,12 +52,12 @@ from restoration.restore import (
     PredictorConfig,
     RestoreConfig,
     encode_stage,
-    plan_restore,
     read_stage,
     restore_stage,
     skip_stage,
     target_format,
 )
+from restoration.planning import Plan, plan_restore
 from restoration.tasks import TASK_NAMES
 
 __all__ = [
@@ -311,54 +311,73 @@ def run_restore(
     with _users_storage_errors("--model", model):
         restore_model = load_restore_model(model, task)
     with _users_storage_errors("--output", output_uri):
-        previous = manifest_lib.read_manifest(output_uri)
+        previous = manifest_lib.ManifestIndex(output_uri)
     with _users_storage_errors("--input", input_uri):
         plan = plan_restore(input_uri, output_uri, task=task, model_id=restore_model.model_id, config=config,
                             previous_manifest=previous, overwrite=overwrite, limit=limit)
+    with plan:
+        return _run_plan(plan, executor=executor, job=RestoreJob(task=task, job_id=job_id, config=config,
+                                                                  model=restore_model),
+                         input_uri=input_uri, output_uri=output_uri, started=started, echo=echo)
+
+
+def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: RestoreJob, input_uri: str, output_uri: str,
+              started: float, echo: Callable[[str], Any]) -> dict[str, Any]:
+    """Steps 2 to 4 of :func:`run_restore`, partition by partition of ``plan``."""
+    config, task, job_id = job.config, job.task, job.job_id
+    folder = manifest_lib.manifest_uri(output_uri)
     with _users_storage_errors("--output", output_uri):
         storage.write_bytes(storage.join(folder, manifest_lib.CONFIG_FILE), config_lib.to_yaml(config).encode())
-    job = RestoreJob(task=task, job_id=job_id, config=config, model=restore_model)
     listed = time.time()
-    total = len(plan.inputs)
+    total = plan.total
     echo(f"restore {task}: {total} inputs from {storage.redact(input_uri)} -> {storage.redact(output_uri)} "
-         f"(model {job.model_id}, job {job_id}, {executor.name}; {plan.work.num_rows} to process, "
-         f"{len(plan.previous)} may be skipped, {len(plan.errors)} cannot be placed)")
+         f"(model {job.model_id}, job {job_id}, {executor.name}; {plan.to_process} to process, "
+         f"{plan.may_skip} may be skipped, {plan.plan_errors} cannot be placed)")
 
     writer = manifest_lib.ManifestWriter(output_uri, job_id, flush_rows=config.manifest.flush_rows,
                                          flush_seconds=config.manifest.flush_seconds)
-    if plan.errors:
-        writer.add_rows({**row, "job_id": job_id} for row in plan.errors)
     megapixels = 0.0
     unchanged = 0  # ok rows the model changed by less than manifest.unchanged_threshold
     threshold = config.manifest.unchanged_threshold
-    work = plan.work
+    processed = 0  # rows the executor reported, for the rate behind the ETA
+    restore_seconds = 0.0
+    last_report = time.monotonic()
     try:
-        if work.num_rows and plan.previous:
-            work = _skip_done(work, executor=executor, config=config, writer=writer, previous=plan.previous,
-                              job_id=job_id)
-            if writer.counts["skipped"]:
-                echo(f"  {writer.counts['skipped']} inputs already restored (same size): skipped; "
-                     f"{work.num_rows} to process")
-        if work.num_rows:
-            last_report = restore_started = time.monotonic()
-            seen_before = len(writer.seen)  # plan errors and skips: not part of the executor's rate
-            for rows in executor.restore(work, job):
-                new = writer.add(_fill_skipped(rows, plan.previous, job_id))
-                megapixels += _ok_megapixels(new)
-                unchanged += manifest_lib.count_unchanged(new, threshold)
-                if time.monotonic() - last_report >= PROGRESS_SECONDS:
-                    last_report = time.monotonic()
-                    rate = writer.counts["ok"] / max(time.time() - listed, 1e-9)
-                    echo(f"  {len(writer.seen)}/{total} done (ok {writer.counts['ok']}, of which unchanged {unchanged}; "
-                         f"error {writer.counts['error']}, skipped {writer.counts['skipped']}), {rate:.2f} images/s, "
-                         f"{_eta(len(writer.seen) - seen_before, total - len(writer.seen), last_report - restore_started)}")
+        for part in plan.parts():
+            writer.new_partition()
+            if part.errors:
+                writer.add_rows({**row, "job_id": job_id} for row in part.errors)
+            work = part.work
+            if work.num_rows and part.previous:
+                skipped_before = writer.counts["skipped"]
+                work = _skip_done(work, executor=executor, config=config, writer=writer, previous=part.previous,
+                                  job_id=job_id)
+                if writer.counts["skipped"] > skipped_before:
+                    echo(f"  {writer.counts['skipped'] - skipped_before} inputs already restored (same size): "
+                         f"skipped; {work.num_rows} to process")
+            if work.num_rows:
+                part_started = time.monotonic()
+                for rows in executor.restore(work, job):
+                    new = writer.add(_fill_skipped(rows, part.previous, job_id))
+                    processed += new.num_rows
+                    megapixels += _ok_megapixels(new)
+                    unchanged += manifest_lib.count_unchanged(new, threshold)
+                    if time.monotonic() - last_report >= PROGRESS_SECONDS:
+                        last_report = time.monotonic()
+                        rate = writer.counts["ok"] / max(time.time() - listed, 1e-9)
+                        echo(f"  {writer.done}/{total} done (ok {writer.counts['ok']}, of which unchanged {unchanged}; "
+                             f"error {writer.counts['error']}, skipped {writer.counts['skipped']}), "
+                             f"{rate:.2f} images/s, "
+                             f"{_eta(processed, total - writer.done, restore_seconds + last_report - part_started)}")
+                restore_seconds += time.monotonic() - part_started
+            # Every input exactly once: anything the executor did not report is an error, not a gap.
+            missing = [uri for uri in part.inputs if uri not in writer.seen]
+            if missing:
+                writer.add_rows(manifest_lib.error_row(uri, f"no result came back from the {executor.name} executor",
+                                                       "restore", task=task, model_id=job.model_id, job_id=job_id)
+                                for uri in missing)
     finally:
         writer.flush()  # whatever happens, the rows received so far are kept
-    # Every input exactly once: anything the executor did not report is an error, not a gap.
-    missing = [uri for uri in plan.inputs if uri not in writer.seen]
-    if missing:
-        writer.add_rows(manifest_lib.error_row(uri, f"no result came back from the {executor.name} executor", "restore",
-                                               task=task, model_id=job.model_id, job_id=job_id) for uri in missing)
     manifest_file = writer.close()
     finished = time.time()
 
@@ -540,33 +559,37 @@ def dry_run_restore(
     with _users_storage_errors("--model", model):
         model_id, scale = _model_metadata(model, task)
     with _users_storage_errors("--output", output_uri):
-        previous = manifest_lib.read_manifest(output_uri)
+        previous = manifest_lib.ManifestIndex(output_uri)
     with _users_storage_errors("--input", input_uri):
         plan = plan_restore(input_uri, output_uri, task=task, model_id=model_id, config=config,
                             previous_manifest=previous, overwrite=overwrite, limit=limit)
-    work = plan.work
-    skipped = 0
-    if work.num_rows and plan.previous:
-        checked = skip_stage(work.filter(pc.is_valid(work.column("previous_bytes"))))
-        skipped = int(pc.sum(checked.column("skipped").cast("int64")).as_py() or 0)
-        done = set(checked.filter(checked.column("skipped")).column("source_uri").to_pylist())
-        work = work.filter(pc.invert(pc.is_in(work.column("source_uri"), pa.array(sorted(done), pa.string()))))
+    skipped = to_restore = 0
     pixels = 0
     output_bytes = 0.0
     unreadable: list[dict[str, str]] = []
-    for uri in work.column("source_uri").to_pylist():
-        try:
-            width, height, source_format = _image_header(uri, max_bytes=config.input.max_bytes)
-        except (OSError, ValueError) as error:
-            unreadable.append({"source_uri": storage.redact(uri), "error": storage.redact(str(error))})
-            continue
-        if width * height > config.input.max_pixels:
-            unreadable.append({"source_uri": storage.redact(uri),
-                               "error": f"{width}x{height} pixels, more than input.max_pixels={config.input.max_pixels}"})
-            continue
-        pixels += width * height
-        written = target_format(source_format, config.output.format)
-        output_bytes += width * height * scale * scale / 1e6 * OUTPUT_BYTES_PER_MEGAPIXEL.get(written, 3_000_000)
+    unreadable_count = 0
+    with plan:
+        for part in plan.parts():
+            work = part.work
+            if work.num_rows and part.previous:
+                checked = skip_stage(work.filter(pc.is_valid(work.column("previous_bytes"))))
+                skipped += int(pc.sum(checked.column("skipped").cast("int64")).as_py() or 0)
+                done = checked.filter(checked.column("skipped")).column("source_uri")
+                work = work.filter(pc.invert(pc.is_in(work.column("source_uri"), value_set=done.combine_chunks())))
+            to_restore += work.num_rows
+            for uri in work.column("source_uri").to_pylist():
+                try:
+                    width, height, source_format = _image_header(uri, max_bytes=config.input.max_bytes)
+                    if width * height > config.input.max_pixels:
+                        raise ValueError(f"{width}x{height} pixels, more than input.max_pixels={config.input.max_pixels}")
+                except (OSError, ValueError) as error:
+                    unreadable_count += 1
+                    if len(unreadable) < 20:
+                        unreadable.append({"source_uri": storage.redact(uri), "error": storage.redact(str(error))})
+                    continue
+                pixels += width * height
+                written = target_format(source_format, config.output.format)
+                output_bytes += width * height * scale * scale / 1e6 * OUTPUT_BYTES_PER_MEGAPIXEL.get(written, 3_000_000)
     megapixels = pixels / 1e6
     passes = config.predictor.ensemble
     return {
@@ -576,12 +599,12 @@ def dry_run_restore(
         "scale": scale,
         "input": storage.redact(input_uri),
         "output": storage.redact(output_uri),
-        "inputs": len(plan.inputs),
+        "inputs": plan.total,
         "skipped": skipped,
-        "to_restore": work.num_rows,
-        "plan_errors": len(plan.errors),
-        "unreadable": len(unreadable),
-        "unreadable_inputs": unreadable[:20],
+        "to_restore": to_restore,
+        "plan_errors": plan.plan_errors,
+        "unreadable": unreadable_count,
+        "unreadable_inputs": unreadable,
         "megapixels": megapixels,
         "output_megapixels": megapixels * scale * scale,
         "estimated_output_bytes": int(round(output_bytes)),

@@ -28,6 +28,7 @@ error, raised anywhere, into that line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -35,10 +36,11 @@ import posixpath
 import re
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 __all__ = [
@@ -387,13 +389,15 @@ def _normalized_extensions(extensions: Iterable[str]) -> frozenset[str]:
     return frozenset(normalized)
 
 
-def list_images(
+def iter_images(
     uri: str, *, recursive: bool = True, extensions: Iterable[str] = IMAGE_EXTENSIONS
-) -> list[str]:
-    """Image files under a folder or prefix, as sorted URIs in the same form as ``uri``.
+) -> Iterator[str]:
+    """Image files under a folder or prefix, as URIs in the same form as ``uri``, in sorted
+    order of their paths, one folder listed at a time: memory holds one folder's entries, not
+    the whole tree.
 
     Args:
-        uri: a folder / prefix, or a single file (returned as ``[uri]`` whatever its extension).
+        uri: a folder / prefix, or a single file (yields ``uri`` whatever its extension).
         recursive: descend into sub-folders.
         extensions: file name extensions to keep, compared case-insensitively (``".png"`` or
             ``"png"``).
@@ -402,7 +406,7 @@ def list_images(
     ``_SUCCESS``) below ``uri`` are skipped.
 
     Raises:
-        FileNotFoundError: nothing exists at ``uri``.
+        FileNotFoundError: nothing exists at ``uri``. OSError: a folder could not be listed.
     """
     wanted = _normalized_extensions(extensions)
     filesystem, path = resolve(uri)
@@ -410,25 +414,44 @@ def list_images(
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file or directory: {uri}")
     if info.type == pafs.FileType.File:
-        return [uri]
+        yield uri
+        return
+    root = path if path.endswith("/") else path + "/"
+    yield from (join(uri, relative) for relative in _walk(filesystem, root, "", recursive, wanted, uri))
+
+
+def _walk(filesystem: pafs.FileSystem, root: str, relative: str, recursive: bool, wanted: frozenset[str],
+          uri: str) -> Iterator[str]:
+    """Relative paths of the wanted files below ``root + relative``, in sorted path order."""
+    folder = root + relative
     try:
-        entries = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
+        entries = filesystem.get_file_info(pafs.FileSelector(folder.rstrip("/") or "/", recursive=False))
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no such file or directory: {uri}") from error
     except OSError as error:
         raise OSError(f"cannot list {uri}: {redact(str(error))}") from error
-    prefix = path if path.endswith("/") else path + "/"
-    found = []
+    named = []
     for entry in entries:
-        if entry.type != pafs.FileType.File or not entry.path.startswith(prefix):
+        name = entry.path.rstrip("/").rsplit("/", 1)[-1]
+        if not name or name.startswith((".", "_")):
             continue
-        relative = entry.path[len(prefix) :]
-        segments = relative.split("/")
-        if any(segment.startswith((".", "_")) or not segment for segment in segments):
-            continue
-        if posixpath.splitext(segments[-1])[1].lower() in wanted:
-            found.append(relative)
-    return [join(uri, relative) for relative in sorted(found)]
+        if entry.type == pafs.FileType.Directory and recursive:
+            named.append((name + "/", True))  # "a/" sorts where the paths "a/..." sort
+        elif entry.type == pafs.FileType.File and posixpath.splitext(name)[1].lower() in wanted:
+            named.append((name, False))
+    del entries
+    for name, is_folder in sorted(named):
+        if is_folder:
+            yield from _walk(filesystem, root, relative + name, recursive, wanted, uri)
+        else:
+            yield relative + name
+
+
+def list_images(
+    uri: str, *, recursive: bool = True, extensions: Iterable[str] = IMAGE_EXTENSIONS
+) -> list[str]:
+    """:func:`iter_images` as a list (sorted URIs in the same form as ``uri``)."""
+    return list(iter_images(uri, recursive=recursive, extensions=extensions))
 
 
 def read_bytes(uri: str) -> bytes:
@@ -476,6 +499,32 @@ def write_bytes(uri: str, data: bytes) -> None:
         else:
             with filesystem.open_output_stream(path) as stream:
                 stream.write(data)
+    except OSError as error:
+        raise OSError(f"cannot write {uri}: {redact(str(error))}") from error
+
+
+@contextlib.contextmanager
+def open_output(uri: str) -> Iterator[pa.NativeFile]:
+    """A stream that writes the file at ``uri`` (replacing any), for outputs too large to hold
+    as bytes. As :func:`write_bytes`: a local file appears under its name only when the stream
+    is closed without error; an S3 object appears whole when its upload completes."""
+    filesystem, path = resolve(uri)
+    try:
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            parent, name = posixpath.split(path)
+            filesystem.create_dir(parent, recursive=True)
+            temporary = posixpath.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with filesystem.open_output_stream(temporary) as stream:
+                    yield stream
+                filesystem.move(temporary, path)
+            except BaseException:
+                if filesystem.get_file_info(temporary).type != pafs.FileType.NotFound:
+                    filesystem.delete_file(temporary)
+                raise
+        else:
+            with filesystem.open_output_stream(path) as stream:
+                yield stream
     except OSError as error:
         raise OSError(f"cannot write {uri}: {redact(str(error))}") from error
 

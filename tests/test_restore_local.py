@@ -211,3 +211,56 @@ def test_progress_lines_show_an_eta(tmp_path: Path, tiny_model: Path, photos: di
     assert all(", ETA " in line for line in progress) and progress[-1].endswith("ETA 0 s")
     assert runs._eta(0, 10, 5.0) == "ETA unknown" and runs._eta(2, 6, 10.0) == "ETA 30 s"
     assert runs._eta(1, 100, 60.0) == "ETA 1 h 40 min" and runs._eta(1, 5, 40.0) == "ETA 3 min 20 s"
+
+
+def test_a_run_in_partitions_accounts_for_every_input_once(
+    tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
+) -> None:
+    """Partitions of one input: collisions, the missing-result check, skips on a re-run and the
+    compacted manifest all hold across partition boundaries."""
+    from PIL import Image
+
+    from restoration import config as config_lib
+
+    write_photos(tmp_path / "in", photos)
+    jpeg = tmp_path / "in" / "a.jpg"  # written as PNG, it would land where a.png does
+    Image.fromarray(photos["a.png"]).save(jpeg, quality=95)
+    (tmp_path / "in" / "gone.png").write_bytes(b"not an image")
+    overrides = ["input.partition_size=1", "output.format=png", "manifest.flush_rows=1"]
+    config = config_lib.load_config(RestoreConfig, overrides=overrides)
+    lines: list[str] = []
+    summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
+                          config=config, executor=LocalRestoreExecutor(), echo=lines.append)
+    rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert sorted(rows) == ["a.jpg", "a.png", "b.png", "c.png", "gone.png"]
+    assert summary["inputs"] == 5 and summary["counts"] == {"ok": 4, "error": 1, "skipped": 0}
+    # Sorted, a.jpg comes first and takes a.png; a.png, in the next partition, keeps its extension.
+    assert rows["a.jpg"]["output_uri"] == str(tmp_path / "out" / "a.png")
+    assert rows["a.png"]["output_uri"] == str(tmp_path / "out" / "a.png.png")
+    assert rows["gone.png"]["error_stage"] == "decode"
+    manifests = sorted((tmp_path / "out" / MANIFEST_DIR).glob("*.parquet"))
+    assert len(manifests) == 1 and manifests[0].name.endswith("-manifest.parquet")  # parts compacted
+
+    # Again, in partitions of 2: the four restored inputs are skipped, the broken one retried.
+    config = config_lib.load_config(RestoreConfig, overrides=["input.partition_size=2", "output.format=png"])
+    summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
+                          config=config, executor=LocalRestoreExecutor(), echo=lines.append)
+    assert summary["counts"] == {"ok": 0, "error": 1, "skipped": 4}
+    again = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert sorted(again) == sorted(rows) and again["a.png"]["output_uri"] == rows["a.png"]["output_uri"]
+
+
+def test_a_list_repeating_entries_across_partitions_restores_each_once(
+    tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
+) -> None:
+    from restoration import config as config_lib
+
+    write_photos(tmp_path / "in", photos)
+    names = ["a.png", "sub/b.png", "a.png", "sub/deep/c.png", "sub/b.png"]
+    (tmp_path / "list.txt").write_text("".join(f"{tmp_path / 'in' / name}\n" for name in names))
+    config = config_lib.load_config(RestoreConfig, overrides=["input.partition_size=1"])
+    summary = run_restore(str(tmp_path / "list.txt"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
+                          config=config, executor=LocalRestoreExecutor(), echo=lambda _: None)
+    assert summary["inputs"] == 3 and summary["counts"] == {"ok": 3, "error": 0, "skipped": 0}
+    assert read_manifest(str(tmp_path / "out")).num_rows == 3
+    assert (tmp_path / "out" / "sub" / "deep" / "c.png").is_file()

@@ -17,14 +17,13 @@ from restoration import manifest as manifest_lib, storage as storage_lib
 from restoration.codec import decode_image
 from restoration.inference import Predictor
 from restoration.model import ModelConfig, build_model
+from restoration.planning import list_inputs, plan_restore
 from restoration.restore import (
     InputConfig,
     OutputConfig,
     RestoreConfig,
     encode_stage,
-    list_inputs,
     mean_abs_change,
-    plan_restore,
     read_stage,
     restore_stage,
     skip_stage,
@@ -50,7 +49,7 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
 def run_stages(input_uri: str, output_uri: str, predictor: Predictor, *, task: str = "denoise",
                config: RestoreConfig | None = None, previous: pa.Table | None = None) -> pa.Table:
     config = config or RestoreConfig()
-    plan = plan_restore(input_uri, output_uri, task=task, model_id="m", config=config, previous_manifest=previous)
+    plan = plan_restore(input_uri, output_uri, task=task, model_id="m", config=config, previous_manifest=previous).collect()
     decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes)
     restored = restore_stage(predictor, decoded, task=task)
     rows = encode_stage(restored, task=task, model_id="m", job_id=manifest_lib.new_job_id(),
@@ -112,7 +111,7 @@ def test_bad_inputs_become_error_rows(tmp_path: Path, sample) -> None:
     files["fine.png"] = png(rgb)
     write_tree(tmp_path / "in", files)
     config = RestoreConfig(input=InputConfig(max_pixels=50_000, max_bytes=150_000))
-    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=config)
+    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=config).collect()
     (tmp_path / "in/fine.png").rename(tmp_path / "in/gone.png")  # listed, then deleted before it is read
     decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes)
     rows = encode_stage(restore_stage(identity_predictor(), decoded, task="denoise"),
@@ -179,7 +178,7 @@ def test_write_failure_is_an_error_row(tmp_path: Path, sample) -> None:
     write_tree(tmp_path / "in", {"sub/a.png": png(rgb), "b.png": png(rgb)})
     (tmp_path / "out").mkdir()
     (tmp_path / "out/sub").write_bytes(b"a file where the output folder should be")
-    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=RestoreConfig())
+    plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=RestoreConfig()).collect()
     rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
                         task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
     by_name = {Path(r["source_uri"]).name: r for r in rows.to_pylist()}
@@ -208,7 +207,7 @@ def test_list_inputs_from_csv_parquet_and_text(tmp_path: Path, sample) -> None:
         list_inputs(str(data / "ambiguous.parquet"))
     # A list may name any file: the plan maps each to an output below the list's common folder.
     plan = plan_restore(str(data / "list.csv"), str(tmp_path / "out"), task="denoise", model_id="m",
-                        config=RestoreConfig())
+                        config=RestoreConfig()).collect()
     assert plan.work.column("output_uri").to_pylist() == [f"{tmp_path}/out/a.png", f"{tmp_path}/out/y/b.png"]
 
 
@@ -218,23 +217,34 @@ def test_plan_refuses_escapes_collisions_and_overwriting_inputs(tmp_path: Path, 
     write_tree(data, {"a.jpg": png(rgb), "a.png": png(rgb), "b.gif": png(rgb), "in/c.png": png(rgb)})
     (data / "list.txt").write_text(f"{data}/a.jpg\n{data}/a.png\n{data}/b.gif\n{data}/in/../a.png\n")
     config = RestoreConfig(output=OutputConfig(format="png"))
-    plan = plan_restore(str(data / "list.txt"), str(tmp_path / "out"), task="denoise", model_id="m", config=config)
+    plan = plan_restore(str(data / "list.txt"), str(tmp_path / "out"), task="denoise", model_id="m", config=config).collect()
     outputs = dict(zip(plan.work.column("source_uri").to_pylist(), plan.work.column("output_uri").to_pylist()))
-    assert outputs == {f"{data}/a.jpg": f"{tmp_path}/out/a.jpg.png", f"{data}/a.png": f"{tmp_path}/out/a.png.png",
+    # Both a.jpg and a.png would be written as a.png: the first listed takes it, the later one
+    # keeps its extension too.
+    assert outputs == {f"{data}/a.jpg": f"{tmp_path}/out/a.png", f"{data}/a.png": f"{tmp_path}/out/a.png.png",
                        f"{data}/b.gif": f"{tmp_path}/out/b.png"}
     [error] = plan.errors
     assert error["source_uri"] == f"{data}/in/../a.png" and error["error_stage"] == "plan" and "'..'" in error["error"]
     # Without a format, a file of a format the encoder cannot write gets a .png name.
     plan = plan_restore(str(data / "list.txt"), str(tmp_path / "out"), task="denoise", model_id="m",
-                        config=RestoreConfig())
+                        config=RestoreConfig()).collect()
     assert f"{tmp_path}/out/b.gif.png" in plan.work.column("output_uri").to_pylist()
 
     with pytest.raises(ValueError, match="replace the originals"):
         plan_restore(str(data), f"file://{data}/", task="denoise", model_id="m", config=RestoreConfig())
     # Output inside the input: earlier outputs below it are not inputs.
     write_tree(data / "restored", {"a.png": png(rgb)})
-    plan = plan_restore(str(data), str(data / "restored"), task="denoise", model_id="m", config=RestoreConfig())
+    plan = plan_restore(str(data), str(data / "restored"), task="denoise", model_id="m", config=RestoreConfig()).collect()
     assert all("/restored/" not in uri for uri in plan.inputs) and len(plan.inputs) == 3  # b.gif: not an image extension
+    # A listed input under the output prefix is never replaced by another input's output, even
+    # when it is listed after that input.
+    (data / "over.txt").write_text(f"{data}/in/c.png\n{data}/a.png\n{data}/in/in/c.png\n")
+    write_tree(data / "in/in", {"c.png": png(rgb)})
+    plan = plan_restore(str(data / "over.txt"), str(data / "in"), task="denoise", model_id="m",
+                        config=RestoreConfig()).collect()
+    [error] = plan.errors
+    assert error["source_uri"] == f"{data}/in/c.png" and "would overwrite an input" in error["error"]
+    assert plan.work.column("output_uri").to_pylist() == [f"{data}/in/a.png", f"{data}/in/in/in/c.png"]
 
 
 def test_plan_marks_earlier_outputs_for_skipping(tmp_path: Path, sample) -> None:
@@ -246,7 +256,7 @@ def test_plan_marks_earlier_outputs_for_skipping(tmp_path: Path, sample) -> None
     rows[2]["status"], rows[2]["error"], rows[2]["output_uri"] = "error", "boom", None
     previous = manifest_lib.rows_to_table(rows)
     plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m",
-                        config=RestoreConfig(), previous_manifest=previous)
+                        config=RestoreConfig(), previous_manifest=previous).collect()
     assert plan.work.column("previous_bytes").to_pylist() == [rows[0]["bytes_in"], None, None]
     assert list(plan.previous) == [rows[0]["source_uri"]]
     decoded = read_stage(plan.work)
@@ -258,7 +268,7 @@ def test_plan_marks_earlier_outputs_for_skipping(tmp_path: Path, sample) -> None
     (tmp_path / "in/a.png").write_bytes(png(rgb[:50]))
     assert read_stage(plan.work).column("status").to_pylist() == [None, None, None]
     overwrite = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m",
-                             config=RestoreConfig(), previous_manifest=previous, overwrite=True)
+                             config=RestoreConfig(), previous_manifest=previous, overwrite=True).collect()
     assert overwrite.work.column("previous_bytes").null_count == 3
 
 
@@ -309,10 +319,10 @@ def test_single_file_input_limit_and_tiled_inference(tmp_path: Path, sample) -> 
     rgb, _ = sample
     write_tree(tmp_path / "in", {"a/one.png": png(rgb), "b.png": png(rgb), "c.png": png(rgb)})
     plan = plan_restore(str(tmp_path / "in/a/one.png"), str(tmp_path / "out"), task="denoise", model_id="m",
-                        config=RestoreConfig())
+                        config=RestoreConfig()).collect()
     assert plan.work.column("output_uri").to_pylist() == [f"{tmp_path}/out/one.png"]
     plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m",
-                        config=RestoreConfig(), limit=2)
+                        config=RestoreConfig(), limit=2).collect()
     assert [Path(uri).name for uri in plan.inputs] == ["one.png", "b.png"]
     # An image larger than the tile goes through overlapping tiles; the identity model's tiles
     # blend back into the input.
@@ -341,7 +351,7 @@ def test_transient_storage_errors_are_retried(
     with FaultyS3Proxy(s3_server.env()["AWS_ENDPOINT_URL"]) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         plan = plan_restore(f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out", task="denoise", model_id="m",
-                            config=RestoreConfig())
+                            config=RestoreConfig()).collect()
         proxy.fail_next(S3_MAX_ATTEMPTS - 1)
         decoded = read_stage(plan.work)
         assert decoded.column("status").to_pylist() == [None] and proxy.failed() == S3_MAX_ATTEMPTS - 1
@@ -409,7 +419,7 @@ def test_metadata_is_carried_to_the_outputs_unless_stripped(tmp_path: Path, samp
     write_tree(tmp_path / "in", files)
     for strip, folder in ((False, "kept"), (True, "stripped")):
         plan = plan_restore(str(tmp_path / "in"), str(tmp_path / folder), task="denoise", model_id="m",
-                            config=RestoreConfig())
+                            config=RestoreConfig()).collect()
         rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
                             task="denoise", model_id="m", job_id=manifest_lib.new_job_id(), strip_metadata=strip)
         assert rows.column("status").to_pylist() == ["ok"] * len(files), rows.column("error").to_pylist()
@@ -431,7 +441,7 @@ def test_png_compression_is_a_setting(tmp_path: Path, sample) -> None:
     for level in (0, 9):
         config = config_lib.load_config(RestoreConfig, overrides=[f"output.png_compression={level}"])
         plan = plan_restore(str(tmp_path / "in"), str(tmp_path / f"level{level}"), task="denoise", model_id="m",
-                            config=config)
+                            config=config).collect()
         [row] = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
                              task="denoise", model_id="m", job_id=manifest_lib.new_job_id(),
                              png_compression=config.output.png_compression).to_pylist()
