@@ -51,7 +51,9 @@ or duplicated worker tasks cannot produce duplicate rows: the driver keeps the f
 (``<job_id>-p000001.parquet``, ...) every few hundred rows or seconds, so a killed job keeps its
 progress. At the end it *compacts*: it writes ``<job_id>-manifest.parquet`` with the latest row
 for every input ever recorded under this output (this run's and earlier runs'), then deletes the
-files it merged. A job id starts with its UTC start time, so file names sort oldest first and
+files it merged. Compaction streams the files row group by row group (:func:`compact`: 16 bytes
+per source and one byte per row held), and a re-run looks earlier rows up the same way
+(:class:`ManifestIndex`), so neither holds the manifest in memory. A job id starts with its UTC start time, so file names sort oldest first and
 "latest" is well defined; :func:`read_manifest` takes the latest row per ``source_uri`` over
 all files, which gives the same answer before and after compaction and after a crash between
 the two steps. After a completed run the folder holds one file with exactly one row per input
