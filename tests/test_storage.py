@@ -189,6 +189,17 @@ def test_list_images_recursive_skips_hidden_and_other_files(image_tree: Path, sc
     assert storage.list_images(root, extensions={"TXT"}) == [f"{root}/notes.txt"]
 
 
+def test_iter_images_walks_one_folder_at_a_time_in_sorted_path_order(tmp_path: Path) -> None:
+    # Folder names sort as "name/": "a.png" before "a/...", "a.b/..." before "a/...".
+    names = ["a/b.png", "a.png", "a.b/c.png", "a-x.png", "a/a/z.png", "b.png", "a0.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    walked = storage.iter_images(str(tmp_path))
+    assert not isinstance(walked, list)  # a generator: the listing streams
+    assert list(walked) == [f"{tmp_path}/{name}" for name in sorted(names)]
+
+
 def test_list_images_of_a_single_file_and_of_a_missing_folder(image_tree: Path) -> None:
     single = f"file://{image_tree}/sub/c.webp"
     assert storage.list_images(single) == [single]
