@@ -162,11 +162,12 @@ class Restorer:
     :func:`restoration.runs.process_work` on every block of work rows
     (:data:`restoration.restore.WORK_SCHEMA`) it gets -- reading, decoding, restoring, encoding
     and writing ``batch_size`` images at a time -- and yields the manifest rows packed by
-    :func:`pack_manifest` (at least every :data:`STREAM_SECONDS`). Decoded pixels never leave
-    the actor's process, and it holds one ``batch_size`` chunk of them at a time."""
+    :func:`pack_manifest`: those of the chunks done so far once ``stream_seconds`` passed since
+    the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
+    process, and it holds one ``batch_size`` chunk of them at a time."""
 
     def __init__(self, model_ref: list, *, task: str, job_id: str, config: Any, threads: int | None,
-                 device: str, batch_size: int) -> None:
+                 device: str, batch_size: int, stream_seconds: float = STREAM_SECONDS) -> None:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes
@@ -177,7 +178,7 @@ class Restorer:
         self.job = RestoreJob(task=task, job_id=job_id, config=config,
                               model=RestoreModel(data=data, checkpoint=checkpoint))
         self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
-        self.batch_size = batch_size
+        self.batch_size, self.stream_seconds = batch_size, stream_seconds
 
     def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
         import time
@@ -188,7 +189,7 @@ class Restorer:
         last_sent = time.monotonic()
         for rows in process_work(self.predictor, work, self.job, batch_size=self.batch_size):
             pending.append(rows)
-            if time.monotonic() - last_sent >= STREAM_SECONDS:
+            if time.monotonic() - last_sent >= self.stream_seconds:
                 yield pack_manifest(pending)
                 pending, last_sent = [], time.monotonic()
         if pending:
@@ -254,7 +255,8 @@ def _actor_pool(pool: ActorPoolPlan, tasks_in_flight: int):
                                       max_tasks_in_flight_per_actor=tasks_in_flight)
 
 
-def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan, rows: int):
+def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan, rows: int,
+                        stream_seconds: float = STREAM_SECONDS):
     """The fused Ray Data pipeline over a work table: blocks of ``rows`` work rows -> the
     :class:`Restorer` actor pool -> packed manifest tables (:func:`unpack_manifest`)."""
     import ray.data
@@ -273,7 +275,8 @@ def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, poo
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
         fn_constructor_kwargs={"model_ref": model_ref, "task": job.task, "job_id": job.job_id, "config": job.config,
-                               "threads": pool.threads, "device": pool.device, "batch_size": pool.batch_size},
+                               "threads": pool.threads, "device": pool.device, "batch_size": pool.batch_size,
+                               "stream_seconds": stream_seconds},
     )
 
 
@@ -320,15 +323,20 @@ class RayRestoreExecutor:
     else ``auto``) picks the pipeline's shape. Fused: on a CPU-only cluster the actors and the
     decode/encode tasks share the same cores, so moving pixels between processes is pure
     overhead. Split: with GPUs the model is cheap, and decoding and encoding (PNG above all)
-    must spread over every CPU of the GPU nodes and over CPU-only nodes.
+    must spread over every CPU of the GPU nodes and over CPU-only nodes. ``stream_seconds``: how
+    often a fused actor sends the manifest rows of the images it wrote (:class:`Restorer`).
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, progress_bars: bool = False, stages: str | None = None) -> None:
+    def __init__(self, address: str | None = None, progress_bars: bool = False, stages: str | None = None, *,
+                 stream_seconds: float = STREAM_SECONDS) -> None:
         if stages is not None and stages not in STAGES:
             raise ValueError(f"stages must be one of {', '.join(STAGES)}, got {stages!r}")
+        if not (math.isfinite(stream_seconds) and stream_seconds >= 0):
+            raise ValueError(f"stream_seconds must be a number >= 0, got {stream_seconds}")
         self.address, self.progress_bars, self.stages = address, progress_bars, stages
+        self.stream_seconds = stream_seconds
         self.pool: ActorPoolPlan | None = None
         self._described: dict[str, Any] | None = None
         self._model: tuple[Any, Any] | None = None  # (checkpoint bytes, their object ref)
@@ -392,7 +400,8 @@ class RayRestoreExecutor:
             return
         rows = rows_per_block(work.num_rows, pool, job.config.pipeline.read_batch_size)
         self._described["rows_per_block"] = rows
-        dataset = build_fused_dataset(work, job=job, model_ref=model_ref, pool=pool, rows=rows)
+        dataset = build_fused_dataset(work, job=job, model_ref=model_ref, pool=pool, rows=rows,
+                                      stream_seconds=self.stream_seconds)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             yield from unpack_manifest(batch)
 

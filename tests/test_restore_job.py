@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import threading
@@ -240,6 +241,8 @@ def test_s3_to_s3_restores_every_good_input_and_reports_every_bad_one(
     assert summary["counts"] == {"ok": len(inputs["good"]), "error": len(inputs["bad"]), "skipped": 0}
     assert summary["images_per_second"] > 0 and summary["megapixels_per_second"] > 0
     assert f"restored {len(inputs['good'])} of {len(rows)} inputs" in first_run["stdout"]
+    # A CPU-only cluster runs the fused pipeline: read, restore, encode and write in the actors.
+    assert summary["actor_pool"]["stages"] == "fused" and summary["actor_pool"]["rows_per_block"] >= 1
 
     # No credentials anywhere the job wrote or printed.
     secret, key_id = s3_server.secret_key, s3_server.access_key
@@ -284,6 +287,88 @@ def test_rerun_skips_what_is_done_and_overwrite_redoes_all(
         assert len([k for k in _keys(s3_server, f"out/{MANIFEST_DIR}/") if k.endswith(".parquet")]) == 1
     finally:
         s3_server.client().put_object(Bucket=BUCKET, Key=f"in/{changed}", Body=inputs["files"][changed])
+
+
+def _restore_config(*overrides: str):
+    from restoration import config as config_lib
+    from restoration.restore import RestoreConfig
+
+    return config_lib.load_config(RestoreConfig, overrides=[f"input.max_pixels={MAX_PIXELS}", *overrides])
+
+
+@pytest.mark.timeout(600)
+def test_the_split_pipeline_restores_what_the_fused_one_does(
+    first_run: dict, inputs: dict, denoiser: Path, s3_server: LocalS3Server  # noqa: F811
+) -> None:
+    """read tasks -> model actors -> encode tasks (the GPU clusters' shape), S3 -> S3: the same
+    rows, errors and outputs as the fused pipeline of the first run."""
+    from jobs.restore import restore
+
+    assert first_run["code"] == 0
+    summary = restore(_uri("in"), _uri("split"), task="denoise", model=str(denoiser), config=_restore_config(),
+                      stages="split", echo=lambda text: None)
+    assert summary["actor_pool"]["stages"] == "split"
+    fused, split = _rows(_uri("out")), _rows(_uri("split"))
+    assert sorted(split) == sorted(fused)
+    for key, row in split.items():
+        assert (row["status"], row["error_stage"]) == (fused[key]["status"], fused[key]["error_stage"]), key
+    for key in inputs["good"]:
+        assert split[key]["output_uri"] == _uri("split", key)
+        ours = decode_image(_get(s3_server, split[key]["output_uri"]))
+        theirs = decode_image(_get(s3_server, fused[key]["output_uri"]))
+        assert (ours.width, ours.height, ours.channels, ours.bit_depth) == (
+            theirs.width, theirs.height, theirs.channels, theirs.bit_depth), key
+        # The same model on the same pixels; only the batches' composition may differ.
+        difference = np.abs(ours.pixels.astype(np.int64) - theirs.pixels.astype(np.int64))
+        assert difference.mean() <= 1e-3 * np.iinfo(ours.pixels.dtype).max, (key, difference.mean())
+
+
+@pytest.mark.timeout(600)
+def test_fused_actors_send_manifest_rows_chunk_by_chunk(
+    ray_cluster: None, inputs: dict, denoiser: Path  # noqa: F811
+) -> None:
+    """Every input in one block (``pipeline.read_batch_size`` above the input count): the rows
+    still reach the driver one ``pipeline.batch_size`` chunk at a time, so that progress and
+    manifest parts follow the images written, not the blocks."""
+    from jobs.restore import RayRestoreExecutor
+    from restoration.runs import run_restore
+
+    arrived: list[int] = []
+
+    class CountingExecutor(RayRestoreExecutor):
+        def restore(self, work, job):
+            for rows in super().restore(work, job):
+                arrived.append(rows.num_rows)
+                yield rows
+
+    executor = CountingExecutor(stream_seconds=0.0)  # one yield per chunk
+    config = _restore_config("pipeline.read_batch_size=1000", "pipeline.batch_size=2")
+    summary = run_restore(_uri("in"), _uri("streamed"), task="denoise", model=str(denoiser), config=config,
+                          executor=executor, echo=lambda text: None)
+    assert summary["actor_pool"]["rows_per_block"] == 1000 and summary["actor_pool"]["stages"] == "fused"
+    # Every input the plan could place reaches the executor, in chunks of 2 (the last may be 1).
+    placed = [key for key, row in _rows(_uri("streamed")).items() if row["error_stage"] != "plan"]
+    assert sum(arrived) == len(placed)
+    assert max(arrived) <= 2 and len(arrived) == math.ceil(len(placed) / 2), arrived
+    assert summary["counts"] == {"ok": len(inputs["good"]), "error": len(inputs["bad"]), "skipped": 0}
+
+
+def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> None:
+    from jobs.restore import ActorPoolPlan, pack_manifest, rows_per_block, unpack_manifest
+    from restoration.manifest import MANIFEST_SCHEMA, error_row, rows_to_table
+
+    tables = [rows_to_table([error_row(f"s3://b/{index}.png", "broken", "decode", task="denoise", model_id="m",
+                                       job_id="j")]) for index in range(3)]
+    packed = pack_manifest(tables)
+    assert packed.num_rows == 1
+    (unpacked,) = unpack_manifest(packed)
+    assert unpacked.schema.equals(MANIFEST_SCHEMA) and unpacked.to_pylist() == [row for table in tables
+                                                                                  for row in table.to_pylist()]
+    pool = ActorPoolPlan(min_size=1, initial_size=2, max_size=2, num_cpus=0.5, num_gpus=0.0, threads=1,
+                         device="cpu", batch_size=4)
+    assert rows_per_block(1000, pool, 4) == 63  # 8 blocks per actor
+    assert rows_per_block(10, pool, 4) == 4  # at least pipeline.read_batch_size
+    assert rows_per_block(10_000_000, pool, 4) == 1024  # a retry redoes at most 1,024 inputs
 
 
 def _restorer_pids() -> list[int]:
