@@ -1,6 +1,6 @@
 """Throughput of batch restoration, from a plain loop to the full Ray job, as JSON.
 
-    .venv/bin/python bench/restore_throughput.py                    # the full run (about 10 minutes)
+    .venv/bin/python bench/restore_throughput.py                    # the full run (about 25 minutes on 2 cores)
     .venv/bin/python bench/restore_throughput.py --smoke --out /tmp/x.json   # seconds: tiny counts
 
 Inputs: noisy PNG crops of scikit-image's sample photos (Pillow's default compression), written
@@ -15,20 +15,23 @@ For each model and size (``--counts``, e.g. ``96:1000,3000``), every line restor
 - ``plain_loop_png6`` / ``plain_loop_png1``: one process, one torch thread (``--plain-threads``),
   PIL decode, the model one image at a time in eager fp32 (``torch.no_grad``), PIL PNG encode
   at Pillow's default level (6) / at zlib level 1 (the job's default), written to disk;
-  ``model_seconds`` is the model alone. Over the larger count; median of ``--repeats``.
+  ``model_seconds`` is the model alone. Over the first ``n1`` images; median of ``--repeats``.
 - ``no_ray``: ``restoration restore --no-ray`` (:class:`restoration.runs.LocalRestoreExecutor`,
-  torch's default threads) over the larger count: ``images_per_second`` over the pipeline time.
+  torch's default threads) over the first ``n1`` images: ``images_per_second`` over the
+  pipeline time (from the end of planning to the last manifest row).
 - ``ray_local``: the Ray job (``jobs.restore.restore``) folder -> folder at both counts in one
   Ray session: the **marginal rate** ``(n2 - n1) / (t2 - t1)`` of the two jobs' wall times, and
   ``startup_seconds``, the intercept ``t1 - n1 / marginal`` (what a job costs before its first
   image: checks, plan, actor start-up). Median of ``--repeats``. ``ray_s3`` (``--s3``): the same
   S3 -> S3 on a local SeaweedFS server. ``--stages`` picks the Ray pipeline (default: the
-  executor's choice); ``--split-too`` adds ``ray_local_split`` for comparison.
+  executor's choice); ``--split-too`` adds ``ray_local_split`` for comparison. These two
+  comparison lines run ``--comparison-repeats`` times (1).
 
 Then ``ratios``: Ray's marginal rate over each plain loop. For the default model at 512x512 also
 the predictor alone on decoded tensors (``predictor``: all threads, ``predictor_one_thread``:
 one, as each CPU actor of the job runs; ``predictor_cuda`` when CUDA is available), with the
-job's predictor settings. Written to ``--out`` (``bench/results/restore_throughput.json``).
+job's predictor settings, over the first ``n1`` images. Every run records the 1-minute load
+average when it ended. Written to ``--out`` (``bench/results/restore_throughput.json``).
 
 Marginal rates, not the manifest's ``restored_at``: rows are written in bursts, so rates taken
 from the first to the last ``restored_at`` overstate (see issue 11). Timing needs a quiet
@@ -68,7 +71,9 @@ MODELS: dict[str, ModelConfig] = {
     "negligible": ModelConfig(task="denoise", widths=(4,) * 6, fuse_strides=(2,)),
     "default": ModelConfig(task="denoise"),
 }
-DEFAULT_COUNTS = {"negligible": "96:1000,3000;512:100,300", "default": "512:8,24"}
+# n2 - n1 is several times a Ray job's start-up (about 5 s here), so that its noise moves the
+# marginal rate little.
+DEFAULT_COUNTS = {"negligible": "96:1000,8000;512:100,400", "default": "512:16,112"}
 SMOKE_COUNTS = {"negligible": "96:12,24;512:2,4", "default": "512:2,4"}
 RESULTS = ROOT / "bench" / "results" / "restore_throughput.json"
 
@@ -120,7 +125,7 @@ def write_inputs(folder: Path, count: int, size: int) -> list[Path]:
 
 def _rate(count: int, seconds: float, size: int) -> dict[str, float]:
     return {"images": count, "seconds": seconds, "images_per_second": count / seconds,
-            "megapixels_per_second": count * size * size / 1e6 / seconds}
+            "megapixels_per_second": count * size * size / 1e6 / seconds, "load_average_1min": os.getloadavg()[0]}
 
 
 def _median_run(runs: list[dict[str, Any]], key: str = "images_per_second") -> dict[str, Any]:
@@ -201,7 +206,7 @@ def ray_pair(input_uri: str, output_uri: Callable[[int], str], model_dir: Path, 
     (n1, t1), (n2, t2) = ((job["images"], job["wall_seconds"]) for job in jobs)
     marginal = (n2 - n1) / (t2 - t1)
     return {"marginal_images_per_second": marginal, "startup_seconds": t1 - n1 / marginal, "jobs": jobs,
-            "png_level": config.output.png_compression}
+            "png_level": config.output.png_compression, "load_average_1min": os.getloadavg()[0]}
 
 
 def predictor_alone(files: list[Path], model_dir: Path, *, device: str = "cpu", threads: int | None = None,
@@ -267,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"default model: SIZE:N1,N2 pairs ({DEFAULT_COUNTS['default']}; '' to skip)")
     parser.add_argument("--smoke", action="store_true", help="tiny counts, one repeat: a check that runs in seconds")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each line; the median is reported (3)")
+    parser.add_argument("--comparison-repeats", type=int, default=1,
+                        help="runs of the ray_local_split and ray_s3 lines (1)")
     parser.add_argument("--lines", default="plain,no_ray,ray,predictor", help="lines to run (plain,no_ray,ray,predictor)")
     parser.add_argument("--plain-threads", type=int, default=1, help="torch threads of the plain loop (1)")
     parser.add_argument("--stages", default=None, choices=("auto", "fused", "split"), help="Ray pipeline shape")
@@ -278,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.counts, args.default_counts, args.repeats = SMOKE_COUNTS["negligible"], SMOKE_COUNTS["default"], 1
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.repeats < 1 or args.comparison_repeats < 1:
+        raise ValueError(f"--repeats and --comparison-repeats must be >= 1, got {args.repeats}, {args.comparison_repeats}")
     lines = set(args.lines.split(","))
     unknown = lines - {"plain", "no_ray", "ray", "predictor"}
     if unknown:
@@ -323,25 +330,29 @@ def main(argv: list[str] | None = None) -> int:
                 report["machine"]["ray_init_seconds"] = _start_ray(stack)
             for model_name, model_dir, size, (n1, n2), folder, files, line in cases:
                 out = work / "out" / model_name / str(size)
+                # One process has no start-up worth measuring: n1 images are enough.
                 if "plain" in lines:
                     for level, name in ((None, "plain_loop_png6"), (1, "plain_loop_png1")):
-                        line[name] = _median_run([plain_loop(files, model_dir, out / name, png_level=level,
+                        line[name] = _median_run([plain_loop(files[:n1], model_dir, out / name, png_level=level,
                                                              threads=args.plain_threads, size=size)
                                                   for _ in range(args.repeats)])
                 if "no_ray" in lines:
-                    line["no_ray"] = _median_run([no_ray(folder, out / f"no-ray-{r}", model_dir, n2, args.overrides, size)
+                    line["no_ray"] = _median_run([no_ray(folder, out / f"no-ray-{r}", model_dir, n1, args.overrides, size)
                                                   for r in range(args.repeats)])
                 if "ray" in lines:
-                    variants = [("ray_local", args.stages)] + ([("ray_local_split", "split")] if args.split_too else [])
-                    for name, stages in variants:
+                    variants = [("ray_local", args.stages, args.repeats)]
+                    if args.split_too:
+                        variants.append(("ray_local_split", "split", args.comparison_repeats))
+                    for name, stages, repeats in variants:
                         line[name] = _median_run([
                             ray_pair(str(folder), lambda n, r=r, name=name: str(out / f"{name}-{n}-{r}"), model_dir,
                                      (n1, n2), args.overrides, stages)
-                            for r in range(args.repeats)], key="marginal_images_per_second")
+                            for r in range(repeats)], key="marginal_images_per_second")
                 if "predictor" in lines and model_name == "default":
-                    line["predictor"] = _median_run([predictor_alone(files, model_dir, size=size)
+                    line["predictor"] = _median_run([predictor_alone(files[:n1], model_dir, size=size)
                                                      for _ in range(args.repeats)])
-                    line["predictor_one_thread"] = _median_run([predictor_alone(files, model_dir, threads=1, size=size)
+                    line["predictor_one_thread"] = _median_run([predictor_alone(files[:n1], model_dir, threads=1,
+                                                                                size=size)
                                                                 for _ in range(args.repeats)])
                     if torch.cuda.is_available():
                         line["predictor_cuda"] = predictor_alone(files, model_dir, device="cuda", size=size)
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                         line["ray_s3"] = _median_run([
                             ray_pair(f"s3://bench/{prefix}", lambda n, r=r, prefix=prefix: f"s3://bench/out-{prefix}-{n}-{r}",
                                      model_dir, (n1, n2), args.overrides, args.stages)
-                            for r in range(args.repeats)], key="marginal_images_per_second")
+                            for r in range(args.comparison_repeats)], key="marginal_images_per_second")
 
         for *_, line in cases:
             ratios = {}
