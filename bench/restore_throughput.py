@@ -22,7 +22,8 @@ For each model and size (``--counts``, e.g. ``96:1000,3000``), every line restor
 - ``ray_local``: the Ray job (``jobs.restore.restore``) folder -> folder at both counts in one
   Ray session: the **marginal rate** ``(n2 - n1) / (t2 - t1)`` of the two jobs' wall times, and
   ``startup_seconds``, the intercept ``t1 - n1 / marginal`` (what a job costs before its first
-  image: checks, plan, actor start-up). Median of ``--repeats``. ``ray_s3`` (``--s3``): the same
+  image: checks, plan, actor start-up; an untimed 2-image job runs first in each Ray session).
+  Median of ``--repeats``. ``ray_s3`` (``--s3``): the same
   S3 -> S3 on a local SeaweedFS server. ``--stages`` picks the Ray pipeline (default: the
   executor's choice); ``--split-too`` adds ``ray_local_split`` for comparison. These two
   comparison lines run ``--comparison-repeats`` times (1).
@@ -252,6 +253,17 @@ def _start_ray(stack: contextlib.ExitStack) -> float:
     return time.perf_counter() - started
 
 
+def _warm_up(case: tuple, out: Path) -> float:
+    """One small untimed Ray job, so that what a Ray session does once (Ray Data's first
+    execution) is in no timed job: a run pays it once, not per job. Its seconds."""
+    from jobs.restore import restore
+
+    _, model_dir, _, _, folder, _, _ = case
+    started = time.perf_counter()
+    restore(str(folder), str(out), task="denoise", model=str(model_dir), limit=2, overwrite=True, echo=lambda text: None)
+    return time.perf_counter() - started
+
+
 def parse_counts(text: str) -> dict[int, tuple[int, int]]:
     """``"96:1000,3000;512:100,300"`` -> ``{96: (1000, 3000), 512: (100, 300)}``."""
     counts = {}
@@ -328,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if "ray" in lines:
                 report["machine"]["ray_init_seconds"] = _start_ray(stack)
+                report["machine"]["ray_warmup_seconds"] = _warm_up(cases[0], work / "out" / "warm-up")
             for model_name, model_dir, size, (n1, n2), folder, files, line in cases:
                 out = work / "out" / model_name / str(size)
                 # One process has no start-up worth measuring: n1 images are enough.
@@ -368,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     os.environ.update(server.env())  # before Ray starts: its workers inherit it
                     server.create_bucket("bench")
                     _start_ray(stack)
+                    _warm_up(cases[0], work / "out" / "warm-up-s3")
                     client = server.client()
                     for model_name, model_dir, size, (n1, n2), _, files, line in cases:
                         prefix = f"in-{model_name}-{size}"
