@@ -60,6 +60,7 @@ from restoration.tasks import get_task
 
 __all__ = [
     "PIPELINE_SCHEMA",
+    "PIPELINE_STAGES",
     "WORK_SCHEMA",
     "InputConfig",
     "ManifestConfig",
@@ -211,6 +212,12 @@ class PredictorConfig:
                 and (f.name in _PREDICTOR_PARAMETERS or getattr(self, f.name) != f.default)}
 
 
+PIPELINE_STAGES: Final[tuple[str, ...]] = ("auto", "fused", "split")
+"""Shapes of the Ray job's pipeline (``jobs/restore.py``): ``fused`` (each model actor reads,
+restores, encodes and writes), ``split`` (read tasks -> model actors -> encode tasks), ``auto``
+(fused on CPU-only pools, split when the actors hold GPUs)."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """How the Ray Data pipeline is cut and placed (defaults are sized from the cluster).
@@ -221,6 +228,7 @@ class PipelineConfig:
     CPU-only clusters) and ``gpus_per_actor`` (None: 1 where the cluster has GPUs). ``use_gpu``:
     None decides from the cluster's resources when the job starts; set it true on an autoscaling
     cluster whose GPU nodes are not up yet. ``cpus_per_task``: CPUs of a read or write task.
+    ``stages``: the pipeline's shape (:data:`PIPELINE_STAGES`).
     (Transient storage errors are retried by the S3 client, up to
     :data:`restoration.storage.S3_MAX_ATTEMPTS` tries; an input that still fails is an error
     row, which the next run retries.)
@@ -234,8 +242,11 @@ class PipelineConfig:
     gpus_per_actor: float | None = None
     use_gpu: bool | None = None
     cpus_per_task: float = 1.0
+    stages: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.stages not in PIPELINE_STAGES:
+            raise ValueError(f"pipeline.stages must be one of {', '.join(PIPELINE_STAGES)}, got {self.stages!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"pipeline.batch_size must be >= 1 or null, got {self.batch_size}")
         if self.read_batch_size < 1:
