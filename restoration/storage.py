@@ -482,25 +482,8 @@ def write_bytes(uri: str, data: bytes) -> None:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    filesystem, path = resolve(uri)
-    try:
-        if isinstance(filesystem, pafs.LocalFileSystem):
-            parent, name = posixpath.split(path)
-            filesystem.create_dir(parent, recursive=True)
-            temporary = posixpath.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
-            try:
-                with filesystem.open_output_stream(temporary) as stream:
-                    stream.write(data)
-                filesystem.move(temporary, path)
-            except BaseException:
-                if filesystem.get_file_info(temporary).type != pafs.FileType.NotFound:
-                    filesystem.delete_file(temporary)
-                raise
-        else:
-            with filesystem.open_output_stream(path) as stream:
-                stream.write(data)
-    except OSError as error:
-        raise OSError(f"cannot write {uri}: {redact(str(error))}") from error
+    with open_output(uri) as stream:
+        stream.write(data)
 
 
 @contextlib.contextmanager
