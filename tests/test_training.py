@@ -182,6 +182,18 @@ def test_gray_fraction_makes_gray_crops_with_gray_degradations(image_dir: Path) 
         load_train_config("jpeg", overrides=["data.gray_fraction=1.5"])
 
 
+CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_shipped_training_config_loads_for_its_task(path: Path) -> None:
+    # jobs/configs/<task>[-variant].yaml: the file name says which task's fields it must match.
+    task = path.stem.split("-")[0]
+    config = load_train_config(task, path=path)
+    assert config.task == task and config.model.task == task
+    assert config.steps == config_lib.read_yaml(path)["steps"] > 0
+
+
 def test_a_network_without_gradient_flow_is_reported(image_dir: Path) -> None:
     messages: list[str] = []
     trainer = make_trainer(image_dir, ["steps=6", "backbone_weights=null"])
