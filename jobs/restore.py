@@ -126,11 +126,6 @@ def plan_actor_pool(
 # --------------------------------------------------------------------------------------------
 # The Ray Data adapters
 
-STAGES: tuple[str, ...] = ("auto", "fused", "split")
-"""Pipeline shapes: ``fused`` (one actor stage reads, restores, encodes and writes), ``split``
-(read tasks -> model actors -> encode tasks) or ``auto`` (fused on CPU-only pools, split when the
-actors hold GPUs)."""
-
 BLOCKS_PER_ACTOR = 8
 """Fused pipeline: work blocks per actor of the pool's maximum size. An actor that finishes
 early idles at most one block while the others finish theirs, so the tail costs at most about
@@ -320,8 +315,8 @@ class RayRestoreExecutor:
     ``address`` / ``RAY_ADDRESS``) only when there is work, after the run's checks passed, and
     stays up across :meth:`restore` calls (a run may make one per partition of its inputs).
 
-    ``stages`` (:data:`STAGES`; ``None``: the config's ``pipeline.stages`` when it has one,
-    else ``auto``) picks the pipeline's shape. Fused: on a CPU-only cluster the actors and the
+    ``stages`` (:data:`restoration.restore.PIPELINE_STAGES`; ``None``: the config's
+    ``pipeline.stages``) picks the pipeline's shape. Fused: on a CPU-only cluster the actors and the
     decode/encode tasks share the same cores, so moving pixels between processes is pure
     overhead. Split: with GPUs the model is cheap, and decoding and encoding (PNG above all)
     must spread over every CPU of the GPU nodes and over CPU-only nodes. ``stream_seconds``: how
@@ -332,8 +327,10 @@ class RayRestoreExecutor:
 
     def __init__(self, address: str | None = None, progress_bars: bool = False, stages: str | None = None, *,
                  stream_seconds: float = STREAM_SECONDS) -> None:
-        if stages is not None and stages not in STAGES:
-            raise ValueError(f"stages must be one of {', '.join(STAGES)}, got {stages!r}")
+        from restoration.restore import PIPELINE_STAGES
+
+        if stages is not None and stages not in PIPELINE_STAGES:
+            raise ValueError(f"stages must be one of {', '.join(PIPELINE_STAGES)}, got {stages!r}")
         if not (math.isfinite(stream_seconds) and stream_seconds >= 0):
             raise ValueError(f"stream_seconds must be a number >= 0, got {stream_seconds}")
         self.address, self.progress_bars, self.stages = address, progress_bars, stages
@@ -367,9 +364,7 @@ class RayRestoreExecutor:
         return [self._model[1]]  # in a list, so that Ray passes the ref, not the bytes, to the actors
 
     def _stages_for(self, config: Any, pool: ActorPoolPlan) -> str:
-        wanted = self.stages or getattr(config.pipeline, "stages", None) or "auto"
-        if wanted not in STAGES:
-            raise ValueError(f"pipeline.stages must be one of {', '.join(STAGES)}, got {wanted!r}")
+        wanted = self.stages or config.pipeline.stages  # the config checked its value
         if wanted == "auto":
             return "split" if pool.num_gpus else "fused"
         return wanted
