@@ -163,7 +163,8 @@ class Restorer:
     process, and it holds one ``batch_size`` chunk of them at a time."""
 
     def __init__(self, model_ref: list, *, task: str, job_id: str, config: Any, threads: int | None,
-                 device: str, batch_size: int, stream_seconds: float = STREAM_SECONDS) -> None:
+                 device: str, batch_size: int, stream_seconds: float = STREAM_SECONDS,
+                 stop_flag: Any = None) -> None:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes
@@ -175,6 +176,23 @@ class Restorer:
                               model=RestoreModel(data=data, checkpoint=checkpoint))
         self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
         self.batch_size, self.stream_seconds = batch_size, stream_seconds
+        self.stop_flag, self._stopped, self._asked = stop_flag, False, 0.0
+
+    def stopped(self) -> bool:
+        """Whether the driver asked the run to stop (its :class:`StopFlag`, asked at most every
+        :data:`STOP_POLL_SECONDS`); a flag that does not answer counts as not stopped."""
+        import time
+
+        import ray
+
+        if self._stopped or self.stop_flag is None or time.monotonic() - self._asked < STOP_POLL_SECONDS:
+            return self._stopped
+        self._asked = time.monotonic()
+        try:
+            self._stopped = bool(ray.get(self.stop_flag.is_set.remote(), timeout=10))
+        except Exception:  # noqa: BLE001 -- the driver is going away; carry on with the block
+            pass
+        return self._stopped
 
     def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
         import time
@@ -183,13 +201,32 @@ class Restorer:
 
         pending: list[pa.Table] = []
         last_sent = time.monotonic()
-        for rows in process_work(self.predictor, work, self.job, batch_size=self.batch_size):
+        for rows in process_work(self.predictor, work, self.job, batch_size=self.batch_size,
+                                 should_stop=self.stopped):
             pending.append(rows)
             if time.monotonic() - last_sent >= self.stream_seconds:
                 yield pack_manifest(pending)
                 pending, last_sent = [], time.monotonic()
         if pending:
             yield pack_manifest(pending)
+
+
+STOP_POLL_SECONDS = 0.5
+"""Fused pipeline: how often an actor asks whether the run was asked to stop (between chunks)."""
+
+
+class StopFlag:
+    """A Ray actor (no resources) that the driver sets on SIGINT / SIGTERM; the fused actors ask
+    it between chunks and start no more inputs once it is set."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
 
 
 PACKED_COLUMN = "manifest_ipc"
@@ -252,7 +289,7 @@ def _actor_pool(pool: ActorPoolPlan, tasks_in_flight: int):
 
 
 def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan, rows: int,
-                        stream_seconds: float = STREAM_SECONDS):
+                        stream_seconds: float = STREAM_SECONDS, stop_flag: Any = None):
     """The fused Ray Data pipeline over a work table: blocks of ``rows`` work rows -> the
     :class:`Restorer` actor pool -> packed manifest tables (:func:`unpack_manifest`)."""
     import ray.data
@@ -272,7 +309,7 @@ def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, poo
         num_gpus=pool.num_gpus,
         fn_constructor_kwargs={"model_ref": model_ref, "task": job.task, "job_id": job.job_id, "config": job.config,
                                "threads": pool.threads, "device": pool.device, "batch_size": pool.batch_size,
-                               "stream_seconds": stream_seconds},
+                               "stream_seconds": stream_seconds, "stop_flag": stop_flag},
     )
 
 
@@ -338,8 +375,9 @@ class RayRestoreExecutor:
         self.pool: ActorPoolPlan | None = None
         self._described: dict[str, Any] | None = None
         self._model: tuple[Any, Any] | None = None  # (checkpoint bytes, their object ref)
+        self._stop_flag: Any = None
 
-    def _start(self) -> None:
+    def _start(self, stop: Any = None) -> None:
         import ray
         import ray.data
 
@@ -347,6 +385,8 @@ class RayRestoreExecutor:
 
         if not ray.is_initialized():
             init_ray(self.address)
+        if stop is not None:
+            stop.reinstall()  # over the SIGTERM handler of Ray's core worker, which aborts the process
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = context.print_on_execution_start = self.progress_bars
         context.enable_auto_log_stats = False
@@ -370,6 +410,7 @@ class RayRestoreExecutor:
         return wanted
 
     def skip(self, candidates: pa.Table, config) -> Any:
+        # (A stop during the skip stage waits for it: it only reads metadata.)
         import ray.data
 
         from restoration.restore import skip_stage
@@ -377,13 +418,26 @@ class RayRestoreExecutor:
         self._start()
         blocks = _blocks(candidates, max(64, math.ceil(candidates.num_rows / 2_000)))
         stats = ray.data.from_arrow(blocks).map_batches(skip_stage, batch_format="pyarrow", batch_size=None,
-                                                        num_cpus=config.pipeline.cpus_per_task)
+                                                        num_cpus=config.pipeline.cpus_per_task,
+                                                        fn_kwargs={"outage_seconds": config.storage.outage_seconds})
         return stats.iter_batches(batch_format="pyarrow", batch_size=None)
 
-    def restore(self, work: pa.Table, job: RestoreJob) -> Iterator[pa.Table]:
+    def _flag(self, stop: Any) -> Any:
+        """The run's :class:`StopFlag` actor, set when ``stop`` is requested (None without ``stop``)."""
         import ray
 
-        self._start()
+        if stop is None:
+            return None
+        if self._stop_flag is None:
+            self._stop_flag = ray.remote(num_cpus=0)(StopFlag).remote()
+            flag = self._stop_flag
+            stop.on_stop(lambda: flag.set.remote())
+        return self._stop_flag
+
+    def restore(self, work: pa.Table, job: RestoreJob, *, stop: Any = None) -> Iterator[pa.Table]:
+        import ray
+
+        self._start(stop)
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         largest = max((node["Resources"].get("CPU", 0) for node in nodes), default=0)
         self.pool = pool = plan_actor_pool(ray.cluster_resources(), largest, job.config, ray.available_resources())
@@ -392,12 +446,15 @@ class RayRestoreExecutor:
         self._described = {**asdict(pool), "stages": stages}
         if stages == "split":
             dataset = build_split_dataset(work, job=job, model_ref=model_ref, pool=pool)
-            yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+                yield batch
+                if stop is not None and stop.requested:
+                    return  # closing the iterator ends the dataset's tasks
             return
         rows = rows_per_block(work.num_rows, pool, job.config.pipeline.read_batch_size)
         self._described["rows_per_block"] = rows
         dataset = build_fused_dataset(work, job=job, model_ref=model_ref, pool=pool, rows=rows,
-                                      stream_seconds=self.stream_seconds)
+                                      stream_seconds=self.stream_seconds, stop_flag=self._flag(stop))
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             yield from unpack_manifest(batch)
 

@@ -274,6 +274,30 @@ class LocalS3Server:
         self._process = None
         self._directory = None
 
+    def interrupt(self) -> None:
+        """Stop the server's process (SIGTERM, then SIGKILL) but keep its data and ports, as an
+        outage of the store would: requests are refused until :meth:`resume`."""
+        self._require_started()
+        assert self._process is not None
+        _stop_process(self._process, grace_seconds=10)
+
+    def resume(self) -> None:
+        """Start the server again after :meth:`interrupt`, on the same ports with the same data,
+        and wait until S3 answers."""
+        self._require_started()
+        assert self._process is not None and self._directory is not None
+        if self._process.poll() is None:
+            raise S3ServerError(f"server still running (pid {self._process.pid})")
+        log_path = Path(self._directory, "weed.log")
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._process = process
+        self._finalizer = weakref.finalize(self, _cleanup, process, self._directory, list(self.ports.values()))
+        self._wait_until_ready(log_path)
+
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid

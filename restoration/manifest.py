@@ -279,14 +279,15 @@ def _iter_file(uri: str) -> Iterator[pa.Table]:
     (the file is read in ranges, not held whole)."""
     filesystem, path = storage.resolve(uri)
     try:
-        handle = filesystem.open_input_file(path)
+        handle = storage.retrying(lambda: filesystem.open_input_file(path), uri)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no such file: {uri}") from error
     with handle:
-        parquet = pq.ParquetFile(handle)
+        # Each read is a ranged request of its own: one that fails in an outage is asked again.
+        parquet = storage.retrying(lambda: pq.ParquetFile(handle), uri)
         version = _file_version(parquet.schema_arrow, uri)
         for group in range(parquet.num_row_groups):
-            yield _upgrade(parquet.read_row_group(group), version)
+            yield _upgrade(storage.retrying(lambda: parquet.read_row_group(group), uri), version)
 
 
 def _read_file(uri: str) -> pa.Table:
@@ -402,11 +403,11 @@ def compact(output: str, final: str) -> None:
 def _iter_sources(uri: str) -> Iterator[pa.Table]:
     """The ``source_uri`` column of a manifest file, one row group at a time."""
     filesystem, path = storage.resolve(uri)
-    with filesystem.open_input_file(path) as handle:
-        parquet = pq.ParquetFile(handle)
+    with storage.retrying(lambda: filesystem.open_input_file(path), uri) as handle:
+        parquet = storage.retrying(lambda: pq.ParquetFile(handle), uri)
         _file_version(parquet.schema_arrow, uri)
         for group in range(parquet.num_row_groups):
-            yield parquet.read_row_group(group, columns=["source_uri"])
+            yield storage.retrying(lambda: parquet.read_row_group(group, columns=["source_uri"]), uri)
 
 
 class ManifestWriter:
@@ -488,14 +489,12 @@ class ManifestWriter:
         self.flush()
         files = _manifest_files(self.output)
         final = storage.join(self._folder, f"{self.job_id}-manifest.parquet")
-        compact(self.output, final)
+        # The whole compaction is repeated when the store fails under it: it only reads the
+        # parts, and its output replaces itself.
+        storage.retrying(lambda: compact(self.output, final), final)
         for old in files:
             if old.uri != final:
-                filesystem, path = storage.resolve(old.uri)
-                try:
-                    filesystem.delete_file(path)
-                except FileNotFoundError:
-                    pass
+                storage.delete(old.uri)
         return final
 
 

@@ -55,6 +55,7 @@ from restoration.codec import (
     with_pixels,
 )
 from restoration.inference import ENSEMBLE_SIZES, PRECISIONS, Predictor
+from restoration.stopping import GRACE_SECONDS
 from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, UNCHANGED_THRESHOLD, error_row
 from restoration.tasks import get_task
 
@@ -68,6 +69,8 @@ __all__ = [
     "PipelineConfig",
     "PredictorConfig",
     "RestoreConfig",
+    "StopConfig",
+    "StorageConfig",
     "SKIP_SCHEMA",
     "encode_stage",
     "mean_abs_change",
@@ -229,9 +232,8 @@ class PipelineConfig:
     None decides from the cluster's resources when the job starts; set it true on an autoscaling
     cluster whose GPU nodes are not up yet. ``cpus_per_task``: CPUs of a read or write task.
     ``stages``: the pipeline's shape (:data:`PIPELINE_STAGES`).
-    (Transient storage errors are retried by the S3 client, up to
-    :data:`restoration.storage.S3_MAX_ATTEMPTS` tries; an input that still fails is an error
-    row, which the next run retries.)
+    (Storage outages are waited out for up to ``storage.outage_seconds``; an input that still
+    fails is an error row, which the next run retries.)
     """
 
     batch_size: int | None = None
@@ -284,6 +286,33 @@ class ManifestConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """``outage_seconds``: how long every storage call of a run -- the driver's listing and
+    manifest writes, the reads and writes of the workers -- waits out an unreachable,
+    throttling or failing store (exponential backoff with jitter,
+    :func:`restoration.storage.retrying`) before it gives up; only past it does an input become
+    an error row."""
+
+    outage_seconds: float = storage.OUTAGE_SECONDS
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.outage_seconds) and self.outage_seconds >= 0):
+            raise ValueError(f"storage.outage_seconds must be a number >= 0, got {self.outage_seconds}")
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """``grace_seconds``: after SIGINT or SIGTERM, how long the work in flight may take to finish
+    before the run stops at once (the manifest is written either way)."""
+
+    grace_seconds: float = GRACE_SECONDS
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.grace_seconds) and self.grace_seconds >= 0):
+            raise ValueError(f"run.grace_seconds must be a number >= 0, got {self.grace_seconds}")
+
+
+@dataclass(frozen=True)
 class RestoreConfig:
     """Everything ``restoration restore`` reads from ``--config`` and ``--set key=value``."""
 
@@ -292,6 +321,8 @@ class RestoreConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    run: StopConfig = field(default_factory=StopConfig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,13 +419,19 @@ SKIP_SCHEMA: Final[pa.Schema] = WORK_SCHEMA.append(pa.field("bytes_in", pa.int64
 )
 
 
-def skip_stage(work: pa.Table) -> pa.Table:
+def skip_stage(work: pa.Table, *, outage_seconds: float | None = None) -> pa.Table:
     """Stat the inputs of a work table that an earlier run restored (``previous_bytes`` set) and
     mark those whose size is unchanged as ``skipped`` (:data:`SKIP_SCHEMA`).
 
     Only metadata is read. An input that cannot be inspected is not skipped: the read stage
-    then reports what is wrong with it.
+    then reports what is wrong with it. ``outage_seconds``: this process's storage outage
+    budget for the call (None: as it is).
     """
+    with storage.outage_budget(outage_seconds):
+        return _skip_rows(work)
+
+
+def _skip_rows(work: pa.Table) -> pa.Table:
     rows = []
     for item in work.to_pylist():
         size = None
@@ -412,14 +449,21 @@ def skip_stage(work: pa.Table) -> pa.Table:
 
 
 def read_stage(
-    work: pa.Table, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = 1 << 30
+    work: pa.Table, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = 1 << 30,
+    outage_seconds: float | None = None,
 ) -> pa.Table:
     """Stat, read and decode every row of a work table (:data:`WORK_SCHEMA`).
 
     Returns a :data:`PIPELINE_SCHEMA` table, one row per input: pixels for decoded images;
     ``status="skipped"`` where ``previous_bytes`` equals the current size (nothing read);
-    ``status="error"`` for missing, unreadable, over-size or undecodable files.
+    ``status="error"`` for missing, unreadable, over-size or undecodable files, and for files
+    the store did not serve within ``outage_seconds`` (None: this process's budget as it is).
     """
+    with storage.outage_budget(outage_seconds):
+        return _read_rows(work, max_pixels=max_pixels, max_bytes=max_bytes)
+
+
+def _read_rows(work: pa.Table, *, max_pixels: int, max_bytes: int) -> pa.Table:
     rows = []
     for item in work.to_pylist():
         start = time.perf_counter()
@@ -600,6 +644,7 @@ def encode_stage(
     quality: int = 95,
     png_compression: int = DEFAULT_PNG_COMPRESSION,
     strip_metadata: bool = False,
+    outage_seconds: float | None = None,
 ) -> pa.Table:
     """Encode and write the restored rows of a :data:`PIPELINE_SCHEMA` table; return one manifest
     row per input (:data:`restoration.manifest.MANIFEST_SCHEMA`). Skipped rows come back as
@@ -607,7 +652,16 @@ def encode_stage(
     from the earlier manifest.
 
     ``quality``, ``png_compression`` and ``strip_metadata`` go to
-    :func:`restoration.codec.encode_image` (see :class:`OutputConfig`)."""
+    :func:`restoration.codec.encode_image` (see :class:`OutputConfig`). A write waits out a
+    storage outage for up to ``outage_seconds`` (None: this process's budget as it is), then
+    becomes an error row."""
+    with storage.outage_budget(outage_seconds):
+        return _encode_rows(table, task=task, model_id=model_id, job_id=job_id, output_format=output_format,
+                            quality=quality, png_compression=png_compression, strip_metadata=strip_metadata)
+
+
+def _encode_rows(table: pa.Table, *, task: str, model_id: str, job_id: str, output_format: str | None,
+                 quality: int, png_compression: int, strip_metadata: bool) -> pa.Table:
     rows = _work_rows(table)
     buffers = _buffers(table)
     manifest_rows = []

@@ -58,14 +58,17 @@ from restoration.restore import (
     target_format,
 )
 from restoration.planning import Plan, plan_restore
+from restoration.stopping import StopNow, StopSignals
 from restoration.tasks import TASK_NAMES
 
 __all__ = [
+    "EXIT_STORAGE",
     "PROGRESS_SECONDS",
     "LocalRestoreExecutor",
     "RestoreExecutor",
     "RestoreJob",
     "RestoreModel",
+    "RunStopped",
     "DRY_RUN_MEGAPIXELS_PER_SECOND",
     "OUTPUT_BYTES_PER_MEGAPIXEL",
     "add_restore_arguments",
@@ -156,7 +159,8 @@ class RestoreJob:
 
 def read_options(config: RestoreConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`restoration.restore.read_stage` for ``config``."""
-    return {"max_pixels": config.input.max_pixels, "max_bytes": config.input.max_bytes}
+    return {"max_pixels": config.input.max_pixels, "max_bytes": config.input.max_bytes,
+            "outage_seconds": config.storage.outage_seconds}
 
 
 def encode_options(job: RestoreJob) -> dict[str, Any]:
@@ -164,7 +168,7 @@ def encode_options(job: RestoreJob) -> dict[str, Any]:
     output = job.config.output
     return {"task": job.task, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
             "quality": output.quality, "png_compression": output.png_compression,
-            "strip_metadata": output.strip_metadata}
+            "strip_metadata": output.strip_metadata, "outage_seconds": job.config.storage.outage_seconds}
 
 
 def make_predictor(model: Any, config: PredictorConfig, *, device: str, threads: int | None = None) -> Any:
@@ -192,7 +196,8 @@ class RestoreExecutor(Protocol):
     :data:`restoration.restore.SKIP_SCHEMA` tables (from :func:`~restoration.restore.skip_stage`);
     ``restore`` takes work rows (:data:`~restoration.restore.WORK_SCHEMA`) and yields manifest
     tables (from :func:`~restoration.restore.encode_stage`), at most one row per input, in any
-    order and in any number of tables. ``describe`` says how the model ran, for the summary
+    order and in any number of tables; once ``stop.requested``, it starts no more inputs and
+    ends when those in flight are done. ``describe`` says how the model ran, for the summary
     (None when it never did).
     """
 
@@ -200,7 +205,7 @@ class RestoreExecutor(Protocol):
 
     def skip(self, candidates: pa.Table, config: RestoreConfig) -> Iterable[pa.Table]: ...
 
-    def restore(self, work: pa.Table, job: RestoreJob) -> Iterable[pa.Table]: ...
+    def restore(self, work: pa.Table, job: RestoreJob, *, stop: StopSignals | None = None) -> Iterable[pa.Table]: ...
 
     def describe(self) -> dict[str, Any] | None: ...
 
@@ -210,17 +215,21 @@ def _slices(table: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield table.slice(start, rows)
 
 
-def process_work(predictor: Any, work: pa.Table, job: RestoreJob, *, batch_size: int) -> Iterator[pa.Table]:
+def process_work(predictor: Any, work: pa.Table, job: RestoreJob, *, batch_size: int,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[pa.Table]:
     """Read, decode, restore, encode and write every row of ``work`` (:data:`WORK_SCHEMA`) in
     this process, ``batch_size`` inputs at a time; yield one manifest table
     (:data:`restoration.manifest.MANIFEST_SCHEMA`) per chunk.
 
     Decoded and restored pixels never leave the process, and at most one chunk of them is held
     at once. Both executors run it: the local one over the whole work table, each Ray actor over
-    the blocks it is given.
+    the blocks it is given. When ``should_stop()`` turns true, the chunks not yet started are
+    left undone (no rows: the next run does them).
     """
     reading, encoding = read_options(job.config), encode_options(job)
     for chunk in _slices(work, batch_size):
+        if should_stop is not None and should_stop():
+            return
         restored = restore_stage(predictor, read_stage(chunk, **reading), task=job.task)
         yield encode_stage(restored, **encoding)
 
@@ -237,9 +246,9 @@ class LocalRestoreExecutor:
 
     def skip(self, candidates: pa.Table, config: RestoreConfig) -> Iterator[pa.Table]:
         for chunk in _slices(candidates, 64):
-            yield skip_stage(chunk)
+            yield skip_stage(chunk, outage_seconds=config.storage.outage_seconds)
 
-    def restore(self, work: pa.Table, job: RestoreJob) -> Iterator[pa.Table]:
+    def restore(self, work: pa.Table, job: RestoreJob, *, stop: StopSignals | None = None) -> Iterator[pa.Table]:
         import torch
 
         config = job.config
@@ -249,7 +258,8 @@ class LocalRestoreExecutor:
         batch_size = config.pipeline.batch_size or (16 if device.startswith("cuda") else 4)
         self._described = {"device": device, "threads": torch.get_num_threads(),
                            "batch_size": batch_size}
-        yield from process_work(predictor, work, job, batch_size=batch_size)
+        yield from process_work(predictor, work, job, batch_size=batch_size,
+                                should_stop=None if stop is None else (lambda: stop.requested))
 
     def describe(self) -> dict[str, Any] | None:
         return self._described
@@ -274,6 +284,21 @@ def _users_storage_errors(argument: str, uri: str) -> Iterator[None]:
         raise storage.StorageError(message if shown in message else f"{argument} {shown}: {message}") from error
 
 
+class RunStopped(Exception):
+    """A run that had to stop before its end, with the one line to print and the exit code:
+    the store stayed unreachable past ``storage.outage_seconds`` (exit :data:`EXIT_STORAGE`).
+    What reached the manifest is kept; the same command continues."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+EXIT_STORAGE: Final[int] = 75
+"""Exit code of a run stopped by a store that stayed unreachable past its outage budget
+(``EX_TEMPFAIL``: try again later)."""
+
+
 def run_restore(
     input_uri: str,
     output_uri: str,
@@ -285,19 +310,32 @@ def run_restore(
     limit: int | None = None,
     overwrite: bool = False,
     echo: Callable[[str], Any] = print,
+    stop: StopSignals | None = None,
 ) -> dict[str, Any]:
     """Run one batch restoration with ``executor`` and return its summary (also written to
     ``<output>/_manifest/_summary.json``).
 
     Local paths are made absolute here, on the driver, so that they mean the same in every
-    process (:func:`restoration.storage.absolute_uri`).
+    process (:func:`restoration.storage.absolute_uri`). Every storage call waits out an outage
+    for up to ``storage.outage_seconds``. ``stop``: the signals of the command
+    (:class:`restoration.stopping.StopSignals`); once it is requested the run submits no more
+    work, keeps what comes back, writes the manifest and a summary with ``stopped`` set.
 
-    Raises (all before the executor starts):
+    Raises (all before the executor starts, except RunStopped):
         ValueError: a bad argument, a checkpoint that does not fit (CheckpointError), no
             inputs, or storage that is the user's to fix: unreachable, a missing bucket or file,
             denied access (:class:`restoration.storage.StorageError`, one line).
+        RunStopped: the store stayed unreachable past the outage budget during the run.
     """
     config = config or RestoreConfig()
+    with storage.outage_budget(config.storage.outage_seconds):
+        return _run_restore(input_uri, output_uri, task=task, executor=executor, model=model, config=config,
+                            limit=limit, overwrite=overwrite, echo=echo, stop=stop or StopSignals())
+
+
+def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: RestoreExecutor, model: str,
+                 config: RestoreConfig, limit: int | None, overwrite: bool, echo: Callable[[str], Any],
+                 stop: StopSignals) -> dict[str, Any]:
     started = time.time()
     job_id = manifest_lib.new_job_id()
     input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
@@ -318,11 +356,34 @@ def run_restore(
     with plan:
         return _run_plan(plan, executor=executor, job=RestoreJob(task=task, job_id=job_id, config=config,
                                                                   model=restore_model),
-                         input_uri=input_uri, output_uri=output_uri, started=started, echo=echo)
+                         input_uri=input_uri, output_uri=output_uri, started=started, echo=echo, stop=stop)
+
+
+@dataclass
+class _Progress:
+    """What the progress lines count: only the work of this run (skipped inputs apart)."""
+
+    to_process: int
+    processed: int = 0  # rows the executor reported in this run
+    skipped: int = 0  # inputs found restored by an earlier run
+    restore_seconds: float = 0.0  # time spent in executor.restore, over the partitions so far
+
+    def line(self, writer: manifest_lib.ManifestWriter, total: int, unchanged: int, seconds: float) -> str:
+        counts = writer.counts
+        rate = self.processed / seconds if seconds > 0 else 0.0
+        remaining = max(0, self.to_process - self.skipped - self.processed)
+        eta = f"ETA {_format_duration(remaining / rate)}" if rate > 0 else "ETA unknown"
+        line = (f"  {writer.done}/{total} done: restored {counts['ok']} (unchanged {unchanged}), "
+                f"error {counts['error']}, skipped as done before {counts['skipped']}; "
+                f"{rate:.2f} images/s in this run, {remaining} left, {eta}")
+        unreachable = storage.unreachable_for()
+        if unreachable is not None:
+            line += f"; storage unreachable for {_format_duration(unreachable)}"
+        return line
 
 
 def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: RestoreJob, input_uri: str, output_uri: str,
-              started: float, echo: Callable[[str], Any]) -> dict[str, Any]:
+              started: float, echo: Callable[[str], Any], stop: StopSignals) -> dict[str, Any]:
     """Steps 2 to 4 of :func:`run_restore`, partition by partition of ``plan``."""
     config, task, job_id = job.config, job.task, job.job_id
     folder = manifest_lib.manifest_uri(output_uri)
@@ -339,11 +400,13 @@ def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: RestoreJob, input_u
     megapixels = 0.0
     unchanged = 0  # ok rows the model changed by less than manifest.unchanged_threshold
     threshold = config.manifest.unchanged_threshold
-    processed = 0  # rows the executor reported, for the rate behind the ETA
-    restore_seconds = 0.0
+    progress = _Progress(to_process=plan.to_process)
     last_report = time.monotonic()
+    forced: StopNow | None = None
     try:
         for part in plan.parts():
+            if stop.requested:
+                break
             writer.new_partition()
             if part.errors:
                 writer.add_rows({**row, "job_id": job_id} for row in part.errors)
@@ -352,61 +415,103 @@ def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: RestoreJob, input_u
                 skipped_before = writer.counts["skipped"]
                 work = _skip_done(work, executor=executor, config=config, writer=writer, previous=part.previous,
                                   job_id=job_id)
+                progress.skipped += writer.counts["skipped"] - skipped_before
                 if writer.counts["skipped"] > skipped_before:
                     echo(f"  {writer.counts['skipped'] - skipped_before} inputs already restored (same size): "
                          f"skipped; {work.num_rows} to process")
-            if work.num_rows:
+            if work.num_rows and not stop.requested:
                 part_started = time.monotonic()
-                for rows in executor.restore(work, job):
-                    new = writer.add(_fill_skipped(rows, part.previous, job_id))
-                    processed += new.num_rows
-                    megapixels += _ok_megapixels(new)
-                    unchanged += manifest_lib.count_unchanged(new, threshold)
-                    if time.monotonic() - last_report >= PROGRESS_SECONDS:
-                        last_report = time.monotonic()
-                        rate = writer.counts["ok"] / max(time.time() - listed, 1e-9)
-                        echo(f"  {writer.done}/{total} done (ok {writer.counts['ok']}, of which unchanged {unchanged}; "
-                             f"error {writer.counts['error']}, skipped {writer.counts['skipped']}), "
-                             f"{rate:.2f} images/s, "
-                             f"{_eta(processed, total - writer.done, restore_seconds + last_report - part_started)}")
-                restore_seconds += time.monotonic() - part_started
+                try:
+                    for rows in executor.restore(work, job, stop=stop):
+                        new = writer.add(_fill_skipped(rows, part.previous, job_id))
+                        progress.processed += new.num_rows
+                        megapixels += _ok_megapixels(new)
+                        unchanged += manifest_lib.count_unchanged(new, threshold)
+                        if time.monotonic() - last_report >= PROGRESS_SECONDS:
+                            last_report = time.monotonic()
+                            echo(progress.line(writer, total, unchanged,
+                                               progress.restore_seconds + last_report - part_started))
+                finally:
+                    progress.restore_seconds += time.monotonic() - part_started
+            if stop.requested:
+                break  # what did not come back is left for the next run, not an error
             # Every input exactly once: anything the executor did not report is an error, not a gap.
             missing = [uri for uri in part.inputs if uri not in writer.seen]
             if missing:
                 writer.add_rows(manifest_lib.error_row(uri, f"no result came back from the {executor.name} executor",
                                                        "restore", task=task, model_id=job.model_id, job_id=job_id)
                                 for uri in missing)
-    finally:
-        writer.flush()  # whatever happens, the rows received so far are kept
-    manifest_file = writer.close()
-    finished = time.time()
+    except StopNow as error:
+        forced = error
+    except OSError as error:
+        if not storage.is_transient(error, output_uri) and not storage.is_transient(error, input_uri):
+            raise
+        raise RunStopped(_stopped_line(f"storage did not answer within storage.outage_seconds="
+                                       f"{config.storage.outage_seconds:g}", writer, total,
+                                       kept=False), EXIT_STORAGE) from error
+    return _finish(writer, job=job, executor=executor, input_uri=input_uri, output_uri=output_uri, total=total,
+                   started=started, listed=listed, megapixels=megapixels, unchanged=unchanged, stop=stop,
+                   forced=forced, echo=echo)
 
-    pipeline_seconds = max(finished - listed, 1e-9)
-    summary = {
-        "job_id": job_id,
-        "task": task,
-        "model_id": job.model_id,
-        "input": storage.redact(input_uri),
-        "output": storage.redact(output_uri),
-        "inputs": total,
-        "counts": dict(writer.counts),
-        "unchanged": unchanged,
-        "unchanged_threshold": threshold,
-        "duplicates_dropped": writer.duplicates,
-        "images_per_second": writer.counts["ok"] / pipeline_seconds,
-        "megapixels": megapixels,
-        "megapixels_per_second": megapixels / pipeline_seconds,
-        "wall_seconds": finished - started,
-        "pipeline_seconds": pipeline_seconds,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "pipeline_started_epoch": listed,
-        "manifest": storage.redact(manifest_file),
-        "executor": executor.name,
-        "actor_pool": executor.describe(),
-        "config": config_lib.to_dict(config),
-    }
-    storage.write_bytes(storage.join(folder, manifest_lib.SUMMARY_FILE),
-                        (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+
+def _stopped_line(reason: str, writer: manifest_lib.ManifestWriter, total: int, *, kept: bool = True) -> str:
+    counts = writer.counts
+    recorded = "recorded in the manifest" if kept else "reported (the rows not yet written are redone)"
+    return (f"stopped ({reason}): {writer.done} of {total} inputs {recorded} (ok {counts['ok']}, "
+            f"error {counts['error']}, skipped {counts['skipped']}), {total - writer.done} left; "
+            "run the same command again to continue")
+
+
+def _finish(writer: manifest_lib.ManifestWriter, *, job: RestoreJob, executor: RestoreExecutor, input_uri: str,
+            output_uri: str, total: int, started: float, listed: float, megapixels: float, unchanged: int,
+            stop: StopSignals, forced: StopNow | None, echo: Callable[[str], Any]) -> dict[str, Any]:
+    """Step 4 of :func:`run_restore`: the last manifest part, compaction, ``_summary.json``."""
+    config = job.config
+    folder = manifest_lib.manifest_uri(output_uri)
+    # A forced stop writes what it has without waiting for a store that does not answer.
+    with storage.outage_budget(0 if forced else None):
+        try:
+            manifest_file = writer.close()
+        except OSError as error:
+            if not storage.is_transient(error, output_uri):
+                raise
+            raise RunStopped(_stopped_line("storage did not answer while the manifest was written", writer, total,
+                                           kept=False), EXIT_STORAGE) from error
+        finished = time.time()
+        pipeline_seconds = max(finished - listed, 1e-9)
+        summary = {
+            "job_id": job.job_id,
+            "task": job.task,
+            "model_id": job.model_id,
+            "input": storage.redact(input_uri),
+            "output": storage.redact(output_uri),
+            "inputs": total,
+            "counts": dict(writer.counts),
+            "unchanged": unchanged,
+            "unchanged_threshold": config.manifest.unchanged_threshold,
+            "duplicates_dropped": writer.duplicates,
+            "images_per_second": writer.counts["ok"] / pipeline_seconds,
+            "megapixels": megapixels,
+            "megapixels_per_second": megapixels / pipeline_seconds,
+            "wall_seconds": finished - started,
+            "pipeline_seconds": pipeline_seconds,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "pipeline_started_epoch": listed,
+            "manifest": storage.redact(manifest_file),
+            "executor": executor.name,
+            "actor_pool": executor.describe(),
+            "config": config_lib.to_dict(config),
+            "stopped": None if not stop.requested else {
+                "signal": stop.name, "exit_code": stop.exit_code, "left": total - writer.done,
+                "forced": None if forced is None else forced.reason},
+        }
+        try:
+            storage.write_bytes(storage.join(folder, manifest_lib.SUMMARY_FILE),
+                                (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+        except OSError as error:
+            if not storage.is_transient(error, output_uri):
+                raise
+            echo(f"note: {manifest_lib.SUMMARY_FILE} not written: {storage.redact(str(error))}")
     echo(format_summary(summary))
     return summary
 
@@ -615,14 +720,6 @@ def dry_run_restore(
     }
 
 
-def _eta(processed: int, remaining: int, seconds: float) -> str:
-    """``"ETA 3 min 20 s"`` for ``remaining`` inputs at the rate of the ``processed`` ones so far
-    (every reported row, ok or error, over ``seconds``); ``"ETA unknown"`` before the first."""
-    if processed <= 0 or seconds <= 0:
-        return "ETA unknown"
-    return f"ETA {_format_duration(remaining * seconds / processed)}"
-
-
 def _format_duration(seconds: float) -> str:
     """``"42 s"``, ``"3 min 20 s"`` or ``"5 h 07 min"``."""
     seconds = max(0.0, seconds)
@@ -691,12 +788,25 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
         executor: RestoreExecutor = LocalRestoreExecutor()
     else:
         executor = ray_executor()
-    summary = run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
-                          limit=args.limit, overwrite=args.overwrite, executor=executor)
+    import sys
+
+    with StopSignals(config.run.grace_seconds) as stop:
+        try:
+            summary = run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
+                                  limit=args.limit, overwrite=args.overwrite, executor=executor, stop=stop)
+        except RunStopped as error:
+            print(f"restore: {error}", file=sys.stderr)
+            return error.exit_code
+    stopped = summary["stopped"]
+    if stopped is not None:
+        reason = stopped["signal"] + ("" if stopped["forced"] is None else f", then stopped at once: {stopped['forced']}")
+        counts = summary["counts"]
+        print(f"restore: stopped by {reason}: {summary['inputs'] - stopped['left']} of {summary['inputs']} inputs "
+              f"done (ok {counts['ok']}, error {counts['error']}, skipped {counts['skipped']}), {stopped['left']} "
+              "left; run the same command again to continue", file=sys.stderr)
+        return int(stopped["exit_code"])
     errors = summary["counts"]["error"]
     if errors and args.fail_on_error:
-        import sys
-
         print(f"{errors} input(s) failed (--fail-on-error); see the manifest", file=sys.stderr)
         return 1
     return 0

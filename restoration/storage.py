@@ -18,8 +18,11 @@ calls these functions. A driver resolves its URIs once with :func:`absolute_uri`
 task sees them: a task's working directory is not the driver's, and may even be gone. Absolute
 paths, ``file://`` and ``s3://`` URIs never consult the working directory.
 
-Retries: pyarrow's S3 client is the one retry layer (AWS standard strategy,
-:data:`S3_MAX_ATTEMPTS` tries per request); callers do not retry storage calls again.
+Retries: :func:`retrying` is the one retry layer. Every call of this module that touches S3
+(listing, stat, read, write) waits out an outage -- an unreachable store, throttling, 5xx errors --
+for up to the outage budget (``storage.outage_seconds``, :data:`OUTAGE_SECONDS` by default), with
+exponential backoff and jitter; pyarrow's client tries each request once. Code that streams a
+file through :func:`resolve` wraps the whole read or write in :func:`retrying` itself.
 :func:`check_readable` and :func:`check_writable` are the preflight checks a command runs before it
 starts any work: they fail fast on the user's storage errors (unreachable endpoint, missing bucket,
 access denied) with a one-line :class:`StorageError`; :func:`describe_storage_error` turns such an
@@ -31,13 +34,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
+import math
 import os
 import posixpath
+import random
 import re
 import tempfile
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -45,22 +53,30 @@ import pyarrow.fs as pafs
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "OUTAGE_SECONDS",
     "S3_MAX_ATTEMPTS",
     "StorageError",
     "absolute_uri",
     "check_readable",
     "check_writable",
+    "delete",
     "describe_storage_error",
     "exists",
+    "is_transient",
     "join",
     "list_images",
     "read_bytes",
     "redact",
+    "outage_budget",
+    "outage_seconds",
     "relative_key",
     "resolve",
+    "retrying",
     "s3_filesystem",
     "safe_output_uri",
+    "set_outage_seconds",
     "size",
+    "unreachable_for",
     "write_bytes",
 ]
 
@@ -79,13 +95,11 @@ _CREDENTIAL_VARIABLES: Final[tuple[str, ...]] = (
 _SIGNED_QUERY = re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s]+", re.IGNORECASE)
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
-S3_MAX_ATTEMPTS: Final[int] = 3
-"""Tries per S3 request (the first and up to 2 retries), with AWS's standard retry strategy in
-pyarrow's client, the only retry layer; 3 is that strategy's own default. Only throttling,
-server (5xx) and network errors are retried, after a random backoff of up to 1 s, then 2 s, and
-a client-wide retry quota stops retrying once many requests fail. Access denied and a missing
-bucket or key (4xx) are never retried. A request to a closed port fails within about 3 s. In a
-batch job, an input that still fails becomes an error row, which the next run retries."""
+S3_MAX_ATTEMPTS: Final[int] = 1
+"""Tries per S3 request in pyarrow's client: one. Retries are :func:`retrying`'s, with a time
+budget instead of a count (the AWS strategy's backoff and client-wide retry quota give up within
+seconds of an outage). In a batch job, an input that still fails past the budget becomes an
+error row, which the next run retries."""
 
 # The preflight checks (check_readable, check_writable) ask once more at most and give up on a
 # connection quickly: a missing or firewalled endpoint is the user's error, reported in seconds.
@@ -286,8 +300,8 @@ def s3_filesystem() -> pafs.S3FileSystem:
     - ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, for S3-compatible stores
       (``http://host:port`` switches to plain HTTP).
 
-    Requests are retried by pyarrow's client, :data:`S3_MAX_ATTEMPTS` tries each (AWS standard
-    strategy); connections time out after 10 s. One filesystem is cached per distinct set of
+    pyarrow's client tries each request once (:data:`S3_MAX_ATTEMPTS`; :func:`retrying` is the
+    retry layer); connections time out after 10 s. One filesystem is cached per distinct set of
     settings, so changing the variables takes effect on the next call.
     """
     return _cached_s3_filesystem(*_s3_settings(), S3_MAX_ATTEMPTS, _CONNECT_TIMEOUT_S)
@@ -366,12 +380,194 @@ def redact(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Outages: one retry layer, with a time budget
+
+
+OUTAGE_SECONDS: Final[float] = 300.0
+"""Default outage budget (``storage.outage_seconds``): how long a storage call keeps retrying a
+store that is unreachable, throttling (503 SlowDown) or failing with 5xx errors, counted from
+its first failure. Object stores have minutes-long brownouts; a call gives up only past this."""
+
+_BACKOFF_FIRST_S: Final[float] = 0.25
+_BACKOFF_MAX_S: Final[float] = 5.0
+_REPORT_EVERY_S: Final[float] = 15.0
+
+_TRANSIENT = re.compile(
+    r"NETWORK_CONNECTION|curlCode: (?:5|6|7|18|28|52|55|56)\b|Could not connect|Couldn't connect"
+    r"|Connection refused|Connection reset|Connection was reset|Failed to connect|Timeout was reached|timed out"
+    r"|Empty reply|Broken pipe|SLOW_DOWN|SlowDown|THROTTLING|Throttl|SERVICE_UNAVAILABLE|ServiceUnavailable"
+    r"|INTERNAL_FAILURE|InternalError|REQUEST_TIMEOUT|RequestTimeout|HTTP response code: 5\d\d|HTTP status 5\d\d",
+    re.IGNORECASE,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Outages:
+    """This process's outage budget and what it has seen: when the current outage started (the
+    first failure of a call still retrying), for the progress lines and the log."""
+
+    def __init__(self) -> None:
+        self.budget = OUTAGE_SECONDS
+        self.lock = threading.Lock()
+        self.retrying = 0  # calls now waiting for the store
+        self.since: float | None = None  # monotonic time of the first failure of the current outage
+        self.last_report = 0.0
+        self.waited = 0.0  # seconds calls of this process spent waiting, in all
+
+    def begin(self, now: float, uri: str, error: BaseException) -> None:
+        with self.lock:
+            self.retrying += 1
+            if self.since is None:
+                self.since, self.last_report = now, now
+                log.warning("storage unreachable (%s): retrying for up to %s (storage.outage_seconds)",
+                            _short_reason(error, uri), _seconds(self.budget))
+
+    def still(self, now: float) -> None:
+        with self.lock:
+            if self.since is not None and now - self.last_report >= _REPORT_EVERY_S:
+                self.last_report = now
+                log.warning("storage still unreachable after %s (retrying for up to %s)",
+                            _seconds(now - self.since), _seconds(self.budget))
+
+    def end(self, now: float, started: float, *, recovered: bool) -> None:
+        with self.lock:
+            self.retrying -= 1
+            self.waited += now - started
+            if self.retrying == 0 and self.since is not None:
+                if recovered:
+                    log.warning("storage reachable again after %s", _seconds(now - self.since))
+                self.since = None
+
+
+_outages = _Outages()
+_nesting = threading.local()  # depth of retrying calls in this thread
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s"
+
+
+def _short_reason(error: BaseException, uri: str) -> str:
+    text = redact(" ".join(str(error).split()))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def outage_seconds() -> float:
+    """This process's outage budget in seconds (:data:`OUTAGE_SECONDS` unless set)."""
+    return _outages.budget
+
+
+def set_outage_seconds(seconds: float) -> None:
+    """Set this process's outage budget (``storage.outage_seconds``); 0 gives up at once."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"storage.outage_seconds must be a number >= 0, got {seconds!r}")
+    _outages.budget = float(seconds)
+
+
+@contextlib.contextmanager
+def outage_budget(seconds: float | None) -> Iterator[None]:
+    """Within the block, this process's outage budget is ``seconds`` (None: unchanged)."""
+    if seconds is None:
+        yield
+        return
+    previous = _outages.budget
+    set_outage_seconds(seconds)
+    try:
+        yield
+    finally:
+        _outages.budget = previous
+
+
+def unreachable_for() -> float | None:
+    """Seconds since the current outage began, while a call of this process waits for the
+    store; None when none does."""
+    since = _outages.since
+    return None if since is None else time.monotonic() - since
+
+
+def is_transient(error: BaseException, uri: str) -> bool:
+    """Whether ``error``, raised using ``uri``, is worth waiting out: S3 unreachable, throttling,
+    5xx server errors, timeouts. Missing keys or buckets and denied access are not; nor is
+    anything on a local filesystem."""
+    if not (isinstance(uri, str) and uri.lower().startswith("s3://")):
+        return False
+    if isinstance(error, StorageError):
+        return False
+    chain = _error_chain(error)
+    if any(isinstance(item, (FileNotFoundError, PermissionError)) for item in chain):
+        return False
+    text = " | ".join(str(item) for item in chain)
+    if _NO_SUCH_BUCKET.search(text) or _ACCESS_DENIED.search(text):
+        return False
+    return bool(_TRANSIENT.search(text))
+
+
+T = TypeVar("T")
+
+
+def retrying(operation: Callable[[], T], uri: str) -> T:
+    """``operation()``, called again while it fails with a transient storage error
+    (:func:`is_transient`) until it succeeds or the outage budget
+    (:func:`outage_seconds`, counted from its first failure) is spent.
+
+    The one retry layer of every storage call: pyarrow's S3 client tries each request once.
+    Waits grow from 0.25 s to 5 s, with jitter, so that many callers do not hit a store coming
+    back all at once. While a call waits, a warning says that the store is unreachable and, every
+    15 s, for how long. ``operation`` must be safe to repeat (a whole read or a whole write).
+    Calls nested inside ``operation`` are not retried on their own: the outermost call repeats
+    the whole operation, within one budget.
+
+    Raises:
+        OSError: the last error, once the budget is spent (the message says how long it waited);
+            any other error at once.
+    """
+    if getattr(_nesting, "depth", 0):
+        return operation()  # inside another retrying call: that one repeats the whole operation
+    started: float | None = None
+    delay = _BACKOFF_FIRST_S
+    while True:
+        _nesting.depth = 1
+        try:
+            result = operation()
+        except OSError as error:
+            _nesting.depth = 0
+            now = time.monotonic()
+            if not is_transient(error, uri):
+                if started is not None:
+                    _outages.end(now, started, recovered=True)  # the store answered
+                raise
+            if started is None:
+                started = now
+                _outages.begin(now, uri, error)
+            else:
+                _outages.still(now)
+            left = _outages.budget - (now - started)
+            if left <= 0:
+                _outages.end(now, started, recovered=False)
+                if now - started <= 0:
+                    raise
+                raise OSError(f"{redact(str(error))} (store unreachable for {now - started:.0f} s, "
+                              f"past storage.outage_seconds={_outages.budget:g})") from error
+            time.sleep(min(left, delay * random.uniform(0.5, 1.0)))
+            delay = min(_BACKOFF_MAX_S, delay * 2)
+            continue
+        except BaseException:
+            _nesting.depth = 0
+            raise
+        _nesting.depth = 0
+        if started is not None:
+            _outages.end(time.monotonic(), started, recovered=True)
+        return result
+
+
+# --------------------------------------------------------------------------------------------
 # Files
 
 
 def _info(filesystem: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
     try:
-        return filesystem.get_file_info(path)
+        return retrying(lambda: filesystem.get_file_info(path), uri)
     except OSError as error:
         raise OSError(f"cannot inspect {uri}: {redact(str(error))}") from error
 
@@ -424,8 +620,9 @@ def _walk(filesystem: pafs.FileSystem, root: str, relative: str, recursive: bool
           uri: str) -> Iterator[str]:
     """Relative paths of the wanted files below ``root + relative``, in sorted path order."""
     folder = root + relative
+    selector = pafs.FileSelector(folder.rstrip("/") or "/", recursive=False)
     try:
-        entries = filesystem.get_file_info(pafs.FileSelector(folder.rstrip("/") or "/", recursive=False))
+        entries = retrying(lambda: filesystem.get_file_info(selector), uri)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no such file or directory: {uri}") from error
     except OSError as error:
@@ -461,9 +658,13 @@ def read_bytes(uri: str) -> bytes:
         FileNotFoundError: no file at ``uri``. OSError: any other failure, naming ``uri``.
     """
     filesystem, path = resolve(uri)
-    try:
+
+    def read() -> bytes:
         with filesystem.open_input_stream(path) as stream:
             return stream.read()
+
+    try:
+        return retrying(read, uri)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no such file: {uri}") from error
     except OSError as error:
@@ -482,15 +683,33 @@ def write_bytes(uri: str, data: bytes) -> None:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    with open_output(uri) as stream:
-        stream.write(data)
+
+    def write() -> None:
+        with open_output(uri) as stream:
+            stream.write(data)
+
+    retrying(write, uri)
+
+
+def delete(uri: str) -> None:
+    """Delete the file at ``uri``; nothing happens when there is none."""
+    filesystem, path = resolve(uri)
+
+    def remove() -> None:
+        try:
+            filesystem.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    retrying(remove, uri)
 
 
 @contextlib.contextmanager
 def open_output(uri: str) -> Iterator[pa.NativeFile]:
     """A stream that writes the file at ``uri`` (replacing any), for outputs too large to hold
     as bytes. As :func:`write_bytes`: a local file appears under its name only when the stream
-    is closed without error; an S3 object appears whole when its upload completes."""
+    is closed without error; an S3 object appears whole when its upload completes. Not retried
+    by itself: wrap the whole write in :func:`retrying`."""
     filesystem, path = resolve(uri)
     try:
         if isinstance(filesystem, pafs.LocalFileSystem):

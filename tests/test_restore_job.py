@@ -336,7 +336,7 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
     arrived: list[int] = []
 
     class CountingExecutor(RayRestoreExecutor):
-        def restore(self, work, job):
+        def restore(self, work, job, *, stop=None):
             for rows in super().restore(work, job):
                 arrived.append(rows.num_rows)
                 yield rows

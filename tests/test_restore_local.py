@@ -121,7 +121,7 @@ class DropsOne(LocalRestoreExecutor):
         super().__init__()
         self.lost = lost
 
-    def restore(self, work: pa.Table, job: RestoreJob):
+    def restore(self, work: pa.Table, job: RestoreJob, *, stop=None):
         for rows in super().restore(work, job):
             keep = [index for index, uri in enumerate(rows.column("source_uri").to_pylist()) if not uri.endswith(self.lost)]
             yield rows.take(pa.array(keep, pa.int64()))
@@ -172,8 +172,8 @@ def test_strength_is_a_setting_and_is_recorded(tmp_path: Path, photos: dict[str,
     from restoration import config as config_lib
     from restoration.inference import Predictor
 
-    if "strength" not in inspect.signature(Predictor).parameters:
-        pytest.skip("this version's Predictor has no strength control")
+    # A project setting: without it this test must fail, not skip.
+    assert "strength" in inspect.signature(Predictor).parameters, "Predictor lost its strength control"
     torch.manual_seed(0)
     model = build_model(ModelConfig(task="denoise", widths=TINY), backbone_weights=None)
     with torch.no_grad():  # a model that brightens every pixel by 6 levels
@@ -196,8 +196,10 @@ def test_strength_is_a_setting_and_is_recorded(tmp_path: Path, photos: dict[str,
 
 
 @pytest.mark.timeout(900)
-def test_progress_lines_show_an_eta(tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_lines_count_only_this_runs_work(tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate and the ETA are those of the inputs this run restores; inputs skipped as done
+    before are counted apart and never make the ETA longer."""
     from restoration import config as config_lib, runs
 
     write_photos(tmp_path / "in", photos)
@@ -206,11 +208,27 @@ def test_progress_lines_show_an_eta(tmp_path: Path, tiny_model: Path, photos: di
     lines: list[str] = []
     run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model), config=config,
                 executor=LocalRestoreExecutor(), echo=lines.append)
-    progress = [line for line in lines if " done (ok " in line]
+    progress = [line for line in lines if " done: restored " in line]
     assert [line.split("/")[0].strip() for line in progress] == ["1", "2", "3"]
-    assert all(", ETA " in line for line in progress) and progress[-1].endswith("ETA 0 s")
-    assert runs._eta(0, 10, 5.0) == "ETA unknown" and runs._eta(2, 6, 10.0) == "ETA 30 s"
-    assert runs._eta(1, 100, 60.0) == "ETA 1 h 40 min" and runs._eta(1, 5, 40.0) == "ETA 3 min 20 s"
+    assert all(" images/s in this run, " in line for line in progress)
+    assert "2 left, ETA " in progress[0] and "ETA unknown" not in progress[0]
+    assert progress[-1].endswith("0 left, ETA 0 s")
+
+    # A re-run with one new input: two are skipped, the ETA is that of the one left to do.
+    photo = next(iter(photos.values()))
+    from PIL import Image
+
+    Image.fromarray(photo).save(tmp_path / "in" / "new.png")
+    lines.clear()
+    run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model), config=config,
+                executor=LocalRestoreExecutor(), echo=lines.append)
+    progress = [line for line in lines if " done: restored " in line]
+    assert len(progress) == 1 and progress[0].strip().startswith(f"{len(photos) + 1}/{len(photos) + 1} done: restored 1 ")
+    assert f"skipped as done before {len(photos)};" in progress[0] and progress[0].endswith("0 left, ETA 0 s")
+
+    line = runs._Progress(to_process=100, processed=10, skipped=50).line(
+        runs.manifest_lib.ManifestWriter(str(tmp_path / "x"), runs.manifest_lib.new_job_id()), 100, 0, 20.0)
+    assert "0.50 images/s in this run, 40 left, ETA 1 min 20 s" in line
 
 
 def test_a_run_in_partitions_accounts_for_every_input_once(
