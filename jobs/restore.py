@@ -135,10 +135,10 @@ MAX_ROWS_PER_BLOCK = 1024
 """Fused pipeline: the most work rows in one block, which bounds what an actor redoes when it
 dies mid-block."""
 
-STREAM_SECONDS = 1.0
-"""Fused pipeline: a manifest table leaves an actor at least this often while it works on a
-block (and at the block's end), so the driver records progress and writes manifest parts as
-images are written, not once per block."""
+STREAM_SECONDS = 0.5
+"""Fused pipeline (``pipeline.stream_seconds``): a manifest table leaves an actor at least this
+often while it works on a block (and at the block's end), so the driver records progress and
+writes manifest parts as images are written, not once per block."""
 
 
 def rows_per_block(num_rows: int, pool: ActorPoolPlan, min_rows: int) -> int:
@@ -357,18 +357,19 @@ class RayRestoreExecutor:
     decode/encode tasks share the same cores, so moving pixels between processes is pure
     overhead. Split: with GPUs the model is cheap, and decoding and encoding (PNG above all)
     must spread over every CPU of the GPU nodes and over CPU-only nodes. ``stream_seconds``: how
-    often a fused actor sends the manifest rows of the images it wrote (:class:`Restorer`).
+    often a fused actor sends the manifest rows of the images it wrote (:class:`Restorer`; None:
+    the config's ``pipeline.stream_seconds``).
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, progress_bars: bool = False, stages: str | None = None, *,
-                 stream_seconds: float = STREAM_SECONDS) -> None:
+                 stream_seconds: float | None = None) -> None:
         from restoration.restore import PIPELINE_STAGES
 
         if stages is not None and stages not in PIPELINE_STAGES:
             raise ValueError(f"stages must be one of {', '.join(PIPELINE_STAGES)}, got {stages!r}")
-        if not (math.isfinite(stream_seconds) and stream_seconds >= 0):
+        if stream_seconds is not None and not (math.isfinite(stream_seconds) and stream_seconds >= 0):
             raise ValueError(f"stream_seconds must be a number >= 0, got {stream_seconds}")
         self.address, self.progress_bars, self.stages = address, progress_bars, stages
         self.stream_seconds = stream_seconds
@@ -454,7 +455,8 @@ class RayRestoreExecutor:
         rows = rows_per_block(work.num_rows, pool, job.config.pipeline.read_batch_size)
         self._described["rows_per_block"] = rows
         dataset = build_fused_dataset(work, job=job, model_ref=model_ref, pool=pool, rows=rows,
-                                      stream_seconds=self.stream_seconds, stop_flag=self._flag(stop))
+                                      stream_seconds=job.config.pipeline.stream_seconds if self.stream_seconds is None
+                                      else self.stream_seconds, stop_flag=self._flag(stop))
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             yield from unpack_manifest(batch)
 

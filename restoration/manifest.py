@@ -410,31 +410,48 @@ def _iter_sources(uri: str) -> Iterator[pa.Table]:
             yield storage.retrying(lambda: parquet.read_row_group(group, columns=["source_uri"]), uri)
 
 
+FLUSH_ROWS: Final[int] = 500
+FLUSH_SECONDS: Final[float] = 1.0
+"""A manifest part is written every :data:`FLUSH_ROWS` rows or :data:`FLUSH_SECONDS` seconds
+(``manifest.flush_rows`` / ``manifest.flush_seconds``): a crash of the driver costs the re-run
+the outputs of about that long, plus what was in flight."""
+MERGE_PARTS: Final[int] = 64
+"""Parts rewritten as one, as a run goes (about once a minute at the default cadence)."""
+
+
 class ManifestWriter:
     """Collects one run's rows on the driver and writes them under ``<output>/_manifest``.
 
     ``add`` keeps the first row per ``source_uri`` and ignores later ones (a retried task
     reporting the same input again); parts are written whenever ``flush_rows`` rows or
-    ``flush_seconds`` have accumulated; ``close`` writes what is left and compacts.
+    ``flush_seconds`` have accumulated, so that a crash loses at most that much of the run's
+    record; every ``merge_parts`` parts are rewritten as one (written first, then the small ones
+    deleted: a crash in between leaves identical rows twice, which readers take once), so that
+    a long run leaves few files to compact; ``close`` writes what is left and compacts.
     """
 
     def __init__(
-        self, output: str, job_id: str, *, flush_rows: int = 500, flush_seconds: float = 30.0
+        self, output: str, job_id: str, *, flush_rows: int = FLUSH_ROWS, flush_seconds: float = FLUSH_SECONDS,
+        merge_parts: int = MERGE_PARTS,
     ) -> None:
         if not _FILE_NAME.match(f"{job_id}-manifest.parquet"):
             raise ValueError(f"job_id {job_id!r} is not of the form new_job_id() returns")
-        if flush_rows < 1 or flush_seconds <= 0:
-            raise ValueError(f"flush_rows must be >= 1 and flush_seconds > 0, got {flush_rows}, {flush_seconds}")
+        if flush_rows < 1 or flush_seconds <= 0 or merge_parts < 2:
+            raise ValueError(f"flush_rows must be >= 1, flush_seconds > 0 and merge_parts >= 2, got {flush_rows}, "
+                             f"{flush_seconds}, {merge_parts}")
         self.output = output
         self.job_id = job_id
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self.merge_parts = merge_parts
         self.seen: set[str] = set()
         self.counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         self.duplicates = 0
         self.parts: list[str] = []
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._unmerged: list[tuple[str, pa.Table]] = []  # parts written since the last merge
+        self._number = 0  # of the last part written
         self._last_flush = time.monotonic()
         self._folder = manifest_uri(output)
 
@@ -479,10 +496,27 @@ class ManifestWriter:
         if not self._pending:
             return
         table = pa.concat_tables(self._pending)
-        uri = storage.join(self._folder, f"{self.job_id}-p{len(self.parts) + 1:06d}.parquet")
-        _write_table(uri, table)
-        self.parts.append(uri)
+        uri = self._write_part(table)
         self._pending, self._pending_rows = [], 0
+        self._unmerged.append((uri, table))
+        if len(self._unmerged) >= self.merge_parts:
+            self._merge()
+
+    def _write_part(self, table: pa.Table) -> str:
+        uri = storage.join(self._folder, f"{self.job_id}-p{self._number + 1:06d}.parquet")
+        _write_table(uri, table)
+        self._number += 1
+        self.parts.append(uri)
+        return uri
+
+    def _merge(self) -> None:
+        """The parts written since the last merge, as one part (then the small ones deleted)."""
+        small = [uri for uri, _ in self._unmerged]
+        self._write_part(pa.concat_tables([table for _, table in self._unmerged]))
+        self._unmerged = []
+        for uri in small:
+            storage.delete(uri)
+        self.parts = [uri for uri in self.parts if uri not in set(small)]
 
     def close(self) -> str:
         """Flush, then compact every manifest file under the output into one; returns its URI."""

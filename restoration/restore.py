@@ -56,7 +56,7 @@ from restoration.codec import (
 )
 from restoration.inference import ENSEMBLE_SIZES, PRECISIONS, Predictor
 from restoration.stopping import GRACE_SECONDS
-from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, UNCHANGED_THRESHOLD, error_row
+from restoration.manifest import COLUMNS, FLUSH_ROWS, FLUSH_SECONDS, MANIFEST_SCHEMA, UNCHANGED_THRESHOLD, error_row
 from restoration.tasks import get_task
 
 __all__ = [
@@ -231,7 +231,9 @@ class PipelineConfig:
     CPU-only clusters) and ``gpus_per_actor`` (None: 1 where the cluster has GPUs). ``use_gpu``:
     None decides from the cluster's resources when the job starts; set it true on an autoscaling
     cluster whose GPU nodes are not up yet. ``cpus_per_task``: CPUs of a read or write task.
-    ``stages``: the pipeline's shape (:data:`PIPELINE_STAGES`).
+    ``stages``: the pipeline's shape (:data:`PIPELINE_STAGES`). ``stream_seconds``: how often a
+    fused actor sends the manifest rows of the images it wrote to the driver while it works on a
+    block (what a crash of the driver can lose is about this plus ``manifest.flush_seconds``).
     (Storage outages are waited out for up to ``storage.outage_seconds``; an input that still
     fails is an error row, which the next run retries.)
     """
@@ -245,8 +247,11 @@ class PipelineConfig:
     use_gpu: bool | None = None
     cpus_per_task: float = 1.0
     stages: str = "auto"
+    stream_seconds: float = 0.5
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.stream_seconds) and self.stream_seconds >= 0):
+            raise ValueError(f"pipeline.stream_seconds must be a number >= 0, got {self.stream_seconds}")
         if self.stages not in PIPELINE_STAGES:
             raise ValueError(f"pipeline.stages must be one of {', '.join(PIPELINE_STAGES)}, got {self.stages!r}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -268,12 +273,13 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class ManifestConfig:
-    """A manifest part is written every ``flush_rows`` rows or ``flush_seconds`` seconds.
+    """A manifest part is written every ``flush_rows`` rows or ``flush_seconds`` seconds, so that a
+    crash of the driver costs a re-run only the outputs of about that long (plus those in flight).
     ``unchanged_threshold``: restored images whose ``mean_abs_change`` is below it (8-bit levels)
     are counted as ``unchanged`` in ``_summary.json`` and the progress lines."""
 
-    flush_rows: int = 500
-    flush_seconds: float = 30.0
+    flush_rows: int = FLUSH_ROWS
+    flush_seconds: float = FLUSH_SECONDS
     unchanged_threshold: float = UNCHANGED_THRESHOLD
 
     def __post_init__(self) -> None:

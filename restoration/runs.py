@@ -366,13 +366,25 @@ class _Progress:
     to_process: int
     processed: int = 0  # rows the executor reported in this run
     skipped: int = 0  # inputs found restored by an earlier run
-    restore_seconds: float = 0.0  # time spent in executor.restore, over the partitions so far
+    first: tuple[float, int] | None = None  # (when, rows) of the first rows back: start-up is not work
 
-    def line(self, writer: manifest_lib.ManifestWriter, total: int, unchanged: int, seconds: float) -> str:
+    def record(self, rows: int) -> None:
+        self.processed += rows
+        if self.first is None and rows:
+            self.first = (time.monotonic(), self.processed)
+
+    def rate(self, now: float | None = None) -> float:
+        """Images per second of this run's own work, from its first result on (0 before)."""
+        if self.first is None:
+            return 0.0
+        seconds = (now or time.monotonic()) - self.first[0]
+        return (self.processed - self.first[1]) / seconds if seconds > 0 else 0.0
+
+    def line(self, writer: manifest_lib.ManifestWriter, total: int, unchanged: int, now: float | None = None) -> str:
         counts = writer.counts
-        rate = self.processed / seconds if seconds > 0 else 0.0
+        rate = self.rate(now)
         remaining = max(0, self.to_process - self.skipped - self.processed)
-        eta = f"ETA {_format_duration(remaining / rate)}" if rate > 0 else "ETA unknown"
+        eta = "ETA 0 s" if remaining == 0 else f"ETA {_format_duration(remaining / rate)}" if rate > 0 else "ETA unknown"
         line = (f"  {writer.done}/{total} done: restored {counts['ok']} (unchanged {unchanged}), "
                 f"error {counts['error']}, skipped as done before {counts['skipped']}; "
                 f"{rate:.2f} images/s in this run, {remaining} left, {eta}")
@@ -420,19 +432,14 @@ def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: RestoreJob, input_u
                     echo(f"  {writer.counts['skipped'] - skipped_before} inputs already restored (same size): "
                          f"skipped; {work.num_rows} to process")
             if work.num_rows and not stop.requested:
-                part_started = time.monotonic()
-                try:
-                    for rows in executor.restore(work, job, stop=stop):
-                        new = writer.add(_fill_skipped(rows, part.previous, job_id))
-                        progress.processed += new.num_rows
-                        megapixels += _ok_megapixels(new)
-                        unchanged += manifest_lib.count_unchanged(new, threshold)
-                        if time.monotonic() - last_report >= PROGRESS_SECONDS:
-                            last_report = time.monotonic()
-                            echo(progress.line(writer, total, unchanged,
-                                               progress.restore_seconds + last_report - part_started))
-                finally:
-                    progress.restore_seconds += time.monotonic() - part_started
+                for rows in executor.restore(work, job, stop=stop):
+                    new = writer.add(_fill_skipped(rows, part.previous, job_id))
+                    progress.record(new.num_rows)
+                    megapixels += _ok_megapixels(new)
+                    unchanged += manifest_lib.count_unchanged(new, threshold)
+                    if time.monotonic() - last_report >= PROGRESS_SECONDS:
+                        last_report = time.monotonic()
+                        echo(progress.line(writer, total, unchanged))
             if stop.requested:
                 break  # what did not come back is left for the next run, not an error
             # Every input exactly once: anything the executor did not report is an error, not a gap.

@@ -57,6 +57,28 @@ def test_job_ids_sort_by_time() -> None:
     assert early < late and early.startswith("20250101T000000000005Z-")
 
 
+def test_writer_merges_small_parts_as_it_goes_and_a_crash_mid_merge_loses_nothing(tmp_path: Path) -> None:
+    """Parts every flush keep a crash cheap; every ``merge_parts`` of them become one, so that a
+    long run leaves few files. A crash after the merged part is written and before the small ones
+    are deleted leaves their rows twice: readers take each input once."""
+    output = str(tmp_path / "out")
+    job = m.new_job_id(dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc))
+    writer = m.ManifestWriter(output, job, flush_rows=1, merge_parts=3)
+    for index in range(7):
+        writer.add_rows([ok(f"in/{index}.png", job)])
+    parts = sorted(os.listdir(tmp_path / "out/_manifest"))
+    assert len(parts) == 3 and parts == sorted(Path(uri).name for uri in writer.parts)  # 2 merged, 1 small
+    assert sorted(m.read_manifest(output).column("source_uri").to_pylist()) == sorted(f"in/{i}.png" for i in range(7))
+    # The crash mid-merge: a merged part and one of the small parts it holds, side by side.
+    merged = pq.read_table(tmp_path / "out/_manifest" / parts[0])
+    pq.write_table(merged.slice(0, 1), tmp_path / "out/_manifest" / f"{job}-p000099.parquet")
+    sources = m.read_manifest(output).column("source_uri").to_pylist()
+    assert sorted(sources) == sorted(f"in/{i}.png" for i in range(7))
+    writer.close()
+    assert os.listdir(tmp_path / "out/_manifest") == [f"{job}-manifest.parquet"]
+    assert len(m.read_manifest(output)) == 7
+
+
 def test_writer_deduplicates_flushes_parts_and_compacts(tmp_path: Path) -> None:
     output = str(tmp_path / "out")
     first = m.new_job_id(dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc))

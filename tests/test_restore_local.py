@@ -211,7 +211,8 @@ def test_progress_lines_count_only_this_runs_work(tmp_path: Path, tiny_model: Pa
     progress = [line for line in lines if " done: restored " in line]
     assert [line.split("/")[0].strip() for line in progress] == ["1", "2", "3"]
     assert all(" images/s in this run, " in line for line in progress)
-    assert "2 left, ETA " in progress[0] and "ETA unknown" not in progress[0]
+    assert "2 left, ETA unknown" in progress[0]  # one result: no rate yet (start-up is not work)
+    assert "1 left, ETA " in progress[1] and "ETA unknown" not in progress[1]
     assert progress[-1].endswith("0 left, ETA 0 s")
 
     # A re-run with one new input: two are skipped, the ETA is that of the one left to do.
@@ -226,9 +227,11 @@ def test_progress_lines_count_only_this_runs_work(tmp_path: Path, tiny_model: Pa
     assert len(progress) == 1 and progress[0].strip().startswith(f"{len(photos) + 1}/{len(photos) + 1} done: restored 1 ")
     assert f"skipped as done before {len(photos)};" in progress[0] and progress[0].endswith("0 left, ETA 0 s")
 
-    line = runs._Progress(to_process=100, processed=10, skipped=50).line(
-        runs.manifest_lib.ManifestWriter(str(tmp_path / "x"), runs.manifest_lib.new_job_id()), 100, 0, 20.0)
-    assert "0.50 images/s in this run, 40 left, ETA 1 min 20 s" in line
+    counted = runs._Progress(to_process=100, skipped=50, first=(100.0, 2))
+    counted.processed = 12
+    line = counted.line(runs.manifest_lib.ManifestWriter(str(tmp_path / "x"), runs.manifest_lib.new_job_id()),
+                        100, 0, now=120.0)
+    assert "0.50 images/s in this run, 38 left, ETA 1 min 16 s" in line
 
 
 def test_a_run_in_partitions_accounts_for_every_input_once(

@@ -1,0 +1,91 @@
+"""A restore job survives what clusters do to it, run as a user runs it (``python -m jobs.restore``,
+its own local Ray, in a session of its own): the S3 server stopped mid-job and started again,
+SIGINT and SIGTERM at half way, and the whole job killed with SIGKILL. The scenarios are those
+of ``bench/faults.py`` (which measures them at full size), at sizes that run in CI.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from restoration.checkpoint import save_checkpoint
+from restoration.model import ModelConfig, build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import faults  # noqa: E402  (bench/faults.py)
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TINY = (4, 4, 8, 8, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="denoise", widths=TINY), backbone_weights=None)
+    return str(save_checkpoint(model, tmp_path_factory.mktemp("model") / "tiny", model_id="tiny"))
+
+
+@pytest.fixture()
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+# One image at a time, one actor: the job is slow enough to be caught at half way.
+SLOW = ["pipeline.batch_size=1", "pipeline.max_actors=1"]
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(600)
+def test_an_s3_outage_mid_job_is_waited_out(scratch: Path, tiny_model: str) -> None:
+    """The S3 server stops for 8 s while a 120-image S3 -> S3 job runs, then starts again on the
+    same ports and data: the job exits 0 with every input ok exactly once, and says on stderr
+    that the store was unreachable and when it came back."""
+    files = faults.photos(120, 64)
+    result = faults.outage_scenario(8.0, scratch, files, tiny_model, SLOW, timeout=400)
+    assert result["exit_code"] == 0, result
+    assert result["ok"] == 120 and result["errors"] == [], result
+    assert 0 < result["outputs_at_stop"] < 120, result  # the outage came mid-job
+    assert result["outage_seconds"] >= 8.0
+    assert any("unreachable" in line for line in result["outage_lines"]), result
+    assert any("reachable again" in line for line in result["outage_lines"]), result
+    assert not result["traceback"]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("kind", "code"), [("sigint", 130), ("sigterm", 143)])
+def test_a_signal_at_half_way_stops_cleanly_and_keeps_the_work(scratch: Path, tiny_model: str, kind: str,
+                                                               code: int) -> None:
+    """SIGINT (to the process group, as Ctrl-C) or SIGTERM (to the driver, as Kubernetes): the
+    job exits 130 / 143 within 30 s, prints at most 3 lines on stderr, none of them a traceback
+    or Ray's C++ stack dump, and the same command then redoes at most 10 % of what was written."""
+    files = faults.photos(240, 64)
+    result = faults.interrupt_scenario(kind, scratch, files, tiny_model, SLOW, timeout=400)
+    assert result["exit_code"] == code, result
+    assert result["seconds_to_exit"] <= 30, result
+    assert len(result["stderr_after_signal"]) <= 3 and not result["traceback"], result["stderr_after_signal"]
+    assert any("run the same command again" in line for line in result["stderr_after_signal"]), result
+    assert result["written_before"] < 240, result  # it stopped before the end
+    assert result["rerun_exit_code"] == 0 and result["all_done"], result
+    assert result["redone"] <= 0.1 * result["written_before"], result
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_of_the_whole_job_costs_the_rerun_little(scratch: Path, tiny_model: str) -> None:
+    """The driver and its local Ray killed with SIGKILL at half way: the manifest parts written
+    every ``manifest.flush_seconds`` keep the record, and the re-run redoes at most 10 % of the
+    outputs that were written, with every input in the manifest exactly once."""
+    files = faults.photos(240, 128)
+    # The shipped denoiser, so that half the job is seconds of work, and short cadences (the
+    # defaults, 1 s and 0.5 s, are measured by bench/faults.py on 1,200 images of 256x256).
+    settings = [*SLOW, "manifest.flush_seconds=0.1", "pipeline.stream_seconds=0.1"]
+    result = faults.interrupt_scenario("crash", scratch, files, "default", settings, timeout=400)
+    assert result["written_before"] < 240, result
+    assert result["manifest_rows_before"] > 0, result
+    assert result["rerun_exit_code"] == 0 and result["all_done"], result
+    assert result["redone"] <= 0.1 * result["written_before"], result
