@@ -16,8 +16,11 @@ Placement rules: the output of an input is ``<output>/<its path relative to the 
 when set. When two inputs would land on the same output (``a.jpg`` and ``a.png`` written as
 PNG), the first in listing order takes it and the later one keeps its own extension too
 (``a.png.png``); if that is taken as well, it is an error row. A path that would leave the
-output prefix, or an output that would replace an input, is an error row. Inputs under the
-output prefix are not inputs when the output lies inside an input folder (earlier outputs).
+output prefix, or an output that would replace an input, is an error row. So is an S3 source
+whose key has empty, ``.`` or ``..`` segments (``s3://b/in/../x.png``): HTTP clients and stores
+resolve such a key to another object, so it cannot be read as named; such entries of a list
+play no part in choosing the list's root either. Inputs under the output prefix are not inputs
+when the output lies inside an input folder (earlier outputs).
 """
 
 from __future__ import annotations
@@ -85,6 +88,15 @@ def _normalize(uri: str) -> str:
         return "s3://" + uri[len("s3://"):].rstrip("/")
     _, path = storage.resolve(uri)  # local: absolute, no trailing slash, file:// removed
     return path
+
+
+def _dot_segment(uri: str) -> str | None:
+    """The first empty, ``.`` or ``..`` segment of an S3 URI's key (None when it has none, and
+    for local paths, which the operating system resolves as named)."""
+    if not uri.startswith("s3://"):
+        return None
+    key = uri[len("s3://"):].partition("/")[2]
+    return next((segment for segment in key.split("/") if segment in ("", ".", "..")), None)
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -162,6 +174,8 @@ def _common_root(uris: Iterator[str]) -> str | None:
     root: str | None = None
     is_s3: bool | None = None
     for uri in uris:
+        if _dot_segment(uri) is not None:
+            continue  # an error row (see _place): it must not move every other output
         normalized = _normalize(uri)
         here = normalized.startswith("s3://")
         if is_s3 is None:
@@ -398,6 +412,11 @@ def _place(uris: list[str], *, root: str, output_uri: str, output_format: str | 
     for uri in uris:
         row: dict[str, Any] = {"source_uri": uri, "output_uri": None, "previous_bytes": None, "error": None}
         rows.append(row)
+        segment = _dot_segment(uri)
+        if segment is not None:
+            row["error"] = (f"refused: the S3 key of {storage.redact(uri)} has a {segment!r} path segment; keys with "
+                            "empty, '.' or '..' segments resolve to other objects, so they are not read")
+            continue
         try:
             key = storage.relative_key(root, uri)
             stem, extension = posixpath.splitext(key)

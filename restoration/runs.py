@@ -632,6 +632,8 @@ def _image_header(uri: str, *, max_bytes: int) -> tuple[int, int, str]:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 return image.size[0], image.size[1], image.format or "PNG"
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"image is larger than Pillow's decompression-bomb limit: {error}") from error
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             continue
     raise ValueError("not a readable image header")

@@ -82,16 +82,24 @@ def test_errors_are_clear(tmp_path):
         load_checkpoint(tmp_path / "a")
 
 
-def test_default_model_resolution():
-    for task in ("denoise", "deblur", "jpeg", "sr", "inpaint"):
-        if (SHIPPED_DIR / task / "model.safetensors").is_file():
-            assert resolve_model("default", task) == shipped_checkpoint(task)
-            load_checkpoint(resolve_model("default", task))
-        else:
-            with pytest.raises(CheckpointError, match=f"no default model is shipped for task '{task}'"):
-                resolve_model("default", task)
+def test_default_model_resolution(tmp_path, monkeypatch):
+    import restoration
+    from restoration import checkpoint as checkpoint_module
+
+    # Every task ships a default model: a missing one is a broken release, so it fails here.
+    for task in restoration.TASKS:
+        assert (SHIPPED_DIR / task / "model.safetensors").is_file(), f"no default model shipped for {task}"
+        assert resolve_model("default", task) == shipped_checkpoint(task) == SHIPPED_DIR / task
+        assert load_checkpoint(resolve_model("default", task)).metadata.task == task
     with pytest.raises(ValueError, match="unknown task"):
         shipped_checkpoint("colorize")
+
+    # The message for a task without one, against a weights folder that ships only the denoiser.
+    (tmp_path / "denoise").mkdir()
+    (tmp_path / "denoise" / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(checkpoint_module, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match=r"no default model is shipped for task 'sr' yet \(shipped: denoise\)"):
+        resolve_model("default", "sr")
 
 
 # --------------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_sixteen_bit_rgb_png_matches_opencv() -> None:
 
 
 def test_sixteen_bit_rgb_tiff_from_tifffile_decodes_losslessly() -> None:
-    tifffile = pytest.importorskip("tifffile")
+    import tifffile  # the codec's own 16-bit TIFF path needs it: missing is a failure, not a skip
     pixels = random_pixels(12, 8, 3, np.uint16)
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels, photometric="rgb")

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,8 +124,9 @@ def inputs(s3_server: LocalS3Server, request: pytest.FixtureRequest) -> dict:  #
     """Degraded inputs, good files of every kind and bad files, uploaded to s3://BUCKET/in/."""
     try:
         cbsd68 = request.getfixturevalue("cbsd68_dir")
-    except pytest.skip.Exception:
-        cbsd68 = None  # shared data absent: the sample photos alone
+    except pytest.skip.Exception as skipped:
+        cbsd68 = None  # shared data absent: the sample photos alone, and the run says so
+        warnings.warn(f"restore job tests use scikit-image's sample photos only: {skipped.msg}", stacklevel=1)
     clean = _clean_photos(cbsd68)
     noisy = {key: _noisy(pixels, key) for key, pixels in clean.items()}
     kinds = variants(noisy["photos/astronaut.png"], noisy["photos/camera.png"][:, :, 0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import io
 from pathlib import Path
 
@@ -339,33 +340,35 @@ def test_single_file_input_limit_and_tiled_inference(tmp_path: Path, sample) -> 
 def test_transient_storage_errors_are_retried(
     s3_server, s3_bucket: str, sample, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    """One retry layer: pyarrow's S3 retry strategy. Through a proxy that answers 503 SlowDown,
-    reads and writes that fail fewer times than it tries succeed; more failures make an error
-    row; a missing file is not transient and is asked for once."""
+    """One retry layer, storage.retrying: through a proxy that answers 503 SlowDown, reads and
+    writes are asked again until they succeed within the outage budget; failures past the
+    budget make an error row; a missing file is not transient and is asked for once."""
     from faulty_s3 import FaultyS3Proxy
 
-    from restoration.storage import S3_MAX_ATTEMPTS
-
+    failures = 4  # pyarrow's client asks once: every failure reaches the retry layer
     rgb, _ = sample
     s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.png", Body=png(rgb))
     with FaultyS3Proxy(s3_server.env()["AWS_ENDPOINT_URL"]) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         plan = plan_restore(f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out", task="denoise", model_id="m",
                             config=RestoreConfig()).collect()
-        proxy.fail_next(S3_MAX_ATTEMPTS - 1)
-        decoded = read_stage(plan.work)
-        assert decoded.column("status").to_pylist() == [None] and proxy.failed() == S3_MAX_ATTEMPTS - 1
-        proxy.fail_next(S3_MAX_ATTEMPTS - 1)
+        proxy.fail_next(failures)
+        decoded = read_stage(plan.work, outage_seconds=60)
+        assert decoded.column("status").to_pylist() == [None] and proxy.failed() == failures
+        proxy.fail_next(failures)
         rows = encode_stage(restore_stage(identity_predictor(), decoded, task="denoise"),
-                            task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
+                            task="denoise", model_id="m", job_id=manifest_lib.new_job_id(), outage_seconds=60)
         assert rows.column("status").to_pylist() == ["ok"], rows.column("error").to_pylist()
-        assert proxy.failed() == 2 * (S3_MAX_ATTEMPTS - 1)
+        assert proxy.failed() == 2 * failures
         written = s3_server.client().get_object(Bucket=s3_bucket, Key="out/a.png")["Body"].read()
         np.testing.assert_array_equal(decode_image(written).pixels, rgb)
 
-        proxy.fail_next(1000)  # more failures than tries: the input is an error row
-        [row] = read_stage(plan.work).to_pylist()
-        assert (row["status"], row["error_stage"]) == ("error", "read") and "503" in row["error"], row["error"]
+        proxy.fail_next(1000)  # failing past the budget: the input is an error row
+        started = time.monotonic()
+        [row] = read_stage(plan.work, outage_seconds=1.5).to_pylist()
+        assert 1.5 <= time.monotonic() - started < 10
+        assert (row["status"], row["error_stage"]) == ("error", "read"), row["error"]
+        assert "past storage.outage_seconds=1.5" in row["error"], row["error"]
         proxy.fail_next(0)
 
         proxy.requests.clear()
