@@ -36,6 +36,12 @@ Needs the dashboard (``ray job submit`` talks to it): ``pip install 'ray[default
 ``--min-actors 2`` shows the other behaviour of docs/cluster.md, section 9: with the pool's minimum
 at its maximum, both GPU nodes are added at the start instead of one by one.
 
+``LocalCluster.kill_node`` loses a worker node as a machine is lost: its raylet and every process
+of it SIGKILLed by PID at once (``tests/test_lost_workers.py`` does it under a running restore
+job); ``LocalCluster(lost_node_seconds=...)`` makes the GCS declare such a node dead sooner than
+Ray's 15 s. The autoscaler runs with :class:`LostNodeAwareProvider` instead of Ray's fake provider
+as such, which would keep listing a lost node as one still starting, so that it is never replaced.
+
 Exit status 0 when both jobs succeeded, a gpu-worker node was added and every worker node was
 removed afterwards; 1 otherwise; 3 when ``jobs/restore.py`` does not exist.
 """
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -60,6 +67,8 @@ from typing import Any
 
 import psutil
 import yaml
+from ray._private import ray_constants
+from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_CONFIG = REPO / "cluster" / "local-fake.yaml"
@@ -189,11 +198,59 @@ def snapshot_working_tree(destination: Path) -> Path:
     return destination
 
 
-class LocalCluster:
-    """A head node started from ``cluster/local-fake.yaml`` on free ports, stopped by PID."""
+class LostNodeAwareProvider(FakeMultiNodeProvider):
+    """Ray's fake multi-node provider, except that a node whose raylet died is gone, as a cloud
+    reports a lost machine's instance as terminated.
 
-    def __init__(self, workdir: Path, *, idle_timeout_minutes: float | None = None) -> None:
+    Ray's own fake provider lists every node it started until the autoscaler terminates it. Once
+    the GCS has declared a node dead, the autoscaler (v1) has no reports of it, and then often
+    takes it for a node still starting ("Pending: ... uninitialized" in ``ray status``) that is
+    neither idle nor silent for too long: it counts the node's resources as on their way and does
+    not replace it. A restore job whose only model actor had been on such a node waited for a GPU
+    for over 4 minutes (idle timeout 1 minute) until its deadline. This provider forgets a node
+    whose raylet exited each time the autoscaler lists the nodes (about every second) and stops
+    what is left of it by PID; the autoscaler then adds a node if the demand calls for one. The
+    autoscaler's monitor process loads it by name (``provider.type: external``;
+    :class:`LocalCluster` puts ``cluster/`` on its PYTHONPATH).
+    """
+
+    def non_terminated_nodes(self, tag_filters):
+        self._forget_lost_nodes()
+        return super().non_terminated_nodes(tag_filters)
+
+    def _forget_lost_nodes(self) -> None:
+        with self.lock:
+            for node_id, entry in list(self._nodes.items()):
+                node = entry.get("node")  # None for the head, which ``ray start`` runs
+                if node is None:
+                    continue
+                raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, [])
+                if raylets and all(info.process.poll() is not None for info in raylets):
+                    del self._nodes[node_id]
+                    node.kill_all_processes(check_alive=False, allow_graceful=False)
+                    # Under the "ray" logger: the monitor writes it to monitor.log.
+                    logging.getLogger("ray.autoscaler.local_autoscaling").warning(
+                        "the raylet of node %s exited: the node is lost, and no longer listed", node_id)
+
+
+class LocalCluster:
+    """A head node started from ``cluster/local-fake.yaml`` on free ports, stopped by PID. Its
+    autoscaler uses :class:`LostNodeAwareProvider`, Ray's fake provider that knows lost nodes."""
+
+    def __init__(self, workdir: Path, *, idle_timeout_minutes: float | None = None,
+                 lost_node_seconds: float | None = None) -> None:
         self.workdir = workdir
+        # lost_node_seconds: how soon the GCS declares a worker node dead once its raylet stops
+        # answering (its actors restart elsewhere, its tasks are retried); Ray's default is about
+        # 15 s (5 failed health checks 3 s apart). Here: 3 failed checks. Each check waits up to
+        # 10 s for an answer, so a slow live raylet is not taken for a lost one, while a killed
+        # one refuses the connection and fails every check at once.
+        if lost_node_seconds is not None and not lost_node_seconds > 0:
+            raise ValueError(f"lost_node_seconds must be > 0, got {lost_node_seconds}")
+        self.ray_config = {} if lost_node_seconds is None else {
+            "RAY_health_check_period_ms": str(max(100, round(1000 * lost_node_seconds / 3))),
+            "RAY_health_check_failure_threshold": "3",
+        }
         # Unix socket paths must stay short: the temp dir goes under /tmp, not under workdir.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rlas-", dir="/tmp"))
         (workdir / "cluster-temp-dir").write_text(str(self.temp_dir))
@@ -207,6 +264,7 @@ class LocalCluster:
         self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         config = yaml.safe_load(FAKE_CONFIG.read_text())
         config["provider"]["gcs_address"] = f"{self.ip}:{self.port}"
+        config["provider"].update(type="external", module="local_autoscaling.LostNodeAwareProvider")
         if idle_timeout_minutes is not None:
             config["idle_timeout_minutes"] = idle_timeout_minutes
         self.config = config
@@ -219,7 +277,9 @@ class LocalCluster:
                # Job entrypoints run `python`: this interpreter, with torch and the project.
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                # Jobs must not pick up another cluster of this machine.
-               "RAY_ADDRESS": f"{self.ip}:{self.port}"}
+               "RAY_ADDRESS": f"{self.ip}:{self.port}", **self.ray_config,
+               # The autoscaler imports LostNodeAwareProvider from this file.
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "cluster"), os.environ.get("PYTHONPATH")]))}
         env.pop("RAY_API_SERVER_ADDRESS", None)
         command = [
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
@@ -274,6 +334,49 @@ class LocalCluster:
             counts["gpu-worker" if node["resources"].get("GPU") else "cpu-worker"] += 1
         return counts
 
+    def worker_raylets(self) -> dict[str, int]:
+        """Node id -> PID of the raylet of every worker node of this cluster that is running.
+
+        The autoscaler's fake provider starts each worker node's processes itself (a raylet, its
+        agents and workers, a log monitor), all naming this cluster's temp dir; the head's raylet
+        is the one that ``ray start`` (the head process) started itself."""
+        found = {}
+        for pid in _naming(str(self.temp_dir)):
+            command = _command_line(pid)
+            match = _RAYLET_NODE_ID.search(command)
+            if match and command.split(" ", 1)[0].endswith("/raylet") and _parent(pid) != (self.process and self.process.pid):
+                found[match[1]] = pid
+        return found
+
+    def node_processes(self, node_id: str) -> set[int]:
+        """PIDs of every running process of worker node ``node_id``: its raylet, what the raylet
+        started (agents, workers; actors included) and its log monitor. Empty when none runs."""
+        raylet = self.worker_raylets().get(node_id)
+        if raylet is None:
+            return set()
+        pids = {raylet} | _descendants(raylet)
+        index = _RAYLET_INDEX.search(_command_line(raylet))  # raylet.N: the node's log files are *.N.*
+        if index:
+            pids |= {pid for pid in _naming(str(self.temp_dir)) if f"log_monitor.{index[1]}." in _command_line(pid)}
+        return {pid for pid in pids if _alive(pid)}
+
+    def kill_node(self, node_id: str) -> list[int]:
+        """Lose worker node ``node_id`` as a machine is lost: SIGKILL, by PID, its raylet and every
+        process of it (:meth:`node_processes`) at once, with no chance to say goodbye to the GCS,
+        which declares the node dead once its health checks fail (``lost_node_seconds``); the
+        autoscaler's provider stops listing it within about a second
+        (:class:`LostNodeAwareProvider`). Returns the PIDs killed."""
+        pids = self.node_processes(node_id)
+        if not pids:
+            raise ValueError(f"no running worker node {node_id} in this cluster (running: {sorted(self.worker_raylets())})")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log(f"killed worker node {node_id}: {len(pids)} processes")
+        return sorted(pids)
+
     def stop(self) -> list[int]:
         pids = stop_processes(self.process.pid if self.process else None, str(self.temp_dir))
         # Keep the nodes' logs (raylet, workers, autoscaler: monitor.*) beside the job logs.
@@ -293,6 +396,24 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_RAYLET_NODE_ID = re.compile(r"--node_id=([0-9a-f]+)")
+_RAYLET_INDEX = re.compile(r"--raylet_socket_name=\S*/raylet\.(\d+)")
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
 
 
 def _node_ip() -> str:

@@ -24,10 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobs.ray_runtime import (
-    FAIL_ONCE_VARIABLE, QUIET_RAY_ENVIRONMENT, fail_once_from_environment, fail_once_if_asked, init_ray,
-    note_missing_cpus, quiet_train_worker, root_cause,
-)
+from jobs.ray_runtime import QUIET_RAY_ENVIRONMENT, init_ray, note_missing_cpus, quiet_train_worker, root_cause
 
 __all__ = ["add_arguments", "init_ray", "main", "quiet_train_worker", "run", "train_loop_per_worker"]
 
@@ -133,10 +130,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     say(run_lib.start_message(trainer, loop_config["init"], Path(checkpoint.path).name if checkpoint else None))
     provenance = run_lib.provenance(loop_config, config, workers=world_size, device_name=run_lib.device_name(device),
                                     image_count=total_usable, skipped=total_bad)
-    fail_once = loop_config.get("fail_once")
 
     def report(row: dict, checkpoint_due: bool) -> None:
-        fail_once_if_asked(fail_once, rank, row["step"])
         if checkpoint_due and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 trainer.save(tmp, provenance={
@@ -182,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
           f"batch {config.data.batch_size}, {config.steps} steps, run {run_uri}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**plan.worker_config(), "cpus_per_worker": args.cpus_per_worker,
-                           "fail_once": fail_once_from_environment()},
+        train_loop_config={**plan.worker_config(), "cpus_per_worker": args.cpus_per_worker},
         scaling_config=ray.train.ScalingConfig(
             num_workers=args.workers, use_gpu=args.use_gpu,
             resources_per_worker={"CPU": args.cpus_per_worker, **({"GPU": 1} if args.use_gpu else {})},

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
-
-# Test-only: "RANK:STEP:MARKER_FILE" makes Ray Train worker RANK raise once at report step STEP
-# (the marker file records that it did), to exercise FailureConfig retries.
-FAIL_ONCE_VARIABLE = "RESTORATION_FINETUNE_FAIL_ONCE"
 
 # Ray Train settings for readable output, set (unless the user set them) before Ray starts: they
 # reach a local instance's workers through the environment and a cluster's Train controller and
@@ -84,24 +79,6 @@ def root_cause(error: BaseException) -> str:
         if not line.startswith(("File ", "^", "~", "Traceback")) and ("Error" in line or "error" in line):
             return line
     return lines[-1] if lines else type(error).__name__
-
-
-def fail_once_from_environment() -> dict | None:
-    """The failure to inject (see FAIL_ONCE_VARIABLE), or None."""
-    value = os.environ.get(FAIL_ONCE_VARIABLE)
-    if not value:
-        return None
-    rank, step, marker = value.split(":", 2)
-    return {"rank": int(rank), "step": int(step), "marker": marker}
-
-
-def fail_once_if_asked(fail_once: dict | None, rank: int, step: int) -> None:
-    """Raise once on worker ``rank`` at ``step`` when FAIL_ONCE_VARIABLE asked for it."""
-    if fail_once and rank == fail_once["rank"] and step == fail_once["step"]:
-        marker = Path(fail_once["marker"])
-        if not marker.exists():
-            marker.write_text("failed once\n")
-            raise RuntimeError(f"injected failure on worker {rank} at step {step} ({FAIL_ONCE_VARIABLE})")
 
 
 def note_missing_cpus(workers: int, cpus_per_worker: float) -> None:

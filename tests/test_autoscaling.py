@@ -68,8 +68,7 @@ def _stop_what_is_left(process: subprocess.Popen, workdir: Path) -> None:
 def test_both_jobs_run_and_the_restore_job_scales_gpu_nodes_up_and_down(tmp_path: Path) -> None:
     if reason := _dashboard_missing():
         pytest.skip(reason)
-    if not (REPO / "jobs" / "restore.py").is_file():
-        pytest.skip("jobs/restore.py does not exist yet")
+    assert (REPO / "jobs" / "restore.py").is_file(), "jobs/restore.py is missing"
     report_path = tmp_path / "report.json"
     command = [sys.executable, str(SCRIPT), "--workdir", str(tmp_path), "--timeout", str(DEADLINE_S),
                "--report", str(report_path)]
