@@ -24,7 +24,9 @@ For each model and size (``--counts``, e.g. ``96:1000,3000``), every line restor
   ``startup_seconds``, the intercept ``t1 - n1 / marginal`` (what a job costs before its first
   image: checks, plan, actor start-up; an untimed 2-image job runs first in each Ray session).
   Median of ``--repeats``. ``ray_s3`` (``--s3``): the same
-  S3 -> S3 on a local SeaweedFS server. ``--stages`` picks the Ray pipeline (default: the
+  S3 -> S3 on a local SeaweedFS server. ``--compare-set KEY=VALUE`` adds ``ray_local_compare``
+  and ``ray_s3_compare``: the same with those settings too (e.g. the manifest's cadence), run
+  alternately with the plain lines. ``--stages`` picks the Ray pipeline (default: the
   executor's choice); ``--split-too`` adds ``ray_local_split`` for comparison. These two
   comparison lines run ``--comparison-repeats`` times (1).
 
@@ -293,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3", action="store_true", help="also the Ray job S3 -> S3 on a local SeaweedFS server")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="RestoreConfig override for the no_ray and Ray lines (repeatable)")
+    parser.add_argument("--compare-set", dest="compare_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="also run each Ray line with these settings added (lines ray_local_compare, "
+                             "ray_s3_compare), its repeats alternating with the plain line's")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON report ({RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__, "load_average_before": os.getloadavg()},
-        "repeats": args.repeats, "overrides": args.overrides,
+        "repeats": args.repeats, "overrides": args.overrides, "compare_overrides": args.compare_overrides,
         "notes": "marginal = (n2 - n1) / (t2 - t1) of two Ray jobs' wall times in one Ray session; startup = the "
                  "intercept t1 - n1 / marginal. plain loops: one process, plain_threads torch threads, over n2 "
                  "images. no_ray: torch's default threads. Medians of `repeats` runs.",
@@ -353,14 +358,20 @@ def main(argv: list[str] | None = None) -> int:
                     line["no_ray"] = _median_run([no_ray(folder, out / f"no-ray-{r}", model_dir, n1, args.overrides, size)
                                                   for r in range(args.repeats)])
                 if "ray" in lines:
-                    variants = [("ray_local", args.stages, args.repeats)]
+                    variants = [("ray_local", args.stages, args.repeats, args.overrides)]
+                    if args.compare_overrides:
+                        variants.append(("ray_local_compare", args.stages, args.repeats,
+                                         args.overrides + args.compare_overrides))
                     if args.split_too:
-                        variants.append(("ray_local_split", "split", args.comparison_repeats))
-                    for name, stages, repeats in variants:
-                        line[name] = _median_run([
-                            ray_pair(str(folder), lambda n, r=r, name=name: str(out / f"{name}-{n}-{r}"), model_dir,
-                                     (n1, n2), args.overrides, stages)
-                            for r in range(repeats)], key="marginal_images_per_second")
+                        variants.append(("ray_local_split", "split", args.comparison_repeats, args.overrides))
+                    runs: dict[str, list] = {name: [] for name, *_ in variants}
+                    for r in range(max(repeats for _, _, repeats, _ in variants)):  # alternating: drift hits all
+                        for name, stages, repeats, overrides in variants:
+                            if r < repeats:
+                                runs[name].append(ray_pair(str(folder), lambda n, r=r, name=name: str(out / f"{name}-{n}-{r}"),
+                                                           model_dir, (n1, n2), overrides, stages))
+                    for name, results in runs.items():
+                        line[name] = _median_run(results, key="marginal_images_per_second")
                 if "predictor" in lines and model_name == "default":
                     line["predictor"] = _median_run([predictor_alone(files[:n1], model_dir, size=size)
                                                      for _ in range(args.repeats)])
@@ -387,10 +398,17 @@ def main(argv: list[str] | None = None) -> int:
                         prefix = f"in-{model_name}-{size}"
                         for path in files:
                             client.put_object(Bucket="bench", Key=f"{prefix}/{path.name}", Body=path.read_bytes())
-                        line["ray_s3"] = _median_run([
-                            ray_pair(f"s3://bench/{prefix}", lambda n, r=r, prefix=prefix: f"s3://bench/out-{prefix}-{n}-{r}",
-                                     model_dir, (n1, n2), args.overrides, args.stages)
-                            for r in range(args.comparison_repeats)], key="marginal_images_per_second")
+                        s3_variants = [("ray_s3", args.overrides)]
+                        if args.compare_overrides:
+                            s3_variants.append(("ray_s3_compare", args.overrides + args.compare_overrides))
+                        s3_runs: dict[str, list] = {name: [] for name, _ in s3_variants}
+                        for r in range(args.comparison_repeats):
+                            for name, overrides in s3_variants:
+                                s3_runs[name].append(ray_pair(
+                                    f"s3://bench/{prefix}", lambda n, r=r, name=name, prefix=prefix:
+                                    f"s3://bench/out-{name}-{prefix}-{n}-{r}", model_dir, (n1, n2), overrides, args.stages))
+                        for name, results in s3_runs.items():
+                            line[name] = _median_run(results, key="marginal_images_per_second")
 
         for *_, line in cases:
             ratios = {}
@@ -399,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                 for plain in ("plain_loop_png6", "plain_loop_png1", "no_ray"):
                     if marginal and plain in line:
                         ratios[f"{ray_line}_over_{plain}"] = marginal / line[plain]["images_per_second"]
+                compare = line.get(f"{ray_line}_compare", {}).get("marginal_images_per_second")
+                if marginal and compare:
+                    ratios[f"{ray_line}_over_{ray_line}_compare"] = marginal / compare
             line["ratios"] = ratios
     report["bench_seconds"] = time.perf_counter() - started
     report["machine"]["load_average_after"] = os.getloadavg()

@@ -9,7 +9,9 @@ outputs) and ``restoration.training.Trainer``: each worker trains on its own dis
 gradients averaged by DistributedDataParallel (NCCL on GPU, gloo on CPU). Checkpoints go to
 ``RunConfig(storage_path=STORAGE, name=NAME)``, the best few by validation PSNR and the latest kept;
 the same command resumes (model, optimizer, schedule, data position), and worker failures are
-retried from the latest (``--max-failures``). The final model, config.yaml, metrics.csv and
+retried from the latest (``--max-failures``). On SIGINT or SIGTERM every worker finishes its step,
+rank 0 checkpoints, and the job exits 130 / 143 with one line (``--set grace_seconds=S``, 20 s:
+past it, or on a second signal, it stops at once, from the last checkpoint). The final model, config.yaml, metrics.csv and
 training_curve.png go to ``STORAGE/NAME/model/``. Bad input is one line and exit code 2 before
 Ray starts. S3 is configured by the standard AWS variables, which local workers inherit.
 """
@@ -22,9 +24,13 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
-from jobs.ray_runtime import QUIET_RAY_ENVIRONMENT, init_ray, note_missing_cpus, quiet_train_worker, root_cause
+from jobs.ray_runtime import (QUIET_RAY_ENVIRONMENT, StopPoll, init_ray, note_missing_cpus, quiet_train_worker,
+                              root_cause, stop_flag_for)
+from restoration.stopping import StopNow, StopSignals
 
 __all__ = ["add_arguments", "init_ray", "main", "quiet_train_worker", "run", "train_loop_per_worker"]
 
@@ -144,7 +150,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         else:
             ray.train.report(row)  # every worker reports at the same steps
 
-    trainer.fit(report)
+    trainer.fit(report, should_stop=StopPoll(loop_config.get("stop_flag")))
+    if trainer.stopped_at is not None:
+        say(f"stopped at step {trainer.stopped_at}: checkpoint_step_{trainer.stopped_at:08d} saved")
+        return
     if rank == 0:
         target = run_lib.write_final_outputs(trainer, loop_config["storage"], loop_config["name"],
                                              {**provenance, "resumed_at": trainer.resumed_at})
@@ -154,16 +163,26 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     """Pre-flight checks on the driver, then the TorchTrainer; returns the process exit code."""
     plan = preflight(args)
-    config = plan.config
+    with StopSignals(plan.config.grace_seconds) as stop:
+        try:
+            return _fit(args, plan, stop)
+        except StopNow as exc:  # a second signal, or the grace period is over
+            print(f"fine-tuning stopped at once ({exc.reason}); run the same command again to continue "
+                  f"from its last checkpoint", file=sys.stderr, flush=True)
+            return exc.exit_code
 
+
+def _fit(args: argparse.Namespace, plan: Any, stop: StopSignals) -> int:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from restoration import finetune as run_lib, storage as storage_lib
 
+    config = plan.config
     if not ray.is_initialized():
         init_ray(args.address)
+    stop.reinstall()  # over the SIGTERM handler of Ray's core worker, which aborts the process
     for name, value in QUIET_RAY_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     note_missing_cpus(args.workers, args.cpus_per_worker)
@@ -177,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
           f"batch {config.data.batch_size}, {config.steps} steps, run {run_uri}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**plan.worker_config(), "cpus_per_worker": args.cpus_per_worker},
+        train_loop_config={**plan.worker_config(), "cpus_per_worker": args.cpus_per_worker,
+                           "stop_flag": stop_flag_for(stop)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=args.workers, use_gpu=args.use_gpu,
             resources_per_worker={"CPU": args.cpus_per_worker, **({"GPU": 1} if args.use_gpu else {})},
@@ -197,16 +217,48 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     try:
-        result = trainer.fit()
+        result = _fit_in_thread(trainer)
     except Exception as exc:  # Ray Train raises once FailureConfig's retries are spent
         print(f"fine-tuning failed: {storage_lib.redact(root_cause(exc))}", file=sys.stderr, flush=True)
         return 1
     if result.error:
         print(f"fine-tuning failed: {storage_lib.redact(root_cause(result.error))}", file=sys.stderr, flush=True)
         return 1
+    step = (result.metrics or {}).get("step")
+    if stop.requested and step != config.steps:  # (a signal after the last step: the run is done)
+        at = f"at step {step} of {config.steps}" if step is not None else "before its first step"
+        saved = latest_checkpoint(plan.storage, args.name)
+        print(f"fine-tuning stopped by {stop.name} {at} ({f'checkpoint {saved}' if saved else 'no checkpoint yet'}); "
+              f"run the same command again to continue", file=sys.stderr, flush=True)
+        return stop.exit_code or 1
     best = [(Path(checkpoint.path).name, metrics) for checkpoint, metrics in result.best_checkpoints or []]
     print("done: " + json.dumps(run_lib.run_summary(result.metrics or {}, best, run_uri)), flush=True)
     return 0
+
+
+def _fit_in_thread(trainer: Any) -> Any:
+    """``trainer.fit()`` in a thread of its own, while the main thread waits for it.
+
+    In the main thread, Ray Train's ``fit`` replaces the SIGINT handler with its own, which aborts
+    the run without a checkpoint and exits 1; outside it, ``fit`` leaves signals alone, and this
+    job's :class:`StopSignals` (which checkpoints, then stops) keeps them. Returns what ``fit``
+    returns and raises what it raises; :class:`StopNow` from the handlers reaches the caller.
+    """
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.25)  # short waits: the signal handlers run in this thread between them
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 # Ray Train settings for readable output, set (unless the user set them) before Ray starts: they
@@ -90,3 +91,58 @@ def note_missing_cpus(workers: int, cpus_per_worker: float) -> None:
     if needed > available:
         print(f"note: {workers} workers need {needed:g} CPUs and the cluster has {available:g} now; "
               "waiting for the autoscaler", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Clean stops: the driver's StopSignals, seen by the workers
+
+
+STOP_POLL_SECONDS = 0.5
+"""How often a worker asks the run's :class:`StopFlag` whether the driver was asked to stop."""
+
+
+class StopFlag:
+    """A Ray actor (no resources) that the driver sets on SIGINT / SIGTERM; restore actors ask it
+    between chunks and Train workers after each step, and start no more work once it is set."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+def stop_flag_for(stop: Any) -> Any:
+    """A new :class:`StopFlag` actor that is set when ``stop`` (a
+    ``restoration.stopping.StopSignals``) is requested."""
+    import ray
+
+    flag = ray.remote(num_cpus=0)(StopFlag).remote()
+    stop.on_stop(lambda: flag.set.remote())
+    return flag
+
+
+class StopPoll:
+    """A cheap ``should_stop()`` for a worker: asks the :class:`StopFlag` at most every
+    :data:`STOP_POLL_SECONDS` and answers from its last reply in between. Without a flag, or
+    when the flag does not answer (the driver is going away), it answers False: the work goes on."""
+
+    def __init__(self, flag: Any) -> None:
+        self.flag = flag
+        self._stopped = False
+        self._asked = 0.0
+
+    def __call__(self) -> bool:
+        import ray
+
+        if self._stopped or self.flag is None or time.monotonic() - self._asked < STOP_POLL_SECONDS:
+            return self._stopped
+        self._asked = time.monotonic()
+        try:
+            self._stopped = bool(ray.get(self.flag.is_set.remote(), timeout=10))
+        except Exception:  # noqa: BLE001 -- carry on with the work
+            pass
+        return self._stopped

@@ -48,6 +48,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from jobs.ray_runtime import StopPoll, stop_flag_for
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -176,23 +178,11 @@ class Restorer:
                               model=RestoreModel(data=data, checkpoint=checkpoint))
         self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
         self.batch_size, self.stream_seconds = batch_size, stream_seconds
-        self.stop_flag, self._stopped, self._asked = stop_flag, False, 0.0
+        self._stop = StopPoll(stop_flag)
 
     def stopped(self) -> bool:
-        """Whether the driver asked the run to stop (its :class:`StopFlag`, asked at most every
-        :data:`STOP_POLL_SECONDS`); a flag that does not answer counts as not stopped."""
-        import time
-
-        import ray
-
-        if self._stopped or self.stop_flag is None or time.monotonic() - self._asked < STOP_POLL_SECONDS:
-            return self._stopped
-        self._asked = time.monotonic()
-        try:
-            self._stopped = bool(ray.get(self.stop_flag.is_set.remote(), timeout=10))
-        except Exception:  # noqa: BLE001 -- the driver is going away; carry on with the block
-            pass
-        return self._stopped
+        """Whether the driver asked the run to stop (see :class:`jobs.ray_runtime.StopPoll`)."""
+        return self._stop()
 
     def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
         import time
@@ -209,24 +199,6 @@ class Restorer:
                 pending, last_sent = [], time.monotonic()
         if pending:
             yield pack_manifest(pending)
-
-
-STOP_POLL_SECONDS = 0.5
-"""Fused pipeline: how often an actor asks whether the run was asked to stop (between chunks)."""
-
-
-class StopFlag:
-    """A Ray actor (no resources) that the driver sets on SIGINT / SIGTERM; the fused actors ask
-    it between chunks and start no more inputs once it is set."""
-
-    def __init__(self) -> None:
-        self.value = False
-
-    def set(self) -> None:
-        self.value = True
-
-    def is_set(self) -> bool:
-        return self.value
 
 
 PACKED_COLUMN = "manifest_ipc"
@@ -424,15 +396,12 @@ class RayRestoreExecutor:
         return stats.iter_batches(batch_format="pyarrow", batch_size=None)
 
     def _flag(self, stop: Any) -> Any:
-        """The run's :class:`StopFlag` actor, set when ``stop`` is requested (None without ``stop``)."""
-        import ray
-
+        """The run's :class:`jobs.ray_runtime.StopFlag` actor, set when ``stop`` is requested
+        (None without ``stop``)."""
         if stop is None:
             return None
         if self._stop_flag is None:
-            self._stop_flag = ray.remote(num_cpus=0)(StopFlag).remote()
-            flag = self._stop_flag
-            stop.on_stop(lambda: flag.set.remote())
+            self._stop_flag = stop_flag_for(stop)
         return self._stop_flag
 
     def restore(self, work: pa.Table, job: RestoreJob, *, stop: Any = None) -> Iterator[pa.Table]:

@@ -172,6 +172,7 @@ class TrainConfig:
     checkpoint_interval: int = 200
     keep_checkpoints: int = 3
     log_interval: int = 10
+    grace_seconds: float = 20.0
 
     def __post_init__(self) -> None:
         spec_class = get_task(self.task)
@@ -187,6 +188,8 @@ class TrainConfig:
         for name in ("checkpoint_interval", "log_interval", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.grace_seconds >= 0:
+            raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         build_loss(self.loss)  # validates the name
         try:
             self.validation_protocol()
@@ -478,6 +481,7 @@ class Trainer:
                             for n, p in (val_samples or [])]
         self.history: list[dict[str, Any]] = []
         self.resumed_at: list[int] = []  # the step of every resume, in order
+        self.stopped_at: int | None = None  # the step a stop request ended fit() at
         self._stage: str | None = None
         self.net: nn.Module = self.model
         self._sync_stage()
@@ -575,6 +579,7 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         provenance: dict[str, Any] | None = None,
         until_step: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """Train from ``self.step`` to ``config.steps`` (or to ``until_step``).
 
@@ -592,6 +597,10 @@ class Trainer:
                 ``checkpoint_step_NNNNNNNN`` folders.
             provenance: recorded in the checkpoints written to ``checkpoint_dir``.
             until_step: stop after this step (a deliberate interruption; ``resume`` continues).
+            should_stop: asked on every worker after each step (it should be cheap: a cached
+                flag). Once any worker answers True, every worker reports that step as a
+                checkpoint step (rank 0 validates and saves) and the loop ends there;
+                ``stopped_at`` then holds the step, and ``resume`` continues from it.
 
         Returns:
             The last row reported (empty if no step was taken).
@@ -607,7 +616,8 @@ class Trainer:
             window.append(self.train_step())
             step = self.step
             last = step == config.steps
-            checkpoint_due = step % config.checkpoint_interval == 0 or last
+            stopping = should_stop is not None and self._any_worker(should_stop()) and not last
+            checkpoint_due = step % config.checkpoint_interval == 0 or last or stopping
             validate_due = checkpoint_due or step % config.validation.interval == 0
             if not (checkpoint_due or validate_due or step % config.log_interval == 0 or step == end):
                 continue
@@ -635,7 +645,21 @@ class Trainer:
             elif checkpoint_due and checkpoint_dir is not None and self.rank == 0:
                 self.save(Path(checkpoint_dir) / f"checkpoint_step_{step:08d}",
                           provenance={**(provenance or {}), "steps": step, "wall_seconds": row["wall_seconds"]})
+            if stopping:
+                self.stopped_at = step
+                break
         return row
+
+    def _any_worker(self, flag: bool) -> bool:
+        """Whether ``flag`` is True on any data-parallel worker (all workers must call this at
+        the same step, so that they all stop at the same one)."""
+        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return flag
+        tensor = torch.tensor([int(flag)], dtype=torch.int64)
+        if dist.get_backend() == "nccl":
+            tensor = tensor.to(self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
 
     def _check_gradient_flow(self) -> None:
         """Warn when most trainable tensors get no gradient (checked at step ``GRADIENT_CHECK_STEP``,

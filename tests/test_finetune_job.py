@@ -266,6 +266,80 @@ def test_kill_the_driver_and_run_again_resumes_from_the_last_checkpoint(train_di
             assert f"{float(row['loss']):.4f}" == first_losses[int(row["step"])]
 
 
+_STEP_LINE = re.compile(r"step +(\d+)/(\d+)  loss ")
+
+
+def signal_job(args: list[str], kind: str, logs: Path, *, after_step: int, timeout: float = 600) -> dict:
+    """Run the job until rank 0 logged ``after_step``, then send SIGINT to its process group (as
+    Ctrl-C in a terminal does) or SIGTERM to the driver (as Kubernetes does); wait for it to exit.
+    Returns the exit code, seconds from the signal to the exit, stdout and stderr after it."""
+    out_path, err_path = logs / f"{kind}.out", logs / f"{kind}.err"
+    with out_path.open("w") as out_file, err_path.open("w") as err_file:
+        process = subprocess.Popen([sys.executable, "-m", "jobs.finetune", *args], cwd=PROJECT_ROOT,
+                                   env=job_environment(), stdout=out_file, stderr=err_file, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and process.poll() is None:
+                steps = [int(m[1]) for m in _STEP_LINE.finditer(out_path.read_text())]
+                if steps and steps[-1] >= after_step:
+                    break
+                time.sleep(0.1)
+            assert process.poll() is None, f"the run ended before step {after_step}:\n{out_path.read_text()}"
+            err_before = len(err_path.read_text().splitlines())
+            signalled = time.monotonic()
+            if kind == "sigint":
+                os.killpg(process.pid, signal.SIGINT)
+            else:
+                os.kill(process.pid, signal.SIGTERM)
+            code = process.wait(timeout=120)
+            seconds = time.monotonic() - signalled
+        finally:
+            if process.poll() is None:
+                kill_tree(process)
+    return {"code": code, "seconds": seconds, "stdout": out_path.read_text(),
+            "stderr_after": err_path.read_text().splitlines()[err_before:]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(train_dir: Path, val_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group) in a first run, SIGTERM to the driver in the second:
+    each finishes its step, checkpoints exactly there (not only at checkpoint_interval), exits
+    130 / 143 within 30 s with one line on stderr and no traceback; the third run ends the job,
+    with every step's metrics once."""
+    runs = tmp_path / "runs"
+    steps = 60
+    args = job_args(train_dir, val_dir, runs, "stopped", steps=steps, extra=["checkpoint_interval=1000"])
+    stops = []
+    for kind, code, after in (("sigint", 130, 5), ("sigterm", 143, 0)):
+        # The second run is signalled once it took a step of its own.
+        after = after or stops[-1] + 5
+        result = signal_job(args, kind, tmp_path, after_step=after)
+        assert result["code"] == code, result
+        assert result["seconds"] <= 30, result
+        assert len(result["stderr_after"]) <= 3, result["stderr_after"]
+        assert not any("Traceback" in line or "*** SIG" in line for line in result["stderr_after"]), result
+        assert any("run the same command again" in line for line in result["stderr_after"]), result
+        stopped_at = int(re.search(r"stopped at step (\d+): checkpoint_step_", result["stdout"])[1])
+        assert after <= stopped_at < steps, result["stdout"]
+        checkpoint = str(runs / "stopped" / f"checkpoint_step_{stopped_at:08d}")
+        assert f"at step {stopped_at} of {steps} (checkpoint {checkpoint})" in result["stderr_after"][-1], result
+        assert finetune.latest_checkpoint(str(runs), "stopped") == checkpoint
+        assert not (runs / "stopped" / "model").exists()
+        stops.append(stopped_at)
+
+    last = run_job(args, timeout=600)
+    assert last.returncode == 0, last.stdout
+    resumed = [int(m[1]) for m in re.finditer(r"resumed from step (\d+)", last.stdout)]
+    assert resumed == [stops[1]], last.stdout
+    metrics = read_metrics((runs / "stopped" / "model" / "metrics.csv").read_text())
+    logged = [int(row["step"]) for row in metrics]
+    assert logged == sorted(set(range(5, steps + 1, 5)) | set(stops)), logged  # every step once, the stops too
+    provenance = json.loads((runs / "stopped" / "model" / "model.json").read_text())["provenance"]
+    assert provenance["steps"] == steps and provenance["resumed_at"] == stops
+
+
 @pytest.mark.s3
 @pytest.mark.slow
 @pytest.mark.timeout(900)

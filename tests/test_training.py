@@ -117,6 +117,29 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(image_dir: Path, tmp_pa
         assert torch.equal(state_a[key]["exp_avg"], state_b[key]["exp_avg"])
 
 
+def test_a_stop_request_checkpoints_the_step_it_came_at_and_resume_goes_on_from_it(image_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    overrides = ["steps=12", "checkpoint_interval=100", "log_interval=4", "optim.lr=1e-3", "backbone_weights=null"]
+    uninterrupted = make_trainer(image_dir, overrides)
+    uninterrupted.fit()
+
+    stopped = make_trainer(image_dir, overrides)
+    asked: list[int] = []
+    row = stopped.fit(checkpoint_dir=tmp_path, should_stop=lambda: asked.append(stopped.step) or stopped.step >= 5)
+    assert asked == [1, 2, 3, 4, 5]  # asked after every step, and no step after the request
+    assert stopped.stopped_at == 5 and stopped.step == 5 and row["step"] == 5
+    assert [r["step"] for r in stopped.history] == [4, 5]  # the stop step is reported, off the log cadence
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_step_00000005"]  # off the checkpoint cadence
+
+    resumed = make_trainer(image_dir, overrides, seed=7)
+    resumed.resume(tmp_path / "checkpoint_step_00000005")
+    resumed.fit(should_stop=lambda: False)
+    assert resumed.stopped_at is None and resumed.step == 12
+    assert [r["step"] for r in resumed.history] == [4, 5, 8, 12]
+    for (name, a), b in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name  # the stop changed nothing that was trained
+
+
 def test_checkpoint_is_a_regular_model_checkpoint(image_dir: Path, tmp_path: Path) -> None:
     trainer = make_trainer(image_dir, ["steps=2", "backbone_weights=null"])
     trainer.fit(checkpoint_dir=tmp_path, provenance={"train_images": str(image_dir)})
