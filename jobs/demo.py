@@ -180,13 +180,13 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
         shutil.rmtree(runs, ignore_errors=True)  # a fresh run each time (the same name would resume)
         _step(3, f"fine-tuning a denoiser for {steps} steps on Ray Train "
                  f"({'from the shipped default model' if init else 'from ImageNet EfficientNet-Lite0'})", started)
-        argv = ["--task", "denoise", "--train-images", storage.join(base, "clean"),
-                "--val-images", storage.join(base, "clean"), "--steps", str(steps), "--workers", "1",
-                "--storage", str(runs), "--name", "demo"]
-        argv += ["--init", init] if init else []
-        for override in _finetune_overrides(init):
-            argv += ["--set", override]
-        code = finetune.main(argv)
+        from restoration.finetune import plan_finetune, run_finetune
+
+        plan = plan_finetune("denoise", train_images=storage.join(base, "clean"), val_images=storage.join(base, "clean"),
+                             storage_uri=str(runs), name="demo", init=init, overrides=_finetune_overrides(init),
+                             steps=steps)
+        code = run_finetune(plan, finetune.RayFinetuneExecutor(workers=1, use_gpu=False, cpus_per_worker=1.0,
+                                                               max_failures=2, address=None))
         if code != 0:
             print(f"demo: fine-tuning failed (exit code {code})", file=sys.stderr)
             return code

@@ -52,12 +52,21 @@ __all__ = [
     "resolve_model",
     "save_checkpoint",
     "shipped_checkpoint",
+    "TRAINER_STATE_FILE",
+    "TRAINING_CHECKPOINT_PREFIX",
+    "copy_checkpoint",
+    "latest_training_checkpoint",
+    "training_checkpoint_name",
+    "training_checkpoints",
 ]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "model.json"
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+TRAINER_STATE_FILE = "trainer_state.pt"
+"""A resumable training checkpoint's optimizer, schedule, step and data position (beside the model)."""
+TRAINING_CHECKPOINT_PREFIX = "checkpoint_step_"
 WEIGHT_DTYPES = ("float32", "float16")
 """How floating-point weights are stored; loading always gives float32."""
 
@@ -407,3 +416,52 @@ def resolve_model(spec: str, task: str) -> Path | str:
     if _is_uri(spec):
         return spec
     return Path(spec)
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable training checkpoints: <storage>/<run name>/checkpoint_step_NNNNNNNN/
+
+
+def training_checkpoint_name(step: int) -> str:
+    """The folder name of a run's checkpoint at ``step``: ``checkpoint_step_00000200``."""
+    return f"{TRAINING_CHECKPOINT_PREFIX}{step:08d}"
+
+
+def training_checkpoints(run_uri: str) -> list[tuple[int, str]]:
+    """The resumable checkpoints of the run at ``run_uri`` (a folder or ``s3://`` prefix), as
+    (step, URI) sorted by step: the ``checkpoint_step_*`` folders that hold
+    ``trainer_state.pt`` (written last, so its presence means the folder is complete). An
+    absent run has none."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = storage.resolve(run_uri)
+
+    def listing() -> list[pafs.FileInfo]:
+        try:
+            return filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        except FileNotFoundError:
+            return []
+
+    found: dict[int, str] = {}
+    for info in storage.retrying(listing, run_uri):
+        parent, _, filename = info.path.rpartition("/")
+        folder = parent.rpartition("/")[2]
+        if filename == TRAINER_STATE_FILE and folder.startswith(TRAINING_CHECKPOINT_PREFIX) \
+                and folder.removeprefix(TRAINING_CHECKPOINT_PREFIX).isdigit() and parent.rpartition("/")[0] == path:
+            found[int(folder.removeprefix(TRAINING_CHECKPOINT_PREFIX))] = storage.join(run_uri, folder)
+    return sorted(found.items())
+
+
+def latest_training_checkpoint(run_uri: str) -> str | None:
+    """URI of the checkpoint a run resumes from: its complete checkpoint of the highest step
+    (None for a new run). Ray Train and the in-process executor write the same layout."""
+    checkpoints = training_checkpoints(run_uri)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def copy_checkpoint(source: str | Path, target: str) -> None:
+    """Copy a checkpoint folder (local) to ``target`` (a folder or ``s3://`` URI), the trainer
+    state last, so that a folder with ``trainer_state.pt`` is a complete one."""
+    files = sorted(Path(source).iterdir(), key=lambda path: (path.name == TRAINER_STATE_FILE, path.name))
+    for path in files:
+        storage.write_bytes(storage.join(target, path.name), path.read_bytes())

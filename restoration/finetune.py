@@ -1,25 +1,46 @@
-"""A fine-tuning run's logic, with no Ray in it: the plan checked before any worker starts, each
-worker's shard, the provenance recorded in checkpoints, and the final outputs.
+"""A fine-tuning run's logic, with no Ray in it: the plan checked before any worker starts
+(:func:`plan_finetune`), what every worker does (:func:`train_worker`), and the run itself
+(:func:`run_finetune`), which takes an executor:
 
-``jobs/finetune.py`` is the Ray Train adapter over these (context, checkpoints in and out,
-``report``); the training loop itself is :class:`restoration.training.Trainer`.
+- :class:`LocalFinetuneExecutor`: one worker in this process, on the CPU or one CUDA device
+  (``restoration finetune --no-ray``; Ray is never imported);
+- the Ray Train executor in ``jobs/finetune.py``: data-parallel workers, each running
+  :func:`train_worker` through a :class:`TrainSession` of Ray Train's (context, checkpoints in
+  and out, ``report``).
+
+Both write the same layout under ``<storage>/<name>/``: ``config.yaml``, the resumable
+``checkpoint_step_NNNNNNNN/`` folders (``restoration.checkpoint``) and ``model/``, so that a run
+started by one continues with the other. The training loop is :class:`restoration.training.Trainer`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import platform
+import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import pyarrow.fs as pafs
 import yaml
 
 from restoration import config as config_lib, storage
-from restoration.checkpoint import CheckpointError, save_checkpoint
+from restoration.checkpoint import (
+    CheckpointError,
+    copy_checkpoint,
+    latest_training_checkpoint,
+    save_checkpoint,
+    training_checkpoint_name,
+    training_checkpoints,
+)
+from restoration.stopping import StopNow, StopSignals
 from restoration.training import (
     CONFIG_FILE,
     METRIC_COLUMNS,
@@ -32,8 +53,15 @@ from restoration.training import (
 )
 
 __all__ = [
+    "FinetuneExecutor",
     "FinetuneInputError",
+    "FinetuneOutcome",
     "FinetunePlan",
+    "LocalFinetuneExecutor",
+    "TrainSession",
+    "latest_checkpoint",
+    "run_finetune",
+    "train_worker",
     "Shard",
     "add_run_arguments",
     "check_resumable",
@@ -87,11 +115,10 @@ class FinetunePlan:
     name: str
     init: str | None
 
-    def worker_config(self) -> dict[str, Any]:
-        """What every worker needs of the plan, as plain values (the config as a mapping)."""
-        return {"config": config_lib.to_dict(self.config), "train_uris": self.train_uris, "val_uris": self.val_uris,
-                "train_images": self.train_images, "val_images": self.val_images, "init": self.init,
-                "storage": self.storage, "name": self.name}
+    @property
+    def run_uri(self) -> str:
+        """``<storage>/<name>``: the run's config, checkpoints and final model."""
+        return storage.join(self.storage, self.name)
 
 
 def _list(uri: str, flag: str) -> list[str]:
@@ -289,12 +316,13 @@ def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]],
     return summary
 
 
-def provenance(plan_values: dict[str, Any], config: TrainConfig, *, workers: int, device_name: str,
-               image_count: int, skipped: int) -> dict[str, Any]:
+def provenance(plan: FinetunePlan, *, workers: int, device_name: str, image_count: int,
+               skipped: int) -> dict[str, Any]:
     """The training provenance recorded in every checkpoint's ``model.json``."""
+    config = plan.config
     return {
-        "train_images": plan_values["train_images"],
-        "val_images": plan_values["val_images"],
+        "train_images": plan.train_images,
+        "val_images": plan.val_images,
         "train_image_count": image_count,
         "skipped_images": skipped,
         "task": config.task,
@@ -302,8 +330,8 @@ def provenance(plan_values: dict[str, Any], config: TrainConfig, *, workers: int
         "workers": workers,
         "global_batch": config.data.batch_size * workers,
         "hardware": f"{workers} x {device_name}",
-        "init": plan_values["init"],
-        "run_name": plan_values["name"],
+        "init": plan.init,
+        "run_name": plan.name,
     }
 
 
@@ -375,3 +403,251 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# What every worker does, whatever runs it
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a worker resumes from: a local folder (for the duration of the
+    ``TrainSession.resume`` block) and the checkpoint's name."""
+
+    directory: str
+    name: str
+
+
+class TrainSession(Protocol):
+    """What :func:`train_worker` needs from its executor. ``rank`` / ``world_size``: this
+    worker among the data-parallel ones (``torch.distributed`` is set up when there are
+    several); ``device``: where it trains."""
+
+    rank: int
+    world_size: int
+    device: Any
+
+    def resume(self) -> contextlib.AbstractContextManager[Resume | None]:
+        """The checkpoint to resume from, or None for a new run."""
+        ...
+
+    def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
+        """A reported row (every worker, at the same steps); with rank 0's ``checkpoint`` folder
+        (temporary: copy what is kept) and its name at checkpoint steps."""
+        ...
+
+    def should_stop(self) -> bool:
+        """Whether the run was asked to stop (cheap: asked after every step)."""
+        ...
+
+
+def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
+    """One data-parallel worker of a run: its shard, the model (resumed, ``--init`` or the
+    backbone's weights), the :class:`Trainer` with its checkpoints reported through ``session``,
+    and on rank 0 the final outputs. A stop request ends it at a checkpoint, without them."""
+    import torch
+    import torch.distributed as dist
+
+    from restoration.evaluate import load_images
+    from restoration.model import build_model
+    from restoration.training import CropSampler
+
+    config = plan.config
+    rank, world_size, device = session.rank, session.world_size, session.device
+    torch.manual_seed(config.seed)
+
+    def say(text: str) -> None:
+        if rank == 0:
+            print(text, flush=True)
+
+    shard = load_shard(plan.train_uris, rank=rank, world_size=world_size, min_size=config.data.crop_size)
+    counts = torch.tensor([shard.usable, shard.bad, int(shard.usable == 0)], dtype=torch.int64)
+    if world_size > 1:
+        counts = counts.to(device) if dist.get_backend() == "nccl" else counts
+        dist.all_reduce(counts)  # every worker learns the totals, and all fail together if a shard is empty
+    total_usable, total_bad, empty_shards = (int(v) for v in counts.cpu())
+    for line in shard_messages(shard, rank, world_size, total_usable, total_bad, empty_shards):
+        print(line, flush=True)
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    val = [item for uri in plan.val_uris for item in load_images(uri)] if rank == 0 else []
+    with session.resume() as resume:
+        # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
+        model = build_model(config.model, backbone_weights=None) if resume else initial_model(config, plan.init)
+        trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
+                          val_samples=val, world_size=world_size, rank=rank, progress=say)
+        if resume is not None:
+            trainer.resume(resume.directory)
+    say(start_message(trainer, plan.init, resume.name if resume else None))
+    run_provenance = provenance(plan, workers=world_size, device_name=device_name(device),
+                                image_count=total_usable, skipped=total_bad)
+
+    def report(row: dict, checkpoint_due: bool) -> None:
+        if checkpoint_due and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer.save(tmp, provenance={
+                    **run_provenance, "steps": trainer.step, "wall_seconds": row["wall_seconds"],
+                    "resumed_at": trainer.resumed_at,
+                    "validation": {k: row[k] for k in ("val_psnr", "val_ssim") if k in row},
+                })
+                session.report(row, Path(tmp), training_checkpoint_name(trainer.step))
+        else:
+            session.report(row, None, None)  # every worker reports at the same steps
+
+    trainer.fit(report, should_stop=session.should_stop)
+    if trainer.stopped_at is not None:
+        say(f"stopped at step {trainer.stopped_at}: {training_checkpoint_name(trainer.stopped_at)} saved")
+        return
+    if rank == 0:
+        target = write_final_outputs(trainer, plan.storage, plan.name, {**run_provenance, "resumed_at": trainer.resumed_at})
+        say(f"final model written to {target}")
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def latest_checkpoint(plan: FinetunePlan) -> str | None:
+    """URI of the checkpoint a run of this plan resumes from (None: a new run)."""
+    return latest_training_checkpoint(plan.run_uri)
+
+
+@dataclass
+class FinetuneOutcome:
+    """What an executor's fit returns: the last reported metrics (empty if no step was taken)
+    and the kept checkpoints as (folder name, metrics)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class FinetuneExecutor(Protocol):
+    """Runs :func:`train_worker` on one or more workers until the run ends or ``stop`` is
+    requested; raises ``RuntimeError`` with one line when the workers fail."""
+
+    def fit(self, plan: FinetunePlan, stop: StopSignals) -> FinetuneOutcome: ...
+
+    def describe(self) -> str: ...
+
+
+def run_finetune(plan: FinetunePlan, executor: FinetuneExecutor) -> int:
+    """Fine-tune as ``plan`` says with ``executor``; returns the exit code: 0 when the run is
+    done, 1 when it failed (one line on stderr), 130 / 143 when SIGINT / SIGTERM stopped it at
+    a checkpoint (one line: the same command continues)."""
+    config = plan.config
+    with StopSignals(config.grace_seconds) as stop:
+        try:
+            resume_from = latest_checkpoint(plan)
+            if resume_from is not None:
+                print(f"run {plan.name} exists: resuming from {resume_from}", flush=True)
+            print(f"fine-tuning {config.task}: {len(plan.train_uris)} training images, {executor.describe()} x "
+                  f"batch {config.data.batch_size}, {config.steps} steps, run {plan.run_uri}", flush=True)
+            try:
+                outcome = executor.fit(plan, stop)
+            except RuntimeError as exc:
+                print(f"fine-tuning failed: {storage.redact(str(exc))}", file=sys.stderr, flush=True)
+                return 1
+        except StopNow as exc:  # a second signal, or the grace period is over
+            print(f"fine-tuning stopped at once ({exc.reason}); run the same command again to continue "
+                  f"from its last checkpoint", file=sys.stderr, flush=True)
+            return exc.exit_code
+    step = outcome.metrics.get("step")
+    if stop.requested and step != config.steps:  # (a signal after the last step: the run is done)
+        at = f"at step {step} of {config.steps}" if step is not None else "before its first step"
+        saved = latest_checkpoint(plan)
+        print(f"fine-tuning stopped by {stop.name} {at} ({f'checkpoint {saved}' if saved else 'no checkpoint yet'}); "
+              f"run the same command again to continue", file=sys.stderr, flush=True)
+        return stop.exit_code or 1
+    print("done: " + json.dumps(run_summary(outcome.metrics, outcome.checkpoints, plan.run_uri)), flush=True)
+    return 0
+
+
+class LocalFinetuneExecutor:
+    """One worker in this process (``restoration finetune --no-ray``): on ``device`` (``cpu``,
+    ``cuda`` or ``cuda:N``), checkpoints copied to ``<storage>/<name>/`` as they are written,
+    keeping the ``keep_checkpoints`` best by validation PSNR and the latest (as the Ray job does)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        import torch
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise FinetuneInputError(f"--device {device}: CUDA is not available here")
+
+    def describe(self) -> str:
+        return f"1 worker ({self.device}, no Ray)"
+
+    def fit(self, plan: FinetunePlan, stop: StopSignals) -> FinetuneOutcome:
+        session = _LocalSession(plan, self.device, stop)
+        try:
+            train_worker(plan, session)
+        except (ValueError, OSError, CheckpointError, FloatingPointError) as exc:
+            raise RuntimeError(str(exc)) from exc
+        return FinetuneOutcome(session.last_row, session.kept())
+
+
+@dataclass
+class _LocalSession:
+    plan: FinetunePlan
+    device: Any
+    stop: StopSignals
+    rank: int = 0
+    world_size: int = 1
+    last_row: dict[str, Any] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def resume(self) -> Iterator[Resume | None]:
+        latest = latest_checkpoint(self.plan)
+        if latest is None:
+            yield None
+            return
+        name = latest.rstrip("/").rpartition("/")[2]
+        if not latest.startswith("s3://"):
+            yield Resume(storage.resolve(latest)[1], name)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            filesystem, path = storage.resolve(latest)
+            for info in storage.retrying(lambda: filesystem.get_file_info(pafs.FileSelector(path)), latest):
+                filename = info.path.rpartition("/")[2]
+                (Path(tmp) / filename).write_bytes(storage.read_bytes(storage.join(latest, filename)))
+            yield Resume(tmp, name)
+
+    def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
+        self.last_row = row
+        if checkpoint is not None and name is not None:
+            copy_checkpoint(checkpoint, storage.join(self.plan.run_uri, name))
+            self._prune()
+
+    def should_stop(self) -> bool:
+        return self.stop.requested
+
+    def kept(self) -> list[tuple[str, dict[str, Any]]]:
+        """The run's checkpoints as (folder name, validation metrics)."""
+        kept = []
+        for _, uri in training_checkpoints(self.plan.run_uri):
+            validation = {}
+            with contextlib.suppress(OSError, ValueError, CheckpointError):
+                data = storage.read_bytes(storage.join(uri, "model.json"))
+                validation = json.loads(data).get("provenance", {}).get("validation", {})
+            kept.append((uri.rstrip("/").rpartition("/")[2], validation))
+        return kept
+
+    def _prune(self) -> None:
+        """Keep the ``keep_checkpoints`` best by validation PSNR, and the latest."""
+        kept = self.kept()
+        best = sorted(kept, key=lambda item: item[1].get("val_psnr", float("-inf")), reverse=True)
+        keep = {name for name, _ in best[: self.plan.config.keep_checkpoints]} | {kept[-1][0]}
+        for name, _ in kept:
+            if name not in keep:
+                _delete_checkpoint(storage.join(self.plan.run_uri, name))
+
+
+def _delete_checkpoint(uri: str) -> None:
+    filesystem, path = storage.resolve(uri)
+    storage.retrying(lambda: filesystem.delete_dir(path), uri)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from restoration import config as config_lib, degradations, storage
 from restoration.checkpoint import (
+    TRAINER_STATE_FILE,
     WEIGHTS_FILE,
     CheckpointError,
     load_weights,
@@ -42,6 +43,7 @@ from restoration.checkpoint import (
     read_metadata,
     resolve_model,
     save_checkpoint,
+    training_checkpoint_name,
 )
 from restoration.codec import ImageDecodeError, decode_image, pixels_to_tensor, tensor_to_pixels, to_uint8
 from restoration.evaluate import score
@@ -51,7 +53,6 @@ from restoration.tasks import Case, DenoiseTask, TaskSpec, get_case, get_task
 
 log = logging.getLogger(__name__)
 
-TRAINER_STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.yaml"
 
 
@@ -643,7 +644,7 @@ class Trainer:
             if report is not None:
                 report(row, checkpoint_due)
             elif checkpoint_due and checkpoint_dir is not None and self.rank == 0:
-                self.save(Path(checkpoint_dir) / f"checkpoint_step_{step:08d}",
+                self.save(Path(checkpoint_dir) / training_checkpoint_name(step),
                           provenance={**(provenance or {}), "steps": step, "wall_seconds": row["wall_seconds"]})
             if stopping:
                 self.stopped_at = step

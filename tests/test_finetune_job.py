@@ -1,5 +1,6 @@
 """The Ray Train fine-tuning job: bad input refused before Ray starts, a 2-worker CPU run whose model
-beats the noisy input, kill-and-resume, checkpoints on S3. (A worker lost inside a run, retried
+beats the noisy input, SIGINT / SIGTERM then resume, checkpoints on S3. (A kill and resume of the
+same run logic without Ray: tests/test_finetune_local.py.) (A worker lost inside a run, retried
 from the last checkpoint: tests/test_lost_workers.py.)
 
 Tiny models (widths 8-24), 64-pixel crops and a few dozen steps keep each run short; Ray itself
@@ -27,7 +28,7 @@ from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from jobs import finetune
 from restoration import storage
-from restoration.checkpoint import load_checkpoint, save_checkpoint
+from restoration.checkpoint import latest_training_checkpoint, load_checkpoint, save_checkpoint
 from restoration.evaluate import evaluate
 from restoration.tasks import get_task
 from restoration.model import ModelConfig, build_model
@@ -216,56 +217,6 @@ def test_restoration_finetune_command_reports_bad_input_in_one_line(small_dirs: 
 # Runs with their own Ray instance (subprocesses)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_kill_the_driver_and_run_again_resumes_from_the_last_checkpoint(train_dir: Path, val_dir: Path,
-                                                                        tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    args = job_args(train_dir, val_dir, runs, "killed", steps=40, extra=["checkpoint_interval=10"])
-    snapshot = runs / "killed" / "checkpoint_manager_snapshot.json"
-    log_path = tmp_path / "first.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "jobs.finetune", *args], cwd=PROJECT_ROOT,
-                                   env=job_environment(), stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            deadline = time.monotonic() + 600
-            # Registered in Ray Train's snapshot, the checkpoint is the one a new run resumes from.
-            while time.monotonic() < deadline and process.poll() is None:
-                if snapshot.is_file() and "checkpoint_step_" in snapshot.read_text():
-                    break
-                time.sleep(0.5)
-        finally:
-            finished_early = process.poll() is not None
-            kill_tree(process)
-    first = log_path.read_text()
-    assert not finished_early, first
-    assert "checkpoint_step_" in snapshot.read_text(), first
-    assert not (runs / "killed" / "model").exists(), "the first run was meant to be interrupted"
-
-    second = run_job(args, timeout=600)
-    assert second.returncode == 0, second.stdout
-    assert f"run killed exists: resuming from {runs / 'killed'}/checkpoint_step_" in second.stdout
-    resumed = [line for line in second.stdout.splitlines() if "resumed from step" in line]
-    assert len(resumed) == 1, second.stdout
-    step = int(resumed[0].split("resumed from step ")[1].split()[0])
-    assert step > 0 and step % 10 == 0 and step < 40
-    assert "optimizer, schedule and data position restored" in resumed[0]
-
-    model_dir = runs / "killed" / "model"
-    metrics = read_metrics((model_dir / "metrics.csv").read_text())
-    assert [int(row["step"]) for row in metrics] == list(range(5, 41, 5))  # continuous: no gap, no repeat
-    provenance = json.loads((model_dir / "model.json").read_text())["provenance"]
-    assert provenance["steps"] == 40 and provenance["resumed_at"] == [step]
-    # The steps before the checkpoint come from the first run: their losses are in both logs.
-    first_losses = {int(line.split("step")[1].split("/")[0]): line.split("loss ")[1].split()[0]
-                    for line in first.splitlines() if "/40  loss" in line}
-    assert first_losses, first
-    for row in metrics:
-        if int(row["step"]) in first_losses and int(row["step"]) <= step:
-            assert f"{float(row['loss']):.4f}" == first_losses[int(row["step"])]
-
-
 _STEP_LINE = re.compile(r"step +(\d+)/(\d+)  loss ")
 
 
@@ -311,7 +262,7 @@ def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(
     runs = tmp_path / "runs"
     steps = 60
     args = job_args(train_dir, val_dir, runs, "stopped", steps=steps, extra=["checkpoint_interval=1000"])
-    stops = []
+    stops, outputs = [], []
     for kind, code, after in (("sigint", 130, 5), ("sigterm", 143, 0)):
         # The second run is signalled once it took a step of its own.
         after = after or stops[-1] + 5
@@ -325,9 +276,10 @@ def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(
         assert after <= stopped_at < steps, result["stdout"]
         checkpoint = str(runs / "stopped" / f"checkpoint_step_{stopped_at:08d}")
         assert f"at step {stopped_at} of {steps} (checkpoint {checkpoint})" in result["stderr_after"][-1], result
-        assert finetune.latest_checkpoint(str(runs), "stopped") == checkpoint
+        assert latest_training_checkpoint(str(runs / "stopped")) == checkpoint
         assert not (runs / "stopped" / "model").exists()
         stops.append(stopped_at)
+        outputs.append(result["stdout"])
 
     last = run_job(args, timeout=600)
     assert last.returncode == 0, last.stdout
@@ -338,6 +290,10 @@ def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(
     assert logged == sorted(set(range(5, steps + 1, 5)) | set(stops)), logged  # every step once, the stops too
     provenance = json.loads((runs / "stopped" / "model" / "model.json").read_text())["provenance"]
     assert provenance["steps"] == steps and provenance["resumed_at"] == stops
+    # The steps before the first stop are the first run's: their losses are in its log.
+    first_losses = {int(m[1]): m[3] for m in re.finditer(r"step +(\d+)/(\d+)  loss (\S+)", outputs[0])}
+    assert first_losses and all(f"{float(row['loss']):.4f}" == first_losses[int(row["step"])]
+                                for row in metrics if int(row["step"]) <= stops[0]), (first_losses, metrics)
 
 
 @pytest.mark.s3
