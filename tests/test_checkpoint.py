@@ -183,3 +183,23 @@ def test_a_checkpoint_loads_from_s3(s3_server, s3_bucket, tmp_path):  # noqa: F8
     assert loaded.model_id == "on-s3" and loaded.path is None and loaded.source == uri
     with pytest.raises(CheckpointError, match="is not a checkpoint"):
         load_checkpoint(f"s3://{s3_bucket}/models/none")
+
+
+def test_a_run_resumes_from_its_latest_complete_training_checkpoint(tmp_path) -> None:
+    from restoration.checkpoint import latest_training_checkpoint, training_checkpoint_name, training_checkpoints
+
+    run = tmp_path / "run"
+    assert training_checkpoints(str(run)) == [] and latest_training_checkpoint(str(run)) is None  # a new run
+    for step, complete in ((10, True), (20, True), (30, False)):  # 30: cut off before its trainer state
+        folder = run / training_checkpoint_name(step)
+        folder.mkdir(parents=True)
+        (folder / "model.json").write_text("{}")
+        if complete:
+            (folder / "trainer_state.pt").write_bytes(b"state")
+    (run / "model").mkdir()
+    (run / "model" / "trainer_state.pt").write_bytes(b"not a checkpoint folder")
+    (run / "checkpoint_step_x").mkdir()
+    (run / "checkpoint_step_x" / "trainer_state.pt").write_bytes(b"not a step")
+    assert training_checkpoints(str(run)) == [(10, str(run / "checkpoint_step_00000010")),
+                                              (20, str(run / "checkpoint_step_00000020"))]
+    assert latest_training_checkpoint(str(run)) == str(run / "checkpoint_step_00000020")

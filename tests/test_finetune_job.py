@@ -184,11 +184,10 @@ def test_bad_input_is_one_line_and_exit_code_2_before_ray_starts(
 
 @pytest.mark.timeout(120)
 def test_a_run_of_the_same_name_with_another_model_is_refused(small_dirs: dict, capsys: pytest.CaptureFixture) -> None:
-    # What Ray Train leaves in a run folder, and the config of the run's latest checkpoint.
+    # A run's latest checkpoint (complete: it has its trainer state) with the config of another model.
     run = small_dirs["storage"] / "taken"
     (run / "checkpoint_step_00000010").mkdir(parents=True)
-    (run / "checkpoint_manager_snapshot.json").write_text(
-        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_step_00000010"}}))
+    (run / "checkpoint_step_00000010" / "trainer_state.pt").write_bytes(b"")
     from restoration import config as config_lib
     from restoration.training import load_train_config
 
