@@ -16,7 +16,7 @@ command again skips what is done; Ctrl-C stops cleanly and keeps the work.
 
 examples:
   restoration restore --input s3://bucket/scans/ --output s3://bucket/restored/ --task denoise
-  restoration restore --input photos/ --output restored/ --task sr --model runs/my-sr/model
+  restoration restore --input photos/ --output restored/ --model runs/my-sr/model  # its task
   restoration restore --input photos/ --output restored/ --task general --no-ray
   restoration restore --input list.parquet --output out/ --task jpeg --dry-run
 

@@ -49,6 +49,7 @@ __all__ = [
     "load_weights",
     "read_checkpoint_bytes",
     "read_metadata",
+    "read_model_metadata",
     "resolve_model",
     "save_checkpoint",
     "shipped_checkpoint",
@@ -416,6 +417,24 @@ def resolve_model(spec: str, task: str) -> Path | str:
     if _is_uri(spec):
         return spec
     return Path(spec)
+
+
+def read_model_metadata(source: str | Path) -> tuple[CheckpointMetadata, str]:
+    """The typed ``model.json`` of a checkpoint folder (local, ``file://`` or ``s3://``) alone:
+    no weights read, no model built. Returns it with the source as shown to users (credentials
+    redacted). Raises CheckpointError for a folder that is not a checkpoint."""
+    if _is_uri(source):
+        shown = storage.redact(str(source))
+        try:
+            data = storage.read_bytes(storage.join(str(source), METADATA_FILE))
+        except FileNotFoundError as error:
+            raise CheckpointError(f"{shown} is not a checkpoint: it has no {METADATA_FILE}") from error
+    else:
+        source, shown = Path(source), str(source)
+        if not (source / METADATA_FILE).is_file():
+            raise CheckpointError(f"{source} is not a checkpoint: it has no {METADATA_FILE}")
+        data = (source / METADATA_FILE).read_bytes()
+    return CheckpointBytes(weights=b"", metadata=data, source=shown).read_metadata(), shown
 
 
 # --------------------------------------------------------------------------------------------

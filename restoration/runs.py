@@ -45,6 +45,7 @@ from restoration.checkpoint import (
     CheckpointError,
     checkpoint_from_bytes,
     read_checkpoint_bytes,
+    read_model_metadata,
     resolve_model,
 )
 from restoration.restore import (
@@ -589,25 +590,23 @@ JPEG with a large EXIF block)."""
 def _model_metadata(spec: str, task: str) -> tuple[str, int]:
     """``(model_id, scale)`` of ``--model`` from its ``model.json`` alone: no weights read, no
     model built. Raises CheckpointError for a missing checkpoint or one of another task."""
-    from restoration.checkpoint import METADATA_FILE, CheckpointBytes
-
     source = resolve_model(spec, task)
-    if isinstance(source, str):  # a file:// or s3:// URI
-        try:
-            metadata_bytes = storage.read_bytes(storage.join(source, METADATA_FILE))
-        except FileNotFoundError as error:
-            raise CheckpointError(f"{storage.redact(source)} is not a checkpoint: it has no {METADATA_FILE}") from error
-        shown = storage.redact(source)
-    else:
-        if not (source / METADATA_FILE).is_file():
-            raise CheckpointError(f"{source} is not a checkpoint: it has no {METADATA_FILE}")
-        metadata_bytes, shown = (source / METADATA_FILE).read_bytes(), str(source)
-    metadata = CheckpointBytes(weights=b"", metadata=metadata_bytes, source=shown).read_metadata()
+    metadata, shown = read_model_metadata(source)
     if metadata.task != task:
         raise CheckpointError(f"--model {spec} is a {metadata.task!r} model, but --task is {task!r}")
     model_id = metadata.model_id or (source.name if not isinstance(source, str)
                                      else posixpath.basename(shown.rstrip("/")) or "unsaved")
     return model_id, int(metadata.scale)
+
+
+def task_of(args: argparse.Namespace) -> str:
+    """``--task``, or the task that ``--model``'s checkpoint records when it is not given."""
+    if args.task is not None:
+        return args.task
+    if args.model == "default":
+        raise ValueError(f"--task is needed with --model default (the shipped model of a task: "
+                         f"{', '.join(TASK_NAMES)})")
+    return read_model_metadata(resolve_model(args.model, ""))[0].task
 
 
 def _image_header(uri: str, *, max_bytes: int) -> tuple[int, int, str]:
@@ -767,7 +766,8 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True,
                    help="folder, file:// or s3:// prefix of images; one image; or a .parquet/.csv/.txt list of URIs")
     p.add_argument("--output", required=True, help="folder or s3:// prefix for restored images and _manifest/")
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--task", default=None, choices=TASK_NAMES,
+                   help="what to restore (default: the task --model's checkpoint was trained for)")
     p.add_argument("--model", default="default",
                    help="checkpoint folder (local, file:// or s3://) or 'default' (the shipped model; default)")
     p.add_argument("--limit", type=int, default=None, help="restore only the first N inputs")
@@ -788,6 +788,7 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
     """Resolve the configuration, run with the in-process executor (``--no-ray``) or
     ``ray_executor()``, and return the exit code (1 for failed inputs with ``--fail-on-error``)."""
     config = config_lib.load_config(RestoreConfig, path=args.config, overrides=args.overrides)
+    args.task = task_of(args)
     if getattr(args, "dry_run", False):  # before any executor exists: Ray is never imported
         report = dry_run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
                                  limit=args.limit, overwrite=args.overwrite)

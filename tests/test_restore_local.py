@@ -82,8 +82,9 @@ def test_no_ray_console_command_restores_a_folder_with_a_complete_manifest(
     tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
 ) -> None:
     files = write_inputs(tmp_path / "in", photos)
+    # No --task: the checkpoint records that it is a denoiser.
     command = [sys.executable, "-c", NO_RAY_COMMAND, "restore", "--no-ray", "--input", str(tmp_path / "in"),
-               "--output", str(tmp_path / "out"), "--task", "denoise", "--model", str(tiny_model)]
+               "--output", str(tmp_path / "out"), "--model", str(tiny_model)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
                             env=no_ray_environment(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -285,3 +286,14 @@ def test_a_list_repeating_entries_across_partitions_restores_each_once(
     assert summary["inputs"] == 3 and summary["counts"] == {"ok": 3, "error": 0, "skipped": 0}
     assert read_manifest(str(tmp_path / "out")).num_rows == 3
     assert (tmp_path / "out" / "sub" / "deep" / "c.png").is_file()
+
+
+def test_the_shipped_models_need_a_task(tmp_path: Path) -> None:
+    """``--model default`` names one shipped model per task: without ``--task`` it is one line
+    and exit 2, before anything is listed."""
+    (tmp_path / "in").mkdir()
+    result = subprocess.run([sys.executable, "-c", NO_RAY_COMMAND, "restore", "--no-ray", "--input", str(tmp_path / "in"),
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                            cwd=PROJECT_ROOT, env=no_ray_environment(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "--task is needed with --model default" in result.stderr
