@@ -160,52 +160,73 @@ def redone(rows: dict[str, dict], written_before: set[str], output_root: str) ->
                if row["status"] == "ok" and row["output_uri"] and row["output_uri"].removeprefix(prefix) in written_before)
 
 
-def interrupt_scenario(kind: str, folder: Path, files: dict[str, bytes], model: str, settings: list[str],
+def _signal(job: Job, kind: str) -> dict[str, Any]:
+    """Stop ``job`` as ``kind`` says (``crash``: SIGKILL of it and its local Ray; ``sigint``: to
+    its process group, as Ctrl-C; ``sigterm``: to the driver, as Kubernetes) and wait for it."""
+    offset = job.stderr_bytes()
+    signalled = time.monotonic()
+    if kind == "crash":
+        job.kill_tree()
+        job.wait(timeout=60)
+        return {"exit_code": "killed"}
+    if kind == "sigint":
+        os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    else:
+        os.kill(job.pid, signal.SIGTERM)  # what Kubernetes and spot preemption send first
+    try:
+        code = job.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        job.kill_tree()
+        code = None
+    after = job.stderr_after(offset)
+    return {"exit_code": code, "seconds_to_exit": round(time.monotonic() - signalled, 2), "stderr_after_signal": after,
+            "traceback": any("Traceback" in line or "logging.cc" in line for line in after)}
+
+
+def _rows(output_uri: str) -> dict[str, dict]:
+    """The manifest's rows by source, or none when there is no manifest yet."""
+    try:
+        return {row["source_uri"]: row for row in read_manifest(output_uri).to_pylist()}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def interrupt_scenario(kinds: str | list[str], folder: Path, files: dict[str, bytes], model: str, settings: list[str],
                        timeout: float) -> dict[str, Any]:
-    """``crash``, ``sigint`` or ``sigterm`` at half way on folder -> folder, then the re-run."""
-    source, output = folder / f"{kind}-in", folder / f"{kind}-out"
+    """Folder -> folder, stopped once per kind in ``kinds`` (``crash``, ``sigint``, ``sigterm``):
+    the first run at ``1 / (n + 1)`` of the outputs, each re-run at the next fraction; then a
+    last re-run finishes. With one kind: at half way. Every stop reports its exit, the outputs
+    written before it and how many of those the next run redid."""
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    name = "-".join(kinds)
+    source, output = folder / f"{name}-in", folder / f"{name}-out"
     for key, data in files.items():
         (source / key).parent.mkdir(parents=True, exist_ok=True)
         (source / key).write_bytes(data)
     command = job_command(str(source), str(output), model, *settings)
-    job = Job(command, folder, kind)
-    half = len(files) // 2
-    wait_until(lambda: len(local_outputs(output)) >= half, job, timeout, f"{half} outputs were written")
-    at_signal = len(local_outputs(output))
-    offset = job.stderr_bytes()
-    signalled = time.monotonic()
-    report: dict[str, Any] = {"images": len(files), "outputs_at_signal": at_signal}
-    if kind == "crash":
-        job.kill_tree()
-        job.wait(timeout=60)
-        report["exit_code"] = "killed"
-    else:
-        if kind == "sigint":
-            os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        else:
-            os.kill(job.pid, signal.SIGTERM)  # what Kubernetes and spot preemption send first
-        try:
-            code = job.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            job.kill_tree()
-            code = None
-        report.update(exit_code=code, seconds_to_exit=round(time.monotonic() - signalled, 2),
-                      stderr_after_signal=job.stderr_after(offset))
-        report["traceback"] = any("Traceback" in line or "logging.cc" in line for line in report["stderr_after_signal"])
-    time.sleep(1.0)
-    written_before = local_outputs(output)
-    report["written_before"] = len(written_before)
-    try:
-        report["manifest_rows_before"] = len(read_manifest(str(output)))
-    except (FileNotFoundError, ValueError):
-        report["manifest_rows_before"] = 0
-    rerun = Job(command, folder, f"{kind}-rerun")
-    report["rerun_exit_code"] = rerun.wait(timeout=timeout)
+    stops: list[dict[str, Any]] = []
+    for index, kind in enumerate(kinds):
+        job = Job(command, folder, f"{name}-{index}-{kind}")
+        goal = len(files) * (index + 1) // (len(kinds) + 1)
+        wait_until(lambda goal=goal: len(local_outputs(output)) >= goal, job, timeout, f"{goal} outputs were written")
+        stop: dict[str, Any] = {"kind": kind, "outputs_at_signal": len(local_outputs(output)), **_signal(job, kind)}
+        time.sleep(1.0)
+        written = local_outputs(output)
+        stop.update(written_before=len(written), manifest_rows_before=len(_rows(str(output))))
+        if stops:  # what this run redid of the outputs the one before it had written
+            stops[-1]["redone"] = redone(_rows(str(output)), stops[-1].pop("_written"), str(output))
+        stop["_written"] = written
+        stops.append(stop)
+    rerun = Job(command, folder, f"{name}-rerun")
+    rerun_exit_code = rerun.wait(timeout=timeout)
     rows = check_manifest(str(output), len(files))
-    report["rerun_ok"] = sum(1 for row in rows.values() if row["status"] == "ok")
-    report["redone"] = redone(rows, written_before, str(output))
-    report["redone_fraction"] = round(report["redone"] / max(1, len(written_before)), 4)
-    report["all_done"] = all(row["status"] in ("ok", "skipped") for row in rows.values())
+    stops[-1]["redone"] = redone(rows, stops[-1].pop("_written"), str(output))
+    for stop in stops:
+        stop["redone_fraction"] = round(stop["redone"] / max(1, stop["written_before"]), 4)
+    report: dict[str, Any] = {"images": len(files), **(stops[0] if len(stops) == 1 else {"stops": stops}),
+                              "rerun_exit_code": rerun_exit_code,
+                              "rerun_ok": sum(1 for row in rows.values() if row["status"] == "ok"),
+                              "all_done": all(row["status"] in ("ok", "skipped") for row in rows.values())}
     return report
 
 

@@ -250,17 +250,34 @@ def signal_job(args: list[str], kind: str, logs: Path, *, after_step: int, timeo
             "stderr_after": err_path.read_text().splitlines()[err_before:]}
 
 
+@pytest.fixture(scope="module")
+def photo_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Six training crops and one validation crop of scikit-image's photos (no benchmark data
+    needed: the runs below guard the stop and resume guarantees, and must run everywhere)."""
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    train, val = root / "train", root / "val"
+    train.mkdir()
+    val.mkdir()
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field"):
+        Image.fromarray(getattr(data, name)()[:128, :128]).save(train / f"{name}.png")
+    Image.fromarray(data.astronaut()[256:352, 256:352]).save(val / "astronaut.png")
+    return train, val
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(train_dir: Path, val_dir: Path,
+def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(photo_dirs: tuple[Path, Path],
                                                                                 tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group) in a first run, SIGTERM to the driver in the second:
     each finishes its step, checkpoints exactly there (not only at checkpoint_interval), exits
     130 / 143 within 30 s with one line on stderr and no traceback; the third run ends the job,
     with every step's metrics once."""
     runs = tmp_path / "runs"
-    steps = 60
-    args = job_args(train_dir, val_dir, runs, "stopped", steps=steps, extra=["checkpoint_interval=1000"])
+    steps = 40
+    args = job_args(*photo_dirs, runs, "stopped", steps=steps, extra=["checkpoint_interval=1000"])
     stops, outputs = [], []
     for kind, code, after in (("sigint", 130, 5), ("sigterm", 143, 0)):
         # The second run is signalled once it took a step of its own.
