@@ -147,9 +147,9 @@ def rows_per_block(num_rows: int, pool: ActorPoolPlan, min_rows: int) -> int:
     """Work rows per block of the fused pipeline: :data:`BLOCKS_PER_ACTOR` blocks for each actor
     the pool may grow to, at least ``min_rows`` (``pipeline.read_batch_size``) and at most
     :data:`MAX_ROWS_PER_BLOCK`. Blocks are sized by rows: the work table has no image sizes.
-    (With 1,000 small inputs on 2 actors: 63 rows a block. A 96x96 PNG takes about 4 ms in an
-    actor, less than a Ray task's own cost: blocks of 4 rows restored 120 images/s on 2 cores
-    where these blocks restore 460.)"""
+    (With 1,000 small inputs on 2 actors: 63 rows a block. Small images take less time in an
+    actor than a Ray task's own cost, so tiny blocks would be slow: docs/cluster.md, section 8,
+    has the measured rates.)"""
     wanted = math.ceil(num_rows / (BLOCKS_PER_ACTOR * max(1, pool.max_size)))
     return max(1, min_rows, min(MAX_ROWS_PER_BLOCK, wanted))
 
