@@ -219,11 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"finetune: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
-        return 2
+    from restoration.cli import run_command
+
+    return run_command("finetune", run, args)
 
 
 if __name__ == "__main__":

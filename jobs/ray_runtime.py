@@ -73,13 +73,16 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
 
 
 def root_cause(error: BaseException) -> str:
-    """The innermost worker error of a Ray Train failure, in one line."""
-    text = str(error)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if not line.startswith(("File ", "^", "~", "Traceback")) and ("Error" in line or "error" in line):
-            return line
-    return lines[-1] if lines else type(error).__name__
+    """A Ray Train failure in one line: the lowest rank's exception of a ``WorkerGroupError``
+    (Ray's ``worker_failures``, rank -> the worker's exception), the controller's of a
+    ``ControllerError``, else the error's first line."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        error = failures[min(failures)]
+    elif getattr(error, "controller_failure", None) is not None:
+        error = error.controller_failure  # type: ignore[attr-defined]
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def note_missing_cpus(workers: int, cpus_per_worker: float) -> None:

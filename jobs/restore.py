@@ -460,13 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
-        from restoration.storage import redact
+    from restoration.cli import run_command
 
-        print(f"restore: error: {' '.join(redact(str(exc)).split())}", file=sys.stderr)
-        return 2
+    return run_command("restore", run, args)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,13 @@ __all__ = [
     "shipped_checkpoint",
     "TRAINER_STATE_FILE",
     "TRAINING_CHECKPOINT_PREFIX",
+    "TRAINING_CONFIG_FILE",
+    "TrainingCheckpoint",
     "copy_checkpoint",
+    "read_training_checkpoint",
+    "read_training_config",
+    "read_weights",
+    "save_training_checkpoint",
     "latest_training_checkpoint",
     "training_checkpoint_name",
     "training_checkpoints",
@@ -68,6 +74,8 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 TRAINER_STATE_FILE = "trainer_state.pt"
 """A resumable training checkpoint's optimizer, schedule, step and data position (beside the model)."""
 TRAINING_CHECKPOINT_PREFIX = "checkpoint_step_"
+TRAINING_CONFIG_FILE = "config.yaml"
+"""The run's resolved configuration, beside a training checkpoint and the final model."""
 WEIGHT_DTYPES = ("float32", "float16")
 """How floating-point weights are stored; loading always gives float32."""
 
@@ -437,8 +445,78 @@ def read_model_metadata(source: str | Path) -> tuple[CheckpointMetadata, str]:
     return CheckpointBytes(weights=b"", metadata=data, source=shown).read_metadata(), shown
 
 
+def read_weights(source: str | Path | CheckpointBytes) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights as float32 tensors (integer buffers as they are), without building
+    its model: for copying what fits into another architecture (task transfer)."""
+    data = source if isinstance(source, CheckpointBytes) else read_checkpoint_bytes(source)
+    try:
+        state = load_safetensors(data.weights)
+    except (SafetensorError, ValueError) as error:
+        raise CheckpointError(f"{_join(data.source, WEIGHTS_FILE)} is not a readable safetensors file: {error}") from error
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # Resumable training checkpoints: <storage>/<run name>/checkpoint_step_NNNNNNNN/
+
+
+@dataclass
+class TrainingCheckpoint:
+    """A resumable training checkpoint, read: the model's weights (on the requested device), the
+    trainer's state (step, optimizer, schedule, history; tensors and plain values) and the run's
+    config as written (a mapping; None when the folder has no ``config.yaml``)."""
+
+    weights: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any]
+    config: dict[str, Any] | None
+    metadata: dict[str, Any]
+
+
+def save_training_checkpoint(directory: str | Path, model: FusedRestorationNet, *, trainer_state: Mapping[str, Any],
+                             config_yaml: str, provenance: dict[str, Any] | None = None) -> Path:
+    """Write a resumable checkpoint into the local ``directory``: ``model.safetensors`` and
+    ``model.json`` (a regular checkpoint, loadable for inference), ``config.yaml``, and
+    ``trainer_state.pt`` last (its presence marks a complete folder)."""
+    directory = save_checkpoint(model, directory, provenance=provenance)
+    (directory / TRAINING_CONFIG_FILE).write_text(config_yaml)
+    torch.save(dict(trainer_state), directory / TRAINER_STATE_FILE)
+    return directory
+
+
+def read_training_checkpoint(directory: str | Path, *, map_location: str | torch.device = "cpu") -> TrainingCheckpoint:
+    """Read a checkpoint written by :func:`save_training_checkpoint` from a local folder.
+
+    Raises:
+        CheckpointError: not a checkpoint, or a model without trainer state.
+    """
+    import yaml
+
+    directory = Path(directory)
+    metadata = read_metadata(directory)
+    if not (directory / TRAINER_STATE_FILE).is_file():
+        raise CheckpointError(f"{directory} has no {TRAINER_STATE_FILE}: it is a model, not a resumable checkpoint")
+    config = None
+    if (directory / TRAINING_CONFIG_FILE).is_file():
+        loaded = yaml.safe_load((directory / TRAINING_CONFIG_FILE).read_text())
+        config = loaded if isinstance(loaded, dict) else None
+    weights = load_safetensors((directory / WEIGHTS_FILE).read_bytes())
+    weights = {k: v.to(map_location) for k, v in weights.items()}
+    # weights_only: the trainer state is tensors, numbers, strings, lists and dicts; nothing
+    # else is unpickled.
+    trainer_state = torch.load(directory / TRAINER_STATE_FILE, map_location=map_location, weights_only=True)
+    return TrainingCheckpoint(weights=weights, trainer_state=trainer_state, config=config, metadata=metadata)
+
+
+def read_training_config(checkpoint_uri: str) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a training checkpoint (local or ``s3://``) as a mapping, or None
+    when it is missing or unreadable."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(storage.read_bytes(storage.join(checkpoint_uri, TRAINING_CONFIG_FILE)))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def training_checkpoint_name(step: int) -> str:

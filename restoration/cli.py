@@ -165,11 +165,20 @@ def main(argv: list[str] | None = None, *, commands: list[AddCommand] | None = N
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    return run_command(f"restoration {args.command}", args.func, args)
+
+
+def run_command(name: str, function: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """``function(args)``'s exit code; a user error (ValueError, FileNotFoundError,
+    PermissionError) is one line on stderr, credentials redacted, and exit code 2. Every entry
+    point (``restoration ...``, ``python -m jobs.restore``, ``python -m jobs.finetune``) runs
+    through this."""
     try:
-        return int(args.func(args) or 0)
+        return int(function(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
-        # User errors: one clear line, no traceback.
-        print(f"restoration {args.command}: error: {exc}", file=sys.stderr)
+        from restoration.storage import redact
+
+        print(f"{name}: error: {' '.join(redact(str(exc)).split())}", file=sys.stderr)
         return 2
 
 

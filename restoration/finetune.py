@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow.fs as pafs
-import yaml
 
 from restoration import config as config_lib, storage
 from restoration.checkpoint import (
     CheckpointError,
     copy_checkpoint,
     latest_training_checkpoint,
+    read_training_config,
     save_checkpoint,
     training_checkpoint_name,
     training_checkpoints,
@@ -233,14 +233,11 @@ def plan_finetune(
 def check_resumable(plan: FinetunePlan, checkpoint: str | None) -> None:
     """A run of the same name resumes from ``checkpoint`` (None: a new run): its config.yaml, if
     readable, must have this plan's task and model, or FinetuneInputError says what differs."""
-    if checkpoint is None:
-        return
-    try:
-        saved = yaml.safe_load(storage.read_bytes(storage.join(checkpoint, CONFIG_FILE)))
-    except (OSError, ValueError, yaml.YAMLError):
+    saved = None if checkpoint is None else read_training_config(checkpoint)
+    if saved is None:
         return
     mine = config_lib.to_dict(plan.config)
-    if not isinstance(saved, dict) or (saved.get("task"), saved.get("model")) == (mine["task"], mine["model"]):
+    if (saved.get("task"), saved.get("model")) == (mine["task"], mine["model"]):
         return
     differences = [f"{key}: {(saved.get('model') or {}).get(key)!r} -> {value!r}"
                    for key, value in mine["model"].items()

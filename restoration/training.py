@@ -35,14 +35,14 @@ from torch import Tensor, nn
 
 from restoration import config as config_lib, degradations, storage
 from restoration.checkpoint import (
-    TRAINER_STATE_FILE,
-    WEIGHTS_FILE,
+    TRAINING_CONFIG_FILE,
     CheckpointError,
     load_weights,
     read_checkpoint_bytes,
-    read_metadata,
+    read_training_checkpoint,
+    read_weights,
     resolve_model,
-    save_checkpoint,
+    save_training_checkpoint,
     training_checkpoint_name,
 )
 from restoration.codec import ImageDecodeError, decode_image, pixels_to_tensor, tensor_to_pixels, to_uint8
@@ -53,7 +53,7 @@ from restoration.tasks import Case, DenoiseTask, TaskSpec, get_case, get_task
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = TRAINING_CONFIG_FILE
 
 
 @dataclass(frozen=True)
@@ -722,12 +722,9 @@ class Trainer:
 
     def save(self, directory: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
         """Write a resumable checkpoint into ``directory``: ``model.safetensors`` and
-        ``model.json`` (a regular restoration checkpoint), ``trainer_state.pt`` and ``config.yaml``."""
-        directory = Path(directory)
-        save_checkpoint(self.model, directory, provenance=provenance)
-        torch.save(self.state_dict(), directory / TRAINER_STATE_FILE)
-        (directory / CONFIG_FILE).write_text(config_lib.to_yaml(self.config))
-        return directory
+        ``model.json`` (a regular restoration checkpoint), ``config.yaml`` and ``trainer_state.pt``."""
+        return save_training_checkpoint(directory, self.model, trainer_state=self.state_dict(),
+                                        config_yaml=config_lib.to_yaml(self.config), provenance=provenance)
 
     def resume(self, directory: str | Path) -> None:
         """Load model weights and trainer state from a checkpoint written by ``save``.
@@ -736,14 +733,9 @@ class Trainer:
             CheckpointError: the checkpoint is incomplete, or was trained with another task or
                 architecture than this run's config.
         """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        read_metadata(directory)
-        if not (directory / TRAINER_STATE_FILE).is_file():
-            raise CheckpointError(f"{directory} has no {TRAINER_STATE_FILE}: it is a model, not a resumable checkpoint")
-        if (directory / CONFIG_FILE).is_file():
-            saved = config_lib.read_yaml(directory / CONFIG_FILE)
+        checkpoint = read_training_checkpoint(directory, map_location=self.device)
+        saved = checkpoint.config
+        if saved is not None:
             mine = config_lib.to_dict(self.config)
             if saved.get("model") != mine["model"] or saved.get("task") != mine["task"]:
                 raise CheckpointError(
@@ -754,12 +746,8 @@ class Trainer:
             changed = sorted(k for k in mine if k not in ("model", "task") and saved.get(k) != mine[k])
             if changed and self.rank == 0:
                 self.progress(f"note: resuming with changed settings: {', '.join(changed)}")
-        state = load_file(str(directory / WEIGHTS_FILE), device=str(self.device))
-        load_weights(self.model, state, source=str(directory))
-        # weights_only: the trainer state is tensors, numbers, strings, lists and dicts; nothing
-        # else is unpickled.
-        trainer_state = torch.load(directory / TRAINER_STATE_FILE, map_location=self.device, weights_only=True)
-        self.load_state_dict(trainer_state)
+        load_weights(self.model, checkpoint.weights, source=str(directory))
+        self.load_state_dict(checkpoint.trainer_state)
         self.resumed_at.append(self.step)
 
 
@@ -801,8 +789,6 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
     """
     if init is None:
         return build_model(config.model, backbone_weights=config.backbone_weights)
-    from safetensors.torch import load as load_safetensors
-
     if str(init) == "default":
         init = resolve_model("default", config.task)
     files = read_checkpoint_bytes(init)
@@ -817,9 +803,8 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
             f"--init {init} has architecture {describe(source)}; this run needs {describe(mine)} "
             f"(set {' / '.join('model.' + k for k in keys)} to match)"
         )
-    state = load_safetensors(files.weights)
+    state = read_weights(files)
     model = build_model(mine, backbone_weights=None)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(fitting))

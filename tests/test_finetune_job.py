@@ -416,3 +416,22 @@ def test_two_worker_run_on_cbsd432_beats_identity(local_ray, cbsd432_dir: Path, 
     identity = evaluate("identity", get_task("denoise").protocol(sigma=25), str(val_dir))
     assert len(fine_tuned["images"]) == len(identity["images"]) == 3
     assert fine_tuned["psnr"] > identity["psnr"] + 0.5, (fine_tuned["psnr"], identity["psnr"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_worker_error_is_one_line_from_rays_structured_failures(local_ray, photo_dirs: tuple[Path, Path],
+                                                                  tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A worker whose shard has no usable image fails the run; the driver reports the worker's
+    exception (Ray Train's ``worker_failures``) in one line and exits 1."""
+    from PIL import Image
+
+    train = tmp_path / "train"
+    train.mkdir()
+    shutil.copy(sorted(photo_dirs[0].iterdir())[0], train / "a.png")
+    Image.new("RGB", (32, 32)).save(train / "b.png")  # smaller than the crops: worker 1 has nothing to train on
+    args = job_args(train, photo_dirs[1], tmp_path / "runs", "failing", steps=3, max_failures=0)
+    assert finetune.main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fine-tuning failed")]
+    assert err == ["fine-tuning failed: ValueError: 1 of 2 workers have no usable training images (1 of 2 images "
+                   "could not be used); use fewer --workers or more images"], err
