@@ -58,6 +58,8 @@ __all__ = [
     "TRAINING_CONFIG_FILE",
     "TrainingCheckpoint",
     "copy_checkpoint",
+    "delete_checkpoint",
+    "download_checkpoint",
     "read_training_checkpoint",
     "read_training_config",
     "read_weights",
@@ -469,7 +471,6 @@ class TrainingCheckpoint:
     weights: dict[str, torch.Tensor]
     trainer_state: dict[str, Any]
     config: dict[str, Any] | None
-    metadata: dict[str, Any]
 
 
 def save_training_checkpoint(directory: str | Path, model: FusedRestorationNet, *, trainer_state: Mapping[str, Any],
@@ -489,22 +490,17 @@ def read_training_checkpoint(directory: str | Path, *, map_location: str | torch
     Raises:
         CheckpointError: not a checkpoint, or a model without trainer state.
     """
-    import yaml
-
     directory = Path(directory)
-    metadata = read_metadata(directory)
+    read_metadata(directory)  # a checkpoint of this format version
     if not (directory / TRAINER_STATE_FILE).is_file():
         raise CheckpointError(f"{directory} has no {TRAINER_STATE_FILE}: it is a model, not a resumable checkpoint")
-    config = None
-    if (directory / TRAINING_CONFIG_FILE).is_file():
-        loaded = yaml.safe_load((directory / TRAINING_CONFIG_FILE).read_text())
-        config = loaded if isinstance(loaded, dict) else None
+    config = read_training_config(str(directory))
     weights = load_safetensors((directory / WEIGHTS_FILE).read_bytes())
     weights = {k: v.to(map_location) for k, v in weights.items()}
     # weights_only: the trainer state is tensors, numbers, strings, lists and dicts; nothing
     # else is unpickled.
     trainer_state = torch.load(directory / TRAINER_STATE_FILE, map_location=map_location, weights_only=True)
-    return TrainingCheckpoint(weights=weights, trainer_state=trainer_state, config=config, metadata=metadata)
+    return TrainingCheckpoint(weights=weights, trainer_state=trainer_state, config=config)
 
 
 def read_training_config(checkpoint_uri: str) -> dict[str, Any] | None:
@@ -556,9 +552,27 @@ def latest_training_checkpoint(run_uri: str) -> str | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
+def download_checkpoint(uri: str, directory: str | Path) -> None:
+    """Copy the files of a checkpoint folder at ``uri`` (local or ``s3://``) into the local
+    ``directory``."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = storage.resolve(uri)
+    for info in storage.retrying(lambda: filesystem.get_file_info(pafs.FileSelector(path)), uri):
+        if info.type == pafs.FileType.File:
+            filename = info.path.rpartition("/")[2]
+            (Path(directory) / filename).write_bytes(storage.read_bytes(storage.join(uri, filename)))
+
+
 def copy_checkpoint(source: str | Path, target: str) -> None:
     """Copy a checkpoint folder (local) to ``target`` (a folder or ``s3://`` URI), the trainer
     state last, so that a folder with ``trainer_state.pt`` is a complete one."""
     files = sorted(Path(source).iterdir(), key=lambda path: (path.name == TRAINER_STATE_FILE, path.name))
     for path in files:
         storage.write_bytes(storage.join(target, path.name), path.read_bytes())
+
+
+def delete_checkpoint(uri: str) -> None:
+    """Delete a checkpoint folder (local or ``s3://``) and everything in it."""
+    filesystem, path = storage.resolve(uri)
+    storage.retrying(lambda: filesystem.delete_dir(path), uri)

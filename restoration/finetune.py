@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import pyarrow.fs as pafs
 
 from restoration import config as config_lib, storage
 from restoration.checkpoint import (
     CheckpointError,
     copy_checkpoint,
+    delete_checkpoint,
+    download_checkpoint,
     latest_training_checkpoint,
+    read_model_metadata,
     read_training_config,
     save_checkpoint,
     training_checkpoint_name,
@@ -575,7 +577,7 @@ class LocalFinetuneExecutor:
 
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise FinetuneInputError(f"--device {device}: CUDA is not available here")
+            raise FinetuneInputError(f"--use-gpu: CUDA is not available here (device {device})")
 
     def describe(self) -> str:
         return f"1 worker ({self.device}, no Ray)"
@@ -609,10 +611,7 @@ class _LocalSession:
             yield Resume(storage.resolve(latest)[1], name)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            filesystem, path = storage.resolve(latest)
-            for info in storage.retrying(lambda: filesystem.get_file_info(pafs.FileSelector(path)), latest):
-                filename = info.path.rpartition("/")[2]
-                (Path(tmp) / filename).write_bytes(storage.read_bytes(storage.join(latest, filename)))
+            download_checkpoint(latest, tmp)
             yield Resume(tmp, name)
 
     def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
@@ -629,9 +628,8 @@ class _LocalSession:
         kept = []
         for _, uri in training_checkpoints(self.plan.run_uri):
             validation = {}
-            with contextlib.suppress(OSError, ValueError, CheckpointError):
-                data = storage.read_bytes(storage.join(uri, "model.json"))
-                validation = json.loads(data).get("provenance", {}).get("validation", {})
+            with contextlib.suppress(OSError, ValueError):  # (CheckpointError is a ValueError)
+                validation = dict(read_model_metadata(uri)[0].provenance.get("validation") or {})
             kept.append((uri.rstrip("/").rpartition("/")[2], validation))
         return kept
 
@@ -642,9 +640,4 @@ class _LocalSession:
         keep = {name for name, _ in best[: self.plan.config.keep_checkpoints]} | {kept[-1][0]}
         for name, _ in kept:
             if name not in keep:
-                _delete_checkpoint(storage.join(self.plan.run_uri, name))
-
-
-def _delete_checkpoint(uri: str) -> None:
-    filesystem, path = storage.resolve(uri)
-    storage.retrying(lambda: filesystem.delete_dir(path), uri)
+                delete_checkpoint(storage.join(self.plan.run_uri, name))

@@ -563,15 +563,26 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _mean_over_workers(self, values: list[float]) -> list[float]:
-        """Element-wise mean over the data-parallel workers (identity in one process)."""
-        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+    @property
+    def _distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def _reduce_over_workers(self, values: list[float], op: Any) -> list[float]:
+        """``values`` reduced element-wise with ``op`` over the data-parallel workers (as they are
+        in one process). Every worker must call this at the same step."""
+        if not self._distributed:
             return values
         tensor = torch.tensor(values, dtype=torch.float64)
         if dist.get_backend() == "nccl":
             tensor = tensor.to(self.device)
-        dist.all_reduce(tensor)
-        return (tensor / self.world_size).tolist()
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+    def _mean_over_workers(self, values: list[float]) -> list[float]:
+        """Element-wise mean over the data-parallel workers (identity in one process)."""
+        if not self._distributed:
+            return values
+        return [value / self.world_size for value in self._reduce_over_workers(values, dist.ReduceOp.SUM)]
 
     def fit(
         self,
@@ -654,13 +665,7 @@ class Trainer:
     def _any_worker(self, flag: bool) -> bool:
         """Whether ``flag`` is True on any data-parallel worker (all workers must call this at
         the same step, so that they all stop at the same one)."""
-        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-            return flag
-        tensor = torch.tensor([int(flag)], dtype=torch.int64)
-        if dist.get_backend() == "nccl":
-            tensor = tensor.to(self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return bool(tensor.item())
+        return bool(self._reduce_over_workers([float(flag)], dist.ReduceOp.MAX)[0])
 
     def _check_gradient_flow(self) -> None:
         """Warn when most trainable tensors get no gradient (checked at step ``GRADIENT_CHECK_STEP``,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from processes import descendants, stop_pids
+from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, no_ray_environment
 
 from restoration.checkpoint import latest_training_checkpoint, load_checkpoint, training_checkpoints
@@ -128,3 +129,25 @@ def test_no_ray_finetune_resumes_after_a_kill_stops_on_sigterm_and_writes_the_ru
     assert provenance["hardware"].startswith("1 x cpu") and provenance["workers"] == 1
     steps = [int(row["step"]) for row in csv.DictReader((model_dir / "metrics.csv").read_text().splitlines())]
     assert steps == sorted(set(range(5, 41, 5)) | {stopped_at}), steps  # every step once, the stop too
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_no_ray_finetune_checkpoints_on_s3_and_resumes_from_there(images: dict[str, Path], s3_bucket: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from jobs import finetune
+
+    runs = f"s3://{s3_bucket}/runs"
+    args = ["--no-ray", "--task", "denoise", "--train-images", str(images["train"]), "--val-images",
+            str(images["val"]), "--storage", runs, "--name", "on-s3", "--set", "checkpoint_interval=2"]
+    for override in TINY:
+        args += ["--set", override]
+    assert finetune.main([*args, "--steps", "4"]) == 0
+    assert [step for step, _ in training_checkpoints(f"{runs}/on-s3")] == [2, 4]
+    capsys.readouterr()
+    assert finetune.main([*args, "--steps", "6"]) == 0  # downloads checkpoint 4 from S3 and goes on
+    out = capsys.readouterr().out
+    assert f"run on-s3 exists: resuming from {runs}/on-s3/checkpoint_step_00000004" in out
+    assert "resumed from step 4 of 6" in out
+    assert load_checkpoint(f"{runs}/on-s3/model").metadata.provenance["resumed_at"] == [4]
