@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +69,11 @@ def preflight(args: argparse.Namespace):
 class RayTrainSession:
     """:class:`restoration.finetune.TrainSession` of a Ray Train worker."""
 
-    def __init__(self, stop_flag: Any) -> None:
+    def __init__(self, plan: Any, stop_flag: Any) -> None:
         import ray.train
         import ray.train.torch
 
+        self.plan = plan
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -83,12 +85,22 @@ class RayTrainSession:
 
         from restoration.finetune import Resume
 
+        from restoration.checkpoint import download_checkpoint
+        from restoration.finetune import latest_checkpoint
+
         checkpoint = ray.train.get_checkpoint()  # Ray Train's latest: the same as latest_checkpoint(plan)
-        if checkpoint is None:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                yield Resume(str(directory), Path(checkpoint.path).name)
+            return
+        # None registered with Ray Train: a new run, or one begun with --no-ray in the same layout.
+        latest = latest_checkpoint(self.plan)
+        if latest is None:
             yield None
             return
-        with checkpoint.as_directory() as directory:
-            yield Resume(str(directory), Path(checkpoint.path).name)
+        with tempfile.TemporaryDirectory() as tmp:
+            download_checkpoint(latest, tmp)
+            yield Resume(tmp, latest.rstrip("/").rpartition("/")[2])
 
     def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
         import ray.train
@@ -107,7 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from restoration.finetune import train_worker
 
     quiet_train_worker()
-    session = RayTrainSession(loop_config["stop_flag"])
+    session = RayTrainSession(loop_config["plan"], loop_config["stop_flag"])
     if session.device.type == "cpu":
         # One intra-op thread per reserved CPU: more threads than cores spin and slow every step.
         torch.set_num_threads(max(1, int(loop_config["cpus_per_worker"])))

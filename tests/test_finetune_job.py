@@ -435,3 +435,20 @@ def test_a_worker_error_is_one_line_from_rays_structured_failures(local_ray, pho
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fine-tuning failed")]
     assert err == ["fine-tuning failed: ValueError: 1 of 2 workers have no usable training images (1 of 2 images "
                    "could not be used); use fewer --workers or more images"], err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_run_begun_without_ray_continues_on_ray_train(local_ray, photo_dirs: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Both executors write one layout: a run begun with --no-ray (say on a GPU box) goes on with
+    the Ray Train job from its last checkpoint, as a Ray run that stopped would."""
+    args = job_args(*photo_dirs, tmp_path / "runs", "moved", steps=4, workers=1, extra=["checkpoint_interval=2"])
+    assert finetune.main([*args, "--no-ray"]) == 0
+    capsys.readouterr()
+    args[args.index("--steps") + 1] = "6"
+    assert finetune.main(args) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 4 of 6 (checkpoint checkpoint_step_00000004)" in out, out
+    provenance = load_checkpoint(tmp_path / "runs" / "moved" / "model").metadata.provenance
+    assert provenance["steps"] == 6 and provenance["resumed_at"] == [4] and provenance["hardware"].startswith("1 x cpu")
