@@ -153,11 +153,20 @@ def check_manifest(output_uri: str, expected: int) -> dict[str, dict]:
     return {row["source_uri"]: row for row in rows}
 
 
-def redone(rows: dict[str, dict], written_before: set[str], output_root: str) -> int:
+def redone_outputs(rows: dict[str, dict], written_before: set[str], output_root: str) -> list[str]:
     """Outputs that existed before the re-run and that the re-run restored again."""
     prefix = output_root.rstrip("/") + "/"
-    return sum(1 for row in rows.values()
-               if row["status"] == "ok" and row["output_uri"] and row["output_uri"].removeprefix(prefix) in written_before)
+    return [row["output_uri"].removeprefix(prefix) for row in rows.values()
+            if row["status"] == "ok" and row["output_uri"] and row["output_uri"].removeprefix(prefix) in written_before]
+
+
+def redone(rows: dict[str, dict], written_before: set[str], output_root: str) -> int:
+    return len(redone_outputs(rows, written_before, output_root))
+
+
+def output_ages(folder: Path, names: set[str], at: float) -> dict[str, float]:
+    """Seconds from each output's last write to the wall-clock time ``at`` (negative: after it)."""
+    return {name: at - (folder / name).stat().st_mtime for name in names}
 
 
 def _signal(job: Job, kind: str) -> dict[str, Any]:
@@ -209,25 +218,38 @@ def interrupt_scenario(kinds: str | list[str], folder: Path, files: dict[str, by
         job = Job(command, folder, f"{name}-{index}-{kind}")
         goal = len(files) * (index + 1) // (len(kinds) + 1)
         wait_until(lambda goal=goal: len(local_outputs(output)) >= goal, job, timeout, f"{goal} outputs were written")
+        signalled_at = time.time()
         stop: dict[str, Any] = {"kind": kind, "outputs_at_signal": len(local_outputs(output)), **_signal(job, kind)}
         time.sleep(1.0)
         written = local_outputs(output)
-        stop.update(written_before=len(written), manifest_rows_before=len(_rows(str(output))))
+        ages = output_ages(output, written, signalled_at)
+        stop.update(written_before=len(written), manifest_rows_before=len(_rows(str(output))),
+                    seconds_writing_before=round(max(ages.values(), default=0.0), 2))
         if stops:  # what this run redid of the outputs the one before it had written
-            stops[-1]["redone"] = redone(_rows(str(output)), stops[-1].pop("_written"), str(output))
-        stop["_written"] = written
+            _account_redone(stops[-1], _rows(str(output)), str(output))
+        stop["_written"] = ages
         stops.append(stop)
     rerun = Job(command, folder, f"{name}-rerun")
     rerun_exit_code = rerun.wait(timeout=timeout)
     rows = check_manifest(str(output), len(files))
-    stops[-1]["redone"] = redone(rows, stops[-1].pop("_written"), str(output))
-    for stop in stops:
-        stop["redone_fraction"] = round(stop["redone"] / max(1, stop["written_before"]), 4)
+    _account_redone(stops[-1], rows, str(output))
     report: dict[str, Any] = {"images": len(files), **(stops[0] if len(stops) == 1 else {"stops": stops}),
                               "rerun_exit_code": rerun_exit_code,
                               "rerun_ok": sum(1 for row in rows.values() if row["status"] == "ok"),
                               "all_done": all(row["status"] in ("ok", "skipped") for row in rows.values())}
     return report
+
+
+def _account_redone(stop: dict[str, Any], rows: dict[str, dict], output_root: str) -> None:
+    """``redone`` of a stop, its fraction of ``written_before``, and ``redone_oldest_seconds``:
+    how long before the signal the oldest redone output had been written (the work a stop
+    costs is what was in flight; without durable manifest parts it would reach back to the
+    run's start, ``seconds_writing_before``)."""
+    ages = stop.pop("_written")
+    again = redone_outputs(rows, set(ages), output_root)
+    stop["redone"] = len(again)
+    stop["redone_fraction"] = round(len(again) / max(1, stop["written_before"]), 4)
+    stop["redone_oldest_seconds"] = round(max((ages[name] for name in again), default=0.0), 2)
 
 
 def outage_scenario(seconds: float, folder: Path, files: dict[str, bytes], model: str, settings: list[str],

@@ -79,14 +79,18 @@ def test_sigint_then_sigterm_stop_cleanly_and_keep_the_work(scratch: Path, tiny_
 @pytest.mark.timeout(600)
 def test_sigkill_of_the_whole_job_costs_the_rerun_little(scratch: Path, tiny_model: str) -> None:
     """The driver and its local Ray killed with SIGKILL at half way: the manifest parts written
-    every ``manifest.flush_seconds`` keep the record, and the re-run redoes at most 10 % of the
-    outputs that were written, with every input in the manifest exactly once."""
-    files = faults.photos(240, 128)
+    every ``manifest.flush_seconds`` keep the record, so the re-run redoes only what was in flight
+    -- outputs written in the last 2 s before the kill, of the 4 s and more the job had been
+    writing -- with every input in the manifest exactly once."""
+    files = faults.photos(360, 128)
     # The shipped denoiser, so that half the job is seconds of work, and short cadences (the
     # defaults, 1 s and 0.5 s, are measured by bench/faults.py on 1,200 images of 256x256).
     settings = [*SLOW, "manifest.flush_seconds=0.1", "pipeline.stream_seconds=0.1"]
     result = faults.interrupt_scenario("crash", scratch, files, "default", settings, timeout=400)
-    assert result["written_before"] < 240, result
+    assert result["written_before"] < 360, result
     assert result["manifest_rows_before"] > 0, result
     assert result["rerun_exit_code"] == 0 and result["all_done"], result
-    assert result["redone"] <= 0.1 * result["written_before"], result
+    # What is at risk is bounded in time, not in a share of the work: rows reach a manifest part
+    # about stream_seconds + flush_seconds after their output is written, plus Ray's transit.
+    assert result["seconds_writing_before"] >= 4.0, result  # a record lost whole would reach back this far
+    assert result["redone_oldest_seconds"] <= 2.0, result
