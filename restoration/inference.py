@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from restoration.checkpoint import Checkpoint, load_checkpoint
+from restoration.checkpoint import load_checkpoint
 from restoration.codec import pixels_to_tensor, tensor_to_pixels
 from restoration.model import FusedRestorationNet
 

@@ -16,7 +16,6 @@ from restoration.model import build_model
 from restoration.training import (
     CropSampler,
     Trainer,
-    TrainConfig,
     train_config_from_dict,
     format_duration,
     initial_model,
