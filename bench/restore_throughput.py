@@ -16,7 +16,7 @@ For each model and size (``--counts``, e.g. ``96:1000,3000``), every line restor
   PIL decode, the model one image at a time in eager fp32 (``torch.no_grad``), PIL PNG encode
   at Pillow's default level (6) / at zlib level 1 (the job's default), written to disk;
   ``model_seconds`` is the model alone. Over the first ``n1`` images; median of ``--repeats``.
-- ``no_ray``: ``restoration restore --no-ray`` (:class:`restoration.runs.LocalRestoreExecutor`,
+- ``no_ray``: ``restoration restore --no-ray`` (:class:`restoration.restore_run.LocalRestoreExecutor`,
   torch's default threads) over the first ``n1`` images: ``images_per_second`` over the
   pipeline time (from the end of planning to the last manifest row).
 - ``ray_local``: the Ray job (``jobs.restore.restore``) folder -> folder at both counts in one
@@ -174,8 +174,8 @@ def plain_loop(files: list[Path], model_dir: Path, out: Path, *, png_level: int 
 def no_ray(folder: Path, out: Path, model_dir: Path, count: int, overrides: list[str], size: int) -> dict[str, Any]:
     """``restoration restore --no-ray`` over the first ``count`` inputs."""
     from restoration import config as config_lib
-    from restoration.restore import RestoreConfig
-    from restoration.runs import LocalRestoreExecutor, run_restore
+    from restoration.restore_run import LocalRestoreExecutor, run_restore
+    from restoration.restore_settings import RestoreConfig
 
     config = config_lib.load_config(RestoreConfig, overrides=overrides)
     executor = LocalRestoreExecutor()
@@ -193,7 +193,7 @@ def ray_pair(input_uri: str, output_uri: Callable[[int], str], model_dir: Path, 
     rate and start-up intercept from their wall times."""
     from jobs.restore import restore
     from restoration import config as config_lib
-    from restoration.restore import RestoreConfig
+    from restoration.restore_settings import RestoreConfig
 
     config = config_lib.load_config(RestoreConfig, overrides=overrides)
     jobs = []
@@ -215,8 +215,8 @@ def predictor_alone(files: list[Path], model_dir: Path, *, device: str = "cpu", 
                     size: int) -> dict[str, Any]:
     """The job's Predictor (``make_predictor`` with the default ``PredictorConfig``) on decoded
     tensors: no decode, encode or I/O."""
-    from restoration.restore import PredictorConfig
-    from restoration.runs import make_predictor
+    from restoration.restore_run import make_predictor
+    from restoration.restore_settings import PredictorConfig
 
     previous = torch.get_num_threads()
     try:

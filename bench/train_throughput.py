@@ -5,7 +5,7 @@
     python bench/train_throughput.py --no-ray         # the library loop alone: CPU, or CUDA with bf16
 
 Every figure is a mean over ``--steps`` optimizer steps after ``--warmup`` untimed ones, measured by
-``restoration.training.Trainer.train_step`` itself:
+``restoration.trainer.Trainer.train_step`` itself:
 
 - ``data``: sampling crops, synthesizing the degradation, stacking, copying to the device;
 - ``forward``: the model and the loss;
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bench_config(args: argparse.Namespace):
-    from restoration.training import load_train_config
+    from restoration.train_settings import load_train_config
 
     overrides = [
         f"data.batch_size={args.batch_size}", f"data.crop_size={args.crop_size}",
@@ -90,7 +90,7 @@ def image_uris(args: argparse.Namespace) -> list[str] | None:
 
 
 def load_images(uris: list[str] | None, min_size: int):
-    from restoration.training import LoadedImages, load_training_images
+    from restoration.trainer import LoadedImages, load_training_images
 
     if uris is not None:
         return load_training_images(uris, min_size=min_size)
@@ -165,7 +165,7 @@ def describe(config, trainer) -> dict[str, Any]:
 
 
 def run_without_ray(args: argparse.Namespace) -> dict[str, Any]:
-    from restoration.training import CropSampler, Trainer, initial_model
+    from restoration.trainer import CropSampler, Trainer, initial_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
@@ -197,12 +197,13 @@ def run_without_ray(args: argparse.Namespace) -> dict[str, Any]:
 def bench_worker(loop_config: dict) -> None:
     """One Ray Train worker: the job's Trainer with DDP, timed; rank 0 reports the figures."""
     import ray.train
-    import torch
     import ray.train.torch
+    import torch
     from torch.nn.parallel import DistributedDataParallel
 
     from jobs.finetune import quiet_train_worker
-    from restoration.training import CropSampler, Trainer, initial_model, train_config_from_dict
+    from restoration.train_settings import train_config_from_dict
+    from restoration.trainer import CropSampler, Trainer, initial_model
 
     quiet_train_worker()
     config = train_config_from_dict(loop_config["config"])

@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from restoration import storage  # noqa: E402
+from restoration.checkpoint import save_checkpoint  # noqa: E402
 from restoration.evaluate import evaluate  # noqa: E402
 from restoration.tasks import get_task  # noqa: E402
-from restoration.checkpoint import save_checkpoint  # noqa: E402
-from restoration.training import (  # noqa: E402
+from restoration.train_settings import load_train_config  # noqa: E402
+from restoration.trainer import (  # noqa: E402
     CropSampler,
     Trainer,
     initial_model,
-    load_train_config,
     load_training_images,
 )
 

@@ -53,8 +53,8 @@ import json
 import logging
 import os
 import re
-import shutil
 import secrets
+import shutil
 import signal
 import socket
 import subprocess

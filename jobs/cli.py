@@ -20,7 +20,7 @@ examples:
   restoration restore --input photos/ --output restored/ --task general --no-ray
   restoration restore --input list.parquet --output out/ --task jpeg --dry-run
 
-settings (--set KEY=VALUE, or --config FILE.yaml): restoration.restore's RestoreConfig, e.g.
+settings (--set KEY=VALUE, or --config FILE.yaml): restoration.restore_settings' RestoreConfig, e.g.
 predictor.strength=0.5, output.format=png, pipeline.max_actors=4; docs/cluster.md has the rest."""
 
 FINETUNE_DESCRIPTION = """\
@@ -35,7 +35,7 @@ examples:
       --storage runs --name my-sr --no-ray
   restoration finetune --task jpeg --config jobs/configs/jpeg.yaml --set optim.lr=1e-4 ...
 
-settings (--set KEY=VALUE, or --config FILE.yaml): restoration.training's TrainConfig, e.g.
+settings (--set KEY=VALUE, or --config FILE.yaml): restoration.train_settings' TrainConfig, e.g.
 steps, optim.lr, data.batch_size, checkpoint_interval, grace_seconds."""
 
 

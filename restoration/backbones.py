@@ -207,7 +207,9 @@ def efficientnet_lite0_weights_path() -> Path:
 
 
 def _weights_file(path: str | Path) -> dict[str, Tensor]:
-    from restoration.checkpoint import read_state_dict_file  # checkpoint.py builds models from here
+    from restoration.checkpoint import (
+        read_state_dict_file,  # checkpoint.py builds models from here
+    )
 
     return read_state_dict_file(path)
 

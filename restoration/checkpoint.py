@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors, save as save_safetensors
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-import restoration
-from restoration import storage
+from restoration import __version__, storage
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
 
 __all__ = [
@@ -186,7 +186,7 @@ class CheckpointMetadata:
             normalization={key: tuple(values) for key, values in model.backbone.normalization.items()},
             alpha=model.alphas(),
             dtype="float16" if half else "float32",
-            code_version=restoration.__version__,
+            code_version=__version__,
             provenance=dict(provenance or {}),
         )
 
@@ -405,8 +405,10 @@ def load_weights(model: FusedRestorationNet, state: dict[str, torch.Tensor], *, 
 
 def shipped_checkpoint(task: str) -> Path:
     """The checkpoint shipped in the package for ``task``, or a CheckpointError saying none is."""
-    if task not in restoration.TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(restoration.TASKS)}")
+    from restoration.tasks import TASK_NAMES
+
+    if task not in TASK_NAMES:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASK_NAMES)}")
     path = SHIPPED_DIR / task
     if not (path / WEIGHTS_FILE).is_file():
         shipped = sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / WEIGHTS_FILE).is_file()) if SHIPPED_DIR.is_dir() else []

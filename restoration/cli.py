@@ -12,8 +12,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from restoration import TASKS
+from restoration.tasks import TASK_NAMES
+
+if TYPE_CHECKING:
+    from restoration.restore_run import RestoreExecutor
 
 
 def _cases_epilog() -> str:
@@ -48,7 +52,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="checkpoint directory, 'default', 'identity', 'bm3d', 'nlm', 'wiener', 'richardson-lucy', "
                         "'bicubic' or 'telea'")
-    p.add_argument("--task", default=None, choices=TASKS,
+    p.add_argument("--task", default=None, choices=TASK_NAMES,
                    help="the task's protocol, and the task whose shipped model 'default' is (with --case: "
                         "default general)")
     p.add_argument("--case", default=None, help="a named real-world case instead of the task's protocol (see below)")
@@ -180,6 +184,75 @@ def run_command(name: str, function: Callable[[argparse.Namespace], int | None],
 
         print(f"{name}: error: {' '.join(redact(str(exc)).split())}", file=sys.stderr)
         return 2
+
+
+# --------------------------------------------------------------------------------------------
+# restore (shared by `restoration restore` and `python -m jobs.restore`)
+
+
+def add_restore_arguments(p: argparse.ArgumentParser) -> None:
+    """The restore command's arguments, except the Ray executor's own (``jobs/restore.py``)."""
+    p.add_argument("--input", required=True,
+                   help="folder, file:// or s3:// prefix of images; one image; or a .parquet/.csv/.txt list of URIs")
+    p.add_argument("--output", required=True, help="folder or s3:// prefix for restored images and _manifest/")
+    p.add_argument("--task", default=None, choices=TASK_NAMES,
+                   help="what to restore (default: the task --model's checkpoint was trained for)")
+    p.add_argument("--model", default="default",
+                   help="checkpoint folder (local, file:// or s3://) or 'default' (the shipped model; default)")
+    p.add_argument("--limit", type=int, default=None, help="restore only the first N inputs")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs an earlier run already restored")
+    p.add_argument("--fail-on-error", action="store_true", help="exit with status 1 when any input failed")
+    p.add_argument("--config", default=None, help="YAML file with RestoreConfig fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set output.format=png (repeatable)")
+    p.add_argument("--no-ray", action="store_true",
+                   help="run in this process without Ray (one machine; the same plan, stages and manifest)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be done (counts, megapixels, estimated output bytes and time) and "
+                        "exit: no model loaded, no Ray, nothing written")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
+
+
+def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None) -> int:
+    """Resolve the configuration, run with the in-process executor (``--no-ray``) or
+    ``ray_executor()``, and return the exit code (1 for failed inputs with ``--fail-on-error``)."""
+    from restoration import config as config_lib
+    from restoration.dry_run import dry_run_restore, format_dry_run, task_of
+    from restoration.restore_run import LocalRestoreExecutor, RunStopped, run_restore
+    from restoration.restore_settings import RestoreConfig
+    from restoration.stopping import StopSignals
+
+    config = config_lib.load_config(RestoreConfig, path=args.config, overrides=args.overrides)
+    args.task = task_of(args)
+    if getattr(args, "dry_run", False):  # before any executor exists: Ray is never imported
+        report = dry_run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
+                                 limit=args.limit, overwrite=args.overwrite)
+        print(json.dumps(report, indent=2, sort_keys=True) if getattr(args, "json", False) else format_dry_run(report))
+        return 0
+    if args.no_ray or ray_executor is None:
+        executor: RestoreExecutor = LocalRestoreExecutor()
+    else:
+        executor = ray_executor()
+    with StopSignals(config.run.grace_seconds) as stop:
+        try:
+            summary = run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
+                                  limit=args.limit, overwrite=args.overwrite, executor=executor, stop=stop)
+        except RunStopped as error:
+            print(f"restore: {error}", file=sys.stderr)
+            return error.exit_code
+    stopped = summary["stopped"]
+    if stopped is not None:
+        reason = stopped["signal"] + ("" if stopped["forced"] is None else f", then stopped at once: {stopped['forced']}")
+        counts = summary["counts"]
+        print(f"restore: stopped by {reason}: {summary['inputs'] - stopped['left']} of {summary['inputs']} inputs "
+              f"done (ok {counts['ok']}, error {counts['error']}, skipped {counts['skipped']}), {stopped['left']} "
+              "left; run the same command again to continue", file=sys.stderr)
+        return int(stopped["exit_code"])
+    errors = summary["counts"]["error"]
+    if errors and args.fail_on_error:
+        print(f"{errors} input(s) failed (--fail-on-error); see the manifest", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,14 @@ import torch
 from restoration import storage
 from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.metrics import psnr, ssim
-from restoration.tasks import Case, DeblurTask, DenoiseTask, EvalSample, GeneralTask, TaskSpec
+from restoration.tasks import (
+    Case,
+    DeblurTask,
+    DenoiseTask,
+    EvalSample,
+    GeneralTask,
+    TaskSpec,
+)
 
 # Reference methods users know, run under the same protocol as the models:
 #   identity        the degraded input itself (bicubic upsampling for SR)

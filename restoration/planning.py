@@ -39,10 +39,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from restoration import manifest as manifest_lib, storage
+from restoration import manifest as manifest_lib
+from restoration import storage
 from restoration.digests import DigestSet
 from restoration.manifest import error_row
-from restoration.restore import WORK_SCHEMA, RestoreConfig
+from restoration.restore_settings import RestoreConfig
+from restoration.restore_stages import WORK_SCHEMA
 from restoration.tasks import get_task
 
 __all__ = [
@@ -228,7 +230,7 @@ def list_inputs(input_uri: str, *, uri_column: str | None = None) -> tuple[str, 
 @dataclass
 class PlanPart:
     """One partition of a plan: ``inputs`` (every input of the part, in order), ``work`` (the
-    ones to send to the executor, :data:`restoration.restore.WORK_SCHEMA`), ``errors``
+    ones to send to the executor, :data:`restoration.restore_stages.WORK_SCHEMA`), ``errors``
     (manifest error rows for the ones that cannot be placed) and ``previous`` (the earlier
     manifest row of every input that may be skipped)."""
 
@@ -346,27 +348,19 @@ def plan_restore(
     index = None if overwrite or previous_manifest is None else previous_manifest
     if isinstance(index, pa.Table):
         index = manifest_lib.ManifestIndex.from_table(index)
-    output_format = config.output.format
     claimed = DigestSet()  # output locations taken so far
-    listed = DigestSet() if is_list else None  # list entries seen so far (lists may repeat)
     protected = DigestSet()  # list inputs under the output prefix: no output may replace them
     counts = {"total": 0, "to_process": 0, "may_skip": 0, "plan_errors": 0}
     folder = tempfile.mkdtemp(prefix="restore-plan-")
     spool_path = os.path.join(folder, "plan.parquet")
     writer = pq.ParquetWriter(spool_path, _SPOOL_SCHEMA, compression="zstd")
     try:
-        chunk: list[str] = []
-
-        def plan_chunk() -> None:
-            rows = _place(chunk, root=root, output_uri=output_uri, output_format=output_format, claimed=claimed)
+        for chunk in _input_chunks(listing, is_list=is_list, output_root=output_root, exclude_outputs=exclude_outputs,
+                                   protected=protected, partition_size=config.input.partition_size, limit=limit):
+            rows = _place(chunk, root=root, output_uri=output_uri, output_format=config.output.format, claimed=claimed)
             if index is not None:
-                earlier = index.restored_rows([row["source_uri"] for row in rows if row["error"] is None])
-                for row in rows:
-                    before = earlier.get(row["source_uri"])
-                    if (before is not None and row["error"] is None and before["output_uri"] == row["output_uri"]
-                            and before["task"] == task and before["model_id"] == model_id
-                            and before["bytes_in"] is not None):
-                        row["previous_bytes"] = before["bytes_in"]
+                _mark_skippable(rows, index, task=task, model_id=model_id)
+            counts["total"] += len(chunk)
             for row in rows:
                 if row["error"] is not None:
                     counts["plan_errors"] += 1
@@ -374,24 +368,6 @@ def plan_restore(
                     counts["to_process"] += 1
                     counts["may_skip"] += row["previous_bytes"] is not None
             writer.write_table(pa.Table.from_pylist(rows, schema=_SPOOL_SCHEMA))
-            chunk.clear()
-
-        for uri in listing:
-            if listed is not None and not listed.add(uri):
-                continue  # a repeated list entry
-            location = _normalize(uri)
-            if _is_within(location, output_root):
-                if exclude_outputs:
-                    continue  # an output of an earlier run, under the input folder
-                protected.add(location)
-            chunk.append(uri)
-            counts["total"] += 1
-            if len(chunk) >= config.input.partition_size:
-                plan_chunk()
-            if limit is not None and counts["total"] >= limit:
-                break
-        if chunk:
-            plan_chunk()
     except BaseException:
         writer.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -403,6 +379,44 @@ def plan_restore(
         raise ValueError(f"no input images: nothing to restore in {what}")
     return Plan(root=root, is_list=is_list, task=task, model_id=model_id, _spool=spool_path, _index=index,
                 _protected=protected, **counts)
+
+
+def _input_chunks(listing: Iterator[str], *, is_list: bool, output_root: str, exclude_outputs: bool,
+                  protected: DigestSet, partition_size: int, limit: int | None) -> Iterator[list[str]]:
+    """The listed inputs in chunks of ``partition_size``, at most ``limit`` of them: a list's
+    repeated entries once, outputs of earlier runs under an input folder left out, and list
+    entries under the output prefix added to ``protected``."""
+    listed = DigestSet() if is_list else None  # list entries seen so far (lists may repeat)
+    chunk: list[str] = []
+    total = 0
+    for uri in listing:
+        if listed is not None and not listed.add(uri):
+            continue  # a repeated list entry
+        location = _normalize(uri)
+        if _is_within(location, output_root):
+            if exclude_outputs:
+                continue  # an output of an earlier run, under the input folder
+            protected.add(location)
+        chunk.append(uri)
+        total += 1
+        if len(chunk) >= partition_size:
+            yield chunk
+            chunk = []
+        if limit is not None and total >= limit:
+            break
+    if chunk:
+        yield chunk
+
+
+def _mark_skippable(rows: list[dict[str, Any]], index: manifest_lib.ManifestIndex, *, task: str, model_id: str) -> None:
+    """``previous_bytes`` on the rows whose latest manifest row is ``ok`` or ``skipped`` for the
+    same output, task and model: they are skipped when their size is unchanged."""
+    earlier = index.restored_rows([row["source_uri"] for row in rows if row["error"] is None])
+    for row in rows:
+        before = earlier.get(row["source_uri"])
+        if (before is not None and row["error"] is None and before["output_uri"] == row["output_uri"]
+                and before["task"] == task and before["model_id"] == model_id and before["bytes_in"] is not None):
+            row["previous_bytes"] = before["bytes_in"]
 
 
 def _place(uris: list[str], *, root: str, output_uri: str, output_format: str | None,

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from restoration.checkpoint import (
+    SHIPPED_DIR,
     CheckpointBytes,
     CheckpointError,
     CheckpointMetadata,
@@ -21,9 +21,9 @@ from restoration.checkpoint import (
     resolve_model,
     save_checkpoint,
     shipped_checkpoint,
-    SHIPPED_DIR,
 )
 from restoration.model import ModelConfig, build_model
+from restoration.tasks import TASK_NAMES
 
 SMALL = (8, 8, 16, 16, 24, 24)
 
@@ -83,11 +83,10 @@ def test_errors_are_clear(tmp_path):
 
 
 def test_default_model_resolution(tmp_path, monkeypatch):
-    import restoration
     from restoration import checkpoint as checkpoint_module
 
     # Every task ships a default model: a missing one is a broken release, so it fails here.
-    for task in restoration.TASKS:
+    for task in TASK_NAMES:
         assert (SHIPPED_DIR / task / "model.safetensors").is_file(), f"no default model shipped for {task}"
         assert resolve_model("default", task) == shipped_checkpoint(task) == SHIPPED_DIR / task
         assert load_checkpoint(resolve_model("default", task)).metadata.task == task
@@ -186,7 +185,11 @@ def test_a_checkpoint_loads_from_s3(s3_server, s3_bucket, tmp_path):  # noqa: F8
 
 
 def test_a_run_resumes_from_its_latest_complete_training_checkpoint(tmp_path) -> None:
-    from restoration.checkpoint import latest_training_checkpoint, training_checkpoint_name, training_checkpoints
+    from restoration.checkpoint import (
+        latest_training_checkpoint,
+        training_checkpoint_name,
+        training_checkpoints,
+    )
 
     run = tmp_path / "run"
     assert training_checkpoints(str(run)) == [] and latest_training_checkpoint(str(run)) is None  # a new run

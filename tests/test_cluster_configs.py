@@ -44,8 +44,13 @@ def aws_config() -> dict[str, Any]:
 
 def nodes_for(config: dict[str, Any], demands: list[dict[str, float]]) -> tuple[dict[str, int], list]:
     """The nodes Ray's autoscaler would add, from nothing, for these resource demands."""
-    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
-    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+    from ray.autoscaler._private.node_provider_availability_tracker import (
+        NodeAvailabilitySummary,
+    )
+    from ray.autoscaler._private.resource_demand_scheduler import (
+        _default_utilization_scorer,
+        get_nodes_for,
+    )
 
     scorer = functools.partial(_default_utilization_scorer,
                                node_availability_summary=NodeAvailabilitySummary(node_availabilities={}))
@@ -228,7 +233,7 @@ def test_rayjob_runs_the_job_on_the_raycluster_spec_with_the_shared_runtime_env(
     args = _job_parser(job).parse_args(argv[3:])
     if job == "restore":
         from restoration import config as config_lib
-        from restoration.restore import RestoreConfig
+        from restoration.restore_settings import RestoreConfig
 
         config = config_lib.load_config(RestoreConfig, overrides=args.overrides)
         # No GPU node is up when the job starts: GPU use and the pool size must be explicit.
@@ -241,7 +246,7 @@ def test_rayjob_runs_the_job_on_the_raycluster_spec_with_the_shared_runtime_env(
         assert config.pipeline.min_actors == config.pipeline.max_actors
         assert args.input.startswith("s3://") and args.output.startswith("s3://")
     else:
-        from restoration.training import load_train_config
+        from restoration.train_settings import load_train_config
 
         config_path = args.config.replace("/home/ray/restoration/", f"{REPO}/")  # the image's WORKDIR
         assert Path(config_path).is_file(), f"--config {args.config} is not in the image"

@@ -16,7 +16,11 @@ from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, TINY, no_ray_enviro
 
 from restoration.checkpoint import save_checkpoint
 from restoration.model import ModelConfig, build_model
-from restoration.runs import DRY_RUN_MEGAPIXELS_PER_SECOND, OUTPUT_BYTES_PER_MEGAPIXEL, LocalRestoreExecutor, run_restore
+from restoration.dry_run import DRY_RUN_MEGAPIXELS_PER_SECOND, OUTPUT_BYTES_PER_MEGAPIXEL
+from restoration.restore_run import (
+    LocalRestoreExecutor,
+    run_restore,
+)
 
 SIZES = {"done.png": (40, 30), "b.png": (500, 200), "sub/c.png": (120, 90)}  # width, height
 
@@ -76,8 +80,8 @@ def test_dry_run_counts_and_estimates_without_ray_a_model_or_writes(tmp_path: Pa
 @pytest.mark.timeout(300)
 def test_dry_run_scales_outputs_by_the_sr_factor_and_sets_the_format(tmp_path: Path) -> None:
     from restoration import config as config_lib
-    from restoration.restore import RestoreConfig
-    from restoration.runs import dry_run_restore
+    from restoration.dry_run import dry_run_restore
+    from restoration.restore_settings import RestoreConfig
 
     torch.manual_seed(0)
     model = save_checkpoint(build_model(ModelConfig(task="sr", scale=2, widths=TINY), backbone_weights=None),

@@ -9,8 +9,8 @@ import torch
 from restoration.checkpoint import save_checkpoint
 from restoration.cli import main
 from restoration.evaluate import evaluate
-from restoration.tasks import get_task
 from restoration.model import ModelConfig, build_model
+from restoration.tasks import get_task
 
 SMALL = (8, 8, 16, 16, 24, 24)
 

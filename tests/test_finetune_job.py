@@ -28,10 +28,14 @@ from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from jobs import finetune
 from restoration import storage
-from restoration.checkpoint import latest_training_checkpoint, load_checkpoint, save_checkpoint
+from restoration.checkpoint import (
+    latest_training_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from restoration.evaluate import evaluate
-from restoration.tasks import get_task
 from restoration.model import ModelConfig, build_model
+from restoration.tasks import get_task
 
 pytestmark = pytest.mark.ray
 
@@ -189,7 +193,7 @@ def test_a_run_of_the_same_name_with_another_model_is_refused(small_dirs: dict, 
     (run / "checkpoint_step_00000010").mkdir(parents=True)
     (run / "checkpoint_step_00000010" / "trainer_state.pt").write_bytes(b"")
     from restoration import config as config_lib
-    from restoration.training import load_train_config
+    from restoration.train_settings import load_train_config
 
     other = load_train_config("denoise", overrides=TINY[:1] + ["model.alpha=0.25"])
     (run / "checkpoint_step_00000010" / "config.yaml").write_text(config_lib.to_yaml(other))

@@ -20,7 +20,11 @@ from processes import descendants, stop_pids
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, no_ray_environment
 
-from restoration.checkpoint import latest_training_checkpoint, load_checkpoint, training_checkpoints
+from restoration.checkpoint import (
+    latest_training_checkpoint,
+    load_checkpoint,
+    training_checkpoints,
+)
 
 TINY = ["model.widths=[8,8,16,16,24,24]", "data.crop_size=64", "data.batch_size=4", "optim.lr=5e-3",
         "degradation.sigma_range=[25,25]", "validation.limit=1", "log_interval=5", "backbone_weights=null",

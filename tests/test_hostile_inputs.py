@@ -38,10 +38,11 @@ from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from jobs.s3server import LocalS3Server, find_weed_binary
 from restoration.checkpoint import save_checkpoint
 from restoration.codec import DEFAULT_MAX_PIXELS, decode_image
+from restoration.dry_run import dry_run_restore
 from restoration.manifest import CONFIG_FILE, MANIFEST_DIR, read_manifest
 from restoration.model import ModelConfig, build_model
-from restoration.restore import RestoreConfig
-from restoration.runs import LocalRestoreExecutor, dry_run_restore, run_restore
+from restoration.restore_run import LocalRestoreExecutor, run_restore
+from restoration.restore_settings import RestoreConfig
 
 pytestmark = [pytest.mark.s3]
 
@@ -426,7 +427,7 @@ def test_credentials_never_appear_in_a_failing_ray_jobs_stderr_logs_or_manifest(
 
     logs = _check_no_credentials(canary_server, ray_temp, result, bucket, set(uploaded), manifest_rows=True)
     # The logs searched are those of the workers that restored the inputs.
-    assert any(b"Restorer" in path.read_bytes() for path in logs)
+    assert any(b"FusedActor" in path.read_bytes() for path in logs)
 
 
 @pytest.mark.ray
@@ -451,7 +452,7 @@ def test_credentials_never_appear_in_the_logs_of_a_ray_job_whose_model_actors_di
     assert "ActorDiedError" in result.stderr and "cuda" in result.stderr, result.stderr[-3000:]
     # No input came back from the dead actors: no manifest rows, only the resolved config.
     logs = _check_no_credentials(canary_server, ray_temp, result, bucket, set(uploaded), manifest_rows=False)
-    assert any(b"Traceback" in path.read_bytes() and b"Restorer" in path.read_bytes() for path in logs)
+    assert any(b"Traceback" in path.read_bytes() and b"FusedActor" in path.read_bytes() for path in logs)
 
 
 @pytest.mark.timeout(300)

@@ -84,10 +84,10 @@ LOST_NODE_SECONDS = 3  # how soon the simulated cluster's GCS declares a silent 
 
 def _model_actor_node(raylets: dict[str, int]) -> str | None:
     """The worker node whose raylet runs a model actor of the restore job (split pipeline:
-    ``ModelRestorer``), or None while there is none."""
+    ``ModelActor``), or None while there is none."""
     node_of_raylet = {pid: node for node, pid in raylets.items()}
     for pid, command in command_lines().items():
-        if command.startswith("ray::") and "ModelRestorer" in command:
+        if command.startswith("ray::") and "ModelActor" in command:
             try:
                 parent = psutil.Process(pid).ppid()
             except psutil.Error:  # gone meanwhile

@@ -16,7 +16,13 @@ import pytest
 from PIL import ExifTags, Image, ImageOps, IptcImagePlugin
 from PIL.PngImagePlugin import PngInfo
 
-from restoration.codec import DecodedImage, ImageMetadata, decode_image, encode_image, with_pixels
+from restoration.codec import (
+    DecodedImage,
+    ImageMetadata,
+    decode_image,
+    encode_image,
+    with_pixels,
+)
 
 DATE = "2001:02:03 04:05:06"
 CAPTION = b"Harbour at dawn"

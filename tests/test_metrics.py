@@ -25,7 +25,13 @@ from restoration.degradations import (
     jpeg_compress_uint8,
     make_generator,
 )
-from restoration.losses import LOSS_NAMES, build_loss, charbonnier_loss, l1_loss, mse_loss
+from restoration.losses import (
+    LOSS_NAMES,
+    build_loss,
+    charbonnier_loss,
+    l1_loss,
+    mse_loss,
+)
 from restoration.metrics import psnr, psnr_from_mse, quantize, rgb_to_y, ssim
 
 SSIM_REFERENCE = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}

@@ -14,7 +14,7 @@ from restore_images import png
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from restoration import config as config_lib
-from restoration.restore import RestoreConfig
+from restoration.restore_settings import RestoreConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,12 +145,12 @@ def test_precision_and_tile_batch_size_reach_the_predictor() -> None:
     import torch
 
     from restoration.model import ModelConfig, build_model
-    from restoration.runs import make_predictor
+    from restoration.restore_run import make_predictor
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(task="denoise", widths=(8, 8, 16, 16, 24, 24)), backbone_weights=None)
     config = config_lib.load_config(RestoreConfig, overrides=["predictor.precision=fp32", "predictor.tile_batch_size=3"])
-    # Both executors build their Predictor with make_predictor (jobs/restore.py's Restorer too).
+    # Both executors build their Predictor with make_predictor (jobs/restore.py's FusedActor too).
     predictor = make_predictor(model, config.predictor, device="cpu")
     assert (predictor.precision, predictor.tile_batch_size) == ("fp32", 3)
     default = make_predictor(model, RestoreConfig().predictor, device="cpu")

@@ -28,11 +28,11 @@ from processes import command_lines, descendants, is_alive, stop_pids
 from restore_images import bad_files, oversize_png, png, variants
 from s3_fixtures import s3_server  # noqa: F401  (pytest fixture)
 
+from jobs.s3server import LocalS3Server
 from restoration import degradations
 from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
 from restoration.metrics import psnr
-from jobs.s3server import LocalS3Server
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 
@@ -76,7 +76,8 @@ def denoiser(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from skimage import data
 
     from restoration.checkpoint import save_checkpoint
-    from restoration.training import CropSampler, LoadedImages, Trainer, initial_model, load_train_config
+    from restoration.train_settings import load_train_config
+    from restoration.trainer import CropSampler, LoadedImages, Trainer, initial_model
 
     config = load_train_config("denoise", steps=50, overrides=[
         f"model.widths={TINY_WIDTHS}", "optim.lr=2e-3", "optim.warmup_steps=5", "data.crop_size=64",
@@ -296,7 +297,7 @@ def test_rerun_skips_what_is_done_and_overwrite_redoes_all(
 
 def _restore_config(*overrides: str):
     from restoration import config as config_lib
-    from restoration.restore import RestoreConfig
+    from restoration.restore_settings import RestoreConfig
 
     return config_lib.load_config(RestoreConfig, overrides=[f"input.max_pixels={MAX_PIXELS}", *overrides])
 
@@ -336,7 +337,7 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
     still reach the driver one ``pipeline.batch_size`` chunk at a time, so that progress and
     manifest parts follow the images written, not the blocks."""
     from jobs.restore import RayRestoreExecutor
-    from restoration.runs import run_restore
+    from restoration.restore_run import run_restore
 
     arrived: list[int] = []
 
@@ -359,7 +360,12 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
 
 
 def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> None:
-    from jobs.restore import ActorPoolPlan, pack_manifest, rows_per_block, unpack_manifest
+    from jobs.restore import (
+        ActorPoolPlan,
+        pack_manifest,
+        rows_per_block,
+        unpack_manifest,
+    )
     from restoration.manifest import MANIFEST_SCHEMA, error_row, rows_to_table
 
     tables = [rows_to_table([error_row(f"s3://b/{index}.png", "broken", "decode", task="denoise", model_id="m",
@@ -377,14 +383,14 @@ def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> 
 
 
 def _restorer_pids() -> list[int]:
-    """The Restorer actors of this module's Ray instance (those under its processes, not another
+    """The FusedActor actors of this module's Ray instance (those under its processes, not another
     test's or another user's on the same machine)."""
     import ray
 
     node = ray._private.worker._global_node
     ours = {child for infos in node.all_processes.values() for info in infos for child in descendants(info.process.pid)}
     return [pid for pid, command in command_lines().items()
-            if pid in ours and command.startswith("ray::") and "Restorer" in command]
+            if pid in ours and command.startswith("ray::") and "FusedActor" in command]
 
 
 @pytest.mark.timeout(900)

@@ -1,4 +1,4 @@
-"""The library's restore run (restoration.runs) with the in-process executor: ``restoration restore
+"""The library's restore run (restoration.restore_run) with the in-process executor: ``restoration restore
 --no-ray`` restores a folder with a complete manifest while ``ray`` cannot be imported."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from restoration.checkpoint import save_checkpoint
 from restoration.codec import decode_image
 from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
 from restoration.model import ModelConfig, build_model
-from restoration.restore import RestoreConfig
-from restoration.runs import LocalRestoreExecutor, RestoreJob, run_restore
+from restoration.restore_run import LocalRestoreExecutor, StageContext, run_restore
+from restoration.restore_settings import RestoreConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY = (8, 8, 16, 16, 24, 24)
@@ -122,7 +122,7 @@ class DropsOne(LocalRestoreExecutor):
         super().__init__()
         self.lost = lost
 
-    def restore(self, work: pa.Table, job: RestoreJob, *, stop=None):
+    def restore(self, work: pa.Table, job: StageContext, *, stop=None):
         for rows in super().restore(work, job):
             keep = [index for index, uri in enumerate(rows.column("source_uri").to_pylist()) if not uri.endswith(self.lost)]
             yield rows.take(pa.array(keep, pa.int64()))
@@ -201,10 +201,11 @@ def test_progress_lines_count_only_this_runs_work(tmp_path: Path, tiny_model: Pa
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The rate and the ETA are those of the inputs this run restores; inputs skipped as done
     before are counted apart and never make the ETA longer."""
-    from restoration import config as config_lib, runs
+    from restoration import config as config_lib
+    from restoration import restore_run
 
     write_photos(tmp_path / "in", photos)
-    monkeypatch.setattr(runs, "PROGRESS_SECONDS", 0.0)  # a progress line after every batch
+    monkeypatch.setattr(restore_run, "PROGRESS_SECONDS", 0.0)  # a progress line after every batch
     config = config_lib.load_config(RestoreConfig, overrides=["pipeline.batch_size=1"])
     lines: list[str] = []
     run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model), config=config,
@@ -228,9 +229,9 @@ def test_progress_lines_count_only_this_runs_work(tmp_path: Path, tiny_model: Pa
     assert len(progress) == 1 and progress[0].strip().startswith(f"{len(photos) + 1}/{len(photos) + 1} done: restored 1 ")
     assert f"skipped as done before {len(photos)};" in progress[0] and progress[0].endswith("0 left, ETA 0 s")
 
-    counted = runs._Progress(to_process=100, skipped=50, first=(100.0, 2))
+    counted = restore_run._Progress(to_process=100, skipped=50, first=(100.0, 2))
     counted.processed = 12
-    line = counted.line(runs.manifest_lib.ManifestWriter(str(tmp_path / "x"), runs.manifest_lib.new_job_id()),
+    line = counted.line(restore_run.manifest_lib.ManifestWriter(str(tmp_path / "x"), restore_run.manifest_lib.new_job_id()),
                         100, 0, now=120.0)
     assert "0.50 images/s in this run, 38 left, ETA 1 min 16 s" in line
 

@@ -1,9 +1,9 @@
-"""The batch restoration's plan and stages in one process, without Ray (restoration.restore)."""
+"""The batch restoration's plan and stages in one process, without Ray (restoration.restore_stages)."""
 
 from __future__ import annotations
 
-import time
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +14,14 @@ import torch
 from restore_images import bad_files, decode_pil, oversize_png, png, variants
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from restoration import manifest as manifest_lib, storage as storage_lib
+from restoration import manifest as manifest_lib
+from restoration import storage as storage_lib
 from restoration.codec import decode_image
 from restoration.inference import Predictor
 from restoration.model import ModelConfig, build_model
 from restoration.planning import list_inputs, plan_restore
-from restoration.restore import (
-    InputConfig,
-    OutputConfig,
-    RestoreConfig,
+from restoration.restore_settings import InputConfig, OutputConfig, RestoreConfig
+from restoration.restore_stages import (
     encode_stage,
     mean_abs_change,
     read_stage,

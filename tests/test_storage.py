@@ -13,8 +13,8 @@ import pyarrow.fs as pafs
 import pytest
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from restoration import storage
 from jobs.s3server import LocalS3Server
+from restoration import storage
 
 TREE = {
     "a.png": b"a",

@@ -10,16 +10,15 @@ import torch
 from PIL import Image
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from restoration import config as config_lib, storage
+from restoration import config as config_lib
+from restoration import storage
 from restoration.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from restoration.model import build_model
-from restoration.training import (
+from restoration.train_settings import load_train_config, train_config_from_dict
+from restoration.trainer import (
     CropSampler,
     Trainer,
-    train_config_from_dict,
-    format_duration,
     initial_model,
-    load_train_config,
     load_training_images,
     lr_multiplier,
 )
@@ -245,7 +244,9 @@ def test_other_tasks_take_a_step(image_dir: Path, task: str) -> None:
 
 
 def test_format_duration() -> None:
-    assert [format_duration(s) for s in (0, 42.4, 187, 7500)] == ["0s", "42s", "3m07s", "2h05m"]
+    from restoration.durations import format_duration
+
+    assert [format_duration(s) for s in (-3, 0, 42.4, 187, 7500)] == ["0 s", "0 s", "42 s", "3 min 07 s", "2 h 05 min"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ progress, with the execution left to an executor.
 
 1. check that the input can be read and the output written (:func:`restoration.storage.check_readable`,
    :func:`~restoration.storage.check_writable` on ``<output>/_manifest``), load and validate the model
-   (:func:`load_restore_model`), read the earlier manifest, list and plan the inputs
+   (:func:`load_run_model`), read the earlier manifest, list and plan the inputs
    (:func:`restoration.planning.plan_restore`) and write the resolved config -- all on the
    driver, before any executor starts, so that unreachable storage, a missing bucket or denied
    access fails in one line (:class:`restoration.storage.StorageError`) without starting
@@ -20,16 +20,13 @@ progress, with the execution left to an executor.
 
 Executors: :class:`LocalRestoreExecutor` runs the stages in this process (one machine, no Ray
 imported: ``restoration restore --no-ray``); the Ray Data executor lives in ``jobs/restore.py``.
-Both run the same stage functions of :mod:`restoration.restore` on the same Arrow tables.
+Both run the same stage functions of :mod:`restoration.restore_stages` on the same Arrow tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import json
-import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -38,86 +35,55 @@ from typing import Any, Final, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from restoration import config as config_lib, manifest as manifest_lib, storage
+from restoration import config as config_lib
+from restoration import manifest as manifest_lib
+from restoration import storage
 from restoration.checkpoint import (
     Checkpoint,
     CheckpointBytes,
     CheckpointError,
     checkpoint_from_bytes,
     read_checkpoint_bytes,
-    read_model_metadata,
     resolve_model,
 )
-from restoration.restore import (
+from restoration.durations import format_duration
+from restoration.planning import Plan, plan_restore
+from restoration.restore_settings import PredictorConfig, RestoreConfig
+from restoration.restore_stages import (
     WORK_SCHEMA,
-    PredictorConfig,
-    RestoreConfig,
     encode_stage,
     read_stage,
     restore_stage,
     skip_stage,
-    target_format,
 )
-from restoration.planning import Plan, plan_restore
 from restoration.stopping import StopNow, StopSignals
-from restoration.tasks import TASK_NAMES
 
 __all__ = [
     "EXIT_STORAGE",
     "PROGRESS_SECONDS",
     "LocalRestoreExecutor",
     "RestoreExecutor",
-    "RestoreJob",
-    "RestoreModel",
+    "StageContext",
+    "LoadedModel",
     "RunStopped",
-    "DRY_RUN_MEGAPIXELS_PER_SECOND",
-    "OUTPUT_BYTES_PER_MEGAPIXEL",
-    "add_restore_arguments",
-    "dry_run_restore",
     "encode_options",
-    "format_dry_run",
     "format_summary",
-    "load_restore_model",
+    "load_run_model",
     "make_predictor",
     "process_work",
     "read_options",
     "run_restore",
-    "run_restore_command",
 ]
 
 PROGRESS_SECONDS: Final[float] = 15.0
 """Seconds between two progress lines."""
-
-OUTPUT_BYTES_PER_MEGAPIXEL: Final[dict[str, int]] = {
-    # Means over the four 8-bit RGB photos of bench/results/codec_throughput.json (0.24 to 1.0
-    # megapixels): PNG at zlib level 1 (the default; level 6 is about 8 % smaller), JPEG and WebP
-    # at quality 95, TIFF with deflate. BMP stores 3 bytes a pixel uncompressed.
-    "PNG": 1_713_000,
-    "JPEG": 360_000,
-    "WEBP": 294_000,
-    "TIFF": 2_392_000,
-    "BMP": 3_000_000,
-}
-"""Bytes of an output per megapixel, by output format: an estimate for ``--dry-run`` (photos
-compress differently; gray images are smaller, 16-bit ones larger)."""
-
-DRY_RUN_MEGAPIXELS_PER_SECOND: Final[dict[str, float]] = {
-    # MODEL_CARD.md, "Against the classical methods, with time": the shipped denoiser restores a
-    # 481x321 CBSD68 image (0.154 megapixels) in 0.23 s with 2 threads on the idle 2-core
-    # machine (bench/model_card.py --timing-only): 0.67 megapixels/s. No GPU figure has been
-    # measured in this repository yet, so there is no GPU row.
-    "cpu-2-cores": 0.67,
-}
-"""Measured restore rates (megapixels of input per second, the model alone, ensemble 1) by node
-type, for the time estimates of ``--dry-run``. The pipeline's decode and encode come on top."""
-
 
 # --------------------------------------------------------------------------------------------
 # The model and the job
 
 
 @dataclass(frozen=True)
-class RestoreModel:
+class LoadedModel:
     """A checkpoint read and validated on the driver: ``data`` (its bytes, what reaches other
     processes) and ``checkpoint`` (the model built from them, float32 on the CPU)."""
 
@@ -129,7 +95,7 @@ class RestoreModel:
         return self.checkpoint.model_id
 
 
-def load_restore_model(spec: str, task: str) -> RestoreModel:
+def load_run_model(spec: str, task: str) -> LoadedModel:
     """Read and validate ``--model`` (a folder, a ``file://``/``s3://`` URI, or ``default``) for
     ``task``.
 
@@ -141,17 +107,17 @@ def load_restore_model(spec: str, task: str) -> RestoreModel:
     checkpoint = checkpoint_from_bytes(data)  # the whole model loads here, before any executor starts
     if checkpoint.metadata.task != task:
         raise CheckpointError(f"--model {spec} is a {checkpoint.metadata.task!r} model, but --task is {task!r}")
-    return RestoreModel(data=data, checkpoint=checkpoint)
+    return LoadedModel(data=data, checkpoint=checkpoint)
 
 
 @dataclass(frozen=True)
-class RestoreJob:
+class StageContext:
     """What the stages of one run need, for any executor."""
 
     task: str
     job_id: str
     config: RestoreConfig
-    model: RestoreModel
+    model: LoadedModel
 
     @property
     def model_id(self) -> str:
@@ -159,13 +125,13 @@ class RestoreJob:
 
 
 def read_options(config: RestoreConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`restoration.restore.read_stage` for ``config``."""
+    """Keyword arguments of :func:`restoration.restore_stages.read_stage` for ``config``."""
     return {"max_pixels": config.input.max_pixels, "max_bytes": config.input.max_bytes,
             "outage_seconds": config.storage.outage_seconds}
 
 
-def encode_options(job: RestoreJob) -> dict[str, Any]:
-    """Keyword arguments of :func:`restoration.restore.encode_stage` for ``job``."""
+def encode_options(job: StageContext) -> dict[str, Any]:
+    """Keyword arguments of :func:`restoration.restore_stages.encode_stage` for ``job``."""
     output = job.config.output
     return {"task": job.task, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
             "quality": output.quality, "png_compression": output.png_compression,
@@ -191,12 +157,12 @@ def make_predictor(model: Any, config: PredictorConfig, *, device: str, threads:
 
 
 class RestoreExecutor(Protocol):
-    """Runs the stages of :mod:`restoration.restore` somewhere; :func:`run_restore` does the rest.
+    """Runs the stages of :mod:`restoration.restore_stages` somewhere; :func:`run_restore` does the rest.
 
     ``skip`` takes work rows an earlier run restored (``previous_bytes`` set) and yields
-    :data:`restoration.restore.SKIP_SCHEMA` tables (from :func:`~restoration.restore.skip_stage`);
-    ``restore`` takes work rows (:data:`~restoration.restore.WORK_SCHEMA`) and yields manifest
-    tables (from :func:`~restoration.restore.encode_stage`), at most one row per input, in any
+    :data:`restoration.restore_stages.SKIP_SCHEMA` tables (from :func:`~restoration.restore_stages.skip_stage`);
+    ``restore`` takes work rows (:data:`~restoration.restore_stages.WORK_SCHEMA`) and yields manifest
+    tables (from :func:`~restoration.restore_stages.encode_stage`), at most one row per input, in any
     order and in any number of tables; once ``stop.requested``, it starts no more inputs and
     ends when those in flight are done. ``describe`` says how the model ran, for the summary
     (None when it never did).
@@ -206,7 +172,7 @@ class RestoreExecutor(Protocol):
 
     def skip(self, candidates: pa.Table, config: RestoreConfig) -> Iterable[pa.Table]: ...
 
-    def restore(self, work: pa.Table, job: RestoreJob, *, stop: StopSignals | None = None) -> Iterable[pa.Table]: ...
+    def restore(self, work: pa.Table, job: StageContext, *, stop: StopSignals | None = None) -> Iterable[pa.Table]: ...
 
     def describe(self) -> dict[str, Any] | None: ...
 
@@ -216,7 +182,7 @@ def _slices(table: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield table.slice(start, rows)
 
 
-def process_work(predictor: Any, work: pa.Table, job: RestoreJob, *, batch_size: int,
+def process_work(predictor: Any, work: pa.Table, job: StageContext, *, batch_size: int,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[pa.Table]:
     """Read, decode, restore, encode and write every row of ``work`` (:data:`WORK_SCHEMA`) in
     this process, ``batch_size`` inputs at a time; yield one manifest table
@@ -249,7 +215,7 @@ class LocalRestoreExecutor:
         for chunk in _slices(candidates, 64):
             yield skip_stage(chunk, outage_seconds=config.storage.outage_seconds)
 
-    def restore(self, work: pa.Table, job: RestoreJob, *, stop: StopSignals | None = None) -> Iterator[pa.Table]:
+    def restore(self, work: pa.Table, job: StageContext, *, stop: StopSignals | None = None) -> Iterator[pa.Table]:
         import torch
 
         config = job.config
@@ -271,7 +237,7 @@ class LocalRestoreExecutor:
 
 
 @contextlib.contextmanager
-def _users_storage_errors(argument: str, uri: str) -> Iterator[None]:
+def users_storage_errors(argument: str, uri: str) -> Iterator[None]:
     """Turn a storage error that is the user's to fix (unreachable endpoint, missing bucket or
     file, denied access) while using ``uri`` into one redacted line naming the argument and the
     URI, a StorageError (a ValueError); anything else propagates unchanged."""
@@ -341,21 +307,21 @@ def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: Restor
     job_id = manifest_lib.new_job_id()
     input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
     folder = manifest_lib.manifest_uri(output_uri)
-    with _users_storage_errors("--input", input_uri):
+    with users_storage_errors("--input", input_uri):
         storage.check_readable(input_uri)
-    with _users_storage_errors("--output", output_uri):
+    with users_storage_errors("--output", output_uri):
         # Checked on the manifest's folder: on S3 the check leaves an empty folder marker, which
         # belongs there, not among the outputs.
         storage.check_writable(folder)
-    with _users_storage_errors("--model", model):
-        restore_model = load_restore_model(model, task)
-    with _users_storage_errors("--output", output_uri):
+    with users_storage_errors("--model", model):
+        restore_model = load_run_model(model, task)
+    with users_storage_errors("--output", output_uri):
         previous = manifest_lib.ManifestIndex(output_uri)
-    with _users_storage_errors("--input", input_uri):
+    with users_storage_errors("--input", input_uri):
         plan = plan_restore(input_uri, output_uri, task=task, model_id=restore_model.model_id, config=config,
                             previous_manifest=previous, overwrite=overwrite, limit=limit)
     with plan:
-        return _run_plan(plan, executor=executor, job=RestoreJob(task=task, job_id=job_id, config=config,
+        return _run_plan(plan, executor=executor, job=StageContext(task=task, job_id=job_id, config=config,
                                                                   model=restore_model),
                          input_uri=input_uri, output_uri=output_uri, started=started, echo=echo, stop=stop)
 
@@ -385,22 +351,22 @@ class _Progress:
         counts = writer.counts
         rate = self.rate(now)
         remaining = max(0, self.to_process - self.skipped - self.processed)
-        eta = "ETA 0 s" if remaining == 0 else f"ETA {_format_duration(remaining / rate)}" if rate > 0 else "ETA unknown"
+        eta = "ETA 0 s" if remaining == 0 else f"ETA {format_duration(remaining / rate)}" if rate > 0 else "ETA unknown"
         line = (f"  {writer.done}/{total} done: restored {counts['ok']} (unchanged {unchanged}), "
                 f"error {counts['error']}, skipped as done before {counts['skipped']}; "
                 f"{rate:.2f} images/s in this run, {remaining} left, {eta}")
         unreachable = storage.unreachable_for()
         if unreachable is not None:
-            line += f"; storage unreachable for {_format_duration(unreachable)}"
+            line += f"; storage unreachable for {format_duration(unreachable)}"
         return line
 
 
-def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: RestoreJob, input_uri: str, output_uri: str,
+def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input_uri: str, output_uri: str,
               started: float, echo: Callable[[str], Any], stop: StopSignals) -> dict[str, Any]:
     """Steps 2 to 4 of :func:`run_restore`, partition by partition of ``plan``."""
     config, task, job_id = job.config, job.task, job.job_id
     folder = manifest_lib.manifest_uri(output_uri)
-    with _users_storage_errors("--output", output_uri):
+    with users_storage_errors("--output", output_uri):
         storage.write_bytes(storage.join(folder, manifest_lib.CONFIG_FILE), config_lib.to_yaml(config).encode())
     listed = time.time()
     total = plan.total
@@ -470,7 +436,7 @@ def _stopped_line(reason: str, writer: manifest_lib.ManifestWriter, total: int, 
             "run the same command again to continue")
 
 
-def _finish(writer: manifest_lib.ManifestWriter, *, job: RestoreJob, executor: RestoreExecutor, input_uri: str,
+def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor: RestoreExecutor, input_uri: str,
             output_uri: str, total: int, started: float, listed: float, megapixels: float, unchanged: int,
             stop: StopSignals, forced: StopNow | None, echo: Callable[[str], Any]) -> dict[str, Any]:
     """Step 4 of :func:`run_restore`: the last manifest part, compaction, ``_summary.json``."""
@@ -576,247 +542,3 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{summary['unchanged_threshold']:g} levels on average (manifest column mean_abs_change)")
     lines.append(f"manifest: {summary['manifest']}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# The dry run
-
-
-_HEADER_BYTES: Final[int] = 64 * 1024
-"""Bytes read first for an image header; the whole file is read when Pillow needs more (e.g. a
-JPEG with a large EXIF block)."""
-
-
-def _model_metadata(spec: str, task: str) -> tuple[str, int]:
-    """``(model_id, scale)`` of ``--model`` from its ``model.json`` alone: no weights read, no
-    model built. Raises CheckpointError for a missing checkpoint or one of another task."""
-    source = resolve_model(spec, task)
-    metadata, shown = read_model_metadata(source)
-    if metadata.task != task:
-        raise CheckpointError(f"--model {spec} is a {metadata.task!r} model, but --task is {task!r}")
-    model_id = metadata.model_id or (source.name if not isinstance(source, str)
-                                     else posixpath.basename(shown.rstrip("/")) or "unsaved")
-    return model_id, int(metadata.scale)
-
-
-def task_of(args: argparse.Namespace) -> str:
-    """``--task``, or the task that ``--model``'s checkpoint records when it is not given."""
-    if args.task is not None:
-        return args.task
-    if args.model == "default":
-        raise ValueError(f"--task is needed with --model default (the shipped model of a task: "
-                         f"{', '.join(TASK_NAMES)})")
-    return read_model_metadata(resolve_model(args.model, ""))[0].task
-
-
-def _image_header(uri: str, *, max_bytes: int) -> tuple[int, int, str]:
-    """``(width, height, format)`` of an image from its header (the first :data:`_HEADER_BYTES`,
-    or the whole file when Pillow needs more). Raises ValueError or OSError when the file is
-    missing, over ``max_bytes`` or not a readable image."""
-    from PIL import Image, UnidentifiedImageError
-
-    size = storage.size(uri)
-    if size is None:
-        raise FileNotFoundError(f"no such file: {uri}")
-    if size > max_bytes:
-        raise ValueError(f"file has {size} bytes, more than input.max_bytes={max_bytes}")
-    filesystem, path = storage.resolve(uri)
-    with filesystem.open_input_file(path) as stream:
-        head = stream.read(_HEADER_BYTES)
-    for data in (head, None):
-        if data is None:
-            if len(head) >= size:
-                break  # the whole file was read already
-            data = storage.read_bytes(uri)
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return image.size[0], image.size[1], image.format or "PNG"
-        except Image.DecompressionBombError as error:
-            raise ValueError(f"image is larger than Pillow's decompression-bomb limit: {error}") from error
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            continue
-    raise ValueError("not a readable image header")
-
-
-def dry_run_restore(
-    input_uri: str,
-    output_uri: str,
-    *,
-    task: str,
-    model: str = "default",
-    config: RestoreConfig | None = None,
-    limit: int | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """What :func:`run_restore` would do, without doing it: no model loaded (only its
-    ``model.json`` read), no executor or Ray started, nothing written.
-
-    Returns a mapping with ``inputs`` (listed), ``skipped`` (restored by an earlier run, same
-    size), ``to_restore`` (the rest of the work), ``plan_errors`` (inputs that cannot be placed,
-    which become error rows), ``unreadable`` (inputs to restore whose header cannot be read,
-    which would become error rows), ``megapixels`` (inputs to restore with a readable header,
-    width * height / 1e6), ``output_megapixels`` (times the model's scale squared),
-    ``estimated_output_bytes`` (:data:`OUTPUT_BYTES_PER_MEGAPIXEL` of each output's format) and
-    ``estimated_seconds`` (per node type of :data:`DRY_RUN_MEGAPIXELS_PER_SECOND`, times the
-    ensemble size; the model alone).
-
-    Raises:
-        ValueError: as :func:`run_restore` (a bad argument or checkpoint, no inputs, storage
-            that is the user's to fix). The output's writability is not checked: that would
-            write.
-    """
-    config = config or RestoreConfig()
-    input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
-    with _users_storage_errors("--input", input_uri):
-        storage.check_readable(input_uri)
-    with _users_storage_errors("--model", model):
-        model_id, scale = _model_metadata(model, task)
-    with _users_storage_errors("--output", output_uri):
-        previous = manifest_lib.ManifestIndex(output_uri)
-    with _users_storage_errors("--input", input_uri):
-        plan = plan_restore(input_uri, output_uri, task=task, model_id=model_id, config=config,
-                            previous_manifest=previous, overwrite=overwrite, limit=limit)
-    skipped = to_restore = 0
-    pixels = 0
-    output_bytes = 0.0
-    unreadable: list[dict[str, str]] = []
-    unreadable_count = 0
-    with plan:
-        for part in plan.parts():
-            work = part.work
-            if work.num_rows and part.previous:
-                checked = skip_stage(work.filter(pc.is_valid(work.column("previous_bytes"))))
-                skipped += int(pc.sum(checked.column("skipped").cast("int64")).as_py() or 0)
-                done = checked.filter(checked.column("skipped")).column("source_uri")
-                work = work.filter(pc.invert(pc.is_in(work.column("source_uri"), value_set=done.combine_chunks())))
-            to_restore += work.num_rows
-            for uri in work.column("source_uri").to_pylist():
-                try:
-                    width, height, source_format = _image_header(uri, max_bytes=config.input.max_bytes)
-                    if width * height > config.input.max_pixels:
-                        raise ValueError(f"{width}x{height} pixels, more than input.max_pixels={config.input.max_pixels}")
-                except (OSError, ValueError) as error:
-                    unreadable_count += 1
-                    if len(unreadable) < 20:
-                        unreadable.append({"source_uri": storage.redact(uri), "error": storage.redact(str(error))})
-                    continue
-                pixels += width * height
-                written = target_format(source_format, config.output.format)
-                output_bytes += width * height * scale * scale / 1e6 * OUTPUT_BYTES_PER_MEGAPIXEL.get(written, 3_000_000)
-    megapixels = pixels / 1e6
-    passes = config.predictor.ensemble
-    return {
-        "dry_run": True,
-        "task": task,
-        "model_id": model_id,
-        "scale": scale,
-        "input": storage.redact(input_uri),
-        "output": storage.redact(output_uri),
-        "inputs": plan.total,
-        "skipped": skipped,
-        "to_restore": to_restore,
-        "plan_errors": plan.plan_errors,
-        "unreadable": unreadable_count,
-        "unreadable_inputs": unreadable,
-        "megapixels": megapixels,
-        "output_megapixels": megapixels * scale * scale,
-        "estimated_output_bytes": int(round(output_bytes)),
-        "megapixels_per_second": dict(DRY_RUN_MEGAPIXELS_PER_SECOND),
-        "estimated_seconds": {node: megapixels * passes / rate for node, rate in DRY_RUN_MEGAPIXELS_PER_SECOND.items()},
-        "notes": "output bytes from per-format means of bench/results/codec_throughput.json; times from measured "
-                 "model rates (restoration.runs.DRY_RUN_MEGAPIXELS_PER_SECOND), the model alone, times the ensemble",
-    }
-
-
-def _format_duration(seconds: float) -> str:
-    """``"42 s"``, ``"3 min 20 s"`` or ``"5 h 07 min"``."""
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-
-
-def format_dry_run(report: dict[str, Any]) -> str:
-    """The lines ``restore --dry-run`` prints for a :func:`dry_run_restore` report."""
-    lines = [
-        f"dry run, restore {report['task']} (model {report['model_id']}, scale {report['scale']}): "
-        f"{report['inputs']} inputs from {report['input']} -> {report['output']}",
-        f"  to restore {report['to_restore']}, skipped as already done {report['skipped']}, "
-        f"cannot be placed {report['plan_errors']}, header unreadable {report['unreadable']}",
-        f"  {report['megapixels']:.3f} megapixels in, {report['output_megapixels']:.3f} out; "
-        f"about {report['estimated_output_bytes'] / 1e6:.1f} MB of outputs (estimate)",
-    ]
-    for node, seconds in report["estimated_seconds"].items():
-        lines.append(f"  estimated model time on {node}: {_format_duration(seconds)} "
-                     f"(at {report['megapixels_per_second'][node]:g} megapixels/s)")
-    for item in report["unreadable_inputs"]:
-        lines.append(f"  unreadable: {item['source_uri']}: {item['error']}")
-    lines.append("nothing was written; no model was loaded")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# The command line (shared by `restoration restore` and `python -m jobs.restore`)
-
-
-def add_restore_arguments(p: argparse.ArgumentParser) -> None:
-    """The restore command's arguments, except the Ray executor's own (``jobs/restore.py``)."""
-    p.add_argument("--input", required=True,
-                   help="folder, file:// or s3:// prefix of images; one image; or a .parquet/.csv/.txt list of URIs")
-    p.add_argument("--output", required=True, help="folder or s3:// prefix for restored images and _manifest/")
-    p.add_argument("--task", default=None, choices=TASK_NAMES,
-                   help="what to restore (default: the task --model's checkpoint was trained for)")
-    p.add_argument("--model", default="default",
-                   help="checkpoint folder (local, file:// or s3://) or 'default' (the shipped model; default)")
-    p.add_argument("--limit", type=int, default=None, help="restore only the first N inputs")
-    p.add_argument("--overwrite", action="store_true", help="redo inputs an earlier run already restored")
-    p.add_argument("--fail-on-error", action="store_true", help="exit with status 1 when any input failed")
-    p.add_argument("--config", default=None, help="YAML file with RestoreConfig fields")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set output.format=png (repeatable)")
-    p.add_argument("--no-ray", action="store_true",
-                   help="run in this process without Ray (one machine; the same plan, stages and manifest)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list what would be done (counts, megapixels, estimated output bytes and time) and "
-                        "exit: no model loaded, no Ray, nothing written")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
-
-
-def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None) -> int:
-    """Resolve the configuration, run with the in-process executor (``--no-ray``) or
-    ``ray_executor()``, and return the exit code (1 for failed inputs with ``--fail-on-error``)."""
-    config = config_lib.load_config(RestoreConfig, path=args.config, overrides=args.overrides)
-    args.task = task_of(args)
-    if getattr(args, "dry_run", False):  # before any executor exists: Ray is never imported
-        report = dry_run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
-                                 limit=args.limit, overwrite=args.overwrite)
-        print(json.dumps(report, indent=2, sort_keys=True) if getattr(args, "json", False) else format_dry_run(report))
-        return 0
-    if args.no_ray or ray_executor is None:
-        executor: RestoreExecutor = LocalRestoreExecutor()
-    else:
-        executor = ray_executor()
-    import sys
-
-    with StopSignals(config.run.grace_seconds) as stop:
-        try:
-            summary = run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
-                                  limit=args.limit, overwrite=args.overwrite, executor=executor, stop=stop)
-        except RunStopped as error:
-            print(f"restore: {error}", file=sys.stderr)
-            return error.exit_code
-    stopped = summary["stopped"]
-    if stopped is not None:
-        reason = stopped["signal"] + ("" if stopped["forced"] is None else f", then stopped at once: {stopped['forced']}")
-        counts = summary["counts"]
-        print(f"restore: stopped by {reason}: {summary['inputs'] - stopped['left']} of {summary['inputs']} inputs "
-              f"done (ok {counts['ok']}, error {counts['error']}, skipped {counts['skipped']}), {stopped['left']} "
-              "left; run the same command again to continue", file=sys.stderr)
-        return int(stopped["exit_code"])
-    errors = summary["counts"]["error"]
-    if errors and args.fail_on_error:
-        print(f"{errors} input(s) failed (--fail-on-error); see the manifest", file=sys.stderr)
-        return 1
-    return 0

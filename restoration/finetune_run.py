@@ -10,7 +10,7 @@
 
 Both write the same layout under ``<storage>/<name>/``: ``config.yaml``, the resumable
 ``checkpoint_step_NNNNNNNN/`` folders (``restoration.checkpoint``) and ``model/``, so that a run
-started by one continues with the other. The training loop is :class:`restoration.training.Trainer`.
+started by one continues with the other. The training loop is :class:`restoration.trainer.Trainer`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-
-from restoration import config as config_lib, storage
+from restoration import config as config_lib
+from restoration import storage
 from restoration.checkpoint import (
+    TRAINING_CONFIG_FILE,
     CheckpointError,
     copy_checkpoint,
     delete_checkpoint,
@@ -43,14 +44,12 @@ from restoration.checkpoint import (
     training_checkpoints,
 )
 from restoration.stopping import StopNow, StopSignals
-from restoration.training import (
-    CONFIG_FILE,
+from restoration.train_settings import TrainConfig, load_train_config
+from restoration.trainer import (
     METRIC_COLUMNS,
     LoadedImages,
-    TrainConfig,
     Trainer,
     initial_model,
-    load_train_config,
     load_training_images,
 )
 
@@ -224,7 +223,7 @@ def plan_finetune(
         storage.write_bytes(probe, b"ok")
         filesystem, path = storage.resolve(probe)
         filesystem.delete_file(path)
-        storage.write_bytes(storage.join(storage_uri, name, CONFIG_FILE), config_lib.to_yaml(config).encode())
+        storage.write_bytes(storage.join(storage_uri, name, TRAINING_CONFIG_FILE), config_lib.to_yaml(config).encode())
     except (OSError, ValueError) as exc:
         message = storage.describe_storage_error(exc, storage_uri) if isinstance(exc, OSError) else None
         raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: "
@@ -357,7 +356,7 @@ def write_final_outputs(trainer: Trainer, storage_uri: str, name: str, run_prove
             "validation_step": final_val.get("step"),
             "validation_protocol": trainer.protocol.describe(),
         })
-        (Path(tmp) / CONFIG_FILE).write_text(config_lib.to_yaml(trainer.config))
+        (Path(tmp) / TRAINING_CONFIG_FILE).write_text(config_lib.to_yaml(trainer.config))
         (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
         plot_training_curve(history, Path(tmp) / "training_curve.png")
         for path in sorted(Path(tmp).iterdir()):
@@ -449,7 +448,7 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
 
     from restoration.evaluate import load_images
     from restoration.model import build_model
-    from restoration.training import CropSampler
+    from restoration.trainer import CropSampler
 
     config = plan.config
     rank, world_size, device = session.rank, session.world_size, session.device

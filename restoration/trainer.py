@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from restoration import config as config_lib, degradations, storage
+from restoration import config as config_lib
+from restoration import degradations, storage
 from restoration.checkpoint import (
-    TRAINING_CONFIG_FILE,
     CheckpointError,
     load_weights,
     read_checkpoint_bytes,
@@ -45,235 +45,20 @@ from restoration.checkpoint import (
     save_training_checkpoint,
     training_checkpoint_name,
 )
-from restoration.codec import ImageDecodeError, decode_image, pixels_to_tensor, tensor_to_pixels, to_uint8
+from restoration.codec import (
+    ImageDecodeError,
+    decode_image,
+    pixels_to_tensor,
+    tensor_to_pixels,
+    to_uint8,
+)
+from restoration.durations import format_duration
 from restoration.evaluate import score
 from restoration.losses import build_loss
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
-from restoration.tasks import Case, DenoiseTask, TaskSpec, get_case, get_task
+from restoration.train_settings import TrainConfig
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = TRAINING_CONFIG_FILE
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Training crops.
-
-    Attributes:
-        crop_size: side of the ground-truth crop in pixels, a multiple of 32 (the model's largest
-            stride); images smaller than this are skipped.
-        batch_size: crops per worker per step (the global batch is ``batch_size * workers``).
-        max_images: use only the first N training images (sorted by URI), or all.
-        gray_fraction: share of crops turned to 8-bit gray (BT.601 luma) before they are
-            degraded, so the model also learns gray images' degradations (gray JPEG has no chroma
-            subsampling); 0 keeps every crop in color.
-    """
-
-    crop_size: int = 96
-    batch_size: int = 8
-    max_images: int | None = None
-    gray_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.crop_size < 32 or self.crop_size % 32:
-            raise ValueError(f"data.crop_size must be a multiple of 32 and >= 32, got {self.crop_size}")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"data.max_images must be >= 1 or null, got {self.max_images}")
-        if not 0.0 <= self.gray_fraction <= 1.0:
-            raise ValueError(f"data.gray_fraction must lie within [0, 1], got {self.gray_fraction}")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW with two parameter groups, linear warm-up then cosine decay, gradient clipping.
-
-    Attributes:
-        lr: learning rate of the target branch, fusion and decoder.
-        backbone_lr: learning rate of the pretrained backbone once it is unfrozen.
-        weight_decay: AdamW weight decay (not applied to the fusion alphas).
-        warmup_steps: linear warm-up length; capped at a fifth of the run so that short runs
-            still reach the full learning rate.
-        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
-        grad_clip: maximal global gradient norm; 0 disables clipping.
-        freeze_backbone_fraction: fraction of the steps during which the backbone is frozen.
-    """
-
-    lr: float = 3e-4
-    backbone_lr: float = 3e-5
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    freeze_backbone_fraction: float = 0.3
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or self.backbone_lr < 0:
-            raise ValueError(f"learning rates must be positive, got lr={self.lr}, backbone_lr={self.backbone_lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0:
-            raise ValueError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        if not 0 <= self.freeze_backbone_fraction <= 1:
-            raise ValueError(f"optim.freeze_backbone_fraction must be in [0, 1], got {self.freeze_backbone_fraction}")
-
-
-@dataclass(frozen=True)
-class ValidationConfig:
-    """Validation every ``interval`` steps (and at every checkpoint) on the first ``limit``
-    validation images, under the task's evaluation protocol with ``protocol`` fixed (the names of
-    ``restoration evaluate``'s flags or the task's fields, e.g. ``{sigma: 25}``), or under the
-    named real-world ``case`` (see ``restoration.tasks.CASES``)."""
-
-    interval: int = 200
-    limit: int = 4
-    seed: int = 0
-    protocol: dict[str, Any] = field(default_factory=dict)
-    case: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.interval < 1:
-            raise ValueError(f"validation.interval must be >= 1, got {self.interval}")
-        if self.limit < 1:
-            raise ValueError(f"validation.limit must be >= 1, got {self.limit}")
-        if not isinstance(self.protocol, dict):
-            raise ValueError(f"validation.protocol must be a mapping of protocol settings, got {self.protocol!r}")
-        if self.case is not None:
-            get_case(self.case)
-        if self.case is not None and self.protocol:
-            raise ValueError("set validation.case or validation.protocol, not both")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a fine-tuning run needs; saved next to its outputs as ``config.yaml``.
-
-    ``degradation`` is the task's spec (``restoration.tasks``), typed by ``task``.
-    ``checkpoint_interval`` and ``log_interval`` count optimizer steps; the last step always logs,
-    validates and checkpoints. ``keep_checkpoints`` is how many checkpoints (the best by
-    validation PSNR, plus always the latest) a Ray run keeps.
-    """
-
-    task: str = "denoise"
-    steps: int = 1000
-    seed: int = 0
-    loss: str = "l1"
-    backbone_weights: str | None = "imagenet"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    degradation: TaskSpec = field(default_factory=DenoiseTask)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    checkpoint_interval: int = 200
-    keep_checkpoints: int = 3
-    log_interval: int = 10
-    grace_seconds: float = 20.0
-
-    def __post_init__(self) -> None:
-        spec_class = get_task(self.task)
-        if self.model.task != self.task or type(self.degradation) is not spec_class:
-            raise ValueError(
-                f"task {self.task!r} disagrees with model.task {self.model.task!r} / degradation "
-                f"({type(self.degradation).__name__}); set only the top-level task"
-            )
-        if self.model.scale != self.degradation.scale:
-            raise ValueError(f"model.scale {self.model.scale} differs from degradation.scale {self.degradation.scale}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        for name in ("checkpoint_interval", "log_interval", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.grace_seconds >= 0:
-            raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
-        build_loss(self.loss)  # validates the name
-        try:
-            self.validation_protocol()
-        except ValueError as exc:
-            raise ValueError(f"validation.protocol: {exc}") from None
-
-    @property
-    def freeze_steps(self) -> int:
-        """Steps during which the backbone is frozen."""
-        return int(round(self.steps * self.optim.freeze_backbone_fraction))
-
-    @property
-    def warmup_steps(self) -> int:
-        """Effective warm-up: ``optim.warmup_steps``, at most a fifth of the run."""
-        return min(self.optim.warmup_steps, self.steps // 5)
-
-    def validation_protocol(self) -> tuple[TaskSpec, Case | None]:
-        """The spec validation degrades with (the task's protocol, or the case's chain) and the
-        case, if any (its ``prepare`` turns images gray for gray cases)."""
-        if self.validation.case is not None:
-            case = get_case(self.validation.case)
-            return case.spec, case
-        protocol = dict(self.validation.protocol)
-        if self.degradation.upscale:  # validate at the scale the model is trained for
-            protocol.setdefault("scale", self.degradation.scale)
-        return get_task(self.task).protocol(**protocol), None
-
-
-def load_train_config(
-    task: str,
-    *,
-    path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    steps: int | None = None,
-) -> TrainConfig:
-    """Resolve a TrainConfig: defaults for ``task`` <- YAML file <- ``--set`` overrides <- ``steps``.
-
-    The top-level task is copied into the model section and types the ``degradation`` section
-    (the task's spec); the model's scale follows the spec's (super-resolution).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: unknown keys, values of the wrong type or out of range, or a task/scale in
-            the file or overrides that contradicts ``task`` -- each naming the key.
-    """
-    get_task(task)
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = config_lib.read_yaml(path)
-    if overrides:
-        data = config_lib.merge(data, config_lib.parse_overrides(overrides))
-    if "task" in data and data["task"] != task:
-        raise ValueError(f"task {data['task']!r} in the config disagrees with --task {task!r}")
-    if steps is not None:
-        data["steps"] = steps
-    return train_config_from_dict(data, task=task)
-
-
-def train_config_from_dict(data: dict[str, Any], *, task: str | None = None) -> TrainConfig:
-    """A TrainConfig from a mapping such as a saved ``config.yaml``; its ``degradation`` section
-    is typed by ``task`` (default: the mapping's own ``task``, else denoise)."""
-    data = dict(data)
-    task = task or data.get("task", "denoise")
-    spec_class = get_task(task)
-    for section in ("model", "degradation"):
-        if section in data and not isinstance(data[section], dict):
-            raise ValueError(f"{section}: expected a mapping, got {data[section]!r}")
-        data[section] = dict(data.get(section) or {})
-    if "task" in data["model"] and data["model"]["task"] != task:
-        raise ValueError(f"model.task {data['model']['task']!r} disagrees with --task {task!r}")
-    data["model"]["task"] = task
-    data["task"] = task
-    model_scale = data["model"].get("scale")
-    if spec_class.upscale and "scale" not in data["degradation"] and model_scale is not None:
-        data["degradation"]["scale"] = model_scale
-    spec = config_lib.from_dict(spec_class, data["degradation"], prefix="degradation.")
-    if model_scale is not None and model_scale != spec.scale:
-        raise ValueError(f"model.scale {model_scale!r} disagrees with degradation.scale {spec.scale!r}; "
-                         "set degradation.scale only")
-    data["model"]["scale"] = spec.scale
-    data["degradation"] = spec
-    return config_lib.from_dict(TrainConfig, data)
-
 
 # --------------------------------------------------------------------------------------------
 # Data
@@ -764,16 +549,6 @@ def format_progress(row: dict[str, Any], total_steps: int, eta_seconds: float) -
     if "val_psnr" in row:
         text += f"  val {row['val_psnr']:.2f} dB / SSIM {row['val_ssim']:.3f}"
     return text + f"  ETA {format_duration(eta_seconds)}"
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m07s`` or ``2h05m``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 # --------------------------------------------------------------------------------------------
