@@ -109,18 +109,9 @@ class Job:
 
     def kill_tree(self) -> None:
         """SIGKILL the driver and every process under it (its local Ray), by PID."""
-        import psutil
+        from jobs.processes import kill_tree
 
-        try:
-            tree = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
-        except psutil.Error:
-            tree = []
-        for process in tree:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(tree, timeout=30)
+        kill_tree(self.pid)
 
 
 def wait_until(condition: Callable[[], bool], job: Job, timeout: float, what: str) -> None:

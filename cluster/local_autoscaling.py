@@ -66,6 +66,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from jobs.processes import descendants, is_alive, stop_pids
 import yaml
 from ray._private import ray_constants
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
@@ -117,13 +119,6 @@ def free_port() -> int:
 # plus anything whose command line names this cluster's private temp dir) and stopped by PID.
 
 
-def _descendants(pid: int) -> set[int]:
-    try:
-        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
-    except psutil.Error:  # already gone
-        return set()
-
-
 def _naming(marker: str) -> set[int]:
     pids = set()
     for process in psutil.process_iter(["cmdline"]):
@@ -132,19 +127,11 @@ def _naming(marker: str) -> set[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
-    # A zombie counts as stopped: it holds nothing, and its parent may never reap it.
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def stop_processes(root_pid: int | None, marker: str | None, grace_s: float = 10.0) -> list[int]:
     """SIGTERM, then SIGKILL after ``grace_s``, every process of this cluster; returns their PIDs."""
     pids: set[int] = set()
     for _ in range(3):  # nodes started late (or reparented) show up on a second look
-        found = (_descendants(root_pid) | {root_pid}) if root_pid else set()
+        found = (descendants(root_pid) | {root_pid}) if root_pid else set()
         if marker:
             found |= _naming(marker)
         found.discard(os.getpid())
@@ -158,15 +145,7 @@ def stop_processes(root_pid: int | None, marker: str | None, grace_s: float = 10
             except ProcessLookupError:
                 pass
         time.sleep(0.5)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    stop_pids(pids, signal_first=None, grace_seconds=grace_s)  # SIGKILL for those still alive after the grace
     return sorted(pids)
 
 
@@ -354,11 +333,11 @@ class LocalCluster:
         raylet = self.worker_raylets().get(node_id)
         if raylet is None:
             return set()
-        pids = {raylet} | _descendants(raylet)
+        pids = {raylet} | descendants(raylet)
         index = _RAYLET_INDEX.search(_command_line(raylet))  # raylet.N: the node's log files are *.N.*
         if index:
             pids |= {pid for pid in _naming(str(self.temp_dir)) if f"log_monitor.{index[1]}." in _command_line(pid)}
-        return {pid for pid in pids if _alive(pid)}
+        return {pid for pid in pids if is_alive(pid)}
 
     def kill_node(self, node_id: str) -> list[int]:
         """Lose worker node ``node_id`` as a machine is lost: SIGKILL, by PID, its raylet and every

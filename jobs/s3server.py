@@ -94,13 +94,10 @@ def _free_ports(count: int) -> list[int]:
 
 def _stop_process(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
     """Terminate one process by its PID, escalating to SIGKILL after ``grace_seconds``."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    from jobs.processes import stop_pids
+
+    if process.poll() is None:
+        stop_pids([process.pid], grace_seconds=grace_seconds)
         process.wait(timeout=10)
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import descendants
+import processes
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from jobs import finetune
@@ -68,18 +68,8 @@ def job_environment() -> dict[str, str]:
 
 
 def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL a job started with start_new_session=True: its process group, then any descendant
-    (Ray actors run in process groups of their own) by PID."""
-    below = descendants(process.pid)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for pid in below:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """SIGKILL a job and every process below it (Ray actors run in process groups of their own)."""
+    processes.kill_tree(process.pid)
     process.wait(timeout=60)
 
 
