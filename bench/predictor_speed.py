@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 from restoration import degradations  # noqa: E402
 from restoration.checkpoint import load_checkpoint  # noqa: E402
 from restoration.codec import pixels_to_tensor, tensor_to_pixels  # noqa: E402
-from restoration.inference import Predictor, TilingPlan, cpu_has_fast_bf16  # noqa: E402
+from restoration.inference import Predictor, PredictorConfig, TilingPlan, cpu_has_fast_bf16  # noqa: E402
 
 DENOISER = ROOT / "restoration" / "weights" / "denoise"
 CBSD68 = ROOT.parent / "shared" / "data" / "val" / "CBSD68"
@@ -111,9 +111,9 @@ def speed(images: int, size: int, repeats: int) -> dict[str, Any]:
 
     predictors = {
         "predictor": Predictor(copy.deepcopy(model), device="cpu"),
-        "predictor_fp32": Predictor(copy.deepcopy(model), device="cpu", precision="fp32"),
-        "predictor_fp32_unfolded": Predictor(copy.deepcopy(model), device="cpu", precision="fp32",
-                                             fold_batch_norm=False),
+        "predictor_fp32": Predictor(copy.deepcopy(model), PredictorConfig(precision="fp32"), device="cpu"),
+        "predictor_fp32_unfolded": Predictor(copy.deepcopy(model), PredictorConfig(precision="fp32", fold_batch_norm=False),
+                                             device="cpu"),
     }
     variants: dict[str, Callable[[], Any]] = {"plain": plain}
     for name, predictor in predictors.items():
@@ -138,7 +138,7 @@ def bf16_psnr(count: int) -> dict[str, Any]:
     model = load_checkpoint(DENOISER).model.eval()
     rows = []
     for precision in ("fp32", "bf16"):
-        predictor = Predictor(copy.deepcopy(model), device="cpu", precision=precision)
+        predictor = Predictor(copy.deepcopy(model), PredictorConfig(precision=precision), device="cpu")
         for index, sample in enumerate(samples):
             value, _ = score(tensor_to_pixels(predictor.restore(sample.lq).clamp(0, 1)), sample.gt, protocol)
             if precision == "fp32":

@@ -4,7 +4,7 @@
 
 scikit-image's sample photos (center crops of ``--size`` pixels, or whole where smaller) get
 Gaussian noise of ``--sigma`` under the evaluate protocol (seeded by the photo's name); each is
-restored by ``Predictor(..., strength=s)`` and scored on the clipped 8-bit output. Strength is
+restored by ``Predictor(..., PredictorConfig(strength=s))`` and scored on the clipped 8-bit output. Strength is
 residual scaling, ``lq + s * (model(lq) - lq)``, so at 0 the score is the noisy input's.
 """
 
@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 from restoration.checkpoint import load_checkpoint  # noqa: E402
 from restoration.codec import tensor_to_pixels  # noqa: E402
 from restoration.evaluate import score  # noqa: E402
-from restoration.inference import Predictor  # noqa: E402
+from restoration.inference import Predictor, PredictorConfig  # noqa: E402
 from restoration.tasks import get_task  # noqa: E402
 
 DENOISER = ROOT / "restoration" / "weights" / "denoise"
@@ -59,7 +59,7 @@ def main() -> None:
                "noisy_unclipped_psnr": score(sample.identity, sample.gt, protocol)[0]}
         rows.append(row)
     for strength in strengths:
-        predictor = Predictor(model, device="cpu", strength=strength)
+        predictor = Predictor(model, PredictorConfig(strength=strength), device="cpu")
         for row, sample in zip(rows, samples):
             restored = tensor_to_pixels(predictor.restore(sample.lq).clamp(0, 1))
             row[f"psnr_strength_{strength:g}"] = score(restored, sample.gt, protocol)[0]

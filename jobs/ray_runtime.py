@@ -17,8 +17,10 @@ QUIET_RAY_ENVIRONMENT = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 # Only for a Ray instance this process starts (one machine): there is no node to be preempted,
-# and the preemption watcher logs a core_worker error about its constructor arguments.
-LOCAL_RAY_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# and the preemption watcher logs a core_worker error about its constructor arguments. The Train
+# controller looks at its workers every 0.5 s instead of 2 s: a finished or failed run is seen
+# sooner (polling one machine's workers costs nothing measurable).
+LOCAL_RAY_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 

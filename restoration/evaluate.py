@@ -121,13 +121,12 @@ def build_restorer(
     if model in CLASSICAL_MODELS:
         return _classical(model, spec), {"model": model}
     from restoration.checkpoint import load_checkpoint, resolve_model
-    from restoration.inference import Predictor
+    from restoration.inference import Predictor, PredictorConfig
 
     checkpoint = load_checkpoint(resolve_model(model, task or spec.name))
     config = checkpoint.model.config
     _check_model_fits(config.task, config.scale, spec, model)
-    options = {"strength": strength} if strength != 1.0 else {}
-    predictor = Predictor(checkpoint.model, device=device, ensemble=ensemble, **options)
+    predictor = Predictor(checkpoint.model, PredictorConfig(ensemble=ensemble, strength=strength), device=device)
 
     def restore(sample: EvalSample) -> np.ndarray:
         out = predictor.restore(sample.lq, sample.mask)
@@ -135,7 +134,7 @@ def build_restorer(
 
     info = {"model": str(model), "model_id": checkpoint.model_id, "task": config.task,
             "alpha": checkpoint.model.alphas(), "ensemble": ensemble}
-    if options:
+    if strength != 1.0:
         info["strength"] = strength
     return restore, info
 

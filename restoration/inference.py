@@ -27,6 +27,8 @@ import contextlib
 import copy
 import functools
 import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +77,8 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in _FAST_BF16_FLAGS)
 
 
-def _resolve_precision(precision: str, amp: bool, device: torch.device) -> str:
+def _resolve_precision(precision: str, device: torch.device) -> str:
     """``"bf16"`` or ``"fp32"``: what ``precision`` (one of ``PRECISIONS``) means on ``device``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not amp:
-        # amp=False is the older spelling of precision="fp32".
-        if precision == "bf16":
-            raise ValueError("amp=False forces fp32, which contradicts precision='bf16'")
-        return "fp32"
     if precision != "auto":
         return precision
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
@@ -194,109 +189,147 @@ class TilingPlan:
         ]
 
 
-class Predictor:
-    """Restores whole images with a ``FusedRestorationNet``.
+@dataclass(frozen=True)
+class PredictorConfig:
+    """The settings of a :class:`Predictor`: the ``predictor`` section of a restore run's config
+    (``--set predictor.KEY=VALUE``), checked when it is made so that a bad value fails in one
+    line before any worker starts.
 
-    Args:
-        model: the network (moved to ``device`` and set to eval mode; converted to channels_last
-            when ``channels_last``).
-        device: ``"cpu"``, ``"cuda"``, a torch.device, or None for CUDA when available.
-        tile: tile side in input pixels; images larger than this are tiled. 0 disables tiling.
+    Attributes:
+        device: ``cpu``, ``cuda``, ``cuda:N``; None: CUDA when the process has a GPU, else CPU.
+        threads: torch intra-op threads per process on CPU (None: left as they are; the Ray job
+            sizes them from the cluster).
+        tile: tile side in input pixels; images larger than this on a side go through
+            overlapping tiles. 0: never tile; else more than twice ``overlap``.
         overlap: overlap between neighbouring tiles, in input pixels.
         batch_size: same-sized whole images per forward pass (at most).
         tile_batch_size: tiles of one image per forward pass (at most; None: ``batch_size``).
         pass_pixels: most output pixels in one forward pass, over its batch; a pass always
-            holds at least one image or tile. None: ``CPU_PASS_PIXELS`` (512 x 512) on the CPU,
-            where a pass of 4 such images runs 1.5x slower per pixel than 4 passes of one
+            holds at least one image or tile. None: :data:`CPU_PASS_PIXELS` (512 x 512) on the
+            CPU, where a pass of 4 such images runs 1.5x slower per pixel than 4 passes of one
             (measured on the shipped denoiser), and no limit on CUDA. 0: no limit.
-        amp: False forces fp32 (the older spelling of ``precision="fp32"``).
-        precision: ``"auto"`` (bf16 autocast on CUDA and on CPUs with hardware bf16, see
-            :func:`cpu_has_fast_bf16`; fp32 elsewhere), ``"bf16"`` (bf16 autocast on any device)
-            or ``"fp32"``. On the shipped denoiser bf16 changes PSNR by less than 0.05 dB.
+        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with hardware bf16, see
+            :func:`cpu_has_fast_bf16`; fp32 elsewhere), ``bf16`` (on any device) or ``fp32``. On
+            the shipped denoiser bf16 changes PSNR by less than 0.05 dB.
         channels_last: memory format for convolutions.
         fold_batch_norm: run a copy of the model with its batch norms folded into the
             convolutions (:func:`fold_batch_norms`; same outputs up to float rounding, fewer
-            passes over memory). None: on the CPU only. The copy is made here, so later changes
-            to ``model``'s weights are not seen: build a new Predictor after training steps.
+            passes over memory). None: on the CPU only. The copy is made when the Predictor is
+            built, so later changes to the model's weights are not seen.
         min_tile: smallest tile tried after CUDA out-of-memory errors.
         ensemble: geometric self-ensemble: the mean of the outputs for 1, 2, 4 or 8 flips and
-            transpositions of the input (``ENSEMBLE_SIZES``), each undone on its output. Costs as
-            many forward passes; gains a little PSNR (see MODEL_CARD.md).
+            transpositions of the input (:data:`ENSEMBLE_SIZES`), each undone on its output.
+            Costs as many forward passes; gains a little PSNR (see MODEL_CARD.md).
         strength: how much of the model's change to apply, in [0, 1]: the output is
             ``lq + strength * (model(lq) - lq)`` with ``lq`` at the output size (its bicubic
             upsampling for super-resolution, as the model's own). 0 returns the input without
-            running the model; 1 is the model as trained.
-
-    ``precision`` and ``fold_batch_norm`` resolve to what runs: ``self.precision`` is ``"bf16"``
-    or ``"fp32"``, ``self.amp`` whether bf16 autocast is on, ``self.folded_batch_norms`` how many
-    batch norms were folded.
+            running the model; 1 is the model as trained. Recorded in every manifest row.
     """
 
-    def __init__(
-        self,
-        model: FusedRestorationNet,
-        *,
-        device: str | torch.device | None = None,
-        tile: int = 512,
-        overlap: int = 32,
-        batch_size: int = 4,
-        tile_batch_size: int | None = None,
-        pass_pixels: int | None = None,
-        amp: bool = True,
-        precision: str = "auto",
-        channels_last: bool = True,
-        fold_batch_norm: bool | None = None,
-        min_tile: int = 128,
-        ensemble: int = 1,
-        strength: float = 1.0,
-    ) -> None:
-        if ensemble not in ENSEMBLE_SIZES:
-            raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
-        if tile < 0 or (tile and tile <= 2 * overlap):
-            raise ValueError(f"tile must be 0 (no tiling) or larger than 2 * overlap ({2 * overlap}), got {tile}")
-        if overlap < 0:
-            raise ValueError(f"overlap must be >= 0, got {overlap}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if tile_batch_size is not None and tile_batch_size < 1:
-            raise ValueError(f"tile_batch_size must be >= 1 or None (batch_size), got {tile_batch_size}")
-        if pass_pixels is not None and pass_pixels < 0:
-            raise ValueError(f"pass_pixels must be >= 0 (0: no limit) or None (the device's default), got {pass_pixels}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating)) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1] (0: the input unchanged, 1: the model as trained), got {strength}")
+    device: str | None = None
+    threads: int | None = None
+    tile: int = 512
+    overlap: int = 32
+    batch_size: int = 4
+    tile_batch_size: int | None = None
+    pass_pixels: int | None = None
+    precision: str = "auto"
+    channels_last: bool = True
+    fold_batch_norm: bool | None = None
+    min_tile: int = 128
+    ensemble: int = 1
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.device not in (None, "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(self.device)):
+            raise ValueError(f"predictor.device must be cpu, cuda, cuda:N or null, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"predictor.threads must be >= 1, got {self.threads}")
+        if self.overlap < 0:
+            raise ValueError(f"predictor.overlap must be >= 0 pixels, got {self.overlap}")
+        if self.tile < 0 or (self.tile and self.tile <= 2 * self.overlap):
+            raise ValueError(f"predictor.tile must be 0 (no tiling) or more than 2 * predictor.overlap = "
+                             f"{2 * self.overlap} pixels, got {self.tile}")
+        if self.batch_size < 1:
+            raise ValueError(f"predictor.batch_size must be >= 1 (images or tiles per forward pass), got {self.batch_size}")
+        if self.tile_batch_size is not None and self.tile_batch_size < 1:
+            raise ValueError(f"predictor.tile_batch_size must be >= 1 (tiles per forward pass) or null "
+                             f"(predictor.batch_size), got {self.tile_batch_size}")
+        if self.pass_pixels is not None and self.pass_pixels < 0:
+            raise ValueError(f"predictor.pass_pixels must be >= 0 (0: no limit) or null (the device's default), "
+                             f"got {self.pass_pixels}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"predictor.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.min_tile < 1:
+            raise ValueError(f"predictor.min_tile must be >= 1 pixel, got {self.min_tile}")
+        if self.ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(f"predictor.ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {self.ensemble}")
+        strength = self.strength
+        if (isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating))
+                or not (math.isfinite(strength) and 0.0 <= strength <= 1.0)):
+            raise ValueError(f"predictor.strength must be in [0, 1] (0: the input unchanged, 1: the model as "
+                             f"trained), got {strength}")
+
+
+class Predictor:
+    """Restores whole images with a ``FusedRestorationNet``, as ``config`` (a
+    :class:`PredictorConfig`) says.
+
+    Args:
+        model: the network (moved to the device and set to eval mode; converted to channels_last
+            when ``config.channels_last``).
+        config: the settings (default: ``PredictorConfig()``).
+        device: ``"cpu"``, ``"cuda"``, a torch.device; None: ``config.device``, else CUDA when
+            available.
+
+    ``config.precision`` and ``config.fold_batch_norm`` resolve to what runs: ``self.precision``
+    is ``"bf16"`` or ``"fp32"``, ``self.amp`` whether bf16 autocast is on,
+    ``self.folded_batch_norms`` how many batch norms were folded.
+    """
+
+    def __init__(self, model: FusedRestorationNet, config: PredictorConfig | None = None, *,
+                 device: str | torch.device | None = None) -> None:
+        config = config or PredictorConfig()
+        if not isinstance(config, PredictorConfig):
+            raise TypeError(f"config must be a PredictorConfig, got {type(config).__name__}")
+        self.config = config
+        device = device if device is not None else config.device
         self.device = torch.device(device) if device is not None else default_device()
-        self.precision = _resolve_precision(precision, amp, self.device)
+        self.precision = _resolve_precision(config.precision, self.device)
         self.amp = self.precision == "bf16"
         self.model = model.to(self.device).eval()
-        self.channels_last = channels_last
-        if channels_last:
+        self.channels_last = config.channels_last
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.tile = tile
-        self.overlap = overlap
-        self.batch_size = batch_size
-        self.tile_batch_size = tile_batch_size or batch_size
+        self.tile = config.tile
+        self.overlap = config.overlap
+        self.batch_size = config.batch_size
+        self.tile_batch_size = config.tile_batch_size or config.batch_size
+        pass_pixels = config.pass_pixels
         if pass_pixels is None:
             pass_pixels = CPU_PASS_PIXELS if self.device.type == "cpu" else 0
         self.pass_pixels = pass_pixels
-        self.min_tile = min_tile
+        self.min_tile = config.min_tile
         self.scale = model.config.scale
         self.needs_mask = model.config.mask_input
-        self.ensemble = ensemble
-        self.strength = float(strength)
+        self.ensemble = config.ensemble
+        self.strength = float(config.strength)
         # What the forward passes run: the model itself, or its folded copy.
         self.network: nn.Module = self.model
         self.folded_batch_norms = 0
+        fold_batch_norm = config.fold_batch_norm
         if fold_batch_norm is None:
             fold_batch_norm = self.device.type == "cpu"
         if fold_batch_norm:
             self.network, self.folded_batch_norms = fold_batch_norms(self.model, self._probe())
-            if channels_last:
+            if self.channels_last:
                 self.network = self.network.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, config: PredictorConfig | None = None, *,
+                        device: str | torch.device | None = None) -> "Predictor":
         checkpoint = load_checkpoint(path)
-        predictor = cls(checkpoint.model, **kwargs)
+        predictor = cls(checkpoint.model, config, device=device)
         predictor.checkpoint = checkpoint
         return predictor
 

@@ -149,7 +149,7 @@ def make_predictor(model: Any, config: PredictorConfig, *, device: str, threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"predictor device {device} requested but this process sees no GPU")
-    return Predictor(model, device=device, **config.predictor_options())
+    return Predictor(model, config, device=device)
 
 
 # --------------------------------------------------------------------------------------------

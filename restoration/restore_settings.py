@@ -10,11 +10,9 @@ the config loads, so that a bad one fails in one line before anything starts.
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
-from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from dataclasses import dataclass, field
+from typing import Final
 
 from restoration import storage
 from restoration.codec import (
@@ -23,7 +21,7 @@ from restoration.codec import (
     PNG_COMPRESSION_LEVELS,
     normalize_format,
 )
-from restoration.inference import ENSEMBLE_SIZES, PRECISIONS, Predictor
+from restoration.inference import PredictorConfig
 from restoration.manifest import FLUSH_ROWS, FLUSH_SECONDS, UNCHANGED_THRESHOLD
 from restoration.stopping import GRACE_SECONDS
 
@@ -85,77 +83,6 @@ class OutputConfig:
             object.__setattr__(self, "format", canonical)
         if not 1 <= self.quality <= 100:
             raise ValueError(f"output.quality must be in 1..100, got {self.quality}")
-
-
-_PREDICTOR_PARAMETERS: Final[frozenset[str]] = frozenset(inspect.signature(Predictor).parameters)
-
-
-@dataclass(frozen=True)
-class PredictorConfig:
-    """Arguments of :class:`restoration.inference.Predictor` in each actor.
-
-    ``device``: None picks CUDA when the actor was given a GPU, else CPU. ``threads``: torch
-    intra-op threads per actor on CPU (None: sized from the cluster by the job). ``tile`` /
-    ``overlap``: images larger than ``tile`` pixels on a side go through overlapping tiles
-    (``tile`` 0: never; else more than twice ``overlap``). ``batch_size``: images or tiles per
-    forward pass. ``ensemble``: geometric self-ensemble of 1, 2, 4 or 8 passes (slower,
-    slightly better). ``strength``: how much of the model's change to apply, in [0, 1] (0 returns
-    the input, 1 the model as trained); recorded in every manifest row. ``precision``: ``auto``
-    (bf16 autocast on CUDA and on CPUs with hardware bf16), ``fp32`` or ``bf16``; ``amp: false``
-    also forces fp32. ``tile_batch_size``: tiles of one large image per forward pass (None:
-    ``batch_size``).
-    """
-
-    device: str | None = None
-    tile: int = 512
-    overlap: int = 32
-    batch_size: int = 4
-    amp: bool = True
-    channels_last: bool = True
-    threads: int | None = None
-    ensemble: int = 1
-    strength: float = 1.0
-    precision: str = "auto"
-    tile_batch_size: int | None = None
-
-    def __post_init__(self) -> None:
-        # The Predictor's own rules (restoration.inference), checked when the config loads so that
-        # a bad value fails in one line before any worker starts.
-        if self.ensemble not in ENSEMBLE_SIZES:
-            raise ValueError(f"predictor.ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {self.ensemble}")
-        if self.device not in (None, "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(self.device)):
-            raise ValueError(f"predictor.device must be cpu, cuda, cuda:N or null, got {self.device!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"predictor.threads must be >= 1, got {self.threads}")
-        if self.overlap < 0:
-            raise ValueError(f"predictor.overlap must be >= 0 pixels, got {self.overlap}")
-        if self.tile != 0 and not self.tile > 2 * self.overlap:
-            raise ValueError(f"predictor.tile must be 0 (no tiling) or more than 2 * predictor.overlap = "
-                             f"{2 * self.overlap} pixels, got {self.tile}")
-        if self.batch_size < 1:
-            raise ValueError(f"predictor.batch_size must be >= 1 (images or tiles per forward pass), got {self.batch_size}")
-        if not (math.isfinite(self.strength) and 0.0 <= self.strength <= 1.0):
-            raise ValueError(f"predictor.strength must be in [0, 1] (0: the input unchanged, 1: the model as "
-                             f"trained), got {self.strength}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"predictor.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if not self.amp and self.precision == "bf16":
-            raise ValueError("predictor.precision bf16 contradicts predictor.amp false (which forces fp32); "
-                             "set one of them")
-        if self.tile_batch_size is not None and self.tile_batch_size < 1:
-            raise ValueError(f"predictor.tile_batch_size must be >= 1 (tiles per forward pass) or null "
-                             f"(predictor.batch_size), got {self.tile_batch_size}")
-        unsupported = [name for name in self.predictor_options() if name not in _PREDICTOR_PARAMETERS]
-        if unsupported:
-            raise ValueError(f"predictor.{unsupported[0]} is not supported by this version's Predictor; "
-                             f"leave it at its default")
-
-    def predictor_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`restoration.inference.Predictor` besides the device: every
-        field but ``device`` and ``threads``, leaving out those at their defaults that this
-        version's Predictor does not take."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("device", "threads")
-                and (f.name in _PREDICTOR_PARAMETERS or getattr(self, f.name) != f.default)}
 
 
 PIPELINE_STAGES: Final[tuple[str, ...]] = ("auto", "fused", "split")

@@ -471,12 +471,13 @@ class Trainer:
         """Mean PSNR/SSIM on the validation images under the evaluate protocol (8-bit output),
         restored by the same Predictor as evaluate and restore (gray in, gray out), whole images
         (no tiling), in fp32 on CPUs and bf16 on CUDA as the training's forward pass."""
-        from restoration.inference import Predictor
+        from restoration.inference import Predictor, PredictorConfig
 
         if not self.val_samples:
             return {}
-        predictor = Predictor(self.model, device=self.device, tile=0, precision="bf16" if self.amp else "fp32",
-                              channels_last=False, fold_batch_norm=False)
+        settings = PredictorConfig(tile=0, precision="bf16" if self.amp else "fp32", channels_last=False,
+                                   fold_batch_norm=False)
+        predictor = Predictor(self.model, settings, device=self.device)
         psnrs, ssims = [], []
         for sample in self.val_samples:
             mask = sample.mask[None] if sample.mask is not None else None

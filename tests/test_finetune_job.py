@@ -312,26 +312,32 @@ def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(
 @pytest.mark.s3
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_checkpoints_and_model_on_s3_and_resume_from_s3(train_dir: Path, val_dir: Path, s3_server,
-                                                        s3_bucket: str, tmp_path: Path) -> None:
-    # Training and validation images on S3 too: the workers read them with the AWS_* variables
-    # they inherited from the driver's environment.
+def test_a_run_begun_without_ray_on_s3_continues_on_ray_train_from_s3(train_dir: Path, val_dir: Path, s3_server,
+                                                                      s3_bucket: str, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Both executors write one layout, on S3 too: a run begun with --no-ray (say on a GPU box)
+    checkpoints on S3, and the Ray Train job (two workers reading the images from S3 with the
+    AWS_* variables they inherited) goes on from that checkpoint, as a Ray run that stopped would,
+    and writes the model to S3."""
     for local, prefix in ((train_dir, "train"), (val_dir, "val")):
         for path in sorted(local.iterdir())[:4]:
             storage.write_bytes(f"s3://{s3_bucket}/{prefix}/{path.name}", path.read_bytes())
     args = job_args(f"s3://{s3_bucket}/train", f"s3://{s3_bucket}/val", f"s3://{s3_bucket}/runs", "on-s3",
                     steps=6, extra=["checkpoint_interval=3", "log_interval=3"])
-    first = run_job(args, timeout=600)
-    assert first.returncode == 0, first.stdout
+    workers = args.index("--workers") + 1
+    args[workers] = "1"  # --no-ray: one process
+    assert finetune.main([*args, "--no-ray"]) == 0
+    first = capsys.readouterr().out
     run_uri = f"s3://{s3_bucket}/runs/on-s3"
     assert storage.exists(f"{run_uri}/checkpoint_step_00000006/trainer_state.pt")
     assert storage.exists(f"{run_uri}/config.yaml")
 
-    # Ten steps now: the run resumes from the checkpoint on S3 and goes on.
-    args[args.index("--steps") + 1] = "10"
+    # Ten steps now, on Ray Train: the run resumes from the checkpoint on S3 and goes on.
+    args[args.index("--steps") + 1], args[workers] = "10", "2"
     second = run_job(args, timeout=600)
     assert second.returncode == 0, second.stdout
-    assert "resumed from step 6 of 10" in second.stdout and "changed settings: steps" in second.stdout
+    assert "resumed from step 6 of 10 (checkpoint checkpoint_step_00000006)" in second.stdout, second.stdout
+    assert "changed settings: steps" in second.stdout, second.stdout
 
     model_uri = f"{run_uri}/model"
     local = tmp_path / "model"
@@ -341,11 +347,12 @@ def test_checkpoints_and_model_on_s3_and_resume_from_s3(train_dir: Path, val_dir
     checkpoint = load_checkpoint(local)
     provenance = checkpoint.metadata.provenance
     assert provenance["steps"] == 10 and provenance["resumed_at"] == [6]
+    assert provenance["hardware"].startswith("2 x cpu"), provenance["hardware"]
     assert provenance["train_images"] == f"s3://{s3_bucket}/train" and provenance["train_image_count"] == 4
     assert [int(r["step"]) for r in read_metrics((local / "metrics.csv").read_text())] == [3, 6, 9, 10]
     # Credentials appear in neither the logs nor the model.
     secret = s3_server.env()["AWS_SECRET_ACCESS_KEY"]
-    for text in (first.stdout, second.stdout, (local / "model.json").read_text(), (local / "config.yaml").read_text()):
+    for text in (first, second.stdout, (local / "model.json").read_text(), (local / "config.yaml").read_text()):
         assert secret not in text
 
 
@@ -431,18 +438,3 @@ def test_a_worker_error_is_one_line_from_rays_structured_failures(local_ray, pho
                    "could not be used); use fewer --workers or more images"], err
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_run_begun_without_ray_continues_on_ray_train(local_ray, photo_dirs: tuple[Path, Path], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
-    """Both executors write one layout: a run begun with --no-ray (say on a GPU box) goes on with
-    the Ray Train job from its last checkpoint, as a Ray run that stopped would."""
-    args = job_args(*photo_dirs, tmp_path / "runs", "moved", steps=4, workers=1, extra=["checkpoint_interval=2"])
-    assert finetune.main([*args, "--no-ray"]) == 0
-    capsys.readouterr()
-    args[args.index("--steps") + 1] = "6"
-    assert finetune.main(args) == 0
-    out = capsys.readouterr().out
-    assert "resumed from step 4 of 6 (checkpoint checkpoint_step_00000004)" in out, out
-    provenance = load_checkpoint(tmp_path / "runs" / "moved" / "model").metadata.provenance
-    assert provenance["steps"] == 6 and provenance["resumed_at"] == [4] and provenance["hardware"].startswith("1 x cpu")

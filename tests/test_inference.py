@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from restoration.inference import Predictor, TilingPlan
+from restoration.inference import Predictor, PredictorConfig, TilingPlan
 from restoration.model import ModelConfig, build_model
 
 SMALL = (8, 8, 16, 16, 24, 24)
@@ -34,8 +34,8 @@ def test_tiles_cover_the_image_and_overlap():
 def test_tiled_output_matches_whole_image_without_seams(astronaut, task, scale):
     model = _model(task, scale)
     lq = _photo(astronaut)
-    whole = Predictor(model, device="cpu", tile=0).restore(lq)
-    tiled = Predictor(model, device="cpu", tile=96, overlap=32).restore(lq)
+    whole = Predictor(model, PredictorConfig(tile=0), device="cpu").restore(lq)
+    tiled = Predictor(model, PredictorConfig(tile=96, overlap=32), device="cpu").restore(lq)
     assert tiled.shape == whole.shape == (3, 200 * scale, 264 * scale)
     diff = (tiled - whole).abs()
     # Tiles see less context than the whole image, so outputs differ slightly; feathering keeps it
@@ -58,9 +58,9 @@ def test_batched_equals_one_by_one(astronaut):
     model = _model()
     images = [_photo(astronaut, (64, 64)), _photo(astronaut, (64, 64)).flip(-1), _photo(astronaut, (48, 80))]
     # fp32: bf16 kernels may round differently for different batch sizes.
-    predictor = Predictor(model, device="cpu", batch_size=4, tile=0, precision="fp32")
+    predictor = Predictor(model, PredictorConfig(batch_size=4, tile=0, precision="fp32"), device="cpu")
     batched = predictor.restore_many(images)
-    single = [Predictor(model, device="cpu", batch_size=1, tile=0, precision="fp32").restore(x) for x in images]
+    single = [Predictor(model, PredictorConfig(batch_size=1, tile=0, precision="fp32"), device="cpu").restore(x) for x in images]
     for a, b in zip(batched, single):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -91,8 +91,8 @@ def test_self_ensemble_averages_the_transformed_passes(astronaut, task, scale):
     lq = _photo(astronaut, (48, 80))  # not square: transposed passes must come back the right way
     mask = (torch.rand(1, 48, 80, generator=torch.Generator().manual_seed(0)) < 0.3).float() if task == "inpaint" else None
     # fp32, to compare with the fp32 model by hand.
-    plain = Predictor(model, device="cpu", tile=0, precision="fp32").restore(lq, mask)
-    ensembled = Predictor(model, device="cpu", tile=0, ensemble=8, precision="fp32").restore(lq, mask)
+    plain = Predictor(model, PredictorConfig(tile=0, precision="fp32"), device="cpu").restore(lq, mask)
+    ensembled = Predictor(model, PredictorConfig(tile=0, ensemble=8, precision="fp32"), device="cpu").restore(lq, mask)
     assert ensembled.shape == plain.shape == (3, 48 * scale, 80 * scale)
     # By hand: the mean of the model on the 8 flips/transposes of the input, each undone.
     expected = torch.zeros_like(plain)
@@ -114,12 +114,12 @@ def test_self_ensemble_averages_the_transformed_passes(astronaut, task, scale):
     assert torch.allclose(ensembled, expected, atol=1e-5)
     assert (ensembled - plain).abs().mean() > 1e-4  # the members differ: an ensemble, not one pass
     with pytest.raises(ValueError, match="ensemble must be one of"):
-        Predictor(model, ensemble=3)
+        Predictor(model, PredictorConfig(ensemble=3))
 
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="tile must be 0"):
-        Predictor(_model(), tile=50, overlap=32)
+        Predictor(_model(), PredictorConfig(tile=50, overlap=32))
     with pytest.raises(ValueError, match=r"expected an image tensor \(C, H, W\)"):
         Predictor(_model(), device="cpu").restore(torch.rand(1, 3, 8, 8))
 
@@ -127,15 +127,14 @@ def test_bad_arguments_are_named():
 def test_precision_settings():
     from restoration.inference import cpu_has_fast_bf16
 
-    assert Predictor(_model(), device="cpu", precision="fp32").amp is False
-    assert Predictor(_model(), device="cpu", amp=False).precision == "fp32"  # the older spelling
-    assert Predictor(_model(), device="cpu", precision="bf16").precision == "bf16"
+    assert Predictor(_model(), PredictorConfig(precision="fp32"), device="cpu").amp is False
+    assert Predictor(_model(), PredictorConfig(precision="bf16"), device="cpu").precision == "bf16"
     auto = Predictor(_model(), device="cpu")
     assert auto.precision == ("bf16" if cpu_has_fast_bf16() else "fp32") and auto.amp == (auto.precision == "bf16")
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
-        Predictor(_model(), device="cpu", precision="fp16")
-    with pytest.raises(ValueError, match="contradicts precision='bf16'"):
-        Predictor(_model(), device="cpu", amp=False, precision="bf16")
+        Predictor(_model(), PredictorConfig(precision="fp16"), device="cpu")
+    with pytest.raises(TypeError, match="amp"):
+        PredictorConfig(amp=False)  # one spelling: precision="fp32"
 
 
 def test_fast_bf16_detection_matches_the_cpu_flags():
@@ -153,8 +152,8 @@ def test_fast_bf16_detection_matches_the_cpu_flags():
 def test_bf16_output_is_close_to_fp32(astronaut):
     model = _model()
     lq = _photo(astronaut, (64, 96))
-    fp32 = Predictor(model, device="cpu", precision="fp32", tile=0).restore(lq)
-    bf16 = Predictor(model, device="cpu", precision="bf16", tile=0).restore(lq)
+    fp32 = Predictor(model, PredictorConfig(precision="fp32", tile=0), device="cpu").restore(lq)
+    bf16 = Predictor(model, PredictorConfig(precision="bf16", tile=0), device="cpu").restore(lq)
     assert bf16.dtype == torch.float32
     diff = (bf16 - fp32).abs()
     assert 0 < diff.mean() < 2e-3, diff.mean()  # bf16 ran (the outputs differ), and changes little
@@ -174,9 +173,9 @@ def test_batch_norms_fold_into_convolutions(astronaut):
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == norms
     with torch.no_grad():
         assert torch.allclose(folded(lq), model(lq), atol=1e-5)
-    predictor = Predictor(model, device="cpu", precision="fp32")
+    predictor = Predictor(model, PredictorConfig(precision="fp32"), device="cpu")
     assert predictor.folded_batch_norms == norms
-    unfolded = Predictor(model, device="cpu", precision="fp32", fold_batch_norm=False)
+    unfolded = Predictor(model, PredictorConfig(precision="fp32", fold_batch_norm=False), device="cpu")
     assert unfolded.folded_batch_norms == 0 and unfolded.network is unfolded.model
     assert torch.allclose(predictor.restore(lq[0]), unfolded.restore(lq[0]), atol=1e-5)
 
@@ -211,24 +210,24 @@ def test_batch_norm_is_not_folded_where_the_convolution_output_has_another_use()
 def test_tile_batch_size_does_not_change_tiled_output(astronaut, scale):
     model = _model("sr" if scale > 1 else "denoise", scale)
     lq = _photo(astronaut, (160, 200))
-    one = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=1, precision="fp32").restore(lq)
-    many = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=8, precision="fp32").restore(lq)
+    one = Predictor(model, PredictorConfig(tile=64, overlap=16, tile_batch_size=1, precision="fp32"), device="cpu").restore(lq)
+    many = Predictor(model, PredictorConfig(tile=64, overlap=16, tile_batch_size=8, precision="fp32"), device="cpu").restore(lq)
     assert one.shape == (3, 160 * scale, 200 * scale)
     assert torch.allclose(one, many, atol=1e-5)
     with pytest.raises(ValueError, match="tile_batch_size must be >= 1"):
-        Predictor(model, device="cpu", tile_batch_size=0)
+        Predictor(model, PredictorConfig(tile_batch_size=0), device="cpu")
 
 
 def test_restore_batch_handles_gray_color_and_masks(astronaut):
     color = torch.stack([_photo(astronaut, (48, 64)), _photo(astronaut, (48, 64)).flip(-1)])
-    predictor = Predictor(_model(), device="cpu", tile=0)
+    predictor = Predictor(_model(), PredictorConfig(tile=0), device="cpu")
     out = predictor.restore_batch(color)
     assert out.shape == (2, 3, 48, 64)
     for restored, single in zip(out, predictor.restore_many(list(color))):
         assert torch.equal(restored, single)
     gray = predictor.restore_batch(color.mean(dim=1, keepdim=True))
     assert gray.shape == (2, 1, 48, 64)
-    inpainter = Predictor(_model("inpaint"), device="cpu", tile=0)
+    inpainter = Predictor(_model("inpaint"), PredictorConfig(tile=0), device="cpu")
     masks = torch.zeros(2, 1, 48, 64)
     assert torch.allclose(inpainter.restore_batch(color, masks), color)
     with pytest.raises(ValueError, match=r"expected a batch tensor \(N, C, H, W\)"):
@@ -242,7 +241,7 @@ def test_validation_pass_shares_a_training_model(astronaut):
     change), run in eval mode and left in training mode, gray handled as in every restore."""
     model = _model()
     model.train()
-    predictor = Predictor(model, device="cpu", tile=0, precision="fp32", channels_last=False, fold_batch_norm=False)
+    predictor = Predictor(model, PredictorConfig(tile=0, precision="fp32", channels_last=False, fold_batch_norm=False), device="cpu")
     assert predictor.network is model
     model.train()  # the loop goes on training after building it
     color = torch.stack([_photo(astronaut, (48, 64)), _photo(astronaut, (48, 64)).flip(-1)])
@@ -276,15 +275,15 @@ def test_pass_pixels_bounds_the_images_and_tiles_per_pass(astronaut, scale):
         return sizes
 
     assert Predictor(model, device="cpu").pass_pixels == CPU_PASS_PIXELS
-    assert passes(Predictor(model, device="cpu", tile=0), images) == [3]
+    assert passes(Predictor(model, PredictorConfig(tile=0), device="cpu"), images) == [3]
     two = 2 * 64 * 64 * scale**2
-    assert passes(Predictor(model, device="cpu", tile=0, pass_pixels=two), images) == [2, 1]
-    assert passes(Predictor(model, device="cpu", tile=0, pass_pixels=1), images) == [1, 1, 1]  # one at least
-    assert passes(Predictor(model, device="cpu", tile=0, pass_pixels=0, batch_size=2), images) == [2, 1]
+    assert passes(Predictor(model, PredictorConfig(tile=0, pass_pixels=two), device="cpu"), images) == [2, 1]
+    assert passes(Predictor(model, PredictorConfig(tile=0, pass_pixels=1), device="cpu"), images) == [1, 1, 1]  # one at least
+    assert passes(Predictor(model, PredictorConfig(tile=0, pass_pixels=0, batch_size=2), device="cpu"), images) == [2, 1]
     # Tiles: a 160 x 200 image in 64-pixel tiles overlapping by 16 is 3 x 4 tiles.
-    tiled = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=8, pass_pixels=5 * 64 * 64 * scale**2)
+    tiled = Predictor(model, PredictorConfig(tile=64, overlap=16, tile_batch_size=8, pass_pixels=5 * 64 * 64 * scale**2), device="cpu")
     assert passes(tiled, [_photo(astronaut, (160, 200))]) == [5, 5, 2]
-    tiled = Predictor(model, device="cpu", tile=64, overlap=16, tile_batch_size=4, pass_pixels=0)
+    tiled = Predictor(model, PredictorConfig(tile=64, overlap=16, tile_batch_size=4, pass_pixels=0), device="cpu")
     assert passes(tiled, [_photo(astronaut, (160, 200))]) == [4, 4, 4]
     with pytest.raises(ValueError, match="pass_pixels must be >= 0"):
-        Predictor(model, device="cpu", pass_pixels=-1)
+        Predictor(model, PredictorConfig(pass_pixels=-1), device="cpu")

@@ -84,7 +84,10 @@ BAD_SETTINGS = {
     "predictor.batch_size=0": "predictor.batch_size must be >= 1",
     "predictor.threads=0": "predictor.threads must be >= 1",
     "predictor.ensemble=3": "predictor.ensemble must be one of 1, 2, 4, 8",
-    "predictor.amp=maybe": "predictor.amp: expected true or false",
+    "predictor.amp=false": "unknown config key predictor.amp",  # one spelling: predictor.precision=fp32
+    "predictor.channels_last=maybe": "predictor.channels_last: expected true or false",
+    "predictor.pass_pixels=-1": "predictor.pass_pixels must be >= 0",
+    "predictor.min_tile=0": "predictor.min_tile must be >= 1",
     "predictor.precision=fp16": "predictor.precision must be one of auto, fp32, bf16, got 'fp16'",
     "predictor.precision=BF16": "predictor.precision must be one of auto, fp32, bf16",
     "predictor.tile_batch_size=0": "predictor.tile_batch_size must be >= 1 (tiles per forward pass) or null",
@@ -155,5 +158,3 @@ def test_precision_and_tile_batch_size_reach_the_predictor() -> None:
     assert (predictor.precision, predictor.tile_batch_size) == ("fp32", 3)
     default = make_predictor(model, RestoreConfig().predictor, device="cpu")
     assert default.tile_batch_size == default.batch_size == 4 and default.precision in ("fp32", "bf16")
-    with pytest.raises(ValueError, match="predictor.precision bf16 contradicts predictor.amp false"):
-        config_lib.load_config(RestoreConfig, overrides=["predictor.precision=bf16", "predictor.amp=false"])

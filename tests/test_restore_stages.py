@@ -17,7 +17,7 @@ from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from restoration import manifest as manifest_lib
 from restoration import storage as storage_lib
 from restoration.codec import decode_image
-from restoration.inference import Predictor
+from restoration.inference import Predictor, PredictorConfig
 from restoration.model import ModelConfig, build_model
 from restoration.planning import list_inputs, plan_restore
 from restoration.restore_settings import InputConfig, OutputConfig, RestoreConfig
@@ -36,7 +36,7 @@ def identity_predictor(task: str = "denoise", scale: int = 1) -> Predictor:
     """An untrained model: its residual head is zero, so it returns its input (bicubic for SR)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(task=task, scale=scale, widths=TINY), backbone_weights=None)
-    return Predictor(model, device="cpu", tile=0)
+    return Predictor(model, PredictorConfig(tile=0), device="cpu")
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
@@ -327,7 +327,7 @@ def test_single_file_input_limit_and_tiled_inference(tmp_path: Path, sample) -> 
     # An image larger than the tile goes through overlapping tiles; the identity model's tiles
     # blend back into the input.
     model = identity_predictor().model
-    tiled = Predictor(model, device="cpu", tile=64, overlap=8)
+    tiled = Predictor(model, PredictorConfig(tile=64, overlap=8), device="cpu")
     rows = run_stages(str(tmp_path / "in/b.png"), str(tmp_path / "tiled"), tiled)
     assert rows.column("status").to_pylist() == ["ok"]
     restored = decode_image((tmp_path / "tiled/b.png").read_bytes()).pixels
@@ -401,7 +401,7 @@ def test_a_model_that_changes_the_image_records_how_much(tmp_path: Path, sample)
     model = identity_predictor().model
     with torch.no_grad():  # a residual head with a bias brightens every pixel by 4/255
         model.head.bias.fill_(4 / 255)
-    predictor = Predictor(model, device="cpu", tile=0)  # built after the change: it may copy the model
+    predictor = Predictor(model, PredictorConfig(tile=0), device="cpu")  # built after the change: it may copy the model
     [row] = run_stages(str(tmp_path / "in"), str(tmp_path / "out"), predictor).to_pylist()
     expected = np.abs(np.clip(rgb.astype(int) + 4, 0, 255) - rgb.astype(int)).mean()
     assert row["mean_abs_change"] == pytest.approx(expected, abs=0.05) and row["mean_abs_change"] > 3
