@@ -32,6 +32,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from restoration import __version__, storage
+from restoration.community import CommunityMetadata, CommunityNet, is_community_file, load_community_model
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
 
 __all__ = [
@@ -216,12 +217,14 @@ class CheckpointBytes:
 
     ``weights``: ``model.safetensors``; ``metadata``: ``model.json`` (UTF-8 JSON); ``source``:
     where it was read from, credentials redacted (for messages, and the model id when
-    ``model.json`` has none).
+    ``model.json`` has none). ``kind`` ``community``: a community model's weight file
+    (``weights`` is the file, ``metadata`` empty; :mod:`restoration.community`).
     """
 
     weights: bytes
     metadata: bytes
     source: str = "bytes"
+    kind: str = "checkpoint"
 
     def read_metadata(self) -> CheckpointMetadata:
         """The typed metadata (validated; raises :class:`CheckpointError`)."""
@@ -236,8 +239,8 @@ class Checkpoint:
     where it came from in any case (credentials redacted).
     """
 
-    model: FusedRestorationNet
-    metadata: CheckpointMetadata
+    model: FusedRestorationNet | CommunityNet
+    metadata: CheckpointMetadata | CommunityMetadata
     path: Path | None = None
     source: str | None = None
 
@@ -312,6 +315,16 @@ def _check_folder(directory: Path) -> None:
         raise CheckpointError(f"{directory} is not a checkpoint: it needs {WEIGHTS_FILE} and {METADATA_FILE}")
 
 
+def _read_community_file(source: str | Path) -> CheckpointBytes:
+    """A community model's weight file (local or URI) as :class:`CheckpointBytes`."""
+    shown = storage.redact(str(source))
+    try:
+        data = storage.read_bytes(str(source)) if _is_uri(source) else Path(source).read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise CheckpointError(f"model file not found: {shown}") from None
+    return CheckpointBytes(weights=data, metadata=b"", source=shown, kind="community")
+
+
 def read_metadata(directory: str | Path) -> dict[str, Any]:
     """``model.json`` of a local checkpoint folder as a plain mapping, after checking that the
     folder is a checkpoint of this format version (:class:`CheckpointMetadata` is the typed
@@ -337,6 +350,8 @@ def read_checkpoint_bytes(source: str | Path) -> CheckpointBytes:
         CheckpointError: no such folder, or one of the two files is missing.
         OSError: the storage could not be reached (e.g. an S3 endpoint that does not answer).
     """
+    if is_community_file(str(source)):
+        return _read_community_file(source)
     if not _is_uri(source):
         directory = Path(source)
         _check_folder(directory)
@@ -359,6 +374,13 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
         CheckpointError: invalid ``model.json``, unreadable weights, or weights that do not fit
             the architecture it describes.
     """
+    if data.kind == "community":
+        try:
+            model, community = load_community_model(read_state_dict_bytes(data.weights, name=data.source),
+                                                    name=data.source, data=data.weights)
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
+        return Checkpoint(model=model.to(map_location), metadata=community, path=None, source=data.source)
     metadata = data.read_metadata()
     # The checkpoint carries the (fine-tuned) backbone weights: no ImageNet download needed.
     model = build_model(metadata.architecture, backbone_weights=None)
@@ -434,7 +456,11 @@ def resolve_model(spec: str, task: str) -> Path | str:
 def read_model_metadata(source: str | Path) -> tuple[CheckpointMetadata, str]:
     """The typed ``model.json`` of a checkpoint folder (local, ``file://`` or ``s3://``) alone:
     no weights read, no model built. Returns it with the source as shown to users (credentials
-    redacted). Raises CheckpointError for a folder that is not a checkpoint."""
+    redacted). Raises CheckpointError for a folder that is not a checkpoint. A community model
+    file is read and built whole (it has no separate metadata)."""
+    if is_community_file(str(source)):
+        checkpoint = checkpoint_from_bytes(_read_community_file(source))
+        return checkpoint.metadata, checkpoint.source or str(source)
     if _is_uri(source):
         shown = storage.redact(str(source))
         try:
@@ -598,4 +624,37 @@ def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"weights file {path} does not hold a state dict")
+    return state
+
+
+def read_state_dict_bytes(data: bytes, *, name: str) -> dict[str, torch.Tensor]:
+    """The state dict in a weight file's bytes: safetensors (by the ``.safetensors`` name), or a
+    PyTorch pickle read with ``weights_only`` (tensors and containers only; any other global,
+    such as ``os.system``, is refused). Nested ``state_dict`` / ``params_ema`` / ``params`` /
+    ``model`` / ``net`` wrappers are left for spandrel to unwrap.
+
+    Raises:
+        CheckpointError: not a readable weight file, or one that holds other Python objects.
+    """
+    import io
+    import pickle
+    import re
+
+    if name.lower().endswith(".safetensors"):
+        try:
+            return load_safetensors(data)
+        except (SafetensorError, ValueError) as error:
+            raise CheckpointError(f"{name} is not a readable safetensors file: {error}") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" (it asks for {found[1]})" if found else ""
+        raise CheckpointError(f"{name} is refused: it holds Python objects other than tensors{what}, and "
+                              "model files are never unpickled freely") from None
+    except Exception:
+        raise CheckpointError(f"{name} is not a model weight file (neither safetensors nor a PyTorch "
+                              ".pth/.pt/.ckpt file)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{name} does not hold a state dict (it holds a {type(state).__name__})")
     return state

@@ -61,11 +61,15 @@ JPEG with a large EXIF block)."""
 
 def _model_metadata(spec: str, task: str) -> tuple[str, int]:
     """``(model_id, scale)`` of ``--model`` from its ``model.json`` alone: no weights read, no
-    model built. Raises CheckpointError for a missing checkpoint or one of another task."""
+    model built (a community model file has no separate metadata: it is read and identified).
+    Raises CheckpointError for a missing checkpoint or a model that cannot do ``task``."""
     source = resolve_model(spec, task)
     metadata, shown = read_model_metadata(source)
-    if metadata.task != task:
-        raise CheckpointError(f"--model {spec} is a {metadata.task!r} model, but --task is {task!r}")
+    traits = getattr(metadata, "traits", None)  # a community model's
+    misfit = traits.misfit(task) if traits is not None else (
+        None if metadata.task == task else f"a {metadata.task!r} model")
+    if misfit is not None:
+        raise CheckpointError(f"--model {spec} is {misfit}, but --task is {task!r}")
     model_id = metadata.model_id or (source.name if not isinstance(source, str)
                                      else posixpath.basename(shown.rstrip("/")) or "unsaved")
     return model_id, int(metadata.scale)

@@ -35,6 +35,7 @@ import torch
 from restoration import storage
 from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.metrics import psnr, ssim
+from restoration.model import ModelTraits
 from restoration.tasks import (
     Case,
     DeblurTask,
@@ -94,20 +95,19 @@ def load_images(images: str, limit: int | None = None) -> list[tuple[str, np.nda
 RestoreFn = Callable[[EvalSample], np.ndarray]
 
 
-def _check_model_fits(task: str, scale: int, spec: TaskSpec, model: str) -> None:
-    """A model of ``task`` can run ``spec``: its own task's protocol, or, when neither the model
+def _check_model_fits(traits: ModelTraits, spec: TaskSpec, model: str) -> None:
+    """A model can run ``spec``: a fused model its own task's protocol, or, when neither the model
     nor the protocol has a mask input or upscales, any other protocol or real-world case (e.g. the
-    general model under the Gaussian denoising protocol)."""
-    from restoration.tasks import get_task
-
-    model_task = get_task(task)
-    plain = not (model_task.mask_input or model_task.upscale or spec.mask_input or spec.upscale)
+    general model under the Gaussian denoising protocol); a community model any protocol whose
+    mask input and scale fit it."""
+    plain = not (traits.takes_mask or traits.scale > 1 or spec.mask_input or spec.upscale)
     if plain:
         return
-    if type(spec) is not model_task:
-        raise ValueError(f"model {model} restores {task!r}, but --task is {spec.name!r}")
-    if scale != spec.scale:
-        raise ValueError(f"model {model} upscales x{scale}, but --scale is {spec.scale}")
+    misfit = traits.misfit(spec.name)
+    if misfit is not None:
+        raise ValueError(f"model {model} is {misfit}, but --task is {spec.name!r}")
+    if traits.scale != spec.scale:
+        raise ValueError(f"model {model} upscales x{traits.scale}, but --scale is {spec.scale}")
 
 
 def build_restorer(
@@ -124,16 +124,18 @@ def build_restorer(
     from restoration.inference import Predictor, PredictorConfig
 
     checkpoint = load_checkpoint(resolve_model(model, task or spec.name))
-    config = checkpoint.model.config
-    _check_model_fits(config.task, config.scale, spec, model)
+    traits = checkpoint.model.traits
+    _check_model_fits(traits, spec, model)
     predictor = Predictor(checkpoint.model, PredictorConfig(ensemble=ensemble, strength=strength), device=device)
 
     def restore(sample: EvalSample) -> np.ndarray:
         out = predictor.restore(sample.lq, sample.mask)
         return tensor_to_pixels(out.clamp(0, 1))
 
-    info = {"model": str(model), "model_id": checkpoint.model_id, "task": config.task,
-            "alpha": checkpoint.model.alphas(), "ensemble": ensemble}
+    info = {"model": str(model), "model_id": checkpoint.model_id, "task": traits.task,
+            "architecture": traits.architecture, "ensemble": ensemble}
+    if hasattr(checkpoint.model, "alphas"):  # the fused model's fusion weights
+        info["alpha"] = checkpoint.model.alphas()
     if strength != 1.0:
         info["strength"] = strength
     return restore, info

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from restoration.checkpoint import load_checkpoint
 from restoration.codec import pixels_to_tensor, tensor_to_pixels
-from restoration.model import FusedRestorationNet
+from restoration.model import FusedRestorationNet, ModelTraits
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # Output pixels per forward pass on the CPU: on the shipped denoiser (2 threads, bf16), passes of
 # 512 x 512 run at 0.24 s/Mpix, of 1024 x 1024 (or four 512 x 512 images) at 0.37 s/Mpix.
 CPU_PASS_PIXELS = 512 * 512
+WHOLE_IMAGE_SIDE = 2048
+"""Models that discourage tiling (:attr:`ModelTraits.tiling`) take whole images up to this many
+pixels on a side; larger ones go through tiles this large."""
+WIDE_OVERLAP = 128
+"""Overlap of those large tiles, in input pixels."""
 _FAST_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -77,10 +82,16 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in _FAST_BF16_FLAGS)
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    """``"bf16"`` or ``"fp32"``: what ``precision`` (one of ``PRECISIONS``) means on ``device``."""
+def _resolve_precision(precision: str, device: torch.device, traits: ModelTraits) -> str:
+    """``"bf16"`` or ``"fp32"``: what ``precision`` (one of ``PRECISIONS``) means on ``device``
+    for a model with ``traits`` (``auto`` picks bf16 only where it was measured to cost at most
+    0.05 dB, ``traits.auto_bf16``)."""
+    if precision == "bf16" and "bf16" not in traits.dtypes:
+        raise ValueError(f"predictor.precision bf16: {traits.architecture} models are not safe in bf16; use fp32")
     if precision != "auto":
         return precision
+    if not traits.auto_bf16:
+        return "fp32"
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
         return "bf16"
     return "fp32"
@@ -224,6 +235,8 @@ class PredictorConfig:
             ``lq + strength * (model(lq) - lq)`` with ``lq`` at the output size (its bicubic
             upsampling for super-resolution, as the model's own). 0 returns the input without
             running the model; 1 is the model as trained. Recorded in every manifest row.
+        noise_level: sigma (0..255) of the noise-level map of the models that take one
+            (DRUNet, FFDNet-style); None: 15. An error for models that take none.
     """
 
     device: str | None = None
@@ -239,6 +252,7 @@ class PredictorConfig:
     min_tile: int = 128
     ensemble: int = 1
     strength: float = 1.0
+    noise_level: float | None = None
 
     def __post_init__(self) -> None:
         if self.device not in (None, "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(self.device)):
@@ -264,6 +278,8 @@ class PredictorConfig:
             raise ValueError(f"predictor.min_tile must be >= 1 pixel, got {self.min_tile}")
         if self.ensemble not in ENSEMBLE_SIZES:
             raise ValueError(f"predictor.ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {self.ensemble}")
+        if self.noise_level is not None and not (math.isfinite(self.noise_level) and 0 <= self.noise_level <= 255):
+            raise ValueError(f"predictor.noise_level must be a sigma in [0, 255] or null, got {self.noise_level}")
         strength = self.strength
         if (isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating))
                 or not (math.isfinite(strength) and 0.0 <= strength <= 1.0)):
@@ -295,14 +311,24 @@ class Predictor:
         self.config = config
         device = device if device is not None else config.device
         self.device = torch.device(device) if device is not None else default_device()
-        self.precision = _resolve_precision(config.precision, self.device)
+        self.traits = model.traits
+        self.precision = _resolve_precision(config.precision, self.device, self.traits)
         self.amp = self.precision == "bf16"
         self.model = model.to(self.device).eval()
         self.channels_last = config.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.tile = config.tile
-        self.overlap = config.overlap
+        self.tile, self.overlap = config.tile, config.overlap
+        if self.tile and self.traits.tiling != "supported":
+            # Tiling discouraged (attention over the whole image): whole images up to
+            # WHOLE_IMAGE_SIDE, larger ones in tiles that large with a wide overlap.
+            self.tile, self.overlap = max(self.tile, WHOLE_IMAGE_SIDE), max(self.overlap, WIDE_OVERLAP)
+        if self.tile:
+            self.tile = max(self.tile, self.traits.min_size, 2 * self.overlap + 1)
+        if config.noise_level is not None:
+            if not self.traits.noise_level:
+                raise ValueError(f"predictor.noise_level: {self.traits.architecture} models take no noise-level map")
+            model.noise_level = float(config.noise_level)
         self.batch_size = config.batch_size
         self.tile_batch_size = config.tile_batch_size or config.batch_size
         pass_pixels = config.pass_pixels
@@ -310,8 +336,8 @@ class Predictor:
             pass_pixels = CPU_PASS_PIXELS if self.device.type == "cpu" else 0
         self.pass_pixels = pass_pixels
         self.min_tile = config.min_tile
-        self.scale = model.config.scale
-        self.needs_mask = model.config.mask_input
+        self.scale = self.traits.scale
+        self.needs_mask = self.traits.takes_mask
         self.ensemble = config.ensemble
         self.strength = float(config.strength)
         # What the forward passes run: the model itself, or its folded copy.
@@ -319,7 +345,7 @@ class Predictor:
         self.folded_batch_norms = 0
         fold_batch_norm = config.fold_batch_norm
         if fold_batch_norm is None:
-            fold_batch_norm = self.device.type == "cpu"
+            fold_batch_norm = self.device.type == "cpu" and self.traits.fold_batch_norm
         if fold_batch_norm:
             self.network, self.folded_batch_norms = fold_batch_norms(self.model, self._probe())
             if self.channels_last:
@@ -338,9 +364,10 @@ class Predictor:
     def _probe(self) -> tuple[Tensor, ...]:
         """A small input for the model (a 64 x 64 image, and a mask for inpainting) on the device."""
         generator = torch.Generator().manual_seed(0)
-        image = torch.rand(1, 3, 64, 64, generator=generator).to(self.device)
+        side = max(64, self.traits.min_size)
+        image = torch.rand(1, 3, side, side, generator=generator).to(self.device)
         if self.needs_mask:
-            return image, (torch.rand(1, 1, 64, 64, generator=generator) < 0.3).float().to(self.device)
+            return image, (torch.rand(1, 1, side, side, generator=generator) < 0.3).float().to(self.device)
         return (image,)
 
     def _autocast(self):

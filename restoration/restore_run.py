@@ -96,17 +96,19 @@ class LoadedModel:
 
 
 def load_run_model(spec: str, task: str) -> LoadedModel:
-    """Read and validate ``--model`` (a folder, a ``file://``/``s3://`` URI, or ``default``) for
-    ``task``.
+    """Read and validate ``--model`` (a checkpoint folder or a community model file, local or a
+    ``file://``/``s3://`` URI, or ``default``) for ``task``.
 
     Raises:
-        CheckpointError: missing, broken, or a model of another task.
+        CheckpointError: missing, broken, or a model that cannot do ``task`` (another task's, or
+            a community model whose scale or mask input does not fit it).
         OSError: the storage holding it could not be reached.
     """
     data = read_checkpoint_bytes(resolve_model(spec, task))
     checkpoint = checkpoint_from_bytes(data)  # the whole model loads here, before any executor starts
-    if checkpoint.metadata.task != task:
-        raise CheckpointError(f"--model {spec} is a {checkpoint.metadata.task!r} model, but --task is {task!r}")
+    misfit = checkpoint.model.traits.misfit(task)
+    if misfit is not None:
+        raise CheckpointError(f"--model {spec} is {misfit}, but --task is {task!r}")
     return LoadedModel(data=data, checkpoint=checkpoint)
 
 
