@@ -37,6 +37,14 @@ DEFAULT_NOISE_LEVEL: Final[float] = 15.0
 
 # Models whose network takes the image plus a noise-level map as one more input channel.
 _NOISE_MAP_ARCHITECTURES: Final[frozenset[str]] = frozenset({"DRUNet", "DnCNN"})
+# Models whose output depends on statistics of the whole input (NAFNet's channel attention pools
+# globally), so that tiles change it: measured up to 3 levels on a random-weight NAFNet with
+# 96-pixel tiles (tests/test_community_models.py). They get whole images, as tiling-discouraged.
+_GLOBAL_CONTEXT_ARCHITECTURES: Final[frozenset[str]] = frozenset({"NAFNet"})
+# Models with a wide receptive field (a U-Net down to 1/8), and the overlap at which tiles give the
+# whole image's output within 1 level (measured on a random-weight DRUNet: 32 px -> 3 levels,
+# 48 -> 1; the widest is kept, for the deeper trained models).
+_MIN_OVERLAP: Final[dict[str, int]] = {"DRUNet": 64}
 # Purposes spandrel reports -> the task such a model does when --task is not given.
 _PURPOSE_TASKS: Final[dict[str, str]] = {"SR": "sr", "FaceSR": "sr", "Inpainting": "inpaint", "Restoration": "general"}
 
@@ -48,15 +56,15 @@ def is_community_file(spec: str) -> bool:
 
 def _extra_architectures() -> None:
     """Add spandrel-extra-arches' architectures to spandrel's registry, once, when installed."""
+    if getattr(_extra_architectures, "done", False):
+        return
     try:
         import spandrel_extra_arches
     except ImportError:
-        return
-    from spandrel import MAIN_REGISTRY
-
-    if not getattr(_extra_architectures, "done", False):
-        spandrel_extra_arches.install(MAIN_REGISTRY, ignore_duplicates=True)
-        _extra_architectures.done = True  # type: ignore[attr-defined]
+        pass
+    else:
+        spandrel_extra_arches.install(ignore_duplicates=True)
+    _extra_architectures.done = True  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class CommunityNet(nn.Module):
         self.noise_level = DEFAULT_NOISE_LEVEL
         self.model_id = model_id
         tiling = str(getattr(descriptor.tiling, "name", descriptor.tiling)).lower()
+        if architecture in _GLOBAL_CONTEXT_ARCHITECTURES and tiling == "supported":
+            tiling = "discouraged"
         self.traits = ModelTraits(
             architecture=architecture, task=_PURPOSE_TASKS.get(descriptor.purpose, "general"), scale=descriptor.scale,
             fixed_task=False, input_channels=descriptor.input_channels, output_channels=descriptor.output_channels,
@@ -97,7 +107,7 @@ class CommunityNet(nn.Module):
             multiple_of=max(1, descriptor.size_requirements.multiple_of),
             tiling=tiling if tiling in ("supported", "discouraged", "internal") else "supported",
             dtypes=("fp32", "bf16") if descriptor.supports_bfloat16 else ("fp32",), auto_bf16=False,
-            noise_level=self._noise_map)
+            noise_level=self._noise_map, min_overlap=_MIN_OVERLAP.get(architecture, 0))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         height, width = x.shape[-2:]

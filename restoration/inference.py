@@ -318,13 +318,16 @@ class Predictor:
         self.channels_last = config.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.tile, self.overlap = config.tile, config.overlap
+        self.tile, self.overlap = config.tile, max(config.overlap, self.traits.min_overlap)
         if self.tile and self.traits.tiling != "supported":
             # Tiling discouraged (attention over the whole image): whole images up to
             # WHOLE_IMAGE_SIDE, larger ones in tiles that large with a wide overlap.
             self.tile, self.overlap = max(self.tile, WHOLE_IMAGE_SIDE), max(self.overlap, WIDE_OVERLAP)
         if self.tile:
-            self.tile = max(self.tile, self.traits.min_size, 2 * self.overlap + 1)
+            # Tiles of at least the model's minimum, and of a size its size rule needs no padding
+            # for: padded tile edges would differ from the whole image's.
+            multiple = self.traits.multiple_of
+            self.tile = -(-max(self.tile, self.traits.min_size, 2 * self.overlap + 1) // multiple) * multiple
         if config.noise_level is not None:
             if not self.traits.noise_level:
                 raise ValueError(f"predictor.noise_level: {self.traits.architecture} models take no noise-level map")

@@ -176,6 +176,8 @@ class ModelTraits:
         dtypes: the precisions it may run in (``fp32``, ``bf16``).
         auto_bf16: whether ``precision: auto`` may pick bf16 (measured at most 0.05 dB away).
         noise_level: whether it takes a noise-level map (``predictor.noise_level``).
+        min_overlap: the narrowest overlap between tiles (input pixels) at which tiles give the
+            whole image's output within 1 level; ``predictor.overlap`` is raised to it.
         fold_batch_norm: whether the Predictor folds its batch norms on the CPU by default
             (measured faster on the fused model; see :func:`restoration.inference.fold_batch_norms`).
     """
@@ -194,6 +196,7 @@ class ModelTraits:
     auto_bf16: bool = False
     noise_level: bool = False
     fold_batch_norm: bool = False
+    min_overlap: int = 0
 
     def misfit(self, task: str) -> str | None:
         """What this model is, when it cannot do ``task`` ("a 4x super-resolution model

@@ -1,0 +1,253 @@
+"""Community restoration models (spandrel's architectures, random weights: none can be downloaded
+here) through the same runs as the shipped models: ``restore --no-ray`` and the Ray job give
+spandrel's own pixels, tiles match whole images, x4 models give 4x outputs, gray stays gray and
+alpha is kept; bad files and models that cannot do the task exit 2 in one line before Ray."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, no_ray_environment
+
+from restoration.checkpoint import load_checkpoint
+from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
+from restoration.inference import Predictor, PredictorConfig
+from restoration.manifest import read_manifest
+
+spandrel = pytest.importorskip("spandrel")
+
+
+def _architectures() -> dict[str, tuple[str, object]]:
+    """name -> (file suffix, a small random-weight network spandrel detects)."""
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.DRUNet import DRUNet
+    from spandrel.architectures.ESRGAN import ESRGAN
+    from spandrel.architectures.NAFNet import NAFNet
+    from spandrel.architectures.SCUNet import SCUNet
+    from spandrel.architectures.SwinIR import SwinIR
+
+    return {
+        "esrgan-x4": (".pth", lambda: ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4)),
+        "compact-x4": (".safetensors", lambda: Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4)),
+        "swinir": (".pth", lambda: SwinIR(img_size=32, embed_dim=12, depths=[1], num_heads=[2], window_size=4,
+                                          upscale=1, upsampler="")),
+        "scunet": (".safetensors", lambda: SCUNet(in_nc=3, config=[2, 2, 2, 2, 2, 2, 2], dim=64)),
+        "nafnet": (".pth", lambda: NAFNet(img_channel=3, width=16, middle_blk_num=1, enc_blk_nums=[1, 1],
+                                          dec_blk_nums=[1, 1])),
+        "drunet": (".safetensors", lambda: DRUNet(in_nc=4, out_nc=3, nc=[16, 32, 64, 128], nb=2)),
+    }
+
+
+ARCHITECTURES = list(_architectures())
+
+
+def save_model(net: torch.nn.Module, path: Path) -> Path:
+    state = {key: value.contiguous() for key, value in net.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("community")
+    files = {}
+    for name, (suffix, build) in _architectures().items():
+        torch.manual_seed(0)
+        files[name] = save_model(build().eval(), folder / f"{name}{suffix}")
+    return files
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An RGB photo crop, a gray one and an RGBA one, of sizes that fit no size rule."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("community-in")
+    Image.fromarray(data.astronaut()[100:158, 180:250]).save(folder / "rgb.png")
+    Image.fromarray(data.camera()[200:246, 200:250]).save(folder / "gray.png")
+    alpha = np.tile(np.linspace(30, 255, 44, dtype=np.uint8), (42, 1))
+    Image.fromarray(np.dstack([data.coffee()[100:142, 100:144], alpha])).save(folder / "alpha.png")
+    return folder
+
+
+def spandrel_reference(path: Path, image: np.ndarray) -> np.ndarray:
+    """spandrel's own forward pass (its padding, its call, its clamp) on an RGB uint8 image."""
+    from spandrel import ModelLoader
+
+    descriptor = ModelLoader().load_from_file(str(path)).eval()
+    with torch.no_grad():
+        out = descriptor(pixels_to_tensor(image)[None])[0]
+    return tensor_to_pixels(out.clamp(0, 1))
+
+
+def restore_no_ray(source: Path, output: Path, model: Path, *settings: str) -> subprocess.CompletedProcess:
+    """``restoration restore --no-ray`` with `import ray` failing, --task left to the model."""
+    command = [sys.executable, "-c", NO_RAY_COMMAND, "restore", "--no-ray", "--input", str(source), "--output",
+               str(output), "--model", str(model), "--set", "predictor.precision=fp32",
+               *[arg for setting in settings for arg in ("--set", setting)]]
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=no_ray_environment(output.parent), capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_restore_gives_spandrels_pixels_keeps_gray_and_alpha(name: str, model_files: dict[str, Path], inputs: Path,
+                                                             tmp_path: Path) -> None:
+    path = model_files[name]
+    result = restore_no_ray(inputs, tmp_path / "out", path)  # --task from the model: sr or general
+    assert result.returncode == 0, result.stderr
+    scale = load_checkpoint(path).model.traits.scale
+    rgb = np.asarray(Image.open(inputs / "rgb.png"))
+    restored = np.asarray(Image.open(tmp_path / "out" / "rgb.png"))
+    assert restored.shape == (rgb.shape[0] * scale, rgb.shape[1] * scale, 3)
+    difference = np.abs(restored.astype(int) - spandrel_reference(path, rgb).astype(int))
+    assert difference.max() <= 1, (name, difference.max())
+
+    gray = Image.open(tmp_path / "out" / "gray.png")
+    assert gray.mode == "L" and gray.size == (50 * scale, 46 * scale)
+    with_alpha = Image.open(tmp_path / "out" / "alpha.png")
+    assert with_alpha.mode == "RGBA" and with_alpha.size == (44 * scale, 42 * scale)
+    alpha = np.asarray(with_alpha)[:, :, 3]
+    assert alpha.min() < 60 and alpha.max() > 240  # the source's alpha ramp, kept (resized for x4)
+
+    rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert all(row["status"] == "ok" for row in rows.values()), rows
+    assert {row["model_id"] for row in rows.values()} == {load_checkpoint(path).model_id}
+    assert rows["rgb.png"]["task"] == ("sr" if scale > 1 else "general")
+
+
+@pytest.mark.parametrize("name", ["esrgan-x4", "compact-x4", "drunet"])
+def test_tiles_match_the_whole_image(name: str, model_files: dict[str, Path]) -> None:
+    """Architectures that support tiling: overlapping feathered tiles give the whole image's
+    pixels within 1 level."""
+    from skimage import data
+
+    model = load_checkpoint(model_files[name]).model
+    image = pixels_to_tensor(data.astronaut()[60:180, 100:236])
+    whole = Predictor(model, PredictorConfig(tile=0, precision="fp32"), device="cpu").restore(image)
+    tiled = Predictor(model, PredictorConfig(tile=96, overlap=32, precision="fp32"), device="cpu").restore(image)
+    difference = np.abs(tensor_to_pixels(whole.clamp(0, 1)).astype(int) - tensor_to_pixels(tiled.clamp(0, 1)).astype(int))
+    assert difference.max() <= 1, (name, difference.max())
+
+
+@pytest.mark.parametrize("name", ["scunet", "swinir", "nafnet"])
+def test_models_that_discourage_tiling_get_whole_images(name: str, model_files: dict[str, Path]) -> None:
+    """SCUNet and SwinIR (spandrel says so) and NAFNet (its channel attention pools over the
+    whole input, so tiles change its output)."""
+    model = load_checkpoint(model_files[name]).model
+    assert model.traits.tiling == "discouraged"
+    predictor = Predictor(model, PredictorConfig(tile=64, overlap=8), device="cpu")
+    assert predictor.tile >= 2048 and predictor.overlap >= 128  # whole images up to 2048 px a side
+    if name == "scunet":
+        assert model.traits.min_size == 40
+
+
+def test_noise_level_is_a_setting_of_noise_map_models(model_files: dict[str, Path]) -> None:
+    from skimage import data
+
+    model = load_checkpoint(model_files["drunet"]).model
+    assert model.traits.noise_level
+    image = pixels_to_tensor(data.astronaut()[:48, :48])
+    low = Predictor(model, PredictorConfig(noise_level=5, precision="fp32"), device="cpu").restore(image)
+    high = Predictor(model, PredictorConfig(noise_level=50, precision="fp32"), device="cpu").restore(image)
+    assert (low - high).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="take no noise-level map"):
+        Predictor(load_checkpoint(model_files["nafnet"]).model, PredictorConfig(noise_level=5), device="cpu")
+
+
+@pytest.mark.timeout(300)
+def test_lama_inpaints_the_pixels_alpha_marks_missing(tmp_path: Path) -> None:
+    from skimage import data
+    from spandrel.architectures.LaMa import LaMa
+
+    torch.manual_seed(0)
+    path = save_model(LaMa(in_nc=4, out_nc=3).eval(), tmp_path / "lama.safetensors")  # image + mask in
+    image = data.astronaut()[100:164, 120:200]
+    alpha = np.full(image.shape[:2], 255, np.uint8)
+    alpha[20:40, 30:50] = 0  # the hole
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.dstack([image, alpha])).save(tmp_path / "in" / "hole.png")
+    result = restore_no_ray(tmp_path / "in", tmp_path / "out", path)  # --task inpaint from the model
+    assert result.returncode == 0, result.stderr
+    restored = np.asarray(Image.open(tmp_path / "out" / "hole.png"))
+    assert restored.shape == (64, 80, 3)  # opaque
+    from spandrel import ModelLoader
+
+    descriptor = ModelLoader().load_from_file(str(path)).eval()
+    mask = torch.from_numpy((alpha == 0).astype(np.float32))[None, None]
+    with torch.no_grad():
+        reference = tensor_to_pixels(descriptor(pixels_to_tensor(image)[None], mask)[0].clamp(0, 1))
+    assert np.abs(restored.astype(int) - reference.astype(int)).max() <= 1
+
+
+BAD_MODELS = {
+    "evil.pth": "is refused: it holds Python objects other than tensors (it asks for posix.system)",
+    "notes.pth": "is not a model weight file",
+    "esrgan-x4": "is a 4x super-resolution model (ESRGAN), but --task is 'denoise'",
+}
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo this must never run",))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("bad", list(BAD_MODELS))
+def test_bad_model_files_are_one_line_and_exit_2_before_ray(bad: str, model_files: dict[str, Path], inputs: Path,
+                                                            tmp_path: Path) -> None:
+    if bad == "evil.pth":
+        path = tmp_path / bad
+        torch.save({"weight": torch.zeros(2), "payload": _Payload()}, path)
+    elif bad == "notes.pth":
+        path = tmp_path / bad
+        path.write_text("these are my notes, not a model\n")
+    else:
+        path = model_files[bad]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "jobs.restore", "--input", str(inputs), "--output",
+                             str(tmp_path / "out"), "--model", str(path), "--task", "denoise"],
+                            cwd=PROJECT_ROOT, env=no_ray_environment(tmp_path), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and BAD_MODELS[bad] in lines[0], result.stderr
+    assert "this must never run" not in result.stdout + result.stderr
+    assert not (tmp_path / "ray-tmp").exists() and time.monotonic() - started < 60  # Ray never started
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_ray_job_gives_spandrels_pixels(model_files: dict[str, Path], inputs: Path, tmp_path: Path) -> None:
+    """The Ray Data job ships the weight file's bytes to its actors, which build the model with
+    spandrel: the same pixels as spandrel's own forward pass, x4, gray kept gray."""
+    path = model_files["compact-x4"]
+    result = subprocess.run([sys.executable, "-m", "jobs.restore", "--input", str(inputs), "--output",
+                             str(tmp_path / "out"), "--model", str(path), "--set", "predictor.precision=fp32",
+                             "--set", "pipeline.max_actors=1"],
+                            cwd=PROJECT_ROOT, env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+                            capture_output=True, text=True, timeout=500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rgb = np.asarray(Image.open(inputs / "rgb.png"))
+    restored = np.asarray(Image.open(tmp_path / "out" / "rgb.png"))
+    assert restored.shape == (rgb.shape[0] * 4, rgb.shape[1] * 4, 3)
+    assert np.abs(restored.astype(int) - spandrel_reference(path, rgb).astype(int)).max() <= 1
+    assert Image.open(tmp_path / "out" / "gray.png").mode == "L"
+    rows = read_manifest(str(tmp_path / "out")).to_pylist()
+    assert len(rows) == 3 and all(row["status"] == "ok" and row["task"] == "sr" for row in rows), rows
