@@ -101,9 +101,14 @@ def _stop_process(process: subprocess.Popen[bytes], grace_seconds: float) -> Non
         process.wait(timeout=10)
 
 
+STOP_GRACE_SECONDS = 3.0
+"""How long the server gets to exit on SIGTERM before SIGKILL when it is thrown away with its data
+(a server that served a long session has been seen to take 10 s and more)."""
+
+
 def _cleanup(process: subprocess.Popen[bytes] | None, directory: str, ports: list[int]) -> None:
     if process is not None:
-        _stop_process(process, grace_seconds=10)
+        _stop_process(process, grace_seconds=STOP_GRACE_SECONDS)
     shutil.rmtree(directory, ignore_errors=True)
     # weed puts its gRPC unix sockets in /tmp, named by port; it removes them on a clean exit.
     for component in ("master", "volume", "filer", "s3", "admin"):

@@ -82,12 +82,20 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in _FAST_BF16_FLAGS)
 
 
+def check_predictor_settings(config: PredictorConfig, traits: ModelTraits) -> None:
+    """Raise ValueError (naming the setting) for predictor settings a model cannot take: a noise
+    level for a model without a noise map, bf16 for a model that is not safe in it. The runs call
+    it on the driver, before any worker starts."""
+    if config.noise_level is not None and not traits.noise_level:
+        raise ValueError(f"predictor.noise_level: {traits.architecture} models take no noise-level map")
+    if config.precision == "bf16" and "bf16" not in traits.dtypes:
+        raise ValueError(f"predictor.precision bf16: {traits.architecture} models are not safe in bf16; use fp32")
+
+
 def _resolve_precision(precision: str, device: torch.device, traits: ModelTraits) -> str:
     """``"bf16"`` or ``"fp32"``: what ``precision`` (one of ``PRECISIONS``) means on ``device``
     for a model with ``traits`` (``auto`` picks bf16 only where it was measured to cost at most
     0.05 dB, ``traits.auto_bf16``)."""
-    if precision == "bf16" and "bf16" not in traits.dtypes:
-        raise ValueError(f"predictor.precision bf16: {traits.architecture} models are not safe in bf16; use fp32")
     if precision != "auto":
         return precision
     if not traits.auto_bf16:
@@ -328,9 +336,8 @@ class Predictor:
             # for: padded tile edges would differ from the whole image's.
             multiple = self.traits.multiple_of
             self.tile = -(-max(self.tile, self.traits.min_size, 2 * self.overlap + 1) // multiple) * multiple
+        check_predictor_settings(config, self.traits)
         if config.noise_level is not None:
-            if not self.traits.noise_level:
-                raise ValueError(f"predictor.noise_level: {self.traits.architecture} models take no noise-level map")
             model.noise_level = float(config.noise_level)
         self.batch_size = config.batch_size
         self.tile_batch_size = config.tile_batch_size or config.batch_size

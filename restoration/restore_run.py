@@ -47,6 +47,7 @@ from restoration.checkpoint import (
     resolve_model,
 )
 from restoration.durations import format_duration
+from restoration.inference import check_predictor_settings
 from restoration.planning import Plan, plan_restore
 from restoration.restore_settings import PredictorConfig, RestoreConfig
 from restoration.restore_stages import (
@@ -317,6 +318,7 @@ def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: Restor
         storage.check_writable(folder)
     with users_storage_errors("--model", model):
         restore_model = load_run_model(model, task)
+    check_predictor_settings(config.predictor, restore_model.checkpoint.model.traits)
     with users_storage_errors("--output", output_uri):
         previous = manifest_lib.ManifestIndex(output_uri)
     with users_storage_errors("--input", input_uri):

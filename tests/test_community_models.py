@@ -18,7 +18,7 @@ from PIL import Image
 from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, no_ray_environment
 
 from restoration.checkpoint import load_checkpoint
-from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
+from restoration.codec import pixels_to_tensor, tensor_to_pixels
 from restoration.inference import Predictor, PredictorConfig
 from restoration.manifest import read_manifest
 

@@ -74,7 +74,7 @@ def test_user_errors(tmp_path, capsys, set5_dir):
     save_checkpoint(model, tmp_path / "denoiser")
     assert main(["evaluate", "--model", str(tmp_path / "denoiser"), "--task", "sr",
                  "--images", str(set5_dir)]) == 2
-    assert "restores 'denoise', but --task is 'sr'" in capsys.readouterr().err
+    assert "is a 'denoise' model, but --task is 'sr'" in capsys.readouterr().err
     assert main(["evaluate", "--model", "identity", "--task", "denoise", "--images", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
@@ -109,7 +109,7 @@ def test_real_world_case_cli(tmp_path, cbsd68_dir, capsys):
     model = build_model(ModelConfig(task="sr", scale=4, widths=SMALL))
     save_checkpoint(model, tmp_path / "sr")
     assert main(["evaluate", "--model", str(tmp_path / "sr"), "--case", "blur1.6", "--images", str(cbsd68_dir)]) == 2
-    assert "restores 'sr'" in capsys.readouterr().err
+    assert "is a 'sr' model, but --task is" in capsys.readouterr().err
 
 
 def test_help_lists_cases_and_protocols(capsys):
