@@ -19,6 +19,7 @@ One API, three kinds of source:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from collections.abc import Mapping
@@ -276,12 +277,22 @@ def checkpoint_to_bytes(
     Args:
         half: store floating-point weights as float16 (shipped models); loading restores float32.
     """
+    community = isinstance(model, CommunityNet)
     state = {}
-    for name, tensor in model.state_dict().items():
+    # A community model's weights under the architecture's own names: the file spandrel loads.
+    for name, tensor in (model.net if community else model).state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         if half and tensor.is_floating_point():
             tensor = tensor.half()
         state[name] = tensor
+    if community:
+        traits = model.traits
+        metadata = (json.dumps({"kind": "community", "architecture": traits.architecture, "task": traits.task,
+                                "scale": traits.scale, "model_id": model_id or model.model_id,
+                                "dtype": "float16" if half else "float32", "code_version": __version__,
+                                "provenance": dict(provenance or {}), "format_version": FORMAT_VERSION},
+                               indent=2, sort_keys=True) + "\n").encode()
+        return CheckpointBytes(weights=save_safetensors(state), metadata=metadata)
     metadata = CheckpointMetadata.of_model(model, model_id=model_id, provenance=provenance, half=half)
     return CheckpointBytes(weights=save_safetensors(state), metadata=metadata.to_json())
 
@@ -308,11 +319,55 @@ def save_checkpoint(
     return directory
 
 
+def save_state_dict_file(model: FusedRestorationNet | CommunityNet, path: str | Path) -> Path:
+    """Write the model's weights as one file (``.safetensors``, or ``.pth`` / ``.pt`` through
+    ``torch.save``) under its architecture's own names: for a community model, the format it came
+    in, which spandrel, chaiNNer and ComfyUI load unchanged."""
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".pth", ".pt"):
+        raise ValueError(f"--output {path}: a state dict is written as .safetensors, .pth or .pt")
+    module = model.net if isinstance(model, CommunityNet) else model
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        path.write_bytes(save_safetensors(state))
+    else:
+        torch.save(state, path)
+    return path
+
+
 def _check_folder(directory: Path) -> None:
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     if not (directory / METADATA_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{directory} is not a checkpoint: it needs {WEIGHTS_FILE} and {METADATA_FILE}")
+
+
+def is_community_checkpoint(source: str | Path) -> bool:
+    """Whether ``source`` is a community model: a weight file, or a checkpoint folder holding a
+    fine-tuned one."""
+    return is_community_file(str(source)) or _is_community_folder(source)
+
+
+def _is_community_folder(source: str | Path) -> bool:
+    """Whether the checkpoint folder at ``source`` holds a fine-tuned community model."""
+    try:
+        if _is_uri(source):
+            text = storage.read_bytes(storage.join(str(source), METADATA_FILE))
+        else:
+            text = (Path(source) / METADATA_FILE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return _community_checkpoint(CheckpointBytes(weights=b"", metadata=text)) is not None
+
+
+def _community_checkpoint(data: CheckpointBytes) -> dict[str, Any] | None:
+    """The ``model.json`` of a checkpoint folder holding a fine-tuned community model, else None."""
+    try:
+        parsed = json.loads(data.metadata)
+    except ValueError:
+        return None  # CheckpointMetadata.from_json says what is wrong
+    return parsed if isinstance(parsed, dict) and parsed.get("kind") == "community" else None
 
 
 def _read_community_file(source: str | Path) -> CheckpointBytes:
@@ -381,6 +436,19 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
         except ValueError as error:
             raise CheckpointError(str(error)) from None
         return Checkpoint(model=model.to(map_location), metadata=community, path=None, source=data.source)
+    saved = _community_checkpoint(data)
+    if saved is not None:  # a fine-tuned community model, saved by this project
+        try:
+            state = load_safetensors(data.weights)
+            model, community = load_community_model({k: v.float() for k, v in state.items()}, name=data.source,
+                                                    data=data.weights)
+        except (SafetensorError, ValueError) as error:
+            raise CheckpointError(f"{data.source}: {error}") from None
+        community = dataclasses.replace(community, model_id=saved.get("model_id") or community.model_id,
+                                        provenance=dict(saved.get("provenance") or {}))
+        model.model_id = community.model_id
+        local = None if data.source == "bytes" or "://" in data.source else Path(data.source)
+        return Checkpoint(model=model.to(map_location), metadata=community, path=local, source=data.source)
     metadata = data.read_metadata()
     # The checkpoint carries the (fine-tuned) backbone weights: no ImageNet download needed.
     model = build_model(metadata.architecture, backbone_weights=None)
@@ -406,8 +474,11 @@ def load_checkpoint(source: str | Path | CheckpointBytes, *, map_location: str |
     return checkpoint_from_bytes(data, map_location=map_location)
 
 
-def load_weights(model: FusedRestorationNet, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load a state dict, failing with a clear message when the architecture does not match."""
+def load_weights(model: FusedRestorationNet | CommunityNet, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load a state dict, failing with a clear message when the architecture does not match (a
+    community model's under its architecture's own names, as its checkpoints store them)."""
+    if isinstance(model, CommunityNet):
+        model = model.net
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -460,6 +531,9 @@ def read_model_metadata(source: str | Path) -> tuple[CheckpointMetadata, str]:
     file is read and built whole (it has no separate metadata)."""
     if is_community_file(str(source)):
         checkpoint = checkpoint_from_bytes(_read_community_file(source))
+        return checkpoint.metadata, checkpoint.source or str(source)
+    if _is_community_folder(source):
+        checkpoint = load_checkpoint(source)
         return checkpoint.metadata, checkpoint.source or str(source)
     if _is_uri(source):
         shown = storage.redact(str(source))

@@ -113,26 +113,36 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="write a compact (float16) copy of a checkpoint, e.g. to ship it as a default model",
+        help="write a checkpoint as compact float16 folder, or as a weight file for other tools",
         description=(
-            "Copy a checkpoint directory as float16 safetensors + model.json (half the size; loading "
-            "restores float32). With --as-default the copy becomes the package's default model for "
-            "its task (restoration/weights/<task>/), which `--model default` then picks."
+            "--format checkpoint (default): copy a checkpoint folder as float16 safetensors + model.json "
+            "(half the size; loading restores float32); with --as-default it becomes the package's default "
+            "model for its task (restoration/weights/<task>/), which `--model default` then picks. "
+            "--format state-dict: write the model's weights as one .safetensors or .pth file under its "
+            "architecture's own names: a fine-tuned community model goes back to its own format, which "
+            "spandrel, chaiNNer and ComfyUI load unchanged."
         ),
     )
-    p.add_argument("checkpoint", help="checkpoint directory (model.safetensors + model.json)")
+    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + model.json), or a model file")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--output", help="destination directory")
+    group.add_argument("--output", help="destination folder (checkpoint) or file (state-dict: .safetensors or .pth)")
     group.add_argument("--as-default", action="store_true", help="install as the default model for its task")
+    p.add_argument("--format", choices=("checkpoint", "state-dict"), default="checkpoint")
     p.add_argument("--model-id", default=None, help="identifier recorded in model.json (default: folder name)")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from restoration.checkpoint import SHIPPED_DIR, load_checkpoint, save_checkpoint
+    from restoration.checkpoint import SHIPPED_DIR, load_checkpoint, save_checkpoint, save_state_dict_file
 
     checkpoint = load_checkpoint(args.checkpoint)
-    task = checkpoint.model.config.task
+    if args.format == "state-dict":
+        if args.as_default:
+            raise ValueError("--as-default installs a checkpoint folder; use --format checkpoint")
+        path = save_state_dict_file(checkpoint.model, args.output)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {checkpoint.model.traits.architecture} weights)")
+        return 0
+    task = checkpoint.model.traits.task
     target = SHIPPED_DIR / task if args.as_default else args.output
     provenance = dict(checkpoint.metadata.provenance)
     model_id = args.model_id or (f"default-{task}" if args.as_default else None)

@@ -45,6 +45,10 @@ _GLOBAL_CONTEXT_ARCHITECTURES: Final[frozenset[str]] = frozenset({"NAFNet"})
 # whole image's output within 1 level (measured on a random-weight DRUNet: 32 px -> 3 levels,
 # 48 -> 1; the widest is kept, for the deeper trained models).
 _MIN_OVERLAP: Final[dict[str, int]] = {"DRUNet": 64}
+HEAD_LAYERS: Final[int] = 2
+"""Fine-tuning a community model: the layers trained from the start (the rest, the pretrained
+body, is frozen for ``optim.freeze_backbone_fraction`` of the steps, then trained at
+``optim.backbone_lr``)."""
 # Purposes spandrel reports -> the task such a model does when --task is not given.
 _PURPOSE_TASKS: Final[dict[str, str]] = {"SR": "sr", "FaceSR": "sr", "Inpainting": "inpaint", "Restoration": "general"}
 
@@ -108,6 +112,29 @@ class CommunityNet(nn.Module):
             tiling=tiling if tiling in ("supported", "discouraged", "internal") else "supported",
             dtypes=("fp32", "bf16") if descriptor.supports_bfloat16 else ("fp32",), auto_bf16=False,
             noise_level=self._noise_map, min_overlap=_MIN_OVERLAP.get(architecture, 0))
+
+    # -- fine-tuning: the fused model's two-stage schedule, with the last layers as the "target
+    # branch" and everything before them as the pretrained "backbone" --------------------------
+
+    def _head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the last :data:`HEAD_LAYERS` layers that have any."""
+        layers = [module for module in self.net.modules()
+                  if not list(module.children()) and any(True for _ in module.parameters(recurse=False))]
+        return [p for module in layers[-HEAD_LAYERS:] for p in module.parameters(recurse=False)]
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) every layer but the last :data:`HEAD_LAYERS`."""
+        head = {id(p) for p in self._head_parameters()}
+        for parameter in self.net.parameters():
+            parameter.requires_grad_(id(parameter) in head or not frozen)
+
+    def parameter_groups(self, lr: float, backbone_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer groups: the last layers at ``lr``, the rest at ``backbone_lr``."""
+        head = self._head_parameters()
+        ids = {id(p) for p in head}
+        body = [p for p in self.net.parameters() if id(p) not in ids]
+        return [{"name": "target", "params": head, "lr": lr, "weight_decay": weight_decay},
+                {"name": "backbone", "params": body, "lr": backbone_lr, "weight_decay": weight_decay}]
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         height, width = x.shape[-2:]

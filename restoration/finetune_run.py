@@ -448,7 +448,7 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
 
     from restoration.evaluate import load_images
     from restoration.model import build_model
-    from restoration.trainer import CropSampler
+    from restoration.trainer import CropSampler, is_community_model
 
     config = plan.config
     rank, world_size, device = session.rank, session.world_size, session.device
@@ -477,7 +477,9 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
     val = [item for uri in plan.val_uris for item in load_images(uri)] if rank == 0 else []
     with session.resume() as resume:
         # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
-        model = build_model(config.model, backbone_weights=None) if resume else initial_model(config, plan.init)
+        # (A community model is built from --init's architecture; the checkpoint's weights follow.)
+        fresh = resume is not None and not is_community_model(plan.init)
+        model = build_model(config.model, backbone_weights=None) if fresh else initial_model(config, plan.init)
         trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
                           val_samples=val, world_size=world_size, rank=rank, progress=say)
         if resume is not None:

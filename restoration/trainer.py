@@ -572,6 +572,8 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
         return build_model(config.model, backbone_weights=config.backbone_weights)
     if str(init) == "default":
         init = resolve_model("default", config.task)
+    if is_community_model(init):
+        return _community_start(config, init)
     files = read_checkpoint_bytes(init)
     source = files.read_metadata().architecture
     mine = config.model
@@ -593,3 +595,31 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
     if skipped:
         log.info("--init: %d tensors not transferred (task-specific): %s", len(skipped), ", ".join(skipped[:5]))
     return model
+
+
+def is_community_model(init: str | Path | None) -> bool:
+    """Whether ``--init`` is a community model: a weight file, or a checkpoint folder holding a
+    fine-tuned one (which a run then fine-tunes further)."""
+    from restoration.checkpoint import is_community_checkpoint
+
+    return init is not None and is_community_checkpoint(init)
+
+
+def _community_start(config: TrainConfig, init: str | Path) -> nn.Module:
+    """A community model to fine-tune (:mod:`restoration.community`): the whole network with its
+    pretrained weights, checked against the run's task and scale.
+
+    Raises:
+        CheckpointError: a model that cannot do ``config.task``, or of another scale.
+    """
+    from restoration.checkpoint import load_checkpoint
+
+    model = load_checkpoint(init).model
+    traits = model.traits
+    misfit = traits.misfit(config.task)
+    if misfit is not None:
+        raise CheckpointError(f"{storage.redact(str(init))} is {misfit}, but --task is {config.task!r}")
+    if traits.scale != config.degradation.scale:
+        raise CheckpointError(f"{storage.redact(str(init))} upscales x{traits.scale}, but this run trains x"
+                              f"{config.degradation.scale}; set degradation.scale={traits.scale}")
+    return model.train()

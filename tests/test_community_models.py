@@ -6,6 +6,7 @@ alpha is kept; bad files and models that cannot do the task exit 2 in one line b
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -251,3 +252,68 @@ def test_the_ray_job_gives_spandrels_pixels(model_files: dict[str, Path], inputs
     assert Image.open(tmp_path / "out" / "gray.png").mode == "L"
     rows = read_manifest(str(tmp_path / "out")).to_pylist()
     assert len(rows) == 3 and all(row["status"] == "ok" and row["task"] == "sr" for row in rows), rows
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_community_model_fine_tunes_on_ray_train_resumes_after_a_kill_and_exports_back(tmp_path: Path) -> None:
+    """A small random-weight ESRGAN x4 as --init: a run begun without Ray is killed (SIGKILL)
+    after its first checkpoint; the Ray Train job (2 workers) resumes it from there to 30 steps,
+    and its validation PSNR rises; the model restores like any checkpoint, and its export is a
+    .safetensors file that spandrel loads back with the same outputs."""
+    from skimage import data
+    from spandrel import ModelLoader
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from jobs.processes import kill_tree
+
+    torch.manual_seed(0)
+    init = save_model(ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4).eval(), tmp_path / "x4.pth")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(data, name)()[:192, :192]).save(tmp_path / "train" / f"{name}.png")
+    Image.fromarray(data.astronaut()[256:352, 256:352]).save(tmp_path / "val" / "astronaut.png")
+    runs = tmp_path / "runs"
+    args = ["--task", "sr", "--init", str(init), "--train-images", str(tmp_path / "train"), "--val-images",
+            str(tmp_path / "val"), "--steps", "30", "--storage", str(runs), "--name", "x4",
+            "--set", "data.crop_size=64", "--set", "data.batch_size=4", "--set", "log_interval=5",
+            "--set", "checkpoint_interval=10", "--set", "validation.limit=1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    with (tmp_path / "first.log").open("w") as log:
+        first = subprocess.Popen([sys.executable, "-m", "jobs.finetune", *args, "--workers", "1", "--no-ray"],
+                                 cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (runs / "x4" / "checkpoint_step_00000010" / "trainer_state.pt").exists():
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+            time.sleep(0.05)
+    finally:
+        kill_tree(first.pid)
+        first.wait(timeout=30)
+    assert not (runs / "x4" / "model").exists()  # killed before the end
+
+    second = subprocess.run([sys.executable, "-m", "jobs.finetune", *args, "--workers", "2"], cwd=PROJECT_ROOT,
+                            env=env, capture_output=True, text=True, timeout=500)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from step 10 of 30" in second.stdout or "resumed from step 20 of 30" in second.stdout, second.stdout
+    first_psnr = [float(v) for v in re.findall(r"val (\d+\.\d+) dB", (tmp_path / "first.log").read_text())]
+    last_psnr = [float(v) for v in re.findall(r"val (\d+\.\d+) dB", second.stdout)]
+    assert first_psnr and last_psnr and last_psnr[-1] > first_psnr[0], (first_psnr, last_psnr)
+
+    checkpoint = load_checkpoint(runs / "x4" / "model")
+    assert checkpoint.model.traits.architecture == "ESRGAN" and checkpoint.metadata.provenance["steps"] == 30
+    exported = tmp_path / "x4-finetuned.safetensors"
+    result = subprocess.run([sys.executable, "-m", "jobs.cli", "export", str(runs / "x4" / "model"), "--format",
+                             "state-dict", "--output", str(exported)], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    descriptor = ModelLoader().load_from_file(str(exported)).eval()
+    image = pixels_to_tensor(data.coffee()[:40, :48])
+    with torch.no_grad():
+        theirs = descriptor(image[None])[0]
+    ours = Predictor(checkpoint.model, PredictorConfig(tile=0, precision="fp32"), device="cpu").restore(image)
+    assert descriptor.architecture.id == "ESRGAN" and descriptor.scale == 4
+    assert (theirs - ours.clamp(0, 1)).abs().max() < 1e-4
