@@ -95,6 +95,15 @@ class LoadedModel:
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
+    def describe(self) -> dict[str, Any]:
+        """The model as the run's summary records it: id, architecture, scale and the SHA-256
+        of its weights."""
+        import hashlib
+
+        traits = self.checkpoint.model.traits
+        return {"model_id": self.model_id, "architecture": traits.architecture, "scale": traits.scale,
+                "weights_sha256": hashlib.sha256(self.data.weights).hexdigest()}
+
 
 def load_run_model(spec: str, task: str) -> LoadedModel:
     """Read and validate ``--model`` (a checkpoint folder or a community model file, local or a
@@ -461,6 +470,7 @@ def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor:
             "job_id": job.job_id,
             "task": job.task,
             "model_id": job.model_id,
+            "model": job.model.describe(),
             "input": storage.redact(input_uri),
             "output": storage.redact(output_uri),
             "inputs": total,

@@ -1,0 +1,99 @@
+"""``restoration report``: the page of a real restore job (the tiny model, photos, a broken file),
+opened in headless Chromium: every image renders, no console error, the table sorts; a prefix
+without a manifest, or images deleted after the job, give a clear line or a row on the page."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from browser import Browser
+from PIL import Image
+
+from restoration import config as config_lib
+from restoration.checkpoint import save_checkpoint
+from restoration.cli import main
+from restoration.model import ModelConfig, build_model
+from restoration.restore_run import LocalRestoreExecutor, run_restore
+from restoration.restore_settings import RestoreConfig
+
+SCREENSHOTS = Path(os.environ.get("RESTORATION_SCREENSHOTS", "")) if os.environ.get("RESTORATION_SCREENSHOTS") else None
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished restore job: 10 noisy photo crops (one gray), a broken file; its --output."""
+    return make_job(tmp_path_factory.mktemp("report-job"), count=10)
+
+
+def make_job(root: Path, *, count: int) -> Path:
+    """A restore job of ``count`` noisy photo crops and a broken file under ``root``; its --output."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    (root / "in" / "sub").mkdir(parents=True)
+    names = ("astronaut", "chelsea", "coffee", "rocket", "camera", "moon", "coins", "hubble_deep_field",
+             "immunohistochemistry", "cat")
+    for index, name in enumerate(names[:count]):
+        pixels = getattr(data, name)()[:120, :150].astype(np.float32)
+        noisy = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(root / "in" / ("sub" if index % 3 == 0 else "") / f"{name}.png")
+    (root / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="denoise", widths=(8, 8, 16, 16, 24, 24)), backbone_weights=None)
+    with torch.no_grad():
+        model.head.bias.fill_(4 / 255)  # a model that visibly changes every image
+    checkpoint = save_checkpoint(model, root / "model")
+    config = config_lib.load_config(RestoreConfig, overrides=["predictor.precision=fp32"])
+    run_restore(str(root / "in"), str(root / "out"), task="denoise", model=str(checkpoint), config=config,
+                executor=LocalRestoreExecutor(), echo=lambda line: None)
+    return root / "out"
+
+
+@pytest.mark.timeout(300)
+def test_the_report_page_renders_and_sorts_in_a_real_browser(job: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    page = tmp_path / "report.html"
+    assert main(["report", str(job), "--html", str(page), "--sample", "4", "--extremes", "2"]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"wrote .*report.html: 11 manifest rows, \d+ images shown, .* peak memory \d+ MB", said), said
+    text = page.read_text()
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from a network
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(page)
+        assert browser.evaluate("document.images.length") >= 4 * 4  # 4 pairs at least, 4 images each
+        assert browser.broken_images() == []
+        assert browser.errors == []
+        counts = browser.evaluate("Array.from(document.querySelectorAll('.card')).map(c => c.textContent)")
+        assert "11inputs" in counts and "10ok" in counts and "1error" in counts, counts
+        assert "not a PNG" in text or "decode" in browser.evaluate("document.body.innerText")
+        # Sort the table by mean change, both ways.
+        values = "Array.from(document.querySelectorAll('#inputs tbody tr')).map(r => parseFloat(r.children[2].dataset.value))"
+        browser.evaluate("document.querySelectorAll('#inputs th')[2].click()")
+        ascending = browser.evaluate(values)
+        browser.evaluate("document.querySelectorAll('#inputs th')[2].click()")
+        descending = browser.evaluate(values)
+        assert len(ascending) == 11 and ascending == sorted(ascending) and descending == sorted(ascending)[::-1]
+        assert browser.evaluate("document.querySelector('svg polyline').getAttribute('points').split(' ').length") == 10
+        shot = browser.screenshot((SCREENSHOTS or tmp_path) / "report.png")
+    assert Image.open(shot).size[1] > 1000
+
+
+@pytest.mark.timeout(300)
+def test_deleted_images_are_rows_and_a_missing_manifest_is_one_line(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    copy = make_job(tmp_path, count=3)
+    for path in copy.rglob("*.png"):
+        path.unlink()  # the outputs are gone; the manifest stays
+    page = tmp_path / "gone.html"
+    assert main(["report", str(copy), "--html", str(page), "--sample", "3", "--extremes", "0"]) == 0
+    text = page.read_text()
+    assert text.count("cannot be shown") == 3 and "Traceback" not in text
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "nothing-here"), "--html", str(tmp_path / "x.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no manifest under" in err[0], err
