@@ -1,6 +1,7 @@
-"""``restoration report``: the page of a real restore job (the tiny model, photos, a broken file),
-opened in headless Chromium: every image renders, no console error, the table sorts; a prefix
-without a manifest, or images deleted after the job, give a clear line or a row on the page."""
+"""The HTML pages, opened in headless Chromium: ``restoration report`` of a real restore job (the
+tiny model, photos, a broken file) -- every image renders, no console error, the table sorts; a
+prefix without a manifest, or images deleted after the job, give a clear line or a row on the page
+-- and ``restoration compare`` of three models, whose flip switch cycles through their outputs."""
 
 from __future__ import annotations
 
@@ -97,3 +98,44 @@ def test_deleted_images_are_rows_and_a_missing_manifest_is_one_line(tmp_path: Pa
     assert main(["report", str(tmp_path / "nothing-here"), "--html", str(tmp_path / "x.html")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no manifest under" in err[0], err
+
+
+@pytest.mark.timeout(300)
+def test_the_compare_page_shows_every_model_and_flips_between_them(job: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Three models -- the job's tiny checkpoint, the shipped denoiser and a community x4 model
+    (random weights) -- on a seeded sample degraded by a named case: the page holds the same crop
+    for each, PSNR per model, and the flip switch cycles through the models' outputs."""
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    community = tmp_path / "compact-x4.pth"
+    torch.save(Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4).state_dict(), community)
+    page = tmp_path / "compare.html"
+    models = [str(job.parent / "model"), "default:denoise", str(community)]
+    args = ["compare", "--input", str(job.parent / "in"), "--sample", "3", "--case", "noise15-jpeg60", "--html", str(page)]
+    assert main([*args, *[item for model in models for item in ("--model", model)]]) == 0
+    said = capsys.readouterr().out
+    assert all(f"{model}: " in said and "s/megapixel here" in said for model in models), said
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(page)
+        assert browser.broken_images() == [] and browser.errors == []
+        names = browser.evaluate("Array.from(document.querySelectorAll('#models tbody tr')).map(r => r.children[0].textContent)")
+        assert names == models
+        psnr = browser.evaluate("Array.from(document.querySelectorAll('#models tbody tr')).map(r => r.children[6].textContent)")
+        assert all(re.fullmatch(r"\d+\.\d\d", value) for value in psnr[:2]), psnr  # the x4 model cannot be scored here
+        # 3 images (one of them the broken file, which is a line) x (input + 3 models + the flip frame)
+        assert browser.evaluate("document.querySelectorAll('.pairs figure').length") >= 2 * 5
+        shown = "document.querySelector('img.flippable').closest('figure').querySelector('.shown').textContent"
+        first_src = browser.evaluate("document.querySelector('img.flippable').src")
+        labels = [browser.evaluate(shown)]
+        for _ in range(3):
+            browser.evaluate("document.querySelector('button.flip').click()")
+            labels.append(browser.evaluate(shown))
+        assert labels == [models[0], models[1], models[2], models[0]], labels
+        assert browser.evaluate("document.querySelector('img.flippable').src") == first_src
+        browser.evaluate("document.querySelectorAll('#models th')[4].click()")  # sort by seconds / megapixel
+        order = browser.evaluate("Array.from(document.querySelectorAll('#models tbody tr'))"
+                                 ".map(r => parseFloat(r.children[4].dataset.value))")
+        assert order == sorted(order)
+        browser.screenshot((SCREENSHOTS or tmp_path) / "compare.png")

@@ -1,0 +1,273 @@
+"""``restoration compare``: restore a seeded sample of a collection with several models and write
+one HTML page to choose between them by looking.
+
+A model is a shipped one (``default:denoise``, ``default:general``, ...), a checkpoint folder, or
+a community weight file (:mod:`restoration.community`). Each runs in this process (no Ray) on the
+same sample. The page shows, per image, the input and every model's output at the same crop (where
+the models disagree most), with a button that flips between outputs in one frame; per model, the
+mean change, seconds per megapixel measured here, and the projected time for the whole
+collection (its megapixels, from the image headers, as ``restore --dry-run`` reads them). With
+clean references (``--reference DIR``, matched by relative path) or a synthetic case (``--case
+NAME``: the sample is taken as clean and degraded by the case), PSNR/SSIM per model too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from restoration import storage
+from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
+from restoration.pages import as_rgb8, data_uri, escape, page, resized, sortable_table
+
+__all__ = ["ModelResult", "compare_models", "write_comparison"]
+
+DISPLAY = 240
+"""Side of the crops shown, in screen pixels."""
+HEADER_LIMIT = 20_000
+"""Inputs whose headers are read for the collection's megapixels; beyond it the sample's mean
+size stands for the rest (the page says so)."""
+
+
+@dataclass
+class ModelResult:
+    """One model on the sample: its outputs by input, the measured time, and scores."""
+
+    spec: str
+    model_id: str = ""
+    architecture: str = ""
+    task: str = ""
+    error: str | None = None
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+    megapixels: float = 0.0
+    changes: list[float] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_megapixel(self) -> float:
+        return self.seconds / self.megapixels if self.megapixels else float("nan")
+
+
+def _load(spec: str, task: str | None) -> tuple[Any, str]:
+    """(checkpoint, task) of a model spec: ``default:TASK``, ``default`` (with ``task``), a
+    checkpoint folder or a community file."""
+    from restoration.checkpoint import load_checkpoint, resolve_model
+
+    if spec.startswith("default:"):
+        task = spec.split(":", 1)[1]
+        spec = "default"
+    if spec == "default" and task is None:
+        raise ValueError("--model default needs --task (or write default:TASK, e.g. default:denoise)")
+    checkpoint = load_checkpoint(resolve_model(spec, task or ""))
+    traits = checkpoint.model.traits
+    chosen = task or traits.task
+    misfit = traits.misfit(chosen)
+    if misfit is not None:
+        raise ValueError(f"{spec} is {misfit}, but --task is {chosen!r}")
+    if traits.takes_mask:
+        raise ValueError(f"{spec} is an inpainting model: compare restores images without masks")
+    return checkpoint, chosen
+
+
+def _collection_megapixels(uris: list[str], sample_pixels: list[int]) -> tuple[float, str]:
+    """The collection's megapixels from its image headers, or, past :data:`HEADER_LIMIT` inputs,
+    from the sample's mean size; and how it was counted."""
+    from restoration.dry_run import _image_header
+
+    if len(uris) > HEADER_LIMIT:
+        mean = sum(sample_pixels) / max(1, len(sample_pixels))
+        return mean * len(uris) / 1e6, f"{len(uris)} inputs x the sample's mean size"
+    total, unreadable = 0, 0
+    for uri in uris:
+        try:
+            width, height, _ = _image_header(uri, max_bytes=1 << 40)
+            total += width * height
+        except (OSError, ValueError):
+            unreadable += 1
+    note = f"headers of {len(uris)} inputs" + (f" ({unreadable} unreadable)" if unreadable else "")
+    return total / 1e6, note
+
+
+def compare_models(input_uri: str, models: list[str], *, task: str | None = None, sample: int = 16, seed: int = 0,
+                   reference: str | None = None, case: str | None = None, predictor: Any = None) -> dict[str, Any]:
+    """Restore a seeded sample of ``input_uri`` with every model; returns the sample's images,
+    the per-model results and the collection's size (see the module docstring).
+
+    Raises:
+        ValueError: no inputs, fewer than one model, or a bad --case.
+    """
+    from restoration.evaluate import score
+    from restoration.inference import Predictor, PredictorConfig
+    from restoration.planning import list_inputs
+    from restoration.tasks import get_case
+
+    if not models:
+        raise ValueError("give at least one --model")
+    root, uris, _ = list_inputs(storage.absolute_uri(input_uri))
+    chosen = sorted(random.Random(seed).sample(uris, min(sample, len(uris))))
+    the_case = get_case(case) if case else None
+    images: dict[str, dict[str, Any]] = {}
+    for uri in chosen:
+        name = uri[len(root):].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+        try:
+            pixels = as_rgb8(decode_image(storage.read_bytes(uri)).pixels)
+        except (OSError, ValueError) as error:
+            images[name] = {"uri": uri, "error": storage.redact(str(error))}
+            continue
+        entry: dict[str, Any] = {"uri": uri, "input": pixels, "gt": None}
+        if the_case is not None:
+            degraded = the_case.spec.sample(name, the_case.prepare(pixels), seed=seed)
+            entry.update(input=as_rgb8(tensor_to_pixels(degraded.lq.clamp(0, 1))), gt=as_rgb8(degraded.gt))
+        elif reference is not None:
+            try:
+                entry["gt"] = as_rgb8(decode_image(storage.read_bytes(storage.join(reference, name))).pixels)
+            except (OSError, ValueError) as error:
+                entry["reference_error"] = storage.redact(str(error))
+        images[name] = entry
+    results = []
+    for spec in models:
+        result = ModelResult(spec=spec)
+        results.append(result)
+        try:
+            checkpoint, result.task = _load(spec, task)
+        except (OSError, ValueError) as error:
+            result.error = storage.redact(str(error))
+            continue
+        result.model_id, result.architecture = checkpoint.model_id, checkpoint.model.traits.architecture
+        restorer = Predictor(checkpoint.model, predictor or PredictorConfig(), device="cpu")
+        first = next((e["input"] for e in images.values() if "input" in e), None)
+        if first is not None:  # warm-up, untimed: the first pass pays for allocations and kernel choice
+            try:
+                restorer.restore(pixels_to_tensor(first))
+            except (RuntimeError, ValueError):
+                pass  # reported below, on the timed pass
+        for name, entry in images.items():
+            if "input" not in entry:
+                continue
+            lq = pixels_to_tensor(entry["input"])
+            try:
+                started = time.perf_counter()
+                out = tensor_to_pixels(restorer.restore(lq).clamp(0, 1))
+                result.seconds += time.perf_counter() - started
+            except (RuntimeError, ValueError) as error:  # a model that fails on this image
+                result.error = f"{name}: {type(error).__name__}: {str(error).splitlines()[0]}"
+                break
+            result.megapixels += lq.shape[1] * lq.shape[2] / 1e6
+            result.outputs[name] = out
+            base = resized(entry["input"], out.shape[1], out.shape[0])
+            result.changes.append(float(np.abs(base.astype(np.float32) - out.astype(np.float32)).mean()))
+            gt = entry["gt"]
+            if gt is not None and gt.shape == out.shape:
+                value, structure = score(out, gt, the_case.spec if the_case else _plain_spec())
+                result.psnr.append(value)
+                result.ssim.append(structure)
+    pixels = [e["input"].shape[0] * e["input"].shape[1] for e in images.values() if "input" in e]
+    collection_mp, counted = _collection_megapixels(uris, pixels)
+    return {"input": storage.redact(input_uri), "inputs": len(uris), "sample": images, "seed": seed, "case": case,
+            "reference": reference, "results": results, "collection_megapixels": collection_mp, "counted": counted}
+
+
+def _plain_spec() -> Any:
+    from restoration.tasks import get_task
+
+    return get_task("general").protocol()
+
+
+def _best_box(images: list[np.ndarray]) -> tuple[float, float, float]:
+    """(top, left, side) as fractions of the image: a square where the outputs differ most."""
+    from restoration.pages import crop_box
+
+    height, width = images[0].shape[:2]
+    same = [resized(image, width, height) if image.shape[:2] != (height, width) else image for image in images]
+    spread = np.stack([s.astype(np.float32) for s in same]).std(axis=0)
+    box = crop_box(np.zeros_like(spread), spread, max(16, min(height, width) // 3))
+    return box[0] / height, box[1] / width, box[2] / min(height, width)
+
+
+def _crop(image: np.ndarray, fractions: tuple[float, float, float], reference_shape: tuple[int, ...]) -> np.ndarray:
+    """The same region of any output (whatever its scale), at :data:`DISPLAY` pixels."""
+    height, width = image.shape[:2]
+    side = max(1, round(fractions[2] * min(reference_shape[:2]) * height / reference_shape[0]))
+    top, left = round(fractions[0] * height), round(fractions[1] * width)
+    return resized(image[top : top + side, left : left + side], DISPLAY, DISPLAY, nearest=True)
+
+
+def _image_section(name: str, entry: dict[str, Any], results: list[ModelResult]) -> str:
+    if "input" not in entry:
+        return f"<p class=\"error\">{escape(name)}: cannot be read: {escape(entry['error'])}</p>"
+    done = [r for r in results if name in r.outputs]
+    if not done:
+        return f"<p class=\"error\">{escape(name)}: no model restored it</p>"
+    fractions = _best_box([entry["input"], *(r.outputs[name] for r in done)])
+    shape = entry["input"].shape
+    labels = ["input"] + [r.spec for r in done]
+    crops = [_crop(entry["input"], fractions, shape)] + [_crop(r.outputs[name], fractions, shape) for r in done]
+    uris = [data_uri(c) for c in crops]
+    tiles = "".join(f"<figure><img src=\"{u}\" alt=\"{escape(label)}\" width=\"{DISPLAY}\" height=\"{DISPLAY}\">"
+                    f"<figcaption>{escape(label)}</figcaption></figure>" for u, label in zip(uris, labels))
+    flip = (f"<figure><img class=\"flippable\" src=\"{uris[1]}\" alt=\"flip\" width=\"{DISPLAY}\" height=\"{DISPLAY}\" "
+            f"data-shown=\"0\" data-sources='{escape(json.dumps(uris[1:]))}' data-labels='{escape(json.dumps(labels[1:]))}'>"
+            f"<figcaption><button class=\"flip\">flip</button> <span class=\"shown\">{escape(labels[1])}</span>"
+            f"</figcaption></figure>")
+    return f"<h3>{escape(name)}</h3><div class=\"pairs\">{tiles}{flip}</div>"
+
+
+def _models_table(report: dict[str, Any]) -> str:
+    rows = []
+    for r in report["results"]:
+        projected = r.seconds_per_megapixel * report["collection_megapixels"] if r.megapixels else None
+        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+        cells = [(escape(r.spec), None), (escape(r.architecture or ""), None),
+                 (escape(r.error) if r.error else "ok", None),
+                 ("" if mean(r.changes) is None else f"{mean(r.changes):.2f}", mean(r.changes) or -1),
+                 ("" if not r.megapixels else f"{r.seconds_per_megapixel:.2f}", r.seconds_per_megapixel if r.megapixels else -1),
+                 ("" if projected is None else _duration(projected), projected or -1)]
+        if r.psnr:
+            cells += [(f"{mean(r.psnr):.2f}", mean(r.psnr)), (f"{mean(r.ssim):.4f}", mean(r.ssim))]
+        elif any(x.psnr for x in report["results"]):
+            cells += [("", -1), ("", -1)]
+        rows.append(cells)
+    headers = [("model", False), ("architecture", False), ("status", False), ("mean change (levels)", True),
+               ("seconds / megapixel (here)", True), ("projected, whole collection", True)]
+    if any(r.psnr for r in report["results"]):
+        headers += [("PSNR (dB)", True), ("SSIM", True)]
+    return sortable_table(headers, rows, table_id="models")
+
+
+def _duration(seconds: float) -> str:
+    from restoration.durations import format_duration
+
+    return format_duration(seconds)
+
+
+def comparison_page(report: dict[str, Any]) -> str:
+    """The HTML page of :func:`compare_models`' report."""
+    title = f"Model comparison: {report['input']}"
+    what = (f"case {report['case']} applied to the sample" if report["case"] else
+            f"references {report['reference']}" if report["reference"] else "no references")
+    body = (f"<h1>{escape(title)}</h1><p class=\"muted\">{len(report['sample'])} of {report['inputs']} inputs "
+            f"(seed {report['seed']}), {what}; the collection: {report['collection_megapixels']:.1f} megapixels "
+            f"({escape(report['counted'])}); times measured on this machine, the model alone</p>"
+            f"<h2>Models</h2>{_models_table(report)}<h2>Images</h2><p class=\"muted\">the same crop of each image "
+            f"for every model, where they differ most; 'flip' switches the last frame between the models</p>"
+            + "".join(_image_section(name, entry, report["results"]) for name, entry in report["sample"].items()))
+    return page(title, body)
+
+
+def write_comparison(input_uri: str, models: list[str], html_path: str, **options: Any) -> dict[str, Any]:
+    """Compare (:func:`compare_models`) and write the page to the local file ``html_path``."""
+    from pathlib import Path
+
+    report = compare_models(input_uri, models, **options)
+    path = Path(html_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(comparison_page(report), encoding="utf-8")
+    return report
+
