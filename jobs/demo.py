@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import html
 import os
 import shutil
 import sys
@@ -245,7 +244,8 @@ def _restore_environment(saved: dict[str, str | None]) -> None:
 def write_report(out: Path, base: str, photos: dict, groups: list[tuple[str, str, dict]],
                  summaries: list[dict]) -> list[dict]:
     """PSNR per image and model from the manifests' outputs; writes psnr.csv, manifest.csv,
-    contact_sheet.png and report.html under ``out``; returns the table rows.
+    contact_sheet.png under ``out``, and a ``restoration report`` page per job (report.html for
+    the first, report-<folder>.html for the others); returns the table rows.
 
     ``groups``: (model label, output folder under ``base``, {input name: (photo name, input pixels)}).
     """
@@ -280,7 +280,10 @@ def write_report(out: Path, base: str, photos: dict, groups: list[tuple[str, str
         writer.writeheader()
         writer.writerows(rows)
     contact_sheet(triples).save(out / "contact_sheet.png")
-    (out / "report.html").write_text(report_html(rows, summaries))
+    from restoration.report import write_report as write_job_report
+
+    for index, (label, folder, _) in enumerate(groups):  # what `restoration report OUTPUT` writes
+        write_job_report(storage.join(base, folder), str(out / ("report.html" if index == 0 else f"report-{folder}.html")))
     return rows
 
 
@@ -330,41 +333,6 @@ def contact_sheet(triples: list) -> Any:
             x += tile.width + gap
         y += THUMBNAIL_HEIGHT + label_height + gap
     return sheet
-
-
-def report_html(rows: list[dict], summaries: list[dict]) -> str:
-    body = []
-    for row in rows:
-        if "gain" in row:
-            cells = [row["image"], row["model"], row["size"], row["mode"], f"{row['psnr_noisy']:.2f}",
-                     f"{row['psnr_restored']:.2f}", f"{row['gain']:+.2f}", f"{row['seconds']:.2f}"]
-        else:
-            cells = [row["image"], row["model"], row["size"], row["mode"], row["status"], str(row["error"]), "", ""]
-        body.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>")
-    jobs = "".join(_job_html(summary) for summary in summaries)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>restoration demo</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head>
-<body><h1>restoration demo: noise (sigma {SIGMA:g}), and real-world JPEGs</h1>
-{jobs}<p>All manifests in <a href="manifest.csv">manifest.csv</a>.</p>
-<table><tr><th>image</th><th>model</th><th>size</th><th>mode</th><th>PSNR input (dB)</th><th>PSNR restored (dB)</th>
-<th>gain (dB)</th><th>seconds</th></tr>
-{chr(10).join(body)}
-</table>
-<h2>clean | input | restored</h2>
-<img src="contact_sheet.png" alt="contact sheet">
-</body></html>
-"""
-
-
-def _job_html(summary: dict) -> str:
-    counts = summary["counts"]
-    return (f"<p>Batch job {html.escape(summary['job_id'])}: {counts['ok']} restored, {counts['error']} errors, "
-            f"{counts['skipped']} skipped of {summary['inputs']} inputs in {summary['wall_seconds']:.1f} s "
-            f"({summary['images_per_second']:.2f} images/s, {summary['megapixels_per_second']:.3f} megapixels/s), "
-            f"model <code>{html.escape(summary['model_id'])}</code>. Manifest: "
-            f"<code>{html.escape(summary['manifest'])}</code>.</p>\n")
 
 
 def main(argv: list[str] | None = None) -> int:
