@@ -1,42 +1,12 @@
-"""Batch restoration on Ray Data: object storage in, restored images and a Parquet manifest out.
+"""Batch restoration on Ray Data: the Ray executor of :mod:`restoration.restore_run`.
 
-    python -m jobs.restore --input s3://photos/scans/ --output s3://photos/restored/ \\
-        --task denoise --model default [--limit N] [--overwrite] [--fail-on-error] [--set key=value ...]
+    python -m jobs.restore --input s3://photos/scans/ --output s3://photos/restored/ --task denoise
 
-``--input`` is a folder or prefix (recursive), one image, or a Parquet, CSV or text list of image
-URIs: local, ``file://`` or ``s3://`` (S3 from the standard AWS variables). Each output goes to
-``<output>/<path relative to the input>`` in the input's format (or ``--set output.format=png``),
-keeping gray/RGB, alpha, 16-bit depth, ICC, EXIF, XMP and IPTC (EXIF orientation applied).
-
-Pipeline (streaming; memory is bounded by Ray Data's backpressure, not by the collection). On a
-CPU-only cluster it is one stage::
-
-    work list (driver, URIs only) -> blocks of work rows -> FusedActor actors: read, decode,
-        restore, encode and write (restoration.restore_run.process_work) -> manifest rows -> driver
-
-Decoded pixels never leave the actor that decoded them, and each actor holds one
-``pipeline.batch_size`` chunk of them at a time. With GPUs it is split, so that decoding and
-encoding spread over every CPU of the cluster while the GPU actors only run the model::
-
-    work list -> read + decode (CPU tasks) -> restore (ModelActor actors)
-        -> encode + write (CPU tasks) -> manifest rows -> driver
-
-(``RayRestoreExecutor(stages=...)`` picks either.) The model actors use
-``ActorPoolStrategy(min_size, max_size)``: one GPU each where the cluster has GPUs, otherwise a
-fractional CPU reservation with torch threads sized to the cores, so that the actors never
-reserve every CPU (tasks of the run, of the split pipeline, or of other jobs always find room).
-An actor that dies is restarted and its block retried by Ray Data; outputs are written under
-deterministic keys, so a retry rewrites the same object, and the driver keeps the first
-manifest row per input.
-
-The run -- plan, re-run skips, manifest (written by the driver only, first row per input, so
-retried tasks cannot duplicate rows), summary, progress -- is the library's
-(:mod:`restoration.restore_run`); this module is its Ray Data executor (dataset wiring, actor class,
-pool sizing). ``--no-ray`` runs the same in this process without importing Ray. Bad inputs are
-manifest rows with ``status=error``; exit 0 unless ``--fail-on-error``, and 2 with one line for a
-bad setting or unreachable storage, before Ray starts. ``--dry-run`` (``--json``) reports what a
-run would do -- counts, megapixels, estimated output bytes and time -- without Ray, a model or
-any write (:func:`restoration.dry_run.dry_run_restore`).
+The run -- plan, skips, manifest, summary, progress -- is the library's; this module wires it to
+Ray Data: the fused pipeline (each model actor reads, restores, encodes and writes; CPU clusters)
+or the split one (read and encode in CPU tasks, the model in GPU actors), the actor classes, and
+the pool from :mod:`jobs.pool_sizing`. docs/cluster.md, "How the restore job runs", describes the
+pipeline, its memory bounds and how retries stay exactly-once.
 """
 
 from __future__ import annotations
@@ -45,9 +15,10 @@ import argparse
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from jobs.pool_sizing import ActorPoolPlan, plan_actor_pool, rows_per_block
 from jobs.ray_runtime import StopPoll, stop_flag_for
 
 if TYPE_CHECKING:
@@ -66,92 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Actor pool sizing
-
-
-@dataclass(frozen=True)
-class ActorPoolPlan:
-    """The model's actor pool: sizes, per-actor resources, torch threads, device, images per call."""
-
-    min_size: int
-    initial_size: int
-    max_size: int
-    num_cpus: float
-    num_gpus: float
-    threads: int | None
-    device: str
-    batch_size: int
-
-
-def plan_actor_pool(
-    resources: dict[str, float], largest_node_cpus: float, config: Any, available: dict[str, float] | None = None
-) -> ActorPoolPlan:
-    """Size the model's actor pool from the cluster's resources.
-
-    GPU clusters: one actor per GPU (``num_gpus=1``, 1 CPU each). CPU-only clusters: actors of
-    ``predictor.threads`` torch threads (default: half the largest node's cores, 1 to 8), one
-    per that many CPUs, each reserving only ``cpus_per_actor`` (0.5) logical CPUs: at most half
-    the CPUs are ever reserved by actors, so read and write tasks always have room. (Half the
-    cores per actor, not all: torch's OpenMP threads busy-wait, and an actor whose threads
-    outnumber the cores left to it by decode and encode tasks slows down many times over.)
-
-    The pool starts with as many actors as fit in the ``available`` resources now (a batch job
-    wants them all at once; more come as an autoscaler adds nodes), at least ``min_actors``.
-    """
-    pipeline, predictor = config.pipeline, config.predictor
-    cpus = float(resources.get("CPU", 0))
-    gpus = float(resources.get("GPU", 0))
-    use_gpu = pipeline.use_gpu if pipeline.use_gpu is not None else (gpus >= 1 and predictor.device != "cpu")
-    if use_gpu:
-        num_gpus = pipeline.gpus_per_actor if pipeline.gpus_per_actor is not None else 1.0
-        max_size = pipeline.max_actors or max(1, int(gpus // num_gpus) if num_gpus else 1)
-        num_cpus = pipeline.cpus_per_actor if pipeline.cpus_per_actor is not None else (1.0 if cpus >= 2 * max_size else 0.5)
-        device = predictor.device or "cuda"
-        threads = predictor.threads
-    else:
-        num_gpus = 0.0
-        threads = predictor.threads or max(1, min(8, int(largest_node_cpus or cpus or 1) // 2))
-        max_size = pipeline.max_actors or max(1, int(cpus // threads))
-        num_cpus = pipeline.cpus_per_actor if pipeline.cpus_per_actor is not None else 0.5
-        device = predictor.device or "cpu"
-    min_size = min(pipeline.min_actors, max_size)
-    available = resources if available is None else available
-    fit = int(available.get("CPU", 0) // num_cpus) if num_cpus else max_size
-    if num_gpus:
-        fit = min(fit, int(available.get("GPU", 0) // num_gpus))
-    initial_size = max(min_size, min(max_size, fit))
-    batch_size = pipeline.batch_size or (16 if use_gpu else 4)
-    return ActorPoolPlan(min_size=min_size, initial_size=initial_size, max_size=max_size, num_cpus=num_cpus,
-                         num_gpus=num_gpus, threads=threads, device=device, batch_size=batch_size)
-
-
-# --------------------------------------------------------------------------------------------
 # The Ray Data adapters
-
-BLOCKS_PER_ACTOR = 8
-"""Fused pipeline: work blocks per actor of the pool's maximum size. An actor that finishes
-early idles at most one block while the others finish theirs, so the tail costs at most about
-1/8 of an actor's share, whatever the image sizes (the work table has no sizes to go by)."""
-
-MAX_ROWS_PER_BLOCK = 1024
-"""Fused pipeline: the most work rows in one block, which bounds what an actor redoes when it
-dies mid-block."""
 
 STREAM_SECONDS = 0.5
 """Fused pipeline (``pipeline.stream_seconds``): a manifest table leaves an actor at least this
 often while it works on a block (and at the block's end), so the driver records progress and
 writes manifest parts as images are written, not once per block."""
-
-
-def rows_per_block(num_rows: int, pool: ActorPoolPlan, min_rows: int) -> int:
-    """Work rows per block of the fused pipeline: :data:`BLOCKS_PER_ACTOR` blocks for each actor
-    the pool may grow to, at least ``min_rows`` (``pipeline.read_batch_size``) and at most
-    :data:`MAX_ROWS_PER_BLOCK`. Blocks are sized by rows: the work table has no image sizes.
-    (With 1,000 small inputs on 2 actors: 63 rows a block. Small images take less time in an
-    actor than a Ray task's own cost, so tiny blocks would be slow: docs/cluster.md, section 8,
-    has the measured rates.)"""
-    wanted = math.ceil(num_rows / (BLOCKS_PER_ACTOR * max(1, pool.max_size)))
-    return max(1, min_rows, min(MAX_ROWS_PER_BLOCK, wanted))
 
 
 class FusedActor:

@@ -360,12 +360,8 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
 
 
 def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> None:
-    from jobs.restore import (
-        ActorPoolPlan,
-        pack_manifest,
-        rows_per_block,
-        unpack_manifest,
-    )
+    from jobs.pool_sizing import ActorPoolPlan, rows_per_block
+    from jobs.restore import pack_manifest, unpack_manifest
     from restoration.manifest import MANIFEST_SCHEMA, error_row, rows_to_table
 
     tables = [rows_to_table([error_row(f"s3://b/{index}.png", "broken", "decode", task="denoise", model_id="m",

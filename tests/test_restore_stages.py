@@ -283,7 +283,7 @@ def test_config_errors_name_the_value() -> None:
 
 
 def test_actor_pool_leaves_room_for_read_and_write_tasks() -> None:
-    from jobs.restore import plan_actor_pool
+    from jobs.pool_sizing import plan_actor_pool
     from restoration import config as config_lib
 
     default = RestoreConfig()
