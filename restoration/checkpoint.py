@@ -33,6 +33,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from restoration import __version__, storage
+from restoration.weight_files import read_state_dict_bytes
 from restoration.community import CommunityMetadata, CommunityNet, is_community_file, load_community_model
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
 
@@ -433,7 +434,7 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
         try:
             model, community = load_community_model(read_state_dict_bytes(data.weights, name=data.source),
                                                     name=data.source, data=data.weights)
-        except ValueError as error:
+        except ValueError as error:  # WeightFileError too
             raise CheckpointError(str(error)) from None
         return Checkpoint(model=model.to(map_location), metadata=community, path=None, source=data.source)
     saved = _community_checkpoint(data)
@@ -678,57 +679,3 @@ def delete_checkpoint(uri: str) -> None:
     """Delete a checkpoint folder (local or ``s3://``) and everything in it."""
     filesystem, path = storage.resolve(uri)
     storage.retrying(lambda: filesystem.delete_dir(path), uri)
-
-
-def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from ``.safetensors`` or a ``.pth``/``.pt`` file without unpickling objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            return load_safetensors(path.read_bytes())
-        except SafetensorError as exc:
-            raise ValueError(f"cannot read weights file {path}: {exc}") from exc
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} does not hold a state dict")
-    return state
-
-
-def read_state_dict_bytes(data: bytes, *, name: str) -> dict[str, torch.Tensor]:
-    """The state dict in a weight file's bytes: safetensors (by the ``.safetensors`` name), or a
-    PyTorch pickle read with ``weights_only`` (tensors and containers only; any other global,
-    such as ``os.system``, is refused). Nested ``state_dict`` / ``params_ema`` / ``params`` /
-    ``model`` / ``net`` wrappers are left for spandrel to unwrap.
-
-    Raises:
-        CheckpointError: not a readable weight file, or one that holds other Python objects.
-    """
-    import io
-    import pickle
-    import re
-
-    if name.lower().endswith(".safetensors"):
-        try:
-            return load_safetensors(data)
-        except (SafetensorError, ValueError) as error:
-            raise CheckpointError(f"{name} is not a readable safetensors file: {error}") from None
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        what = f" (it asks for {found[1]})" if found else ""
-        raise CheckpointError(f"{name} is refused: it holds Python objects other than tensors{what}, and "
-                              "model files are never unpickled freely") from None
-    except Exception:
-        raise CheckpointError(f"{name} is not a model weight file (neither safetensors nor a PyTorch "
-                              ".pth/.pt/.ckpt file)") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{name} does not hold a state dict (it holds a {type(state).__name__})")
-    return state

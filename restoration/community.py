@@ -4,7 +4,7 @@ implementation of the model contract (:class:`restoration.model.ModelTraits`).
 
 spandrel (MIT) detects the architecture from the state dict and builds the network; this module
 wraps it as a :class:`CommunityNet` that the Predictor, the runs and the evaluator use like a
-fused model. Files are never unpickled freely: :func:`restoration.checkpoint.read_state_dict_bytes`
+fused model. Files are never unpickled freely: :func:`restoration.weight_files.read_state_dict_bytes`
 reads them (safetensors, or PyTorch's ``weights_only`` unpickler, which refuses any global that
 is not a tensor or a container). Only spandrel's core registry (permissive licences) is used,
 plus ``spandrel-extra-arches`` when installed (``pip install '.[extra-arches]'``; its
