@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from restoration.restore_settings import RestoreConfig
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class ActorPoolPlan:
 
 
 def plan_actor_pool(
-    resources: dict[str, float], largest_node_cpus: float, config: Any, available: dict[str, float] | None = None
+    resources: dict[str, float], largest_node_cpus: float, config: RestoreConfig,
+    available: dict[str, float] | None = None
 ) -> ActorPoolPlan:
     """Size the model's actor pool from the cluster's resources.
 

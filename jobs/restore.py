@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+    from restoration.inference import PredictorConfig
     from restoration.restore_run import StageContext
+    from restoration.restore_settings import RestoreConfig
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from restoration.cli import add_restore_arguments
@@ -55,13 +57,13 @@ class FusedActor:
     the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
     process, and it holds one ``batch_size`` chunk of them at a time."""
 
-    def __init__(self, model_ref: list, *, task: str, job_id: str, config: Any, threads: int | None,
+    def __init__(self, model_ref: list, *, task: str, job_id: str, config: RestoreConfig, threads: int | None,
                  device: str, batch_size: int, stream_seconds: float = STREAM_SECONDS,
                  stop_flag: Any = None) -> None:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes
-        from restoration.restore_run import StageContext, LoadedModel, make_predictor
+        from restoration.restore_run import LoadedModel, StageContext, make_predictor
 
         data = ray.get(model_ref[0])
         checkpoint = checkpoint_from_bytes(data)
@@ -124,7 +126,7 @@ class ModelActor:
     actor from the checkpoint's bytes in the object store, restores Arrow batches of decoded
     pixels (:data:`restoration.restore_stages.PIPELINE_SCHEMA`)."""
 
-    def __init__(self, model_ref: list, predictor: Any, threads: int | None, device: str, task: str) -> None:
+    def __init__(self, model_ref: list, predictor: PredictorConfig, threads: int | None, device: str, task: str) -> None:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes
@@ -267,13 +269,13 @@ class RayRestoreExecutor:
             self._model = (data, ray.put(data))
         return [self._model[1]]  # in a list, so that Ray passes the ref, not the bytes, to the actors
 
-    def _stages_for(self, config: Any, pool: ActorPoolPlan) -> str:
+    def _stages_for(self, config: RestoreConfig, pool: ActorPoolPlan) -> str:
         wanted = self.stages or config.pipeline.stages  # the config checked its value
         if wanted == "auto":
             return "split" if pool.num_gpus else "fused"
         return wanted
 
-    def skip(self, candidates: pa.Table, config) -> Any:
+    def skip(self, candidates: pa.Table, config: RestoreConfig) -> pa.Table:
         # (A stop during the skip stage waits for it: it only reads metadata.)
         import ray.data
 
@@ -328,7 +330,7 @@ class RayRestoreExecutor:
 # The job
 
 
-def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default", config: Any = None,
+def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default", config: RestoreConfig | None = None,
             limit: int | None = None, overwrite: bool = False, address: str | None = None,
             progress_bars: bool = False, stages: str | None = None, echo: Any = print) -> dict[str, Any]:
     """Run one batch restoration on Ray Data and return its summary (see

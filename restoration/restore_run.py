@@ -30,10 +30,15 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from restoration.inference import Predictor
 
 from restoration import config as config_lib
 from restoration import manifest as manifest_lib
@@ -150,7 +155,7 @@ def encode_options(job: StageContext) -> dict[str, Any]:
             "strip_metadata": output.strip_metadata, "outage_seconds": job.config.storage.outage_seconds}
 
 
-def make_predictor(model: Any, config: PredictorConfig, *, device: str, threads: int | None = None) -> Any:
+def make_predictor(model: nn.Module, config: PredictorConfig, *, device: str, threads: int | None = None) -> Predictor:
     """A :class:`restoration.inference.Predictor` for ``model`` with ``config``'s settings on
     ``device``; ``threads`` sets torch's intra-op threads on CPU (None leaves them)."""
     import torch
@@ -194,7 +199,7 @@ def _slices(table: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield table.slice(start, rows)
 
 
-def process_work(predictor: Any, work: pa.Table, job: StageContext, *, batch_size: int,
+def process_work(predictor: Predictor, work: pa.Table, job: StageContext, *, batch_size: int,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[pa.Table]:
     """Read, decode, restore, encode and write every row of ``work`` (:data:`WORK_SCHEMA`) in
     this process, ``batch_size`` inputs at a time; yield one manifest table

@@ -47,6 +47,7 @@ from restoration.codec import (
     tensor_to_pixels,
     with_pixels,
 )
+from restoration.inference import Predictor
 from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, error_row
 from restoration.restore_settings import DEFAULT_PNG_COMPRESSION
 from restoration.tasks import get_task
@@ -245,7 +246,7 @@ def _failed(row: dict[str, Any], stage: str, message: str, start: float) -> dict
 # Stage 2: restore (the model's actors)
 
 
-def restore_stage(predictor: Any, table: pa.Table, *, task: str) -> pa.Table:
+def restore_stage(predictor: Predictor, table: pa.Table, *, task: str) -> pa.Table:
     """Restore the pending rows of a :data:`PIPELINE_SCHEMA` table with a
     :class:`restoration.inference.Predictor`; rows with a status pass through unchanged.
 
