@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, no_ray_environment
 
 from restoration.checkpoint import load_checkpoint
@@ -317,3 +318,24 @@ def test_a_community_model_fine_tunes_on_ray_train_resumes_after_a_kill_and_expo
     ours = Predictor(checkpoint.model, PredictorConfig(tile=0, precision="fp32"), device="cpu").restore(image)
     assert descriptor.architecture.id == "ESRGAN" and descriptor.scale == 4
     assert (theirs - ours.clamp(0, 1)).abs().max() < 1e-4
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(300)
+def test_a_community_model_file_on_s3(model_files: dict[str, Path], inputs: Path, tmp_path: Path,
+                                      s3_bucket: str) -> None:
+    """--model s3://.../FILE.safetensors is read from the store like a checkpoint folder; a
+    missing one is one line."""
+    from restoration import storage
+    from restoration.checkpoint import CheckpointError
+    from restoration.restore_run import LocalRestoreExecutor, run_restore
+    from restoration.restore_settings import RestoreConfig
+
+    uri = f"s3://{s3_bucket}/models/compact-x4.safetensors"
+    storage.write_bytes(uri, model_files["compact-x4"].read_bytes())
+    summary = run_restore(str(inputs), str(tmp_path / "out"), task="sr", model=uri, config=RestoreConfig(),
+                          executor=LocalRestoreExecutor(), echo=lambda line: None)
+    assert summary["counts"]["ok"] == 3 and summary["model"]["architecture"] == "Compact"
+    with pytest.raises(CheckpointError, match="model file not found: s3://.*/models/missing.pth"):
+        run_restore(str(inputs), str(tmp_path / "out2"), task="sr", model=f"s3://{s3_bucket}/models/missing.pth",
+                    config=RestoreConfig(), executor=LocalRestoreExecutor(), echo=lambda line: None)
