@@ -33,9 +33,14 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from restoration import __version__, storage
-from restoration.weight_files import read_state_dict_bytes
-from restoration.community import CommunityMetadata, CommunityNet, is_community_file, load_community_model
+from restoration.community import (
+    CommunityMetadata,
+    CommunityNet,
+    is_community_file,
+    load_community_model,
+)
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
+from restoration.weight_files import read_state_dict_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -350,16 +355,20 @@ def is_community_checkpoint(source: str | Path) -> bool:
     return is_community_file(str(source)) or _is_community_folder(source)
 
 
-def _is_community_folder(source: str | Path) -> bool:
-    """Whether the checkpoint folder at ``source`` holds a fine-tuned community model."""
+def _metadata_bytes(source: str | Path) -> bytes | None:
+    """The ``model.json`` of the checkpoint folder at ``source`` (local or URI); None when it has none."""
     try:
         if _is_uri(source):
-            text = storage.read_bytes(storage.join(str(source), METADATA_FILE))
-        else:
-            text = (Path(source) / METADATA_FILE).read_bytes()
+            return storage.read_bytes(storage.join(str(source), METADATA_FILE))
+        return (Path(source) / METADATA_FILE).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        return False
-    return _community_checkpoint(CheckpointBytes(weights=b"", metadata=text)) is not None
+        return None
+
+
+def _is_community_folder(source: str | Path) -> bool:
+    """Whether the checkpoint folder at ``source`` holds a fine-tuned community model."""
+    text = _metadata_bytes(source)
+    return text is not None and _community_checkpoint(CheckpointBytes(weights=b"", metadata=text)) is not None
 
 
 def _community_checkpoint(data: CheckpointBytes) -> dict[str, Any] | None:
@@ -430,26 +439,23 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
         CheckpointError: invalid ``model.json``, unreadable weights, or weights that do not fit
             the architecture it describes.
     """
-    if data.kind == "community":
-        try:
-            model, community = load_community_model(read_state_dict_bytes(data.weights, name=data.source),
-                                                    name=data.source, data=data.weights)
-        except ValueError as error:  # WeightFileError too
-            raise CheckpointError(str(error)) from None
-        return Checkpoint(model=model.to(map_location), metadata=community, path=None, source=data.source)
+    local = None if data.source == "bytes" or "://" in data.source else Path(data.source)
     saved = _community_checkpoint(data)
-    if saved is not None:  # a fine-tuned community model, saved by this project
+    if data.kind == "community" or saved is not None:  # a weight file, or one fine-tuned by this project
         try:
-            state = load_safetensors(data.weights)
-            model, community = load_community_model({k: v.float() for k, v in state.items()}, name=data.source,
-                                                    data=data.weights)
-        except (SafetensorError, ValueError) as error:
-            raise CheckpointError(f"{data.source}: {error}") from None
-        community = dataclasses.replace(community, model_id=saved.get("model_id") or community.model_id,
-                                        provenance=dict(saved.get("provenance") or {}))
-        model.model_id = community.model_id
-        local = None if data.source == "bytes" or "://" in data.source else Path(data.source)
-        return Checkpoint(model=model.to(map_location), metadata=community, path=local, source=data.source)
+            if saved is None:
+                state = read_state_dict_bytes(data.weights, name=data.source)
+            else:
+                state = {k: v.float() for k, v in load_safetensors(data.weights).items()}
+            model, community = load_community_model(state, name=data.source, data=data.weights)
+        except (SafetensorError, ValueError) as error:  # WeightFileError too
+            raise CheckpointError(f"{data.source}: {error}" if saved is not None else str(error)) from None
+        if saved is not None:
+            community = dataclasses.replace(community, model_id=saved.get("model_id") or community.model_id,
+                                            provenance=dict(saved.get("provenance") or {}))
+            model.model_id = community.model_id
+        return Checkpoint(model=model.to(map_location), metadata=community, path=local if saved else None,
+                          source=data.source)
     metadata = data.read_metadata()
     # The checkpoint carries the (fine-tuned) backbone weights: no ImageNet download needed.
     model = build_model(metadata.architecture, backbone_weights=None)
@@ -459,7 +465,6 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
         raise CheckpointError(f"{_join(data.source, WEIGHTS_FILE)} is not a readable safetensors file: {error}") from error
     state = {k: v.float().to(map_location) if v.is_floating_point() else v.to(map_location) for k, v in state.items()}
     load_weights(model, state, source=data.source)
-    local = None if data.source == "bytes" or "://" in data.source else Path(data.source)
     return Checkpoint(model=model.eval(), metadata=metadata, path=local, source=data.source)
 
 
@@ -533,21 +538,15 @@ def read_model_metadata(source: str | Path) -> tuple[CheckpointMetadata, str]:
     if is_community_file(str(source)):
         checkpoint = checkpoint_from_bytes(_read_community_file(source))
         return checkpoint.metadata, checkpoint.source or str(source)
-    if _is_community_folder(source):
+    shown = storage.redact(str(source)) if _is_uri(source) else str(source)
+    data = _metadata_bytes(source)
+    if data is None:
+        raise CheckpointError(f"{shown} is not a checkpoint: it has no {METADATA_FILE}")
+    metadata = CheckpointBytes(weights=b"", metadata=data, source=shown)
+    if _community_checkpoint(metadata) is not None:  # a fine-tuned community model: built to be described
         checkpoint = load_checkpoint(source)
-        return checkpoint.metadata, checkpoint.source or str(source)
-    if _is_uri(source):
-        shown = storage.redact(str(source))
-        try:
-            data = storage.read_bytes(storage.join(str(source), METADATA_FILE))
-        except FileNotFoundError as error:
-            raise CheckpointError(f"{shown} is not a checkpoint: it has no {METADATA_FILE}") from error
-    else:
-        source, shown = Path(source), str(source)
-        if not (source / METADATA_FILE).is_file():
-            raise CheckpointError(f"{source} is not a checkpoint: it has no {METADATA_FILE}")
-        data = (source / METADATA_FILE).read_bytes()
-    return CheckpointBytes(weights=b"", metadata=data, source=shown).read_metadata(), shown
+        return checkpoint.metadata, checkpoint.source or shown
+    return metadata.read_metadata(), shown
 
 
 def read_weights(source: str | Path | CheckpointBytes) -> dict[str, torch.Tensor]:

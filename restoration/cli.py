@@ -133,7 +133,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from restoration.checkpoint import SHIPPED_DIR, load_checkpoint, save_checkpoint, save_state_dict_file
+    from restoration.checkpoint import (
+        SHIPPED_DIR,
+        load_checkpoint,
+        save_checkpoint,
+        save_state_dict_file,
+    )
 
     checkpoint = load_checkpoint(args.checkpoint)
     if args.format == "state-dict":

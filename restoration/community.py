@@ -15,6 +15,7 @@ Architecture names are compared here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 from dataclasses import dataclass, field
@@ -58,17 +59,14 @@ def is_community_file(spec: str) -> bool:
     return posixpath.splitext(spec.rstrip("/"))[1].lower() in COMMUNITY_SUFFIXES
 
 
+@functools.cache
 def _extra_architectures() -> None:
     """Add spandrel-extra-arches' architectures to spandrel's registry, once, when installed."""
-    if getattr(_extra_architectures, "done", False):
-        return
     try:
         import spandrel_extra_arches
     except ImportError:
-        pass
-    else:
-        spandrel_extra_arches.install(ignore_duplicates=True)
-    _extra_architectures.done = True  # type: ignore[attr-defined]
+        return
+    spandrel_extra_arches.install(ignore_duplicates=True)
 
 
 @dataclass(frozen=True)

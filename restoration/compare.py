@@ -23,6 +23,7 @@ import numpy as np
 
 from restoration import storage
 from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
+from restoration.durations import format_duration
 from restoration.pages import as_rgb8, data_uri, escape, page, resized, sortable_table
 
 __all__ = ["ModelResult", "compare_models", "write_comparison"]
@@ -79,7 +80,7 @@ def _load(spec: str, task: str | None) -> tuple[Any, str]:
 def _collection_megapixels(uris: list[str], sample_pixels: list[int]) -> tuple[float, str]:
     """The collection's megapixels from its image headers, or, past :data:`HEADER_LIMIT` inputs,
     from the sample's mean size; and how it was counted."""
-    from restoration.dry_run import _image_header
+    from restoration.dry_run import image_header
 
     if len(uris) > HEADER_LIMIT:
         mean = sum(sample_pixels) / max(1, len(sample_pixels))
@@ -87,7 +88,7 @@ def _collection_megapixels(uris: list[str], sample_pixels: list[int]) -> tuple[f
     total, unreadable = 0, 0
     for uri in uris:
         try:
-            width, height, _ = _image_header(uri, max_bytes=1 << 40)
+            width, height, _ = image_header(uri, max_bytes=1 << 40)
             total += width * height
         except (OSError, ValueError):
             unreadable += 1
@@ -219,18 +220,21 @@ def _image_section(name: str, entry: dict[str, Any], results: list[ModelResult])
     return f"<h3>{escape(name)}</h3><div class=\"pairs\">{tiles}{flip}</div>"
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _models_table(report: dict[str, Any]) -> str:
     rows = []
     for r in report["results"]:
         projected = r.seconds_per_megapixel * report["collection_megapixels"] if r.megapixels else None
-        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
         cells = [(escape(r.spec), None), (escape(r.architecture or ""), None),
                  (escape(r.error) if r.error else "ok", None),
-                 ("" if mean(r.changes) is None else f"{mean(r.changes):.2f}", mean(r.changes) or -1),
+                 ("" if _mean(r.changes) is None else f"{_mean(r.changes):.2f}", _mean(r.changes) or -1),
                  ("" if not r.megapixels else f"{r.seconds_per_megapixel:.2f}", r.seconds_per_megapixel if r.megapixels else -1),
-                 ("" if projected is None else _duration(projected), projected or -1)]
+                 ("" if projected is None else format_duration(projected), projected or -1)]
         if r.psnr:
-            cells += [(f"{mean(r.psnr):.2f}", mean(r.psnr)), (f"{mean(r.ssim):.4f}", mean(r.ssim))]
+            cells += [(f"{_mean(r.psnr):.2f}", _mean(r.psnr)), (f"{_mean(r.ssim):.4f}", _mean(r.ssim))]
         elif any(x.psnr for x in report["results"]):
             cells += [("", -1), ("", -1)]
         rows.append(cells)
@@ -239,12 +243,6 @@ def _models_table(report: dict[str, Any]) -> str:
     if any(r.psnr for r in report["results"]):
         headers += [("PSNR (dB)", True), ("SSIM", True)]
     return sortable_table(headers, rows, table_id="models")
-
-
-def _duration(seconds: float) -> str:
-    from restoration.durations import format_duration
-
-    return format_duration(seconds)
 
 
 def comparison_page(report: dict[str, Any]) -> str:

@@ -85,7 +85,7 @@ def task_of(args: argparse.Namespace) -> str:
     return read_model_metadata(resolve_model(args.model, ""))[0].task
 
 
-def _image_header(uri: str, *, max_bytes: int) -> tuple[int, int, str]:
+def image_header(uri: str, *, max_bytes: int) -> tuple[int, int, str]:
     """``(width, height, format)`` of an image from its header (the first :data:`_HEADER_BYTES`,
     or the whole file when Pillow needs more). Raises ValueError or OSError when the file is
     missing, over ``max_bytes`` or not a readable image."""
@@ -205,7 +205,7 @@ def _tally(plan: Plan, config: RestoreConfig, scale: int) -> _Tally:
         tally.to_restore += work.num_rows
         for uri in work.column("source_uri").to_pylist():
             try:
-                width, height, source_format = _image_header(uri, max_bytes=config.input.max_bytes)
+                width, height, source_format = image_header(uri, max_bytes=config.input.max_bytes)
                 if width * height > config.input.max_pixels:
                     raise ValueError(f"{width}x{height} pixels, more than input.max_pixels={config.input.max_pixels}")
             except (OSError, ValueError) as error:

@@ -446,9 +446,10 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
     import torch
     import torch.distributed as dist
 
+    from restoration.checkpoint import is_community_checkpoint
     from restoration.evaluate import load_images
     from restoration.model import build_model
-    from restoration.trainer import CropSampler, is_community_model
+    from restoration.trainer import CropSampler
 
     config = plan.config
     rank, world_size, device = session.rank, session.world_size, session.device
@@ -478,7 +479,7 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
     with session.resume() as resume:
         # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
         # (A community model is built from --init's architecture; the checkpoint's weights follow.)
-        fresh = resume is not None and not is_community_model(plan.init)
+        fresh = resume is not None and not (plan.init is not None and is_community_checkpoint(plan.init))
         model = build_model(config.model, backbone_weights=None) if fresh else initial_model(config, plan.init)
         trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
                           val_samples=val, world_size=world_size, rank=rank, progress=say)

@@ -22,7 +22,12 @@ from typing import Any
 
 from restoration import storage
 from restoration.codec import decode_image
-from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, UNCHANGED_THRESHOLD, read_manifest
+from restoration.manifest import (
+    MANIFEST_DIR,
+    SUMMARY_FILE,
+    UNCHANGED_THRESHOLD,
+    read_manifest,
+)
 from restoration.pages import (
     as_rgb8,
     crop_box,

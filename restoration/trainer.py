@@ -37,6 +37,7 @@ from restoration import config as config_lib
 from restoration import degradations, storage
 from restoration.checkpoint import (
     CheckpointError,
+    is_community_checkpoint,
     load_weights,
     read_checkpoint_bytes,
     read_training_checkpoint,
@@ -572,7 +573,7 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
         return build_model(config.model, backbone_weights=config.backbone_weights)
     if str(init) == "default":
         init = resolve_model("default", config.task)
-    if is_community_model(init):
+    if is_community_checkpoint(init):
         return _community_start(config, init)
     files = read_checkpoint_bytes(init)
     source = files.read_metadata().architecture
@@ -596,13 +597,6 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
         log.info("--init: %d tensors not transferred (task-specific): %s", len(skipped), ", ".join(skipped[:5]))
     return model
 
-
-def is_community_model(init: str | Path | None) -> bool:
-    """Whether ``--init`` is a community model: a weight file, or a checkpoint folder holding a
-    fine-tuned one (which a run then fine-tunes further)."""
-    from restoration.checkpoint import is_community_checkpoint
-
-    return init is not None and is_community_checkpoint(init)
 
 
 def _community_start(config: TrainConfig, init: str | Path) -> nn.Module:
