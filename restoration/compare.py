@@ -112,6 +112,9 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
     if not models:
         raise ValueError("give at least one --model")
     root, uris, _ = list_inputs(storage.absolute_uri(input_uri))
+    if not uris:
+        raise ValueError(f"no input images in {storage.redact(input_uri)} (extensions "
+                         f"{', '.join(sorted(storage.IMAGE_EXTENSIONS))})")
     chosen = sorted(random.Random(seed).sample(uris, min(sample, len(uris))))
     the_case = get_case(case) if case else None
     images: dict[str, dict[str, Any]] = {}

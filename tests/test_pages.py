@@ -98,6 +98,11 @@ def test_deleted_images_are_rows_and_a_missing_manifest_is_one_line(tmp_path: Pa
     assert main(["report", str(tmp_path / "nothing-here"), "--html", str(tmp_path / "x.html")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no manifest under" in err[0], err
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", "--input", str(tmp_path / "empty"), "--model", "default:denoise",
+                 "--html", str(tmp_path / "y.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no input images in" in err[0] and not (tmp_path / "y.html").exists(), err
 
 
 @pytest.mark.timeout(300)
