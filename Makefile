@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/restoration demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -195,12 +195,12 @@ def ray_pair(input_uri: str, output_uri: Callable[[int], str], model_dir: Path, 
     from restoration import config as config_lib
     from restoration.restore_settings import RestoreConfig
 
-    config = config_lib.load_config(RestoreConfig, overrides=overrides)
+    config = config_lib.load_config(RestoreConfig, overrides=[*overrides, *([f"pipeline.stages={stages}"] if stages else [])])
     jobs = []
     for count in counts:
         started = time.perf_counter()
         summary = restore(input_uri, output_uri(count), task="denoise", model=str(model_dir), config=config,
-                          limit=count, overwrite=True, stages=stages, echo=lambda text: None)
+                          limit=count, overwrite=True, echo=lambda text: None)
         seconds = time.perf_counter() - started
         if summary["counts"]["ok"] != count:
             raise RuntimeError(f"Ray job over {count} inputs restored {summary['counts']}")
@@ -249,7 +249,7 @@ def _start_ray(stack: contextlib.ExitStack) -> float:
     from jobs.ray_runtime import init_ray
 
     started = time.perf_counter()
-    init_ray(None, num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    init_ray(None, train=False, num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     stack.callback(ray.shutdown)
     return time.perf_counter() - started
 

@@ -357,7 +357,9 @@ class LocalCluster:
         return sorted(pids)
 
     def stop(self) -> list[int]:
-        pids = stop_processes(self.process.pid if self.process else None, str(self.temp_dir))
+        # `ray start --block`, the GCS and the autoscaler's monitor ignore SIGTERM for 10 s and more;
+        # what they would still write is of no use to a cluster that is thrown away.
+        pids = stop_processes(self.process.pid if self.process else None, str(self.temp_dir), grace_s=3)
         # Keep the nodes' logs (raylet, workers, autoscaler: monitor.*) beside the job logs.
         for logs in self.temp_dir.glob("session_2*/logs"):
             shutil.move(str(logs), str(self.workdir / "ray-logs"))

@@ -1,14 +1,7 @@
-"""Fine-tune a model on your own clean images: data-parallel on Ray Train, or in this process.
+"""Fine-tuning on Ray Train: the Ray executor of :mod:`restoration.finetune_run`.
 
-    restoration finetune --task denoise --train-images DIR_OR_S3 --val-images DIR_OR_S3 \\
-        --steps 2000 --workers 2 --storage DIR_OR_S3 --name my-denoiser [--use-gpu] [--init CKPT]
-    restoration finetune ... --no-ray [--use-gpu]     # one worker in this process, no Ray
-
-Degradations are synthesized from the clean images. Checkpoints go to STORAGE/NAME/, the best few
-by validation PSNR and the latest kept; running the same command again resumes (model, optimizer,
-schedule, data position). Ctrl-C or SIGTERM checkpoints the step in progress and exits 130 / 143;
-the final model goes to STORAGE/NAME/model/. Bad input is one line and exit code 2 before Ray
-starts. S3 is configured by the standard AWS variables.
+    python -m jobs.finetune --task denoise --train-images DIR_OR_S3 --val-images DIR_OR_S3 \\
+        --steps 2000 --workers 2 --storage DIR_OR_S3 --name my-denoiser [--use-gpu] [--no-ray]
 """
 
 from __future__ import annotations
@@ -18,8 +11,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,39 +30,10 @@ __all__ = ["RayFinetuneExecutor", "add_arguments", "init_ray", "main", "quiet_tr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from restoration.finetune_run import add_run_arguments
+    from restoration.cli import add_finetune_arguments
 
-    add_run_arguments(p)
-    p.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (1)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); otherwise CPU (gloo)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (1)")
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures retried within the run (2)")
+    add_finetune_arguments(p)
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local instance)")
-    p.add_argument("--no-ray", action="store_true",
-                   help="one worker in this process (the GPU with --use-gpu, else the CPU); Ray is not imported")
-
-
-def preflight(args: argparse.Namespace):
-    """Check the command line before Ray starts (``restoration.finetune_run.plan_finetune``); raises
-    FinetuneInputError with one line naming the bad value."""
-    from restoration.finetune_run import (
-        FinetuneInputError,
-        check_resumable,
-        latest_checkpoint,
-        plan_finetune,
-    )
-
-    if args.cpus_per_worker <= 0:
-        raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
-    if args.max_failures < 0:
-        raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
-    if args.no_ray and args.workers != 1:
-        raise FinetuneInputError(f"--no-ray runs one worker; got --workers {args.workers}")
-    plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,
-                         storage_uri=args.storage, name=args.name, workers=args.workers, init=args.init,
-                         config_path=args.config, overrides=args.overrides, steps=args.steps)
-    check_resumable(plan, latest_checkpoint(plan))
-    return plan
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,22 +57,15 @@ class RayTrainSession:
     def resume(self) -> Iterator[Any]:
         import ray.train
 
-        from restoration.checkpoint import download_checkpoint
-        from restoration.finetune_run import Resume, latest_checkpoint
+        from restoration.finetune_run import Resume, resume_latest
 
         checkpoint = ray.train.get_checkpoint()  # Ray Train's latest: the same as latest_checkpoint(plan)
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                yield Resume(str(directory), Path(checkpoint.path).name)
+        if checkpoint is None:  # none registered with Ray Train: a new run, or one begun with --no-ray
+            with resume_latest(self.plan) as found:
+                yield found
             return
-        # None registered with Ray Train: a new run, or one begun with --no-ray in the same layout.
-        latest = latest_checkpoint(self.plan)
-        if latest is None:
-            yield None
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            download_checkpoint(latest, tmp)
-            yield Resume(tmp, latest.rstrip("/").rpartition("/")[2])
+        with checkpoint.as_directory() as directory:
+            yield Resume(str(directory), Path(checkpoint.path).name)
 
     def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
         import ray.train
@@ -156,6 +111,7 @@ class RayFinetuneExecutor:
 
         from restoration import storage as storage_lib
         from restoration.finetune_run import FinetuneOutcome
+        from restoration.stopping import call_in_thread
 
         if not ray.is_initialized():
             init_ray(self.address)
@@ -187,7 +143,9 @@ class RayFinetuneExecutor:
             ),
         )
         try:
-            result = _fit_in_thread(trainer)
+            # In the main thread, fit() replaces the SIGINT handler with one that aborts without a
+            # checkpoint; from another thread it leaves the run's StopSignals in place.
+            result = call_in_thread(trainer.fit)
         except Exception as exc:  # Ray Train raises once FailureConfig's retries are spent
             raise RuntimeError(root_cause(exc)) from exc
         if result.error:
@@ -196,47 +154,19 @@ class RayFinetuneExecutor:
                                                       for checkpoint, metrics in result.best_checkpoints or []])
 
 
-def _fit_in_thread(trainer: Any) -> Any:
-    """``trainer.fit()`` in a thread of its own, while the main thread waits for it.
-
-    In the main thread, Ray Train's ``fit`` replaces the SIGINT handler with its own, which aborts
-    the run without a checkpoint and exits 1; outside it, ``fit`` leaves signals alone, and the
-    run's ``StopSignals`` (which checkpoints, then stops) keeps them. Returns what ``fit``
-    returns and raises what it raises; ``StopNow`` from the handlers reaches the caller.
-    """
-    outcome: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.25)  # short waits: the signal handlers run in this thread between them
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
 def run(args: argparse.Namespace) -> int:
-    """Pre-flight checks, then the run on Ray Train (or in this process with ``--no-ray``);
-    returns the process exit code."""
-    from restoration.finetune_run import LocalFinetuneExecutor, run_finetune
+    """The run on Ray Train (in this process with ``--no-ray``); the process exit code."""
+    from restoration.cli import run_finetune_command
 
-    plan = preflight(args)
-    if args.no_ray:
-        executor: Any = LocalFinetuneExecutor("cuda" if args.use_gpu else "cpu")
-    else:
-        executor = RayFinetuneExecutor(workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-                                       max_failures=args.max_failures, address=args.address)
-    return run_finetune(plan, executor)
+    return run_finetune_command(args, lambda: RayFinetuneExecutor(
+        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures, address=args.address))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.finetune", description=__doc__,
+    from jobs.cli import FINETUNE_DESCRIPTION
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.finetune", description=FINETUNE_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -56,11 +56,13 @@ def quiet_train_worker() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
-def init_ray(address: str | None = None, **kwargs: Any) -> None:
+def init_ray(address: str | None = None, *, train: bool = True, **kwargs: Any) -> None:
     """Start (or connect to) Ray with the settings this job needs for readable output.
 
     With no ``address`` and no RAY_ADDRESS, a local instance is started; its workers inherit
-    this process's environment, the AWS_* variables included. ``kwargs`` go to ``ray.init``.
+    this process's environment, the AWS_* variables included, and run :func:`_quiet_worker_logs`
+    first when Ray Train will run there (``train``; a worker setup hook delays every new worker
+    by about a second). ``kwargs`` go to ``ray.init``.
     """
     import ray
 
@@ -70,7 +72,8 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     if address is None:
         for name, value in LOCAL_RAY_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
-        kwargs.setdefault("runtime_env", {"worker_process_setup_hook": _quiet_worker_logs})
+        if train:
+            kwargs.setdefault("runtime_env", {"worker_process_setup_hook": _quiet_worker_logs})
     ray.init(address=address, **kwargs)
 
 

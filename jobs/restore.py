@@ -2,11 +2,9 @@
 
     python -m jobs.restore --input s3://photos/scans/ --output s3://photos/restored/ --task denoise
 
-The run -- plan, skips, manifest, summary, progress -- is the library's; this module wires it to
-Ray Data: the fused pipeline (each model actor reads, restores, encodes and writes; CPU clusters)
-or the split one (read and encode in CPU tasks, the model in GPU actors), the actor classes, and
-the pool from :mod:`jobs.pool_sizing`. docs/cluster.md, "How the restore job runs", describes the
-pipeline, its memory bounds and how retries stay exactly-once.
+docs/cluster.md, "How the restore job runs", describes the two pipelines (fused: each model actor
+reads, restores, encodes and writes; split: read and encode in CPU tasks, the model in GPU
+actors), their memory bounds and how retries stay exactly-once.
 """
 
 from __future__ import annotations
@@ -41,25 +39,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------
 # The Ray Data adapters
 
-STREAM_SECONDS = 0.5
-"""Fused pipeline (``pipeline.stream_seconds``): a manifest table leaves an actor at least this
-often while it works on a block (and at the block's end), so the driver records progress and
-writes manifest parts as images are written, not once per block."""
-
-
 class FusedActor:
     """Ray Data callable class of the fused pipeline, one actor of the model's pool: builds the
     model once from the checkpoint's bytes in the object store, then runs
     :func:`restoration.restore_run.process_work` on every block of work rows
     (:data:`restoration.restore_stages.WORK_SCHEMA`) it gets -- reading, decoding, restoring, encoding
     and writing ``batch_size`` images at a time -- and yields the manifest rows packed by
-    :func:`pack_manifest`: those of the chunks done so far once ``stream_seconds`` passed since
-    the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
+    :func:`restoration.manifest.pack_manifest`: those of the chunks done so far once
+    ``pipeline.stream_seconds`` passed since the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
     process, and it holds one ``batch_size`` chunk of them at a time."""
 
     def __init__(self, model_ref: list, *, task: str, job_id: str, config: RestoreConfig, threads: int | None,
-                 device: str, batch_size: int, stream_seconds: float = STREAM_SECONDS,
-                 stop_flag: Any = None) -> None:
+                 device: str, batch_size: int, stop_flag: Any = None) -> None:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes
@@ -70,7 +61,7 @@ class FusedActor:
         self.job = StageContext(task=task, job_id=job_id, config=config,
                               model=LoadedModel(data=data, checkpoint=checkpoint))
         self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
-        self.batch_size, self.stream_seconds = batch_size, stream_seconds
+        self.batch_size, self.stream_seconds = batch_size, config.pipeline.stream_seconds
         self._stop = StopPoll(stop_flag)
 
     def stopped(self) -> bool:
@@ -80,6 +71,7 @@ class FusedActor:
     def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
         import time
 
+        from restoration.manifest import pack_manifest
         from restoration.restore_run import process_work
 
         pending: list[pa.Table] = []
@@ -92,33 +84,6 @@ class FusedActor:
                 pending, last_sent = [], time.monotonic()
         if pending:
             yield pack_manifest(pending)
-
-
-PACKED_COLUMN = "manifest_ipc"
-"""The one column of what the fused actors yield: manifest tables as Arrow IPC streams."""
-
-
-def pack_manifest(tables: list[pa.Table]) -> pa.Table:
-    """Manifest tables as one row: one Arrow IPC stream in the binary column
-    :data:`PACKED_COLUMN`. One row, because Ray Data's output buffer slices blocks by bytes but
-    never below a row: with the dataset's ``target_max_block_size`` set to 1 byte, every yield of
-    an actor becomes a block of its own and streams to the driver at once (without it, Ray Data
-    holds a task's small outputs until the task ends)."""
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, tables[0].schema) as writer:
-        for table in tables:
-            writer.write_table(table)
-    return pa.table({PACKED_COLUMN: pa.array([sink.getvalue().to_pybytes()], pa.large_binary())})
-
-
-def unpack_manifest(batch: pa.Table) -> Iterator[pa.Table]:
-    """The manifest tables of a batch of :func:`pack_manifest` rows (any number of rows)."""
-    import pyarrow as pa
-
-    for cell in batch.column(PACKED_COLUMN).to_pylist():
-        yield pa.ipc.open_stream(cell).read_all()
 
 
 class ModelActor:
@@ -154,13 +119,13 @@ def _actor_pool(pool: ActorPoolPlan, tasks_in_flight: int):
 
 
 def build_fused_dataset(work: pa.Table, *, job: StageContext, model_ref: list, pool: ActorPoolPlan, rows: int,
-                        stream_seconds: float = STREAM_SECONDS, stop_flag: Any = None):
+                        stop_flag: Any = None):
     """The fused Ray Data pipeline over a work table: blocks of ``rows`` work rows -> the
-    :class:`FusedActor` actor pool -> packed manifest tables (:func:`unpack_manifest`)."""
+    :class:`FusedActor` actor pool -> packed manifest tables (:func:`restoration.manifest.unpack_manifest`)."""
     import ray.data
 
     dataset = ray.data.from_arrow(_blocks(work, rows))
-    # Each yield of an actor is its own output block (see pack_manifest). The setting belongs to
+    # Each yield of an actor is its own output block (see restoration.manifest.pack_manifest). The setting belongs to
     # this dataset's copy of the context only.
     dataset.context.target_max_block_size = 1
     return dataset.map_batches(
@@ -174,7 +139,7 @@ def build_fused_dataset(work: pa.Table, *, job: StageContext, model_ref: list, p
         num_gpus=pool.num_gpus,
         fn_constructor_kwargs={"model_ref": model_ref, "task": job.task, "job_id": job.job_id, "config": job.config,
                                "threads": pool.threads, "device": pool.device, "batch_size": pool.batch_size,
-                               "stream_seconds": stream_seconds, "stop_flag": stop_flag},
+                               "stop_flag": stop_flag},
     )
 
 
@@ -217,27 +182,16 @@ class RayRestoreExecutor:
     ``address`` / ``RAY_ADDRESS``) only when there is work, after the run's checks passed, and
     stays up across :meth:`restore` calls (a run may make one per partition of its inputs).
 
-    ``stages`` (:data:`restoration.restore_settings.PIPELINE_STAGES`; ``None``: the config's
-    ``pipeline.stages``) picks the pipeline's shape. Fused: on a CPU-only cluster the actors and the
-    decode/encode tasks share the same cores, so moving pixels between processes is pure
-    overhead. Split: with GPUs the model is cheap, and decoding and encoding (PNG above all)
-    must spread over every CPU of the GPU nodes and over CPU-only nodes. ``stream_seconds``: how
-    often a fused actor sends the manifest rows of the images it wrote (:class:`FusedActor`; None:
-    the config's ``pipeline.stream_seconds``).
+    The config's ``pipeline.stages`` picks the pipeline's shape. Fused: on a CPU-only cluster the
+    actors and the decode/encode tasks share the same cores, so moving pixels between processes
+    is pure overhead. Split: with GPUs the model is cheap, and decoding and encoding (PNG above all)
+    must spread over every CPU of the GPU nodes and over CPU-only nodes.
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, progress_bars: bool = False, stages: str | None = None, *,
-                 stream_seconds: float | None = None) -> None:
-        from restoration.restore_settings import PIPELINE_STAGES
-
-        if stages is not None and stages not in PIPELINE_STAGES:
-            raise ValueError(f"stages must be one of {', '.join(PIPELINE_STAGES)}, got {stages!r}")
-        if stream_seconds is not None and not (math.isfinite(stream_seconds) and stream_seconds >= 0):
-            raise ValueError(f"stream_seconds must be a number >= 0, got {stream_seconds}")
-        self.address, self.progress_bars, self.stages = address, progress_bars, stages
-        self.stream_seconds = stream_seconds
+    def __init__(self, address: str | None = None, progress_bars: bool = False) -> None:
+        self.address, self.progress_bars = address, progress_bars
         self.pool: ActorPoolPlan | None = None
         self._described: dict[str, Any] | None = None
         self._model: tuple[Any, Any] | None = None  # (checkpoint bytes, their object ref)
@@ -250,7 +204,7 @@ class RayRestoreExecutor:
         from jobs.ray_runtime import init_ray
 
         if not ray.is_initialized():
-            init_ray(self.address)
+            init_ray(self.address, train=False)
         if stop is not None:
             stop.reinstall()  # over the SIGTERM handler of Ray's core worker, which aborts the process
         context = ray.data.DataContext.get_current()
@@ -268,12 +222,6 @@ class RayRestoreExecutor:
         if self._model is None or self._model[0] is not data:
             self._model = (data, ray.put(data))
         return [self._model[1]]  # in a list, so that Ray passes the ref, not the bytes, to the actors
-
-    def _stages_for(self, config: RestoreConfig, pool: ActorPoolPlan) -> str:
-        wanted = self.stages or config.pipeline.stages  # the config checked its value
-        if wanted == "auto":
-            return "split" if pool.num_gpus else "fused"
-        return wanted
 
     def skip(self, candidates: pa.Table, config: RestoreConfig) -> pa.Table:
         # (A stop during the skip stage waits for it: it only reads metadata.)
@@ -300,11 +248,15 @@ class RayRestoreExecutor:
     def restore(self, work: pa.Table, job: StageContext, *, stop: Any = None) -> Iterator[pa.Table]:
         import ray
 
+        from restoration.manifest import unpack_manifest
+
         self._start(stop)
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         largest = max((node["Resources"].get("CPU", 0) for node in nodes), default=0)
         self.pool = pool = plan_actor_pool(ray.cluster_resources(), largest, job.config, ray.available_resources())
-        stages = self._stages_for(job.config, pool)
+        stages = job.config.pipeline.stages
+        if stages == "auto":
+            stages = "split" if pool.num_gpus else "fused"
         model_ref = self._model_ref(job.model.data)
         self._described = {**asdict(pool), "stages": stages}
         if stages == "split":
@@ -317,8 +269,7 @@ class RayRestoreExecutor:
         rows = rows_per_block(work.num_rows, pool, job.config.pipeline.read_batch_size)
         self._described["rows_per_block"] = rows
         dataset = build_fused_dataset(work, job=job, model_ref=model_ref, pool=pool, rows=rows,
-                                      stream_seconds=job.config.pipeline.stream_seconds if self.stream_seconds is None
-                                      else self.stream_seconds, stop_flag=self._flag(stop))
+                                      stop_flag=self._flag(stop))
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             yield from unpack_manifest(batch)
 
@@ -332,13 +283,13 @@ class RayRestoreExecutor:
 
 def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default", config: RestoreConfig | None = None,
             limit: int | None = None, overwrite: bool = False, address: str | None = None,
-            progress_bars: bool = False, stages: str | None = None, echo: Any = print) -> dict[str, Any]:
+            progress_bars: bool = False, echo: Any = print) -> dict[str, Any]:
     """Run one batch restoration on Ray Data and return its summary (see
-    :func:`restoration.restore_run.run_restore`); ``stages`` as :class:`RayRestoreExecutor`."""
+    :func:`restoration.restore_run.run_restore`)."""
     from restoration.restore_run import run_restore
 
     return run_restore(input_uri, output_uri, task=task, model=model, config=config, limit=limit, overwrite=overwrite,
-                       executor=RayRestoreExecutor(address, progress_bars, stages), echo=echo)
+                       executor=RayRestoreExecutor(address, progress_bars), echo=echo)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -349,7 +300,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.restore", description=__doc__.split("\n\n")[0])
+    from jobs.cli import RESTORE_DESCRIPTION
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.restore", description=RESTORE_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

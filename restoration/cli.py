@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from restoration.tasks import TASK_NAMES
 
 if TYPE_CHECKING:
+    from restoration.finetune_run import FinetuneExecutor
     from restoration.restore_run import RestoreExecutor
 
 
@@ -358,3 +359,57 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------
+# finetune (its Ray Train executor is jobs.finetune's)
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``restoration finetune``; the Ray job adds ``--address``."""
+    p.add_argument("--task", required=True, choices=TASK_NAMES)
+    p.add_argument("--train-images", required=True, help="folder, file:// or s3:// prefix of clean training images")
+    p.add_argument("--val-images", required=True, help="folder or prefix of clean validation images")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's, 1000)")
+    p.add_argument("--storage", required=True, help="folder or s3:// prefix for checkpoints and the final model")
+    p.add_argument("--name", required=True, help="run name; re-running the same name resumes it")
+    p.add_argument("--init", default=None,
+                   help="start from this restoration checkpoint (folder or s3://; task transfer) or 'default'")
+    p.add_argument("--config", default=None, help="YAML file with TrainConfig fields")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (1)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); otherwise CPU (gloo)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (1)")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures retried within the run (2)")
+    p.add_argument("--no-ray", action="store_true",
+                   help="one worker in this process (the GPU with --use-gpu, else the CPU); Ray is not imported")
+
+
+def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], FinetuneExecutor] | None = None) -> int:
+    """Check the command line (one line and exit 2 for a bad value, before any executor starts),
+    then run in this process (``--no-ray``) or with ``ray_executor()``; the exit code."""
+    from restoration.finetune_run import (
+        FinetuneInputError,
+        LocalFinetuneExecutor,
+        check_resumable,
+        latest_checkpoint,
+        plan_finetune,
+        run_finetune,
+    )
+
+    if args.cpus_per_worker <= 0:
+        raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
+    if args.max_failures < 0:
+        raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if (args.no_ray or ray_executor is None) and args.workers != 1:
+        raise FinetuneInputError(f"--no-ray runs one worker; got --workers {args.workers}")
+    plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,
+                         storage_uri=args.storage, name=args.name, workers=args.workers, init=args.init,
+                         config_path=args.config, overrides=args.overrides, steps=args.steps)
+    check_resumable(plan, latest_checkpoint(plan))
+    if args.no_ray or ray_executor is None:
+        executor: FinetuneExecutor = LocalFinetuneExecutor("cuda" if args.use_gpu else "cpu")
+    else:
+        executor = ray_executor()
+    return run_finetune(plan, executor)

@@ -61,10 +61,10 @@ __all__ = [
     "LocalFinetuneExecutor",
     "TrainSession",
     "latest_checkpoint",
+    "resume_latest",
     "run_finetune",
     "train_worker",
     "Shard",
-    "add_run_arguments",
     "check_resumable",
     "load_shard",
     "metrics_csv",
@@ -83,24 +83,6 @@ SAMPLE_IMAGES_CHECKED = 8
 
 class FinetuneInputError(ValueError):
     """Bad input to a fine-tuning run, found before any worker starts (exit code 2)."""
-
-
-def add_run_arguments(p: Any) -> None:
-    """The arguments of a fine-tuning run (an ``argparse.ArgumentParser``); executors add their
-    own (workers, devices)."""
-    from restoration.tasks import TASK_NAMES
-
-    p.add_argument("--task", required=True, choices=TASK_NAMES)
-    p.add_argument("--train-images", required=True, help="folder, file:// or s3:// prefix of clean training images")
-    p.add_argument("--val-images", required=True, help="folder or prefix of clean validation images")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's, 1000)")
-    p.add_argument("--storage", required=True, help="folder or s3:// prefix for checkpoints and the final model")
-    p.add_argument("--name", required=True, help="run name; re-running the same name resumes it")
-    p.add_argument("--init", default=None,
-                   help="start from this restoration checkpoint (folder or s3://; task transfer) or 'default'")
-    p.add_argument("--config", default=None, help="YAML file with TrainConfig fields")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
 
 
 @dataclass(frozen=True)
@@ -519,6 +501,23 @@ def latest_checkpoint(plan: FinetunePlan) -> str | None:
     return latest_training_checkpoint(plan.run_uri)
 
 
+@contextlib.contextmanager
+def resume_latest(plan: FinetunePlan) -> Iterator[Resume | None]:
+    """The run's latest checkpoint in its storage (:func:`latest_checkpoint`) as a local folder
+    for the block (downloaded from S3), or None for a new run."""
+    latest = latest_checkpoint(plan)
+    if latest is None:
+        yield None
+        return
+    name = latest.rstrip("/").rpartition("/")[2]
+    if not latest.startswith("s3://"):
+        yield Resume(storage.resolve(latest)[1], name)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        download_checkpoint(latest, tmp)
+        yield Resume(tmp, name)
+
+
 @dataclass
 class FinetuneOutcome:
     """What an executor's fit returns: the last reported metrics (empty if no step was taken)
@@ -602,19 +601,8 @@ class _LocalSession:
     world_size: int = 1
     last_row: dict[str, Any] = field(default_factory=dict)
 
-    @contextlib.contextmanager
-    def resume(self) -> Iterator[Resume | None]:
-        latest = latest_checkpoint(self.plan)
-        if latest is None:
-            yield None
-            return
-        name = latest.rstrip("/").rpartition("/")[2]
-        if not latest.startswith("s3://"):
-            yield Resume(storage.resolve(latest)[1], name)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            download_checkpoint(latest, tmp)
-            yield Resume(tmp, name)
+    def resume(self) -> contextlib.AbstractContextManager[Resume | None]:
+        return resume_latest(self.plan)
 
     def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
         self.last_row = row

@@ -552,3 +552,29 @@ def summarize(table: pa.Table) -> dict[str, int]:
     for status, count in zip(*_value_counts(table.column("status")), strict=True):
         counts[status] = count
     return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest tables in transit
+
+PACKED_COLUMN = "manifest_ipc"
+"""The one column of packed manifest tables: Arrow IPC streams (:func:`pack_manifest`)."""
+
+
+def pack_manifest(tables: list[pa.Table]) -> pa.Table:
+    """Manifest tables as one row: one Arrow IPC stream in the binary column
+    :data:`PACKED_COLUMN`. What the Ray job's fused actors yield: one row, because Ray Data's
+    output buffer slices blocks by bytes but never below a row, so that with the dataset's
+    ``target_max_block_size`` set to 1 byte every yield becomes a block of its own and streams to
+    the driver at once (without it, Ray Data holds a task's small outputs until the task ends)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, tables[0].schema) as writer:
+        for table in tables:
+            writer.write_table(table)
+    return pa.table({PACKED_COLUMN: pa.array([sink.getvalue().to_pybytes()], pa.large_binary())})
+
+
+def unpack_manifest(batch: pa.Table) -> Iterator[pa.Table]:
+    """The manifest tables of a batch of :func:`pack_manifest` rows (any number of rows)."""
+    for cell in batch.column(PACKED_COLUMN).to_pylist():
+        yield pa.ipc.open_stream(cell).read_all()

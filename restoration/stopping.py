@@ -24,9 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
-__all__ = ["GRACE_SECONDS", "SIGNALS", "StopNow", "StopSignals"]
+T = TypeVar("T")
+
+__all__ = ["GRACE_SECONDS", "SIGNALS", "StopNow", "StopSignals", "call_in_thread"]
 
 GRACE_SECONDS: Final[float] = 20.0
 """Default grace period (``run.grace_seconds``): under the 30 s Kubernetes waits between SIGTERM
@@ -129,3 +131,25 @@ class StopSignals:
     def _end_grace(self) -> None:
         self._grace_over = True
         _thread.interrupt_main(self.signum or signal.SIGINT)
+
+
+def call_in_thread(function: Callable[[], T]) -> T:
+    """``function()`` in a thread of its own while the main thread waits, so that the signal
+    handlers keep running between short waits (a library that installs its own handlers when
+    called from the main thread, as Ray Train's ``fit`` does, leaves them alone from another).
+    Returns what it returns, raises what it raises; :class:`StopNow` reaches the caller."""
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = function()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, name=getattr(function, "__name__", "call"), daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.25)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]

@@ -34,7 +34,8 @@ from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
 from restoration.metrics import psnr
 
-pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
+# One xdist worker runs the module: its tests share one Ray instance and the first run's outputs.
+pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow, pytest.mark.xdist_group("restore_job")]
 
 BUCKET = "restore-job"
 MAX_PIXELS = 300_000
@@ -311,8 +312,8 @@ def test_the_split_pipeline_restores_what_the_fused_one_does(
     from jobs.restore import restore
 
     assert first_run["code"] == 0
-    summary = restore(_uri("in"), _uri("split"), task="denoise", model=str(denoiser), config=_restore_config(),
-                      stages="split", echo=lambda text: None)
+    summary = restore(_uri("in"), _uri("split"), task="denoise", model=str(denoiser),
+                      config=_restore_config("pipeline.stages=split"), echo=lambda text: None)
     assert summary["actor_pool"]["stages"] == "split"
     fused, split = _rows(_uri("out")), _rows(_uri("split"))
     assert sorted(split) == sorted(fused)
@@ -347,8 +348,9 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
                 arrived.append(rows.num_rows)
                 yield rows
 
-    executor = CountingExecutor(stream_seconds=0.0)  # one yield per chunk
-    config = _restore_config("pipeline.read_batch_size=1000", "pipeline.batch_size=2")
+    executor = CountingExecutor()
+    # One yield per chunk (pipeline.stream_seconds=0).
+    config = _restore_config("pipeline.read_batch_size=1000", "pipeline.batch_size=2", "pipeline.stream_seconds=0")
     summary = run_restore(_uri("in"), _uri("streamed"), task="denoise", model=str(denoiser), config=config,
                           executor=executor, echo=lambda text: None)
     assert summary["actor_pool"]["rows_per_block"] == 1000 and summary["actor_pool"]["stages"] == "fused"
@@ -361,8 +363,7 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
 
 def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> None:
     from jobs.pool_sizing import ActorPoolPlan, rows_per_block
-    from jobs.restore import pack_manifest, unpack_manifest
-    from restoration.manifest import MANIFEST_SCHEMA, error_row, rows_to_table
+    from restoration.manifest import MANIFEST_SCHEMA, error_row, pack_manifest, rows_to_table, unpack_manifest
 
     tables = [rows_to_table([error_row(f"s3://b/{index}.png", "broken", "decode", task="denoise", model_id="m",
                                        job_id="j")]) for index in range(3)]
