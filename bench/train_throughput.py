@@ -202,11 +202,10 @@ def bench_worker(loop_config: dict) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from jobs.finetune import quiet_train_worker
-    from restoration.train_settings import train_config_from_dict
     from restoration.trainer import CropSampler, Trainer, initial_model
 
     quiet_train_worker()
-    config = train_config_from_dict(loop_config["config"])
+    config = loop_config["config"]  # the TrainConfig itself
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -246,7 +245,6 @@ def run_with_ray(args: argparse.Namespace) -> list[dict[str, Any]]:
     from ray.train.torch import TorchTrainer
 
     from jobs.finetune import init_ray
-    from restoration import config as config_lib
 
     config = bench_config(args)
     uris = image_uris(args)
@@ -258,7 +256,7 @@ def run_with_ray(args: argparse.Namespace) -> list[dict[str, Any]]:
             start = time.perf_counter()
             trainer = TorchTrainer(
                 bench_worker,
-                train_loop_config={"config": config_lib.to_dict(config), "uris": uris, "steps": args.steps,
+                train_loop_config={"config": config, "uris": uris, "steps": args.steps,
                                    "warmup": args.warmup, "threads": args.threads or 1},
                 scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=args.use_gpu),
                 run_config=ray.train.RunConfig(name=f"bench-{workers}", storage_path=storage,

@@ -193,5 +193,6 @@ def load_config(cls: type[T], *, path: str | Path | None = None, overrides: list
 
 
 def to_yaml(config: Any) -> str:
-    """The config as YAML that ``load_config`` reads back to an equal config."""
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    """The config as YAML that ``load_config`` reads back to an equal config: its own
+    ``to_dict()`` where it has one (``TrainConfig``), else :func:`to_dict`."""
+    return yaml.safe_dump(config.to_dict() if hasattr(config, "to_dict") else to_dict(config), sort_keys=False)

@@ -44,7 +44,7 @@ from restoration.checkpoint import (
     training_checkpoints,
 )
 from restoration.stopping import StopNow, StopSignals
-from restoration.train_settings import TrainConfig, load_train_config
+from restoration.train_settings import TrainConfig, load_train_config, model_differences
 from restoration.trainer import (
     METRIC_COLUMNS,
     LoadedImages,
@@ -219,14 +219,9 @@ def check_resumable(plan: FinetunePlan, checkpoint: str | None) -> None:
     saved = None if checkpoint is None else read_training_config(checkpoint)
     if saved is None:
         return
-    mine = config_lib.to_dict(plan.config)
-    if (saved.get("task"), saved.get("model")) == (mine["task"], mine["model"]):
+    differences = model_differences(saved, plan.config)
+    if not differences:
         return
-    differences = [f"{key}: {(saved.get('model') or {}).get(key)!r} -> {value!r}"
-                   for key, value in mine["model"].items()
-                   if key != "task" and (saved.get("model") or {}).get(key) != value]
-    if saved.get("task") != mine["task"]:
-        differences.insert(0, f"task: {saved.get('task')!r} -> {mine['task']!r}")
     raise FinetuneInputError(
         f"--name {plan.name}: {storage.join(plan.storage, plan.name)} holds a run with another model "
         f"({'; '.join(differences)}); running the same name resumes it. Use another --name for a new run, "
@@ -462,7 +457,7 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
         # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
         # (A community model is built from --init's architecture; the checkpoint's weights follow.)
         fresh = resume is not None and not (plan.init is not None and is_community_checkpoint(plan.init))
-        model = build_model(config.model, backbone_weights=None) if fresh else initial_model(config, plan.init)
+        model = build_model(config.model_config, backbone_weights=None) if fresh else initial_model(config, plan.init)
         trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
                           val_samples=val, world_size=world_size, rank=rank, progress=say)
         if resume is not None:

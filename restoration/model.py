@@ -17,6 +17,7 @@ Tensors: input ``lq`` is (N, 3, h, w) RGB in [0, 1] (noise may push it outside);
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +29,11 @@ from restoration.tasks import get_task
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a ``FusedRestorationNet``; saved in every checkpoint's ``model.json``.
+class Architecture:
+    """The shape of a ``FusedRestorationNet``, whatever it is trained for: the ``model`` section
+    of a fine-tuning config (whose task and scale are the ``degradation``'s).
 
     Attributes:
-        task: one of ``restoration.tasks.TASK_NAMES``.
-        scale: upscaling factor (1 except for ``sr``, where 2, 3 or 4).
         backbone: one of ``restoration.backbones.BACKBONES``.
         widths: target-branch channels at strides 1, 2, 4, 8, 16, 32.
         fuse_strides: strides at which pretrained features are fused (where the backbone has them);
@@ -44,8 +44,6 @@ class ModelConfig:
         blocks_per_stage: residual blocks per encoder and decoder stage.
     """
 
-    task: str = "denoise"
-    scale: int = 1
     backbone: str = "efficientnet_lite0"
     widths: tuple[int, ...] = (16, 32, 64, 96, 128, 128)
     fuse_strides: tuple[int, ...] = (2, 4, 8, 16)
@@ -54,13 +52,8 @@ class ModelConfig:
     blocks_per_stage: int = 1
 
     def __post_init__(self) -> None:
-        task = get_task(self.task)
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        if task.upscale and self.scale not in (2, 3, 4):
-            raise ValueError(f"super-resolution scale must be 2, 3 or 4, got {self.scale}")
-        if not task.upscale and self.scale != 1:
-            raise ValueError(f"scale must be 1 for task {self.task!r}, got {self.scale}")
         if len(self.widths) != 6 or any(w <= 0 for w in self.widths):
             raise ValueError(f"widths must be 6 positive channel counts (strides 1..32), got {self.widths}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -72,16 +65,6 @@ class ModelConfig:
         if not self.fuse_strides or not set(self.fuse_strides) <= {2, 4, 8, 16, 32}:
             raise ValueError(f"fuse_strides must be a non-empty subset of (2, 4, 8, 16, 32), got {self.fuse_strides}")
 
-    @property
-    def mask_input(self) -> bool:
-        """The model takes a mask (inpainting)."""
-        return get_task(self.task).mask_input
-
-    @property
-    def in_channels(self) -> int:
-        """Target-branch input channels: RGB, plus the mask for inpainting."""
-        return 4 if self.mask_input else 3
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
@@ -89,7 +72,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> Self:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -99,6 +82,42 @@ class ModelConfig:
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig(Architecture):
+    """An :class:`Architecture` and what it restores; saved in every checkpoint's ``model.json``.
+
+    Attributes:
+        task: one of ``restoration.tasks.TASK_NAMES``.
+        scale: upscaling factor (1 except for ``sr``, where 2, 3 or 4).
+    """
+
+    task: str = "denoise"
+    scale: int = 1
+
+    def __post_init__(self) -> None:
+        task = get_task(self.task)
+        if task.upscale and self.scale not in (2, 3, 4):
+            raise ValueError(f"super-resolution scale must be 2, 3 or 4, got {self.scale}")
+        if not task.upscale and self.scale != 1:
+            raise ValueError(f"scale must be 1 for task {self.task!r}, got {self.scale}")
+        super().__post_init__()
+
+    @classmethod
+    def of(cls, architecture: Architecture, task: str, scale: int) -> ModelConfig:
+        """``architecture`` trained for ``task`` at ``scale``."""
+        return cls(**{f.name: getattr(architecture, f.name) for f in fields(Architecture)}, task=task, scale=scale)
+
+    @property
+    def mask_input(self) -> bool:
+        """The model takes a mask (inpainting)."""
+        return get_task(self.task).mask_input
+
+    @property
+    def in_channels(self) -> int:
+        """Target-branch input channels: RGB, plus the mask for inpainting."""
+        return 4 if self.mask_input else 3
 
 
 STRIDES = (1, 2, 4, 8, 16, 32)

@@ -1,7 +1,7 @@
 """Settings of a fine-tuning run (``restoration finetune --set KEY=VALUE``, or a task's YAML
 under ``configs/``): :class:`TrainConfig` with its :class:`DataConfig`, :class:`OptimConfig` and
-:class:`ValidationConfig` sections, and the model's :class:`restoration.model.ModelConfig`.
-Every value is checked when the config loads.
+:class:`ValidationConfig` sections, the model's :class:`restoration.model.Architecture` and the
+task's spec. Every value is checked when the config loads.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from restoration import config as config_lib
 from restoration.losses import build_loss
-from restoration.model import ModelConfig
+from restoration.model import Architecture, ModelConfig
 from restoration.tasks import Case, DenoiseTask, TaskSpec, get_case, get_task
 
 
@@ -114,18 +114,19 @@ class ValidationConfig:
 class TrainConfig:
     """Everything a fine-tuning run needs; saved next to its outputs as ``config.yaml``.
 
-    ``degradation`` is the task's spec (``restoration.tasks``), typed by ``task``.
-    ``checkpoint_interval`` and ``log_interval`` count optimizer steps; the last step always logs,
-    validates and checkpoints. ``keep_checkpoints`` is how many checkpoints (the best by
-    validation PSNR, plus always the latest) a Ray run keeps.
+    ``degradation`` is the task's spec (``restoration.tasks``): its type is the run's
+    :attr:`task` and its ``scale`` the model's, each held there only. ``model`` is the network's
+    shape; :attr:`model_config` adds the task and scale. ``checkpoint_interval`` and
+    ``log_interval`` count optimizer steps; the last step always logs, validates and checkpoints.
+    ``keep_checkpoints`` is how many checkpoints (the best by validation PSNR, plus always the
+    latest) a run keeps.
     """
 
-    task: str = "denoise"
     steps: int = 1000
     seed: int = 0
     loss: str = "l1"
     backbone_weights: str | None = "imagenet"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Architecture = field(default_factory=Architecture)
     degradation: TaskSpec = field(default_factory=DenoiseTask)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -136,14 +137,12 @@ class TrainConfig:
     grace_seconds: float = 20.0
 
     def __post_init__(self) -> None:
-        spec_class = get_task(self.task)
-        if self.model.task != self.task or type(self.degradation) is not spec_class:
-            raise ValueError(
-                f"task {self.task!r} disagrees with model.task {self.model.task!r} / degradation "
-                f"({type(self.degradation).__name__}); set only the top-level task"
-            )
-        if self.model.scale != self.degradation.scale:
-            raise ValueError(f"model.scale {self.model.scale} differs from degradation.scale {self.degradation.scale}")
+        if not isinstance(self.degradation, TaskSpec) or not self.degradation.name:
+            raise ValueError(f"degradation must be a task's spec, got {self.degradation!r}")
+        if type(self.model) is not Architecture:
+            raise ValueError(f"model must be an Architecture (the task and scale are the degradation's), "
+                             f"got {type(self.model).__name__}")
+        self.model_config  # noqa: B018 -- the task's rules for the scale
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         for name in ("checkpoint_interval", "log_interval", "keep_checkpoints"):
@@ -156,6 +155,21 @@ class TrainConfig:
             self.validation_protocol()
         except ValueError as exc:
             raise ValueError(f"validation.protocol: {exc}") from None
+
+    @property
+    def task(self) -> str:
+        """The task trained for: the degradation spec's."""
+        return self.degradation.name
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The network to build: :attr:`model` for :attr:`task` at the degradation's scale."""
+        return ModelConfig.of(self.model, self.task, self.degradation.scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as ``config.yaml`` holds it (the task first), read back by
+        :func:`train_config_from_dict`."""
+        return {"task": self.task, **config_lib.to_dict(self)}
 
     @property
     def freeze_steps(self) -> int:
@@ -176,7 +190,7 @@ class TrainConfig:
         protocol = dict(self.validation.protocol)
         if self.degradation.upscale:  # validate at the scale the model is trained for
             protocol.setdefault("scale", self.degradation.scale)
-        return get_task(self.task).protocol(**protocol), None
+        return type(self.degradation).protocol(**protocol), None
 
 
 def load_train_config(
@@ -188,8 +202,8 @@ def load_train_config(
 ) -> TrainConfig:
     """Resolve a TrainConfig: defaults for ``task`` <- YAML file <- ``--set`` overrides <- ``steps``.
 
-    The top-level task is copied into the model section and types the ``degradation`` section
-    (the task's spec); the model's scale follows the spec's (super-resolution).
+    The task types the ``degradation`` section (the task's spec), whose scale is the model's
+    (super-resolution).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -211,25 +225,44 @@ def load_train_config(
 
 def train_config_from_dict(data: dict[str, Any], *, task: str | None = None) -> TrainConfig:
     """A TrainConfig from a mapping such as a saved ``config.yaml``; its ``degradation`` section
-    is typed by ``task`` (default: the mapping's own ``task``, else denoise)."""
+    is typed by ``task`` (default: the mapping's own ``task``, else denoise). A ``model.task`` or
+    ``model.scale`` (as configs written before the task and scale were held once have them) must
+    agree with the task and the degradation's scale."""
     data = dict(data)
     task = task or data.get("task", "denoise")
     spec_class = get_task(task)
+    written = data.pop("task", task)
+    if written != task:
+        raise ValueError(f"task {written!r} in the config disagrees with --task {task!r}")
     for section in ("model", "degradation"):
         if section in data and not isinstance(data[section], dict):
             raise ValueError(f"{section}: expected a mapping, got {data[section]!r}")
         data[section] = dict(data.get(section) or {})
-    if "task" in data["model"] and data["model"]["task"] != task:
-        raise ValueError(f"model.task {data['model']['task']!r} disagrees with --task {task!r}")
-    data["model"]["task"] = task
-    data["task"] = task
-    model_scale = data["model"].get("scale")
+    model_task = data["model"].pop("task", task)
+    if model_task != task:
+        raise ValueError(f"model.task {model_task!r} disagrees with --task {task!r}")
+    model_scale = data["model"].pop("scale", None)
     if spec_class.upscale and "scale" not in data["degradation"] and model_scale is not None:
         data["degradation"]["scale"] = model_scale
     spec = config_lib.from_dict(spec_class, data["degradation"], prefix="degradation.")
     if model_scale is not None and model_scale != spec.scale:
         raise ValueError(f"model.scale {model_scale!r} disagrees with degradation.scale {spec.scale!r}; "
                          "set degradation.scale only")
-    data["model"]["scale"] = spec.scale
     data["degradation"] = spec
     return config_lib.from_dict(TrainConfig, data)
+
+
+def model_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """How the task and model of a saved ``config.yaml`` (a mapping) differ from ``config``'s,
+    as ``key: saved -> this`` lines; empty when a run of ``config`` can resume that run. (Configs
+    written before the task and scale were held once have them in the model section too.)"""
+    mine = config.to_dict()
+    saved_model = saved.get("model") or {}
+    differences = [f"{key}: {saved_model.get(key)!r} -> {value!r}"
+                   for key, value in mine["model"].items() if saved_model.get(key) != value]
+    saved_scale = saved_model.get("scale", (saved.get("degradation") or {}).get("scale", 1))
+    if saved_scale != config.degradation.scale:
+        differences.append(f"scale: {saved_scale!r} -> {config.degradation.scale!r}")
+    if saved.get("task") != config.task:
+        differences.insert(0, f"task: {saved.get('task')!r} -> {config.task!r}")
+    return differences

@@ -57,7 +57,7 @@ from restoration.durations import format_duration
 from restoration.evaluate import score
 from restoration.losses import build_loss
 from restoration.model import FusedRestorationNet, ModelConfig, build_model
-from restoration.train_settings import TrainConfig
+from restoration.train_settings import TrainConfig, model_differences
 
 log = logging.getLogger(__name__)
 
@@ -528,13 +528,13 @@ class Trainer:
         checkpoint = read_training_checkpoint(directory, map_location=self.device)
         saved = checkpoint.config
         if saved is not None:
-            mine = config_lib.to_dict(self.config)
-            if saved.get("model") != mine["model"] or saved.get("task") != mine["task"]:
+            differences = model_differences(saved, self.config)
+            if differences:
                 raise CheckpointError(
-                    f"the checkpoint in {directory} belongs to a run with task {saved.get('task')!r} and model "
-                    f"{saved.get('model')}; this run has task {mine['task']!r} and model {mine['model']}. "
-                    "Use another --name for a new run, or --init to start from that model"
+                    f"the checkpoint in {directory} belongs to a run with another task or model "
+                    f"({'; '.join(differences)}). Use another --name for a new run, or --init to start from that model"
                 )
+            mine = self.config.to_dict()
             changed = sorted(k for k in mine if k not in ("model", "task") and saved.get(k) != mine[k])
             if changed and self.rank == 0:
                 self.progress(f"note: resuming with changed settings: {', '.join(changed)}")
@@ -570,7 +570,7 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
             blocks per stage than ``config.model``.
     """
     if init is None:
-        return build_model(config.model, backbone_weights=config.backbone_weights)
+        return build_model(config.model_config, backbone_weights=config.backbone_weights)
     if str(init) == "default":
         init = resolve_model("default", config.task)
     if is_community_checkpoint(init):
@@ -588,7 +588,7 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
             f"(set {' / '.join('model.' + k for k in keys)} to match)"
         )
     state = read_weights(files)
-    model = build_model(mine, backbone_weights=None)
+    model = build_model(config.model_config, backbone_weights=None)
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(fitting))
