@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/restoration demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info

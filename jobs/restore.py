@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from restoration.inference import PredictorConfig
     from restoration.restore_run import StageContext
     from restoration.restore_settings import RestoreConfig
+    from restoration.tasks import TaskSpec
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from restoration.cli import add_restore_arguments
@@ -49,7 +50,7 @@ class FusedActor:
     ``pipeline.stream_seconds`` passed since the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
     process, and it holds one ``batch_size`` chunk of them at a time."""
 
-    def __init__(self, model_ref: list, *, task: str, job_id: str, config: RestoreConfig, threads: int | None,
+    def __init__(self, model_ref: list, *, task: type[TaskSpec], job_id: str, config: RestoreConfig, threads: int | None,
                  device: str, batch_size: int, stop_flag: Any = None) -> None:
         import ray
 
@@ -62,11 +63,7 @@ class FusedActor:
                               model=LoadedModel(data=data, checkpoint=checkpoint))
         self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
         self.batch_size, self.stream_seconds = batch_size, config.pipeline.stream_seconds
-        self._stop = StopPoll(stop_flag)
-
-    def stopped(self) -> bool:
-        """Whether the driver asked the run to stop (see :class:`jobs.ray_runtime.StopPoll`)."""
-        return self._stop()
+        self.stopped = StopPoll(stop_flag)  # whether the driver asked the run to stop
 
     def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
         import time
@@ -91,7 +88,8 @@ class ModelActor:
     actor from the checkpoint's bytes in the object store, restores Arrow batches of decoded
     pixels (:data:`restoration.restore_stages.PIPELINE_SCHEMA`)."""
 
-    def __init__(self, model_ref: list, predictor: PredictorConfig, threads: int | None, device: str, task: str) -> None:
+    def __init__(self, model_ref: list, predictor: PredictorConfig, threads: int | None, device: str,
+                 task: type[TaskSpec]) -> None:
         import ray
 
         from restoration.checkpoint import checkpoint_from_bytes

@@ -63,6 +63,7 @@ from restoration.restore_stages import (
     skip_stage,
 )
 from restoration.stopping import StopNow, StopSignals
+from restoration.tasks import TaskSpec, get_task
 
 __all__ = [
     "EXIT_STORAGE",
@@ -110,7 +111,7 @@ class LoadedModel:
                 "weights_sha256": hashlib.sha256(self.data.weights).hexdigest()}
 
 
-def load_run_model(spec: str, task: str) -> LoadedModel:
+def load_run_model(spec: str, task: type[TaskSpec]) -> LoadedModel:
     """Read and validate ``--model`` (a checkpoint folder or a community model file, local or a
     ``file://``/``s3://`` URI, or ``default``) for ``task``.
 
@@ -119,19 +120,20 @@ def load_run_model(spec: str, task: str) -> LoadedModel:
             a community model whose scale or mask input does not fit it).
         OSError: the storage holding it could not be reached.
     """
-    data = read_checkpoint_bytes(resolve_model(spec, task))
+    data = read_checkpoint_bytes(resolve_model(spec, task.name))
     checkpoint = checkpoint_from_bytes(data)  # the whole model loads here, before any executor starts
-    misfit = checkpoint.model.traits.misfit(task)
+    misfit = checkpoint.model.traits.misfit(task.name)
     if misfit is not None:
-        raise CheckpointError(f"--model {spec} is {misfit}, but --task is {task!r}")
+        raise CheckpointError(f"--model {spec} is {misfit}, but --task is {task.name!r}")
     return LoadedModel(data=data, checkpoint=checkpoint)
 
 
 @dataclass(frozen=True)
 class StageContext:
-    """What the stages of one run need, for any executor."""
+    """What the stages of one run need, for any executor: the task's spec class (its ``name``
+    goes into the manifest), the job's id and config, and the model."""
 
-    task: str
+    task: type[TaskSpec]
     job_id: str
     config: RestoreConfig
     model: LoadedModel
@@ -150,7 +152,7 @@ def read_options(config: RestoreConfig) -> dict[str, Any]:
 def encode_options(job: StageContext) -> dict[str, Any]:
     """Keyword arguments of :func:`restoration.restore_stages.encode_stage` for ``job``."""
     output = job.config.output
-    return {"task": job.task, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
+    return {"task": job.task.name, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
             "quality": output.quality, "png_compression": output.png_compression,
             "strip_metadata": output.strip_metadata, "outage_seconds": job.config.storage.outage_seconds}
 
@@ -321,6 +323,7 @@ def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: Restor
                  config: RestoreConfig, limit: int | None, overwrite: bool, echo: Callable[[str], Any],
                  stop: StopSignals) -> dict[str, Any]:
     started = time.time()
+    spec = get_task(task)  # ValueError naming the known tasks
     job_id = manifest_lib.new_job_id()
     input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
     folder = manifest_lib.manifest_uri(output_uri)
@@ -331,7 +334,7 @@ def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: Restor
         # belongs there, not among the outputs.
         storage.check_writable(folder)
     with users_storage_errors("--model", model):
-        restore_model = load_run_model(model, task)
+        restore_model = load_run_model(model, spec)
     check_predictor_settings(config.predictor, restore_model.checkpoint.model.traits)
     with users_storage_errors("--output", output_uri):
         previous = manifest_lib.ManifestIndex(output_uri)
@@ -339,7 +342,7 @@ def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: Restor
         plan = plan_restore(input_uri, output_uri, task=task, model_id=restore_model.model_id, config=config,
                             previous_manifest=previous, overwrite=overwrite, limit=limit)
     with plan:
-        return _run_plan(plan, executor=executor, job=StageContext(task=task, job_id=job_id, config=config,
+        return _run_plan(plan, executor=executor, job=StageContext(task=spec, job_id=job_id, config=config,
                                                                   model=restore_model),
                          input_uri=input_uri, output_uri=output_uri, started=started, echo=echo, stop=stop)
 
@@ -382,7 +385,7 @@ class _Progress:
 def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input_uri: str, output_uri: str,
               started: float, echo: Callable[[str], Any], stop: StopSignals) -> dict[str, Any]:
     """Steps 2 to 4 of :func:`run_restore`, partition by partition of ``plan``."""
-    config, task, job_id = job.config, job.task, job.job_id
+    config, task, job_id = job.config, job.task.name, job.job_id
     folder = manifest_lib.manifest_uri(output_uri)
     with users_storage_errors("--output", output_uri):
         storage.write_bytes(storage.join(folder, manifest_lib.CONFIG_FILE), config_lib.to_yaml(config).encode())
@@ -473,7 +476,7 @@ def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor:
         pipeline_seconds = max(finished - listed, 1e-9)
         summary = {
             "job_id": job.job_id,
-            "task": job.task,
+            "task": job.task.name,
             "model_id": job.model_id,
             "model": job.model.describe(),
             "input": storage.redact(input_uri),

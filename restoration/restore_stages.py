@@ -50,7 +50,7 @@ from restoration.codec import (
 from restoration.inference import Predictor
 from restoration.manifest import COLUMNS, MANIFEST_SCHEMA, error_row
 from restoration.restore_settings import DEFAULT_PNG_COMPRESSION
-from restoration.tasks import get_task
+from restoration.tasks import TaskSpec
 
 # --------------------------------------------------------------------------------------------
 # Schemas between stages
@@ -246,7 +246,7 @@ def _failed(row: dict[str, Any], stage: str, message: str, start: float) -> dict
 # Stage 2: restore (the model's actors)
 
 
-def restore_stage(predictor: Predictor, table: pa.Table, *, task: str) -> pa.Table:
+def restore_stage(predictor: Predictor, table: pa.Table, *, task: type[TaskSpec]) -> pa.Table:
     """Restore the pending rows of a :data:`PIPELINE_SCHEMA` table with a
     :class:`restoration.inference.Predictor`; rows with a status pass through unchanged.
 
@@ -255,11 +255,11 @@ def restore_stage(predictor: Predictor, table: pa.Table, *, task: str) -> pa.Tab
     pixels keep the input's channel count and bit depth; alpha is resized with them (SR), or
     dropped for tasks with a mask input (inpainting), where alpha 0 marks the missing pixels.
     Each restored row records ``mean_abs_change`` (:func:`mean_abs_change`) and the
-    predictor's ``strength``.
+    predictor's ``strength``. ``task``: the run's task spec class.
     """
     import torch
 
-    takes_mask = get_task(task).mask_input
+    takes_mask = task.mask_input
     strength = float(getattr(predictor, "strength", 1.0))
     rows = _work_rows(table)
     buffers = _buffers(table)
@@ -271,7 +271,7 @@ def restore_stage(predictor: Predictor, table: pa.Table, *, task: str) -> pa.Tab
         try:
             image = _unpack(row, buffers[index])
             if takes_mask and image.alpha is None:
-                raise ValueError(f"{task} reads the missing pixels from the alpha channel "
+                raise ValueError(f"{task.name} reads the missing pixels from the alpha channel "
                                  "(alpha 0 = missing), and this image has no alpha")
         except ValueError as error:
             _failed(row, "restore", str(error), time.perf_counter())

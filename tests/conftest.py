@@ -22,13 +22,6 @@ def shared_dir(*parts: str) -> Path:
     return path
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests marked ``slow`` first, each group in collection order: with ``make test``'s two
-    xdist workers the long tests (Ray jobs, mostly waiting on processes) spread over both
-    workers and overlap with the short ones, instead of meeting at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def cbsd68_dir() -> Path:
     return shared_dir("val", "CBSD68")

@@ -375,7 +375,6 @@ def local_ray():
         ray.shutdown()
 
 
-@pytest.mark.xdist_group("finetune_local_ray")  # one worker: they share local_ray
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_worker_run_on_cbsd432_beats_identity(local_ray, cbsd432_dir: Path, val_dir: Path, tmp_path: Path) -> None:
@@ -420,7 +419,6 @@ def test_two_worker_run_on_cbsd432_beats_identity(local_ray, cbsd432_dir: Path, 
     assert fine_tuned["psnr"] > identity["psnr"] + 0.5, (fine_tuned["psnr"], identity["psnr"])
 
 
-@pytest.mark.xdist_group("finetune_local_ray")  # one worker: they share local_ray
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_worker_error_is_one_line_from_rays_structured_failures(local_ray, photo_dirs: tuple[Path, Path],

@@ -34,8 +34,7 @@ from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
 from restoration.metrics import psnr
 
-# One xdist worker runs the module: its tests share one Ray instance and the first run's outputs.
-pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow, pytest.mark.xdist_group("restore_job")]
+pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 
 BUCKET = "restore-job"
 MAX_PIXELS = 300_000

@@ -21,6 +21,7 @@ from restoration.inference import Predictor, PredictorConfig
 from restoration.model import ModelConfig, build_model
 from restoration.planning import list_inputs, plan_restore
 from restoration.restore_settings import InputConfig, OutputConfig, RestoreConfig
+from restoration.tasks import DenoiseTask, get_task
 from restoration.restore_stages import (
     encode_stage,
     mean_abs_change,
@@ -51,7 +52,7 @@ def run_stages(input_uri: str, output_uri: str, predictor: Predictor, *, task: s
     config = config or RestoreConfig()
     plan = plan_restore(input_uri, output_uri, task=task, model_id="m", config=config, previous_manifest=previous).collect()
     decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes)
-    restored = restore_stage(predictor, decoded, task=task)
+    restored = restore_stage(predictor, decoded, task=get_task(task))
     rows = encode_stage(restored, task=task, model_id="m", job_id=manifest_lib.new_job_id(),
                         output_format=config.output.format)
     assert rows.schema.equals(manifest_lib.MANIFEST_SCHEMA, check_metadata=False)
@@ -114,7 +115,7 @@ def test_bad_inputs_become_error_rows(tmp_path: Path, sample) -> None:
     plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=config).collect()
     (tmp_path / "in/fine.png").rename(tmp_path / "in/gone.png")  # listed, then deleted before it is read
     decoded = read_stage(plan.work, max_pixels=config.input.max_pixels, max_bytes=config.input.max_bytes)
-    rows = encode_stage(restore_stage(identity_predictor(), decoded, task="denoise"),
+    rows = encode_stage(restore_stage(identity_predictor(), decoded, task=DenoiseTask),
                         task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
     by_name = {Path(r["source_uri"]).name: r for r in rows.to_pylist()}
     assert len(by_name) == len(files)
@@ -179,7 +180,7 @@ def test_write_failure_is_an_error_row(tmp_path: Path, sample) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out/sub").write_bytes(b"a file where the output folder should be")
     plan = plan_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model_id="m", config=RestoreConfig()).collect()
-    rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
+    rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task=DenoiseTask),
                         task="denoise", model_id="m", job_id=manifest_lib.new_job_id())
     by_name = {Path(r["source_uri"]).name: r for r in rows.to_pylist()}
     assert by_name["a.png"]["status"] == "error" and by_name["a.png"]["error_stage"] == "write"
@@ -355,7 +356,7 @@ def test_transient_storage_errors_are_retried(
         decoded = read_stage(plan.work, outage_seconds=60)
         assert decoded.column("status").to_pylist() == [None] and proxy.failed() == failures
         proxy.fail_next(failures)
-        rows = encode_stage(restore_stage(identity_predictor(), decoded, task="denoise"),
+        rows = encode_stage(restore_stage(identity_predictor(), decoded, task=DenoiseTask),
                             task="denoise", model_id="m", job_id=manifest_lib.new_job_id(), outage_seconds=60)
         assert rows.column("status").to_pylist() == ["ok"], rows.column("error").to_pylist()
         assert proxy.failed() == 2 * failures
@@ -422,7 +423,7 @@ def test_metadata_is_carried_to_the_outputs_unless_stripped(tmp_path: Path, samp
     for strip, folder in ((False, "kept"), (True, "stripped")):
         plan = plan_restore(str(tmp_path / "in"), str(tmp_path / folder), task="denoise", model_id="m",
                             config=RestoreConfig()).collect()
-        rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
+        rows = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task=DenoiseTask),
                             task="denoise", model_id="m", job_id=manifest_lib.new_job_id(), strip_metadata=strip)
         assert rows.column("status").to_pylist() == ["ok"] * len(files), rows.column("error").to_pylist()
         for name in files:
@@ -444,7 +445,7 @@ def test_png_compression_is_a_setting(tmp_path: Path, sample) -> None:
         config = config_lib.load_config(RestoreConfig, overrides=[f"output.png_compression={level}"])
         plan = plan_restore(str(tmp_path / "in"), str(tmp_path / f"level{level}"), task="denoise", model_id="m",
                             config=config).collect()
-        [row] = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task="denoise"),
+        [row] = encode_stage(restore_stage(identity_predictor(), read_stage(plan.work), task=DenoiseTask),
                              task="denoise", model_id="m", job_id=manifest_lib.new_job_id(),
                              png_compression=config.output.png_compression).to_pylist()
         sizes[level] = row["bytes_out"]
