@@ -8,35 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-RESTORE_DESCRIPTION = """\
-Restore an image collection: a folder or s3:// prefix (recursive), one image, or a Parquet, CSV
-or text list of image URIs. Outputs go to OUTPUT/<path relative to the input>, in the input's
-format, with a Parquet manifest (one row per input) in OUTPUT/_manifest/. Running the same
-command again skips what is done; Ctrl-C stops cleanly and keeps the work.
-
-examples:
-  restoration restore --input s3://bucket/scans/ --output s3://bucket/restored/ --task denoise
-  restoration restore --input photos/ --output restored/ --model runs/my-sr/model  # its task
-  restoration restore --input photos/ --output restored/ --task general --no-ray
-  restoration restore --input list.parquet --output out/ --task jpeg --dry-run
-
-settings (--set KEY=VALUE, or --config FILE.yaml): restoration.restore_settings' RestoreConfig, e.g.
-predictor.strength=0.5, output.format=png, pipeline.max_actors=4; docs/cluster.md has the rest."""
-
-FINETUNE_DESCRIPTION = """\
-Fine-tune a model on your own clean images (degradations are synthesized), data-parallel on Ray
-Train or in this process (--no-ray). Checkpoints and the final model go to STORAGE/NAME/; running
-the same command again resumes; Ctrl-C or SIGTERM checkpoints the step in progress, then stops.
-
-examples:
-  restoration finetune --task denoise --train-images s3://bucket/clean/ --val-images s3://bucket/val/ \\
-      --steps 3000 --workers 4 --use-gpu --storage s3://bucket/runs --name my-denoiser
-  restoration finetune --task sr --init default --train-images clean/ --val-images val/ \\
-      --storage runs --name my-sr --no-ray
-  restoration finetune --task jpeg --config jobs/configs/jpeg.yaml --set optim.lr=1e-4 ...
-
-settings (--set KEY=VALUE, or --config FILE.yaml): restoration.train_settings' TrainConfig, e.g.
-steps, optim.lr, data.batch_size, checkpoint_interval, grace_seconds."""
+from restoration.cli import FINETUNE_DESCRIPTION, RESTORE_DESCRIPTION
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import FINETUNE_DESCRIPTION
+    from restoration.cli import FINETUNE_DESCRIPTION
 
     parser = argparse.ArgumentParser(prog="python -m jobs.finetune", description=FINETUNE_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

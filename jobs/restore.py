@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import RESTORE_DESCRIPTION
+    from restoration.cli import RESTORE_DESCRIPTION
 
     parser = argparse.ArgumentParser(prog="python -m jobs.restore", description=RESTORE_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
