@@ -388,9 +388,6 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # --------------------------------------------------------------------------------------------
 # finetune (its Ray Train executor is jobs.finetune's)
@@ -433,14 +430,19 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
         raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
     if args.max_failures < 0:
         raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
-    if (args.no_ray or ray_executor is None) and args.workers != 1:
+    local = args.no_ray or ray_executor is None
+    if local and args.workers != 1:
         raise FinetuneInputError(f"--no-ray runs one worker; got --workers {args.workers}")
     plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,
                          storage_uri=args.storage, name=args.name, workers=args.workers, init=args.init,
                          config_path=args.config, overrides=args.overrides, steps=args.steps)
     check_resumable(plan, latest_checkpoint(plan))
-    if args.no_ray or ray_executor is None:
+    if local:
         executor: FinetuneExecutor = LocalFinetuneExecutor("cuda" if args.use_gpu else "cpu")
     else:
         executor = ray_executor()
     return run_finetune(plan, executor)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
