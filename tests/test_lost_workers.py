@@ -161,16 +161,21 @@ def test_the_restore_job_loses_the_node_of_its_model_actor_and_still_restores_ev
             driver = subprocess.Popen(command, cwd=working_dir, env=env, stdout=log_file,
                                       stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            # Kill the model actor's node once the job has written its first outputs.
+            # Kill the model actor's node once the job has written its first outputs. The node is
+            # found while the job starts (a scan of the process table takes a while on a busy
+            # machine, and the whole job can take only a few seconds once its actor is up), so
+            # that the kill follows the first output within a glob and a short sleep.
             killed: dict = {}
+            node = None
             while driver.poll() is None and time.monotonic() < deadline:
+                if node is None:
+                    node = _model_actor_node(cluster.worker_raylets())
                 written = len(list(output.glob("*.png"))) if output.is_dir() else 0
-                node = _model_actor_node(cluster.worker_raylets()) if written else None
-                if node is not None:
+                if node is not None and written:
                     killed = {"node": node, "written": written, "at": time.monotonic()}
                     killed["pids"] = cluster.kill_node(node)
                     break
-                time.sleep(0.2)
+                time.sleep(0.05 if node is not None else 0.2)
             assert killed, f"the job ended (exit {driver.poll()}) before its node could be killed:\n{_tail(log_path)}"
             try:
                 code = driver.wait(timeout=max(1.0, deadline - time.monotonic()))
