@@ -17,8 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/restoration demo
 
+# Two pytest-xdist workers, one test file each at a time (module fixtures, such as a shared Ray
+# instance or S3 server, stay in one process).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,6 +1,7 @@
 """Community restoration models (spandrel's architectures, random weights: none can be downloaded
 here) through the same runs as the shipped models: ``restore --no-ray`` and the Ray job give
-spandrel's own pixels, tiles match whole images, x4 models give 4x outputs, gray stays gray and
+spandrel's own pixels (the Ray job's test runs on the Ray instance of test_restore_job.py),
+tiles match whole images, x4 models give 4x outputs, gray stays gray and
 alpha is kept; bad files and models that cannot do the task exit 2 in one line before Ray."""
 
 from __future__ import annotations
@@ -74,17 +75,21 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An RGB photo crop, a gray one and an RGBA one, of sizes that fit no size rule."""
+def community_inputs(folder: Path) -> Path:
+    """An RGB photo crop, a gray one and an RGBA one, of sizes that fit no size rule, in ``folder``."""
     from skimage import data
 
-    folder = tmp_path_factory.mktemp("community-in")
+    folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(data.astronaut()[100:158, 180:250]).save(folder / "rgb.png")
     Image.fromarray(data.camera()[200:246, 200:250]).save(folder / "gray.png")
     alpha = np.tile(np.linspace(30, 255, 44, dtype=np.uint8), (42, 1))
     Image.fromarray(np.dstack([data.coffee()[100:142, 100:144], alpha])).save(folder / "alpha.png")
     return folder
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return community_inputs(tmp_path_factory.mktemp("community-in"))
 
 
 def spandrel_reference(path: Path, image: np.ndarray) -> np.ndarray:
@@ -243,28 +248,6 @@ def test_bad_model_files_are_one_line_and_exit_2_before_ray(bad: str, model_file
     assert len(lines) == 1 and BAD_MODELS[bad] in lines[0], result.stderr
     assert "this must never run" not in result.stdout + result.stderr
     assert not (tmp_path / "ray-tmp").exists() and time.monotonic() - started < 60  # Ray never started
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_the_ray_job_gives_spandrels_pixels(model_files: dict[str, Path], inputs: Path, tmp_path: Path) -> None:
-    """The Ray Data job ships the weight file's bytes to its actors, which build the model with
-    spandrel: the same pixels as spandrel's own forward pass, x4, gray kept gray."""
-    path = model_files["compact-x4"]
-    result = subprocess.run([sys.executable, "-m", "jobs.restore", "--input", str(inputs), "--output",
-                             str(tmp_path / "out"), "--model", str(path), "--set", "predictor.precision=fp32",
-                             "--set", "pipeline.max_actors=1"],
-                            cwd=PROJECT_ROOT, env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-                            capture_output=True, text=True, timeout=500)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rgb = np.asarray(Image.open(inputs / "rgb.png"))
-    restored = np.asarray(Image.open(tmp_path / "out" / "rgb.png"))
-    assert restored.shape == (rgb.shape[0] * 4, rgb.shape[1] * 4, 3)
-    assert np.abs(restored.astype(int) - spandrel_reference(path, rgb).astype(int)).max() <= 1
-    assert Image.open(tmp_path / "out" / "gray.png").mode == "L"
-    rows = read_manifest(str(tmp_path / "out")).to_pylist()
-    assert len(rows) == 3 and all(row["status"] == "ok" and row["task"] == "sr" for row in rows), rows
 
 
 @pytest.mark.ray

@@ -330,6 +330,34 @@ def test_the_split_pipeline_restores_what_the_fused_one_does(
 
 
 @pytest.mark.timeout(600)
+def test_a_community_model_gives_spandrels_pixels_on_ray(ray_cluster: None, tmp_path: Path) -> None:
+    """The Ray Data job ships a community weight file's bytes to its actors, which build the
+    model with spandrel: the same pixels as spandrel's own forward pass, x4, gray kept gray.
+    (Here to share this module's Ray instance; the other community runs are in
+    test_community_models.py.)"""
+    from spandrel.architectures.Compact import Compact
+    from test_community_models import community_inputs, save_model, spandrel_reference
+
+    from jobs.restore import main
+
+    torch.manual_seed(0)
+    path = save_model(Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4).eval(),
+                      tmp_path / "compact-x4.safetensors")
+    inputs = community_inputs(tmp_path / "in")
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", str(path),
+                     "--set", "predictor.precision=fp32", "--set", "pipeline.max_actors=1"])
+    assert code == 0
+    rgb = np.asarray(Image.open(inputs / "rgb.png"))
+    restored = np.asarray(Image.open(tmp_path / "out" / "rgb.png"))
+    assert restored.shape == (rgb.shape[0] * 4, rgb.shape[1] * 4, 3)
+    assert np.abs(restored.astype(int) - spandrel_reference(path, rgb).astype(int)).max() <= 1
+    assert Image.open(tmp_path / "out" / "gray.png").mode == "L"
+    rows = read_manifest(str(tmp_path / "out")).to_pylist()
+    assert len(rows) == 3 and all(row["status"] == "ok" and row["task"] == "sr" for row in rows), rows
+
+
+@pytest.mark.timeout(600)
 def test_fused_actors_send_manifest_rows_chunk_by_chunk(
     ray_cluster: None, inputs: dict, denoiser: Path  # noqa: F811
 ) -> None:
@@ -362,7 +390,13 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
 
 def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> None:
     from jobs.pool_sizing import ActorPoolPlan, rows_per_block
-    from restoration.manifest import MANIFEST_SCHEMA, error_row, pack_manifest, rows_to_table, unpack_manifest
+    from restoration.manifest import (
+        MANIFEST_SCHEMA,
+        error_row,
+        pack_manifest,
+        rows_to_table,
+        unpack_manifest,
+    )
 
     tables = [rows_to_table([error_row(f"s3://b/{index}.png", "broken", "decode", task="denoise", model_id="m",
                                        job_id="j")]) for index in range(3)]
