@@ -3,14 +3,21 @@ scikit-image's sample photos."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The suite runs many processes that use torch on few cores at once: two pytest-xdist workers, the
+# jobs they start, Ray's actors. OpenMP threads that wait for work by spinning hold a core that
+# another process needs (two test files side by side on 2 cores: 55 s and 106 CPU-s spinning,
+# 29 s and 56 CPU-s passive). Set before torch is imported; jobs and Ray workers inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(
-    __import__("os").environ.get("RESTORATION_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")
+    os.environ.get("RESTORATION_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")
 )
 
 

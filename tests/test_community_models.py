@@ -302,10 +302,9 @@ def test_a_community_model_fine_tunes_on_ray_train_resumes_after_a_kill_and_expo
     checkpoint = load_checkpoint(runs / "x4" / "model")
     assert checkpoint.model.traits.architecture == "ESRGAN" and checkpoint.metadata.provenance["steps"] == 30
     exported = tmp_path / "x4-finetuned.safetensors"
-    result = subprocess.run([sys.executable, "-m", "jobs.cli", "export", str(runs / "x4" / "model"), "--format",
-                             "state-dict", "--output", str(exported)], cwd=PROJECT_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    from jobs.cli import main
+
+    assert main(["export", str(runs / "x4" / "model"), "--format", "state-dict", "--output", str(exported)]) == 0
     descriptor = ModelLoader().load_from_file(str(exported)).eval()
     image = pixels_to_tensor(data.coffee()[:40, :48])
     with torch.no_grad():
