@@ -7,6 +7,7 @@ alpha is kept; bad files and models that cannot do the task exit 2 in one line b
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import re
@@ -252,59 +253,87 @@ def test_bad_model_files_are_one_line_and_exit_2_before_ray(bad: str, model_file
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.s3
 @pytest.mark.timeout(600)
-def test_a_community_model_fine_tunes_on_ray_train_resumes_after_a_kill_and_exports_back(tmp_path: Path) -> None:
-    """A small random-weight ESRGAN x4 as --init: a run begun without Ray is killed (SIGKILL)
-    after its first checkpoint; the Ray Train job (2 workers) resumes it from there to 30 steps,
-    and its validation PSNR rises; the model restores like any checkpoint, and its export is a
-    .safetensors file that spandrel loads back with the same outputs."""
+def test_a_community_model_fine_tunes_on_s3_resumes_on_ray_train_after_a_kill_and_exports_back(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    """A small random-weight ESRGAN x4 as --init, its images, checkpoints and model on S3. A run
+    begun without Ray is killed (SIGKILL) after its first checkpoint; the Ray Train job (2 workers
+    reading the images from S3 with the AWS_* variables they inherited) goes on from that
+    checkpoint, as a Ray run that stopped would, to more steps than the first run asked for, and
+    its validation PSNR rises. The model restores like any checkpoint, no credential is in its
+    logs or files, and its export is a .safetensors file that spandrel loads back with the same
+    outputs. (Both executors write one run layout, on S3 too.)"""
     from skimage import data
     from spandrel import ModelLoader
     from spandrel.architectures.ESRGAN import ESRGAN
 
     from jobs.processes import kill_tree
+    from restoration import storage
 
     torch.manual_seed(0)
     init = save_model(ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4).eval(), tmp_path / "x4.pth")
-    (tmp_path / "train").mkdir()
-    (tmp_path / "val").mkdir()
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        Image.fromarray(getattr(data, name)()[:192, :192]).save(tmp_path / "train" / f"{name}.png")
-    Image.fromarray(data.astronaut()[256:352, 256:352]).save(tmp_path / "val" / "astronaut.png")
-    runs = tmp_path / "runs"
-    args = ["--task", "sr", "--init", str(init), "--train-images", str(tmp_path / "train"), "--val-images",
-            str(tmp_path / "val"), "--steps", "30", "--storage", str(runs), "--name", "x4",
+    photos = {f"train/{name}.png": getattr(data, name)()[:192, :192]
+              for name in ("astronaut", "chelsea", "coffee", "rocket")}
+    photos["val/astronaut.png"] = data.astronaut()[256:352, 256:352]
+    for key, pixels in photos.items():
+        encoded = io.BytesIO()
+        Image.fromarray(pixels).save(encoded, format="PNG")
+        storage.write_bytes(f"s3://{s3_bucket}/{key}", encoded.getvalue())
+    run_uri = f"s3://{s3_bucket}/runs/x4"
+    args = ["--task", "sr", "--init", str(init), "--train-images", f"s3://{s3_bucket}/train", "--val-images",
+            f"s3://{s3_bucket}/val", "--storage", f"s3://{s3_bucket}/runs", "--name", "x4",
             "--set", "data.crop_size=64", "--set", "data.batch_size=4", "--set", "log_interval=5",
             "--set", "checkpoint_interval=10", "--set", "validation.limit=1"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # AWS_* of the session's S3 server
     env["PYTHONUNBUFFERED"] = "1"
     with (tmp_path / "first.log").open("w") as log:
-        first = subprocess.Popen([sys.executable, "-m", "jobs.finetune", *args, "--workers", "1", "--no-ray"],
-                                 cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        first = subprocess.Popen([sys.executable, "-m", "jobs.finetune", *args, "--steps", "25", "--workers", "1",
+                                  "--no-ray"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not (runs / "x4" / "checkpoint_step_00000010" / "trainer_state.pt").exists():
+        while not storage.exists(f"{run_uri}/checkpoint_step_00000010/trainer_state.pt"):
             assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
             time.sleep(0.05)
     finally:
         kill_tree(first.pid)
         first.wait(timeout=30)
-    assert not (runs / "x4" / "model").exists()  # killed before the end
+    assert not storage.exists(f"{run_uri}/model/model.json")  # killed before the end
+    assert storage.exists(f"{run_uri}/config.yaml")
 
-    second = subprocess.run([sys.executable, "-m", "jobs.finetune", *args, "--workers", "2"], cwd=PROJECT_ROOT,
-                            env=env, capture_output=True, text=True, timeout=500)
+    second = subprocess.run([sys.executable, "-m", "jobs.finetune", *args, "--steps", "30", "--workers", "2"],
+                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=500)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resumed from step 10 of 30" in second.stdout or "resumed from step 20 of 30" in second.stdout, second.stdout
-    first_psnr = [float(v) for v in re.findall(r"val (\d+\.\d+) dB", (tmp_path / "first.log").read_text())]
+    resumed = re.search(r"resumed from step (10|20) of 30 \(checkpoint checkpoint_step_000000\1\)", second.stdout)
+    assert resumed, second.stdout
+    assert "changed settings: steps" in second.stdout, second.stdout
+    first_log = (tmp_path / "first.log").read_text()
+    first_psnr = [float(v) for v in re.findall(r"val (\d+\.\d+) dB", first_log)]
     last_psnr = [float(v) for v in re.findall(r"val (\d+\.\d+) dB", second.stdout)]
     assert first_psnr and last_psnr and last_psnr[-1] > first_psnr[0], (first_psnr, last_psnr)
 
-    checkpoint = load_checkpoint(runs / "x4" / "model")
-    assert checkpoint.model.traits.architecture == "ESRGAN" and checkpoint.metadata.provenance["steps"] == 30
+    local = tmp_path / "model"
+    local.mkdir()
+    for name in ("model.safetensors", "model.json", "metrics.csv", "config.yaml"):
+        (local / name).write_bytes(storage.read_bytes(f"{run_uri}/model/{name}"))
+    checkpoint = load_checkpoint(local)
+    provenance = checkpoint.metadata.provenance
+    assert checkpoint.model.traits.architecture == "ESRGAN" and provenance["steps"] == 30
+    assert provenance["resumed_at"] == [int(resumed[1])] and provenance["hardware"].startswith("2 x cpu")
+    assert provenance["train_images"] == f"s3://{s3_bucket}/train" and provenance["train_image_count"] == 4
+    steps = [int(row["step"]) for row in csv.DictReader((local / "metrics.csv").read_text().splitlines())]
+    assert steps == list(range(5, 31, 5)), steps  # every step once, across the two runs
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    for text in (first_log, second.stdout, second.stderr, (local / "model.json").read_text(),
+                 (local / "config.yaml").read_text()):
+        assert secret not in text
+
     exported = tmp_path / "x4-finetuned.safetensors"
     from jobs.cli import main
 
-    assert main(["export", str(runs / "x4" / "model"), "--format", "state-dict", "--output", str(exported)]) == 0
+    assert main(["export", str(local), "--format", "state-dict", "--output", str(exported)]) == 0
     descriptor = ModelLoader().load_from_file(str(exported)).eval()
     image = pixels_to_tensor(data.coffee()[:40, :48])
     with torch.no_grad():

@@ -1,11 +1,12 @@
 """The Ray Train fine-tuning job: bad input refused before Ray starts, a 2-worker CPU run whose model
-beats the noisy input, SIGINT / SIGTERM then resume, checkpoints on S3. (A kill and resume of the
-same run logic without Ray: tests/test_finetune_local.py.) (A worker lost inside a run, retried
-from the last checkpoint: tests/test_lost_workers.py.)
+beats the noisy input, SIGINT / SIGTERM then resume. (A kill and resume of the same run logic
+without Ray: tests/test_finetune_local.py. A worker lost inside a run, retried from the last
+checkpoint: tests/test_lost_workers.py. A run begun without Ray on S3 that goes on on Ray Train
+from its S3 checkpoint: tests/test_community_models.py, with a community model.)
 
 Tiny models (widths 8-24), 64-pixel crops and a few dozen steps keep each run short; Ray itself
 (start, worker group, process group) costs most of the time. The runs that must own their Ray
-instance (killed drivers, S3 credentials in the workers' environment) run the job as a
+instance (killed drivers) run the job as a
 subprocess; the others share one local instance for the module.
 """
 
@@ -24,15 +25,9 @@ from pathlib import Path
 
 import pytest
 import processes
-from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from jobs import finetune
-from restoration import storage
-from restoration.checkpoint import (
-    latest_training_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from restoration.checkpoint import latest_training_checkpoint, save_checkpoint
 from restoration.evaluate import evaluate
 from restoration.model import ModelConfig, build_model
 from restoration.tasks import get_task
@@ -307,53 +302,6 @@ def test_sigint_and_sigterm_checkpoint_then_stop_and_the_same_command_continues(
     first_losses = {int(m[1]): m[3] for m in re.finditer(r"step +(\d+)/(\d+)  loss (\S+)", outputs[0])}
     assert first_losses and all(f"{row['loss']:.4f}" == first_losses[row["step"]]
                                 for row in metrics if row["step"] <= stops[0]), (first_losses, metrics)
-
-
-@pytest.mark.s3
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_a_run_begun_without_ray_on_s3_continues_on_ray_train_from_s3(train_dir: Path, val_dir: Path, s3_server,
-                                                                      s3_bucket: str, tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture) -> None:
-    """Both executors write one layout, on S3 too: a run begun with --no-ray (say on a GPU box)
-    checkpoints on S3, and the Ray Train job (two workers reading the images from S3 with the
-    AWS_* variables they inherited) goes on from that checkpoint, as a Ray run that stopped would,
-    and writes the model to S3."""
-    for local, prefix in ((train_dir, "train"), (val_dir, "val")):
-        for path in sorted(local.iterdir())[:4]:
-            storage.write_bytes(f"s3://{s3_bucket}/{prefix}/{path.name}", path.read_bytes())
-    args = job_args(f"s3://{s3_bucket}/train", f"s3://{s3_bucket}/val", f"s3://{s3_bucket}/runs", "on-s3",
-                    steps=6, extra=["checkpoint_interval=3", "log_interval=3"])
-    workers = args.index("--workers") + 1
-    args[workers] = "1"  # --no-ray: one process
-    assert finetune.main([*args, "--no-ray"]) == 0
-    first = capsys.readouterr().out
-    run_uri = f"s3://{s3_bucket}/runs/on-s3"
-    assert storage.exists(f"{run_uri}/checkpoint_step_00000006/trainer_state.pt")
-    assert storage.exists(f"{run_uri}/config.yaml")
-
-    # Ten steps now, on Ray Train: the run resumes from the checkpoint on S3 and goes on.
-    args[args.index("--steps") + 1], args[workers] = "10", "2"
-    second = run_job(args, timeout=600)
-    assert second.returncode == 0, second.stdout
-    assert "resumed from step 6 of 10 (checkpoint checkpoint_step_00000006)" in second.stdout, second.stdout
-    assert "changed settings: steps" in second.stdout, second.stdout
-
-    model_uri = f"{run_uri}/model"
-    local = tmp_path / "model"
-    local.mkdir()
-    for name in ("model.safetensors", "model.json", "metrics.csv", "training_curve.png", "config.yaml"):
-        (local / name).write_bytes(storage.read_bytes(f"{model_uri}/{name}"))
-    checkpoint = load_checkpoint(local)
-    provenance = checkpoint.metadata.provenance
-    assert provenance["steps"] == 10 and provenance["resumed_at"] == [6]
-    assert provenance["hardware"].startswith("2 x cpu"), provenance["hardware"]
-    assert provenance["train_images"] == f"s3://{s3_bucket}/train" and provenance["train_image_count"] == 4
-    assert [int(r["step"]) for r in read_metrics((local / "metrics.csv").read_text())] == [3, 6, 9, 10]
-    # Credentials appear in neither the logs nor the model.
-    secret = s3_server.env()["AWS_SECRET_ACCESS_KEY"]
-    for text in (first, second.stdout, (local / "model.json").read_text(), (local / "config.yaml").read_text()):
-        assert secret not in text
 
 
 # --------------------------------------------------------------------------------------------
