@@ -55,16 +55,3 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
-
-
-# The test files that take longest (Ray jobs, simulated clusters), longest first. `make test` runs
-# two pytest-xdist workers that take whole files in collection order: with these first, the short
-# files fill the end of the run on both workers instead of one worker finishing a long file alone.
-LONGEST_FIRST = ("test_restore_job.py", "test_faults.py", "test_finetune_job.py", "test_lost_workers.py",
-                 "test_autoscaling.py", "test_community_models.py", "test_hostile_inputs.py",
-                 "test_finetune_local.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
