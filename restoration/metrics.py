@@ -220,7 +220,7 @@ def ssim(
         float for one image; float64 tensor (N,) for NCHW.
     """
     x, y, unbatched = _prepare(restored, gt, data_range, crop_border, y_channel)
-    batch, channels, height, width = x.shape
+    height, width = x.shape[-2:]
     if min(height, width) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {height}x{width}")
     # Filter the five moment images at once, separably, 'valid' only.
