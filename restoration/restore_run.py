@@ -352,13 +352,19 @@ class _Progress:
     """What the progress lines count: only the work of this run (skipped inputs apart)."""
 
     to_process: int
+    unchanged_threshold: float = 0.0
     processed: int = 0  # rows the executor reported in this run
     skipped: int = 0  # inputs found restored by an earlier run
+    megapixels: float = 0.0  # input megapixels of the ok rows
+    unchanged: int = 0  # ok rows the model changed by less than manifest.unchanged_threshold
     first: tuple[float, int] | None = None  # (when, rows) of the first rows back: start-up is not work
 
-    def record(self, rows: int) -> None:
-        self.processed += rows
-        if self.first is None and rows:
+    def record(self, rows: pa.Table) -> None:
+        """Count the new manifest rows ``rows`` (those the writer kept)."""
+        self.processed += rows.num_rows
+        self.megapixels += _ok_megapixels(rows)
+        self.unchanged += manifest_lib.count_unchanged(rows, self.unchanged_threshold)
+        if self.first is None and rows.num_rows:
             self.first = (time.monotonic(), self.processed)
 
     def rate(self, now: float | None = None) -> float:
@@ -368,12 +374,12 @@ class _Progress:
         seconds = (now or time.monotonic()) - self.first[0]
         return (self.processed - self.first[1]) / seconds if seconds > 0 else 0.0
 
-    def line(self, writer: manifest_lib.ManifestWriter, total: int, unchanged: int, now: float | None = None) -> str:
+    def line(self, writer: manifest_lib.ManifestWriter, total: int, now: float | None = None) -> str:
         counts = writer.counts
         rate = self.rate(now)
         remaining = max(0, self.to_process - self.skipped - self.processed)
         eta = "ETA 0 s" if remaining == 0 else f"ETA {format_duration(remaining / rate)}" if rate > 0 else "ETA unknown"
-        line = (f"  {writer.done}/{total} done: restored {counts['ok']} (unchanged {unchanged}), "
+        line = (f"  {writer.done}/{total} done: restored {counts['ok']} (unchanged {self.unchanged}), "
                 f"error {counts['error']}, skipped as done before {counts['skipped']}; "
                 f"{rate:.2f} images/s in this run, {remaining} left, {eta}")
         unreachable = storage.unreachable_for()
@@ -397,11 +403,7 @@ def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input
 
     writer = manifest_lib.ManifestWriter(output_uri, job_id, flush_rows=config.manifest.flush_rows,
                                          flush_seconds=config.manifest.flush_seconds)
-    megapixels = 0.0
-    unchanged = 0  # ok rows the model changed by less than manifest.unchanged_threshold
-    threshold = config.manifest.unchanged_threshold
-    progress = _Progress(to_process=plan.to_process)
-    last_report = time.monotonic()
+    progress = _Progress(to_process=plan.to_process, unchanged_threshold=config.manifest.unchanged_threshold)
     forced: StopNow | None = None
     try:
         for part in plan.parts():
@@ -419,15 +421,8 @@ def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input
                 if writer.counts["skipped"] > skipped_before:
                     echo(f"  {writer.counts['skipped'] - skipped_before} inputs already restored (same size): "
                          f"skipped; {work.num_rows} to process")
-            if work.num_rows and not stop.requested:
-                for rows in executor.restore(work, job, stop=stop):
-                    new = writer.add(_fill_skipped(rows, part.previous, job_id))
-                    progress.record(new.num_rows)
-                    megapixels += _ok_megapixels(new)
-                    unchanged += manifest_lib.count_unchanged(new, threshold)
-                    if time.monotonic() - last_report >= PROGRESS_SECONDS:
-                        last_report = time.monotonic()
-                        echo(progress.line(writer, total, unchanged))
+            _restore_work(work, part.previous, executor=executor, job=job, writer=writer, progress=progress,
+                          total=total, echo=echo, stop=stop)
             if stop.requested:
                 break  # what did not come back is left for the next run, not an error
             # Every input exactly once: anything the executor did not report is an error, not a gap.
@@ -445,8 +440,40 @@ def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input
                                        f"{config.storage.outage_seconds:g}", writer, total,
                                        kept=False), EXIT_STORAGE) from error
     return _finish(writer, job=job, executor=executor, input_uri=input_uri, output_uri=output_uri, total=total,
-                   started=started, listed=listed, megapixels=megapixels, unchanged=unchanged, stop=stop,
-                   forced=forced, echo=echo)
+                   started=started, listed=listed, megapixels=progress.megapixels, unchanged=progress.unchanged,
+                   stop=stop, forced=forced, echo=echo)
+
+
+LOST_RESULT_PASSES: Final[int] = 2
+"""How many more times a run hands the executor the inputs of a partition that got no manifest
+row back. An actor that dies mid-block has its block replayed by Ray on the restarted actor, and
+Ray keeps only the replay's outputs past those it already delivered: when the replay groups its
+rows differently (the fused actors send rows on a timer), some rows never arrive, though their
+images were written. Those inputs are restored again (the same output keys) rather than reported
+as errors."""
+
+
+def _restore_work(work: pa.Table, previous: dict[str, dict[str, Any]], *, executor: RestoreExecutor,
+                  job: StageContext, writer: manifest_lib.ManifestWriter, progress: _Progress, total: int,
+                  echo: Callable[[str], Any], stop: StopSignals) -> None:
+    """Restore one partition's ``work`` through ``executor`` and record its rows; then again the
+    inputs that got no row back, up to :data:`LOST_RESULT_PASSES` more times."""
+    last_report = time.monotonic()
+    for attempt in range(1 + LOST_RESULT_PASSES):
+        if not work.num_rows or stop.requested:
+            return
+        if attempt:
+            echo(f"  {work.num_rows} inputs got no result back from the {executor.name} executor (a worker lost "
+                 f"while it held them): restoring them again")
+        for rows in executor.restore(work, job, stop=stop):
+            progress.record(writer.add(_fill_skipped(rows, previous, job.job_id)))
+            if time.monotonic() - last_report >= PROGRESS_SECONDS:
+                last_report = time.monotonic()
+                echo(progress.line(writer, total))
+        if stop.requested:
+            return
+        uris = work.column("source_uri").to_pylist()
+        work = work.take(pa.array([index for index, uri in enumerate(uris) if uri not in writer.seen], pa.int64()))
 
 
 def _stopped_line(reason: str, writer: manifest_lib.ManifestWriter, total: int, *, kept: bool = True) -> str:

@@ -454,6 +454,9 @@ def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(
     assert not is_alive(killed["pid"])
     rows = _rows(_uri("killed"))  # asserts one row per input
     assert sorted(rows) == sorted(inputs["good"] + list(inputs["bad"]))
+    failed = {key: (row["status"], row["error_stage"], row["error"]) for key, row in rows.items()
+              if key in inputs["good"] and row["status"] != "ok"}
+    assert not failed, failed
     assert sorted(key for key, row in rows.items() if row["status"] == "ok") == sorted(inputs["good"])
     outputs = [key for key in _keys(s3_server, "killed/") if f"/{MANIFEST_DIR}/" not in key]
     assert sorted(outputs) == sorted(f"killed/{key}" for key in inputs["good"])

@@ -116,28 +116,52 @@ def test_no_ray_console_command_restores_a_folder_with_a_complete_manifest(
 
 
 class DropsOne(LocalRestoreExecutor):
-    """The in-process executor, except that the result of one input never comes back."""
+    """The in-process executor, except that the result of one input does not come back (the
+    first ``times`` times it is given that input; None: never)."""
 
-    def __init__(self, lost: str) -> None:
+    def __init__(self, lost: str, times: int | None = None) -> None:
         super().__init__()
-        self.lost = lost
+        self.lost, self.times = lost, times
+        self.calls: list[int] = []  # the work rows of each call
 
     def restore(self, work: pa.Table, job: StageContext, *, stop=None):
+        self.calls.append(work.num_rows)
+        drop = self.times is None or self.times > 0
+        if self.times is not None and any(uri.endswith(self.lost) for uri in work.column("source_uri").to_pylist()):
+            self.times = max(0, self.times - 1)
         for rows in super().restore(work, job):
-            keep = [index for index, uri in enumerate(rows.column("source_uri").to_pylist()) if not uri.endswith(self.lost)]
+            keep = [index for index, uri in enumerate(rows.column("source_uri").to_pylist())
+                    if not (drop and uri.endswith(self.lost))]
             yield rows.take(pa.array(keep, pa.int64()))
 
 
 @pytest.mark.timeout(900)
-def test_an_input_the_executor_did_not_report_becomes_an_error_row(
+def test_an_input_the_executor_did_not_report_is_restored_again_then_becomes_an_error_row(
     tmp_path: Path, tiny_model: Path, photos: dict[str, np.ndarray]
 ) -> None:
+    """A result lost in transit (an actor's block replayed by Ray delivers only part of its
+    rows) is restored again in the same run; one that never comes back is an error row."""
+    from restoration.restore_run import LOST_RESULT_PASSES
+
     write_photos(tmp_path / "in", photos)
     lines: list[str] = []
+    once = DropsOne("sub/b.png", times=1)
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
-                          config=RestoreConfig(), executor=DropsOne("sub/b.png"), echo=lines.append)
-    assert summary["counts"] == {"ok": len(photos) - 1, "error": 1, "skipped": 0}
+                          config=RestoreConfig(), executor=once, echo=lines.append)
+    assert summary["counts"] == {"ok": len(photos), "error": 0, "skipped": 0}
+    assert once.calls == [len(photos), 1]  # the second pass holds the lost input only
+    assert any("1 inputs got no result back from the local executor" in line for line in lines), lines
     rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
+    assert len(rows) == len(photos) and all(row["status"] == "ok" for row in rows.values())
+    assert (tmp_path / "out" / "sub" / "b.png").is_file()
+
+    lines.clear()
+    never = DropsOne("sub/b.png")
+    summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out2"), task="denoise", model=str(tiny_model),
+                          config=RestoreConfig(), executor=never, echo=lines.append)
+    assert never.calls == [len(photos)] + [1] * LOST_RESULT_PASSES
+    assert summary["counts"] == {"ok": len(photos) - 1, "error": 1, "skipped": 0}
+    rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out2")).to_pylist()}
     assert rows["b.png"]["status"] == "error" and "no result came back from the local executor" in rows["b.png"]["error"]
     assert lines[0].startswith(f"restore denoise: {len(photos)} inputs") and "manifest:" in lines[-1]
 
@@ -232,7 +256,7 @@ def test_progress_lines_count_only_this_runs_work(tmp_path: Path, tiny_model: Pa
     counted = restore_run._Progress(to_process=100, skipped=50, first=(100.0, 2))
     counted.processed = 12
     line = counted.line(restore_run.manifest_lib.ManifestWriter(str(tmp_path / "x"), restore_run.manifest_lib.new_job_id()),
-                        100, 0, now=120.0)
+                        100, now=120.0)
     assert "0.50 images/s in this run, 38 left, ETA 1 min 16 s" in line
 
 
