@@ -54,8 +54,9 @@ class FusedActor:
     differently, and Ray keeps only the replay's yields past those already delivered: the driver
     restores the inputs left without a row again (:data:`restoration.restore_run.LOST_RESULT_PASSES`).
     One yield per chunk would replay identically but costs throughput: 82 against 295 images/s
-    (96x96 PNGs, a negligible model, 2 cores, ``bench/restore_throughput.py --compare-set
-    pipeline.stream_seconds=0``)."""
+    (marginal rates, medians of 3, 96x96 PNGs, a negligible model, 2 cores:
+    ``bench/restore_throughput.py --lines ray --counts 96:500,2500 --compare-set
+    pipeline.stream_seconds=0``, ``bench/results/stream_cadence.json``)."""
 
     def __init__(self, model_ref: list, *, task: type[TaskSpec], job_id: str, config: RestoreConfig, threads: int | None,
                  device: str, batch_size: int, stop_flag: Any = None) -> None:
