@@ -500,11 +500,12 @@ def test_restore_subcommand_with_a_list_an_output_format_and_fail_on_error(
 
 
 @pytest.mark.timeout(900)
-def test_an_interrupted_job_finishes_the_rest_when_run_again(
-    ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server  # noqa: F811
+def test_a_driver_stopped_with_sigterm_on_a_running_cluster_keeps_its_work_and_the_rerun_does_the_rest(
+    ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server, tmp_path: Path  # noqa: F811
 ) -> None:
-    """The driver dies mid-job (SIGKILL): the manifest parts it wrote keep its progress, and the
-    same command run again restores only the rest."""
+    """SIGTERM to a driver attached to a running cluster (what ``ray job stop`` and Kubernetes
+    send) mid-job: it exits 143 with one line on stderr, no traceback, every output it wrote
+    has its manifest row, and the same command run again restores only the rest."""
     import subprocess
     import sys
 
@@ -512,27 +513,35 @@ def test_an_interrupted_job_finishes_the_rest_when_run_again(
 
     command = [sys.executable, "-m", "jobs.restore", "--input", _uri("in"), "--output", _uri("interrupted"),
                "--task", "denoise", "--model", str(denoiser), "--address", ray.get_runtime_context().gcs_address,
-               "--set", f"input.max_pixels={MAX_PIXELS}", "--set", "manifest.flush_rows=1",
-               "--set", "pipeline.batch_size=1", "--set", "pipeline.read_batch_size=1",
+               "--set", f"input.max_pixels={MAX_PIXELS}", "--set", "pipeline.batch_size=1",
+               "--set", "pipeline.read_batch_size=1",
                "--set", "pipeline.max_actors=1"]  # one image at a time: room to interrupt it
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("w") as err_file:
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
-            keys = _keys(s3_server, "interrupted/")
-            parts = [key for key in keys if key.endswith(".parquet")]
-            outputs = [key for key in keys if f"/{MANIFEST_DIR}/" not in key]
-            if len(parts) >= 3 and len(outputs) >= 3:
+            if len([key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]) >= 3:
                 break
             time.sleep(0.2)
-        assert driver.poll() is None, "the job ended before it could be interrupted: " + driver.stderr.read().decode()[-2000:]
-        os.kill(driver.pid, signal.SIGKILL)
+        assert driver.poll() is None, "the job ended before it could be stopped: " + err_path.read_text()[-2000:]
+        before = len(err_path.read_text().splitlines())
+        os.kill(driver.pid, signal.SIGTERM)
+        driver.wait(timeout=120)
     finally:
         if driver.poll() is None:
             os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
+            driver.wait(timeout=30)
+    stderr = err_path.read_text()
+    after = stderr.splitlines()[before:]
+    assert driver.returncode == 143, stderr[-3000:]
+    assert len(after) <= 3 and not any("Traceback" in line or "*** SIG" in line for line in after), after
+    assert "stopped by SIGTERM" in after[-1] and "run the same command again" in after[-1], after
     recorded = {key: row for key, row in _rows(_uri("interrupted")).items() if row["status"] == "ok"}
+    written = [key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]
     assert 1 <= len(recorded) < len(inputs["good"])
+    assert sorted(written) == sorted(f"interrupted/{key}" for key in recorded)  # nothing to redo
 
     code, stdout = _job(_uri("interrupted"), denoiser)
     assert code == 0, stdout
