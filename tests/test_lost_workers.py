@@ -1,25 +1,18 @@
-"""Lost workers: each job loses part of its cluster mid-run, by SIGKILL and PID, and finishes anyway.
+"""A lost worker node: the restore job, on the simulated autoscaling cluster of
+``cluster/local_autoscaling.py``, loses the worker node that holds its only model actor (the
+node's raylet and every process of it, by SIGKILL and PID): Ray retries the node's tasks and
+restarts the actor on another GPU node (one the autoscaler adds, or had added for the CPU tasks),
+and the manifest still accounts for every input once, ``ok``. (A Ray Train worker lost inside a
+fine-tune: tests/test_finetune_job.py.)
 
-- The restore job, on the simulated autoscaling cluster of ``cluster/local_autoscaling.py``, loses
-  the worker node that holds its only model actor (the node's raylet and every process of it):
-  Ray retries the node's tasks and restarts the actor on another GPU node (one the autoscaler
-  adds, or had added for the CPU tasks), and the manifest still accounts for every input once,
-  ``ok``.
-- The fine-tuning job loses one Ray Train worker process after the run registered a checkpoint:
-  Ray Train (``--max-failures``) restarts the worker group from that checkpoint, and the steps,
-  metrics and final checkpoint carry on from it as if nothing happened.
-
-Nothing in the jobs knows about these tests: the processes are found from outside, by command line.
-About 45-60 s each on a 2-core machine (more when it is busy).
+Nothing in the job knows about this test: the processes are found from outside, by command line.
+About 45-60 s on a 2-core machine (more when it is busy).
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -214,119 +207,3 @@ def test_the_restore_job_loses_the_node_of_its_model_actor_and_still_restores_ev
     raw = [uri for part in parts for uri in pq.read_table(part, columns=["source_uri"]).column("source_uri").to_pylist()]
     assert sorted(raw) == expected, "an input is missing from, or repeated in, the manifest files"
     assert sorted(p.name for p in output.glob("*.png")) == sorted(p.name for p in inputs.glob("*.png"))
-
-
-# --------------------------------------------------------------------------------------------
-# A Ray Train worker lost inside a fine-tune
-
-STEPS = 40
-CHECKPOINT_INTERVAL = 10
-LOG_INTERVAL = 5
-FINETUNE_DEADLINE_S = 400  # for the whole job; a pass takes about a minute (twice that on a busy machine)
-TINY_FINETUNE = [
-    "model.widths=[8,8,16,16,24,24]", "data.crop_size=64", "data.batch_size=4", "optim.lr=5e-3",
-    "degradation.sigma_range=[25,25]", "validation.limit=1", f"log_interval={LOG_INTERVAL}",
-    f"checkpoint_interval={CHECKPOINT_INTERVAL}",
-]
-# Rank 0 prints the progress; Ray prefixes each line with the worker's PID.
-_PROGRESS = re.compile(r"\(RayTrainWorker pid=(\d+)\)\S*\s+step\s+(\d+)/(\d+)\s+loss (\S+)")
-_RESUMED = re.compile(r"\(RayTrainWorker pid=(\d+)\)\S*\s+resumed from step (\d+) of (\d+)")
-_STARTED = re.compile(r"\(RayTrainWorker pid=(\d+)\)\S*\s+starting at step 0 of")
-
-
-def _registered_checkpoint(run: Path) -> str | None:
-    """The latest checkpoint Ray Train registered for the run (the one it would resume from)."""
-    try:
-        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
-        return snapshot["latest_checkpoint_result"]["checkpoint_dir_name"] or None
-    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or being rewritten
-        return None
-
-
-def _train_workers(root_pid: int) -> set[int]:
-    """PIDs of the Ray Train worker actors below ``root_pid`` (the job's own Ray instance)."""
-    lines = command_lines()
-    return {pid for pid in descendants(root_pid) if lines.get(pid, "").startswith("ray::RayTrainWorker")}
-
-
-@pytest.mark.timeout(FINETUNE_DEADLINE_S + 60)
-def test_a_fine_tune_that_loses_a_train_worker_goes_on_from_its_last_checkpoint(tmp_path: Path) -> None:
-    simulation = _local_autoscaling()
-    train = simulation.write_images(tmp_path / "train", count=6, size=128)
-    val = simulation.write_images(tmp_path / "val", count=1, size=96)
-    runs, name = tmp_path / "runs", "lost-worker"
-    command = [sys.executable, "-m", "jobs.finetune", "--task", "denoise", "--train-images", str(train),
-               "--val-images", str(val), "--steps", str(STEPS), "--workers", "2", "--storage", str(runs),
-               "--name", name, "--max-failures", "1"]
-    for override in TINY_FINETUNE:
-        command += ["--set", override]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray instance
-    env["PYTHONUNBUFFERED"] = "1"
-    log_path = tmp_path / "finetune.log"
-    deadline = time.monotonic() + FINETUNE_DEADLINE_S
-    with log_path.open("wb") as log_file:
-        job = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    try:
-        # Once Ray Train registered a checkpoint, SIGKILL the worker that is not rank 0.
-        killed: dict = {}
-        while job.poll() is None and time.monotonic() < deadline:
-            checkpoint = _registered_checkpoint(runs / name)
-            rank0 = [int(m[1]) for m in _PROGRESS.finditer(log_path.read_text(errors="replace"))]
-            workers = _train_workers(job.pid) if checkpoint and rank0 else set()
-            others = sorted(workers - {rank0[-1]}) if rank0 else []
-            if others and rank0[-1] in workers:
-                os.kill(others[0], signal.SIGKILL)
-                killed = {"pid": others[0], "checkpoint": checkpoint, "rank0": rank0[-1]}
-                break
-            time.sleep(0.2)
-        assert killed, f"the run ended (exit {job.poll()}) before a worker could be killed:\n{_tail(log_path)}"
-        try:
-            code = job.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the fine-tune did not finish in {FINETUNE_DEADLINE_S} s after losing worker "
-                        f"{killed['pid']}:\n{_tail(log_path)}")
-    finally:
-        stop_pids(descendants(job.pid) | ({job.pid} if job.poll() is None else set()), grace_seconds=5)
-        if job.poll() is None:
-            job.wait(timeout=10)
-
-    log = log_path.read_text(errors="replace")
-    assert code == 0, f"the fine-tune exited {code} after losing a worker:\n{_tail(log_path)}"
-    assert not is_alive(killed["pid"])
-    checkpoint_step = int(killed["checkpoint"].removeprefix("checkpoint_step_"))
-
-    # One restart, from the latest checkpoint registered when the worker died (the one seen, or
-    # one registered between that look and the kill), with new worker processes.
-    assert len(_STARTED.findall(log)) == 1, _tail(log_path)
-    resumes = list(_RESUMED.finditer(log))
-    assert len(resumes) == 1, f"expected one restart from a checkpoint:\n{_tail(log_path)}"
-    resumed_at = int(resumes[0][2])
-    assert checkpoint_step <= resumed_at < STEPS and resumed_at % CHECKPOINT_INTERVAL == 0, (killed, resumed_at)
-    assert int(resumes[0][1]) not in (killed["pid"], killed["rank0"]), "rank 0 of the restart is a new process"
-
-    # The steps reported before the loss start at 0; those after it continue from the checkpoint's step.
-    progress = [(m.start(), int(m[2]), m[4]) for m in _PROGRESS.finditer(log)]
-    before = [(step, loss) for at, step, loss in progress if at < resumes[0].start()]
-    after = [step for at, step, _ in progress if at > resumes[0].start()]
-    assert [step for step, _ in before] == list(range(LOG_INTERVAL, before[-1][0] + 1, LOG_INTERVAL))
-    assert before[-1][0] >= resumed_at  # the first attempt got at least as far as the checkpoint
-    assert after == list(range(resumed_at + LOG_INTERVAL, STEPS + 1, LOG_INTERVAL)), (resumed_at, after)
-
-    # The run's metrics: every step once, those up to the checkpoint as the first attempt logged them.
-    model_dir = runs / name / "model"
-    metrics = list(csv.DictReader((model_dir / "metrics.csv").read_text().splitlines()))
-    assert [int(row["step"]) for row in metrics] == list(range(LOG_INTERVAL, STEPS + 1, LOG_INTERVAL))
-    first_attempt = dict(before)
-    for row in metrics:
-        if int(row["step"]) <= resumed_at:
-            assert f"{float(row['loss']):.4f}" == first_attempt[int(row["step"])], row
-    provenance = json.loads((model_dir / "model.json").read_text())["provenance"]
-    assert provenance["steps"] == STEPS and provenance["resumed_at"] == [resumed_at]
-
-    # The final checkpoint is the requested step count, and the one Ray Train registered last.
-    final = f"checkpoint_step_{STEPS:08d}"
-    assert _registered_checkpoint(runs / name) == final
-    final_provenance = json.loads((runs / name / final / "model.json").read_text())["provenance"]
-    assert final_provenance["steps"] == STEPS and final_provenance["resumed_at"] == [resumed_at]
-    assert re.search(rf'^done: .*"step": {STEPS},', log, re.MULTILINE), _tail(log_path)
