@@ -29,7 +29,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pyarrow as pa
@@ -358,6 +358,14 @@ class _Progress:
     megapixels: float = 0.0  # input megapixels of the ok rows
     unchanged: int = 0  # ok rows the model changed by less than manifest.unchanged_threshold
     first: tuple[float, int] | None = None  # (when, rows) of the first rows back: start-up is not work
+    last_line: float = field(default_factory=time.monotonic)  # when the last progress line was printed
+
+    def due(self) -> bool:
+        """Whether a progress line is due (:data:`PROGRESS_SECONDS` since the last); if so, from now on not."""
+        if time.monotonic() - self.last_line < PROGRESS_SECONDS:
+            return False
+        self.last_line = time.monotonic()
+        return True
 
     def record(self, rows: pa.Table) -> None:
         """Count the new manifest rows ``rows`` (those the writer kept)."""
@@ -458,7 +466,6 @@ def _restore_work(work: pa.Table, previous: dict[str, dict[str, Any]], *, execut
                   echo: Callable[[str], Any], stop: StopSignals) -> None:
     """Restore one partition's ``work`` through ``executor`` and record its rows; then again the
     inputs that got no row back, up to :data:`LOST_RESULT_PASSES` more times."""
-    last_report = time.monotonic()
     for attempt in range(1 + LOST_RESULT_PASSES):
         if not work.num_rows or stop.requested:
             return
@@ -467,8 +474,7 @@ def _restore_work(work: pa.Table, previous: dict[str, dict[str, Any]], *, execut
                  f"while it held them): restoring them again")
         for rows in executor.restore(work, job, stop=stop):
             progress.record(writer.add(_fill_skipped(rows, previous, job.job_id)))
-            if time.monotonic() - last_report >= PROGRESS_SECONDS:
-                last_report = time.monotonic()
+            if progress.due():
                 echo(progress.line(writer, total))
         if stop.requested:
             return

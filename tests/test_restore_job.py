@@ -500,12 +500,18 @@ def test_restore_subcommand_with_a_list_an_output_format_and_fail_on_error(
 
 
 @pytest.mark.timeout(900)
-def test_a_driver_stopped_with_sigterm_on_a_running_cluster_keeps_its_work_and_the_rerun_does_the_rest(
+def test_an_s3_outage_is_waited_out_then_sigterm_stops_the_driver_and_the_rerun_does_the_rest(
     ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server, tmp_path: Path  # noqa: F811
 ) -> None:
-    """SIGTERM to a driver attached to a running cluster (what ``ray job stop`` and Kubernetes
-    send) mid-job: it exits 143 with one line on stderr, no traceback, every output it wrote
-    has its manifest row, and the same command run again restores only the rest."""
+    """A job whose driver is attached to a running cluster, as ``ray job submit`` runs it:
+
+    - The S3 server stops for 8 s mid-job and starts again on the same ports and data: the job
+      waits it out (it says on stderr that the store was unreachable, then reachable again) and
+      goes on writing.
+    - Then SIGTERM to the driver (what ``ray job stop`` and Kubernetes send): it exits 143 with
+      one line, no traceback, and every output it wrote has its manifest row.
+    - The same command run again restores only the rest: every input once, every good one ok.
+    """
     import subprocess
     import sys
 
@@ -517,15 +523,28 @@ def test_a_driver_stopped_with_sigterm_on_a_running_cluster_keeps_its_work_and_t
                "--set", "pipeline.read_batch_size=1",
                "--set", "pipeline.max_actors=1"]  # one image at a time: room to interrupt it
     err_path = tmp_path / "stderr.txt"
+
+    def outputs_now() -> int:
+        return len([key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key])
+
+    def wait_for(outputs: int, deadline: float) -> int:
+        while time.monotonic() < deadline and driver.poll() is None:
+            if (count := outputs_now()) >= outputs:
+                return count
+            time.sleep(0.2)
+        pytest.fail(f"the job ended (exit {driver.poll()}) before {outputs} outputs: {err_path.read_text()[-2000:]}")
+
     with err_path.open("w") as err_file:
         driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and driver.poll() is None:
-            if len([key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]) >= 3:
-                break
-            time.sleep(0.2)
-        assert driver.poll() is None, "the job ended before it could be stopped: " + err_path.read_text()[-2000:]
+        at_outage = wait_for(3, deadline)
+        stopped = time.monotonic()
+        s3_server.interrupt()
+        time.sleep(max(0.0, 8.0 - (time.monotonic() - stopped)))
+        s3_server.resume()
+        down = time.monotonic() - stopped
+        wait_for(at_outage + 2, deadline)  # going on after the outage
         before = len(err_path.read_text().splitlines())
         os.kill(driver.pid, signal.SIGTERM)
         driver.wait(timeout=120)
@@ -534,9 +553,13 @@ def test_a_driver_stopped_with_sigterm_on_a_running_cluster_keeps_its_work_and_t
             os.kill(driver.pid, signal.SIGKILL)
             driver.wait(timeout=30)
     stderr = err_path.read_text()
+    assert down >= 8.0 and at_outage < len(inputs["good"])
+    assert any("storage unreachable" in line for line in stderr.splitlines()), stderr[-3000:]
+    assert any("reachable again" in line for line in stderr.splitlines()), stderr[-3000:]
     after = stderr.splitlines()[before:]
     assert driver.returncode == 143, stderr[-3000:]
-    assert len(after) <= 3 and not any("Traceback" in line or "*** SIG" in line for line in after), after
+    assert not any("Traceback" in line or "*** SIG" in line for line in stderr.splitlines()), stderr[-3000:]
+    assert len(after) <= 3, after
     assert "stopped by SIGTERM" in after[-1] and "run the same command again" in after[-1], after
     recorded = {key: row for key, row in _rows(_uri("interrupted")).items() if row["status"] == "ok"}
     written = [key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]
