@@ -500,17 +500,18 @@ def test_restore_subcommand_with_a_list_an_output_format_and_fail_on_error(
 
 
 @pytest.mark.timeout(900)
-def test_an_s3_outage_is_waited_out_then_sigterm_stops_the_driver_and_the_rerun_does_the_rest(
+def test_sigterm_stops_a_driver_and_the_rerun_waits_out_an_s3_outage_and_does_the_rest(
     ray_cluster: None, inputs: dict, denoiser: Path, s3_server: LocalS3Server, tmp_path: Path  # noqa: F811
 ) -> None:
-    """A job whose driver is attached to a running cluster, as ``ray job submit`` runs it:
+    """Two runs of one command whose driver is attached to a running cluster, as ``ray job
+    submit`` runs it:
 
-    - The S3 server stops for 8 s mid-job and starts again on the same ports and data: the job
-      waits it out (it says on stderr that the store was unreachable, then reachable again) and
-      goes on writing.
-    - Then SIGTERM to the driver (what ``ray job stop`` and Kubernetes send): it exits 143 with
-      one line, no traceback, and every output it wrote has its manifest row.
-    - The same command run again restores only the rest: every input once, every good one ok.
+    - SIGTERM to the first driver mid-job (what ``ray job stop`` and Kubernetes send): it exits
+      143 with one line on stderr, no traceback, and every output it wrote has its manifest row.
+    - The S3 server stops for 8 s in the middle of the re-run and starts again on the same ports
+      and data: the re-run waits it out (its stderr says the store was unreachable, then reachable
+      again), exits 0 and restores only the rest: every input once in the manifest, every good
+      one ok or skipped as done by the first run.
     """
     import subprocess
     import sys
@@ -522,55 +523,67 @@ def test_an_s3_outage_is_waited_out_then_sigterm_stops_the_driver_and_the_rerun_
                "--set", f"input.max_pixels={MAX_PIXELS}", "--set", "pipeline.batch_size=1",
                "--set", "pipeline.read_batch_size=1",
                "--set", "pipeline.max_actors=1"]  # one image at a time: room to interrupt it
-    err_path = tmp_path / "stderr.txt"
 
-    def outputs_now() -> int:
-        return len([key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key])
+    def outputs_now() -> list[str]:
+        return [key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]
 
-    def wait_for(outputs: int, deadline: float) -> int:
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        err_path = tmp_path / f"{name}.err"
+        with err_path.open("w") as err_file:
+            return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True), err_path
+
+    def wait_for(driver: subprocess.Popen, err_path: Path, outputs: int) -> int:
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
-            if (count := outputs_now()) >= outputs:
+            if (count := len(outputs_now())) >= outputs:
                 return count
             time.sleep(0.2)
         pytest.fail(f"the job ended (exit {driver.poll()}) before {outputs} outputs: {err_path.read_text()[-2000:]}")
 
-    with err_path.open("w") as err_file:
-        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+    def stop(driver: subprocess.Popen) -> None:
+        if driver.poll() is None:
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+
+    # 1. SIGTERM mid-job.
+    driver, err_path = start("first")
     try:
-        deadline = time.monotonic() + 600
-        at_outage = wait_for(3, deadline)
+        wait_for(driver, err_path, 3)
+        before = len(err_path.read_text().splitlines())
+        os.kill(driver.pid, signal.SIGTERM)
+        driver.wait(timeout=120)
+    finally:
+        stop(driver)
+    stderr = err_path.read_text()
+    after = stderr.splitlines()[before:]
+    assert driver.returncode == 143, stderr[-3000:]
+    assert len(after) <= 3 and not any("Traceback" in line or "*** SIG" in line for line in after), after
+    assert "stopped by SIGTERM" in after[-1] and "run the same command again" in after[-1], after
+    recorded = {key: row for key, row in _rows(_uri("interrupted")).items() if row["status"] == "ok"}
+    written = outputs_now()
+    assert 1 <= len(recorded) < len(inputs["good"]) - 3
+    assert sorted(written) == sorted(f"interrupted/{key}" for key in recorded)  # nothing to redo
+
+    # 2. The same command, with the store down for 8 s once it wrote two outputs of its own.
+    driver, err_path = start("rerun")
+    try:
+        at_outage = wait_for(driver, err_path, len(written) + 2)
         stopped = time.monotonic()
         s3_server.interrupt()
         time.sleep(max(0.0, 8.0 - (time.monotonic() - stopped)))
         s3_server.resume()
         down = time.monotonic() - stopped
-        wait_for(at_outage + 2, deadline)  # going on after the outage
-        before = len(err_path.read_text().splitlines())
-        os.kill(driver.pid, signal.SIGTERM)
-        driver.wait(timeout=120)
+        code = driver.wait(timeout=600)
     finally:
-        if driver.poll() is None:
-            os.kill(driver.pid, signal.SIGKILL)
-            driver.wait(timeout=30)
+        stop(driver)
     stderr = err_path.read_text()
-    assert down >= 8.0 and at_outage < len(inputs["good"])
+    assert code == 0, stderr[-3000:]
+    assert down >= 8.0 and at_outage < len(inputs["good"]), at_outage  # the outage came mid-run
     assert any("storage unreachable" in line for line in stderr.splitlines()), stderr[-3000:]
     assert any("reachable again" in line for line in stderr.splitlines()), stderr[-3000:]
-    after = stderr.splitlines()[before:]
-    assert driver.returncode == 143, stderr[-3000:]
-    assert not any("Traceback" in line or "*** SIG" in line for line in stderr.splitlines()), stderr[-3000:]
-    assert len(after) <= 3, after
-    assert "stopped by SIGTERM" in after[-1] and "run the same command again" in after[-1], after
-    recorded = {key: row for key, row in _rows(_uri("interrupted")).items() if row["status"] == "ok"}
-    written = [key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]
-    assert 1 <= len(recorded) < len(inputs["good"])
-    assert sorted(written) == sorted(f"interrupted/{key}" for key in recorded)  # nothing to redo
-
-    code, stdout = _job(_uri("interrupted"), denoiser)
-    assert code == 0, stdout
-    rows = _rows(_uri("interrupted"))
+    assert "Traceback" not in stderr, stderr[-3000:]
+    rows = _rows(_uri("interrupted"))  # asserts one row per input
     assert sorted(rows) == sorted(inputs["good"] + list(inputs["bad"]))
     assert sorted(key for key, row in rows.items() if row["status"] == "skipped") == sorted(recorded)
     assert sorted(key for key, row in rows.items() if row["status"] in ("ok", "skipped")) == sorted(inputs["good"])
-    outputs = [key for key in _keys(s3_server, "interrupted/") if f"/{MANIFEST_DIR}/" not in key]
-    assert sorted(outputs) == sorted(f"interrupted/{key}" for key in inputs["good"])
+    assert sorted(outputs_now()) == sorted(f"interrupted/{key}" for key in inputs["good"])
