@@ -18,9 +18,9 @@ demo: $(STAMP)
 	$(BIN)/restoration demo
 
 # Two pytest-xdist workers, one test file each at a time (module fixtures, such as a shared Ray
-# instance or S3 server, stay in one process).
+# instance or S3 server, stay in one process), the longest files first (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) build *.egg-info

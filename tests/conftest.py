@@ -55,3 +55,19 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
+
+
+# The test files that take longest (Ray jobs, simulated clusters), longest first. `make test` runs
+# two pytest-xdist workers that take whole files in collection order (--dist loadfile
+# --no-loadscope-reorder; by default xdist would order files by their number of tests, which puts
+# the longest files, one test each, last): with these first, the short files fill the end of the
+# run on both workers instead of one worker finishing a long file alone.
+LONGEST_FIRST = ("test_finetune_job.py", "test_restore_job.py", "test_faults.py", "test_autoscaling.py",
+                 "test_community_models.py", "test_hostile_inputs.py", "test_lost_workers.py",
+                 "test_finetune_local.py", "test_restore_checks.py", "test_training.py", "test_restore_local.py",
+                 "test_user_errors.py", "test_restore_stages.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
