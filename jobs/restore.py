@@ -48,15 +48,8 @@ class FusedActor:
     and writing ``batch_size`` images at a time -- and yields the manifest rows packed by
     :func:`restoration.manifest.pack_manifest`: those of the chunks done so far once
     ``pipeline.stream_seconds`` passed since the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
-    process, and it holds one ``batch_size`` chunk of them at a time.
-
-    The yields follow a clock, so a block's replay on a restarted actor may group its rows
-    differently, and Ray keeps only the replay's yields past those already delivered: the driver
-    restores the inputs left without a row again (:data:`restoration.restore_run.LOST_RESULT_PASSES`).
-    One yield per chunk would replay identically but costs throughput: 82 against 295 images/s
-    (marginal rates, medians of 3, 96x96 PNGs, a negligible model, 2 cores:
-    ``bench/restore_throughput.py --lines ray --counts 96:500,2500 --compare-set
-    pipeline.stream_seconds=0``, ``bench/results/stream_cadence.json``)."""
+    process, and it holds one ``batch_size`` chunk of them at a time. (A replay of a block on a
+    restarted actor can lose rows: see :data:`restoration.restore_run.LOST_RESULT_PASSES`.)"""
 
     def __init__(self, model_ref: list, *, task: type[TaskSpec], job_id: str, config: RestoreConfig, threads: int | None,
                  device: str, batch_size: int, stop_flag: Any = None) -> None:
