@@ -227,11 +227,12 @@ def _train_workers(root_pid: int) -> set[int]:
     return {pid for pid in processes.descendants(root_pid) if lines.get(pid, "").startswith("ray::RayTrainWorker")}
 
 
-def _wait_for(condition, process: subprocess.Popen, out_path: Path, deadline: float, what: str) -> None:
-    """Poll ``condition(stdout so far)`` until it holds; fail if the job ends or time runs out first."""
+def _wait_for(condition, process: subprocess.Popen, out_path: Path, deadline: float, what: str):
+    """Poll ``condition(stdout so far)`` until it returns a truthy value, and return that; fail
+    if the job ends or time runs out first."""
     while time.monotonic() < deadline and process.poll() is None:
-        if condition(out_path.read_text(errors="replace")):
-            return
+        if value := condition(out_path.read_text(errors="replace")):
+            return value
         time.sleep(0.1)
     tail = "\n".join(out_path.read_text(errors="replace").splitlines()[-60:])
     pytest.fail(f"the run ended (exit {process.poll()}) or timed out before {what}:\n{tail}")
@@ -254,10 +255,8 @@ def signal_job(args: list[str], kind: str, logs: Path, *, ready, before_signal=N
         try:
             deadline = time.monotonic() + timeout
             if before_signal is not None:
-                result: dict = {}
-                _wait_for(lambda out: result.update(acted=before_signal(process, out)) or result["acted"],
-                          process, out_path, deadline, "the action before the signal")
-                acted = result["acted"]
+                acted = _wait_for(lambda out: before_signal(process, out), process, out_path, deadline,
+                                  "the action before the signal")
             _wait_for(ready, process, out_path, deadline, "the moment to signal")
             err_before = len(err_path.read_text().splitlines())
             signalled = time.monotonic()
