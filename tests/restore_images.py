@@ -28,6 +28,7 @@ class Expect:
 
 
 def srgb_profile() -> bytes:
+    """An sRGB ICC profile. Its header holds the time it was made: call once per expected value."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
@@ -65,6 +66,7 @@ def variants(rgb: np.ndarray, gray: np.ndarray) -> dict[str, tuple[bytes, Expect
     Image.fromarray(rgb).save(webp, format="WEBP", lossless=True)
     tiff = io.BytesIO()
     Image.fromarray(rgb).save(tiff, format="TIFF")
+    icc = srgb_profile()  # one profile: two would differ in their creation time when a second ticks between
     return {
         "kinds/rgb.png": (png(rgb), Expect(w, h, 3)),
         "kinds/gray.png": (png(gray), Expect(gw, gh, 1)),
@@ -77,7 +79,7 @@ def variants(rgb: np.ndarray, gray: np.ndarray) -> dict[str, tuple[bytes, Expect
             encode_image(DecodedImage(pixels=gray16[:, :, None], alpha=None, mode="I;16", format="PNG")),
             Expect(gw, gh, 1, bit_depth=16),
         ),
-        "kinds/icc.png": (png(rgb, icc_profile=srgb_profile()), Expect(w, h, 3, icc=srgb_profile())),
+        "kinds/icc.png": (png(rgb, icc_profile=icc), Expect(w, h, 3, icc=icc)),
         "kinds/rotated.jpg": (jpeg_with_orientation(rgb, 6), Expect(w, h, 3, lossless=False)),
         "kinds/palette.png": (palette_bytes.getvalue(), Expect(w, h, 3, alpha=True)),
         "kinds/lossless.webp": (webp.getvalue(), Expect(w, h, 3, lossless=False)),  # written lossy (quality)
