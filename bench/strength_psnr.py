@@ -56,7 +56,7 @@ def main() -> None:
     rows = []
     for sample in samples:
         row = {"image": sample.name, "channels": int(sample.gt.shape[-1]),
-               "noisy_unclipped_psnr": score(sample.identity, sample.gt, protocol)[0]}
+               "noisy_psnr": score(sample.identity, sample.gt, protocol)[0]}
         rows.append(row)
     for strength in strengths:
         predictor = Predictor(model, PredictorConfig(strength=strength), device="cpu")

@@ -14,7 +14,8 @@ A protocol is a task's spec with its ranges fixed (``restoration.tasks``), e.g.
   noise and JPEG, on the color image or on its gray version; any model without a mask input or
   upscaling can be measured on it.
 
-PSNR and SSIM are computed on the clipped, 8-bit-rounded output against the 8-bit ground truth.
+PSNR and SSIM are computed on the clipped, 8-bit-rounded output against the 8-bit ground truth,
+for every method alike (``identity`` too: the degraded input as an 8-bit image).
 Gray images stay gray in and out.
 
 Models: a checkpoint directory, ``default`` (the shipped checkpoint for the task),
@@ -65,14 +66,12 @@ CLASSICAL_MODELS = {
 }
 
 
-def score(restored: np.ndarray | torch.Tensor, gt: np.ndarray, spec: TaskSpec) -> tuple[float, float]:
-    """(PSNR dB, SSIM) of an output against the 8-bit ground truth under ``spec``'s metric.
-
-    ``restored`` is an 8-bit HxWxC array (what models produce after clipping and rounding) or,
-    for the unclipped noisy input itself, a float CHW tensor scored as it is.
-    """
+def score(restored: np.ndarray, gt: np.ndarray, spec: TaskSpec) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of an 8-bit HxWxC output against the 8-bit ground truth under ``spec``'s
+    metric. Every method is scored on its 8-bit output, ``identity`` (the degraded input)
+    included, so that a model at strength 0 scores exactly what ``identity`` does."""
     y_channel, border = spec.metric(gt.shape[-1])
-    restored_t = restored if isinstance(restored, torch.Tensor) else pixels_to_tensor(restored)
+    restored_t = pixels_to_tensor(restored)
     gt_t = pixels_to_tensor(gt)
     return (
         float(psnr(restored_t, gt_t, crop_border=border, y_channel=y_channel)),

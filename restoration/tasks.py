@@ -81,10 +81,12 @@ class EvalSample:
     gt: np.ndarray  # H x W x C uint8
     lq: Tensor  # (C, h, w) float32, unclipped for the Gaussian denoising protocol
     mask: Tensor | None  # (1, h, w), 1 = missing
-    # The degraded input at the output size: 8-bit, except where the input is not quantized
-    # (Gaussian denoising), where it is the unclipped noisy image itself (float CHW), so that
-    # ``identity`` measures the noise (20.17 dB at sigma 25 on CBSD68).
-    identity: np.ndarray | Tensor
+    # The degraded input at the output size as an 8-bit image (H x W x C uint8): what a model
+    # that changes nothing returns, scored like every model's output (clipped and rounded). For
+    # the Gaussian denoising protocol the model sees the unclipped ``lq``, and ``identity`` is its
+    # 8-bit image (clipping removes part of the noise: 20.43 dB at sigma 25 on CBSD68, where the
+    # unclipped noise alone is 20 log10(255 / 25) = 20.17 dB).
+    identity: np.ndarray
 
 
 def _chance(probability: float, generator: torch.Generator) -> bool:
@@ -209,13 +211,10 @@ class TaskSpec:
         """Degrade an 8-bit ground-truth image (H x W x C) under this spec, seeded by (seed, name)."""
         gt = to_uint8(gt)
         degraded = self.degrade(pixels_to_tensor(gt), D.make_generator(seed, name))
-        if self.quantized_input():
-            lq = D.quantize(degraded.lq)
-            identity: np.ndarray | Tensor = tensor_to_pixels(lq)
-        else:
-            lq = degraded.lq
-            identity = lq
-        return EvalSample(name=name, gt=tensor_to_pixels(degraded.gt), lq=lq, mask=degraded.mask, identity=identity)
+        lq = D.quantize(degraded.lq) if self.quantized_input() else degraded.lq
+        # ``identity`` is scored as every model's output is: clipped and rounded to 8 bits.
+        return EvalSample(name=name, gt=tensor_to_pixels(degraded.gt), lq=lq, mask=degraded.mask,
+                          identity=tensor_to_pixels(lq))
 
     def describe(self) -> dict[str, Any]:
         """The spec as plain values, with the task and metric (for reports and JSON)."""

@@ -18,8 +18,19 @@ SMALL = (8, 8, 16, 16, 24, 24)
 def test_identity_denoise_is_the_noise_level(cbsd68_dir):
     report = evaluate("identity", get_task("denoise").protocol(sigma=25), str(cbsd68_dir))
     assert len(report["images"]) == 68
-    # 20 log10(255 / 25) = 20.17 dB: the noise itself.
-    assert report["psnr"] == pytest.approx(20.17, abs=0.05)
+    # The noisy image as 8 bits, scored like every model's output: clipping removes part of the
+    # noise, so it is above 20 log10(255 / 25) = 20.17 dB, the unclipped noise alone.
+    assert report["psnr"] == pytest.approx(20.53, abs=0.05)
+
+
+def test_a_model_at_strength_zero_scores_what_identity_scores(cbsd68_dir):
+    # One evaluation input for models and for identity: the model sees the unclipped noisy image,
+    # returns it unchanged at strength 0, and its 8-bit output is scored as identity's is.
+    protocol = get_task("denoise").protocol(sigma=25)
+    unchanged = evaluate("default", protocol, str(cbsd68_dir), limit=2, strength=0.0)
+    identity = evaluate("identity", protocol, str(cbsd68_dir), limit=2)
+    assert [r["psnr"] for r in unchanged["images"]] == [r["psnr"] for r in identity["images"]]
+    assert [r["ssim"] for r in unchanged["images"]] == [r["ssim"] for r in identity["images"]]
 
 
 def test_identity_sr_x4_is_published_bicubic(set5_dir):
