@@ -13,7 +13,6 @@ NAME``: the sample is taken as clean and degraded by the case), PSNR/SSIM per mo
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,9 +23,9 @@ import numpy as np
 from restoration import storage
 from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
 from restoration.durations import format_duration
-from restoration.pages import as_rgb8, data_uri, escape, page, resized, sortable_table
+from restoration.pages import Cell, Column, Table, Tile, as_rgb8, data_uri, render, resized
 
-__all__ = ["ModelResult", "compare_models", "write_comparison"]
+__all__ = ["ModelResult", "comparison_page", "compare_models", "write_comparison"]
 
 DISPLAY = 240
 """Side of the crops shown, in screen pixels."""
@@ -203,63 +202,64 @@ def _crop(image: np.ndarray, fractions: tuple[float, float, float], reference_sh
     return resized(image[top : top + side, left : left + side], DISPLAY, DISPLAY, nearest=True)
 
 
-def _image_section(name: str, entry: dict[str, Any], results: list[ModelResult]) -> str:
+@dataclass(frozen=True)
+class ImageView:
+    """One sample image on the page: the same crop of the input and of every model's output
+    (``tiles``, the input first), or, with no tiles, the ``error`` that kept it off."""
+
+    name: str
+    tiles: list[Tile] = field(default_factory=list)
+    error: str | None = None
+
+
+def _image_view(name: str, entry: dict[str, Any], results: list[ModelResult]) -> ImageView:
     if "input" not in entry:
-        return f"<p class=\"error\">{escape(name)}: cannot be read: {escape(entry['error'])}</p>"
+        return ImageView(name=name, error=f"cannot be read: {entry['error']}")
     done = [r for r in results if name in r.outputs]
     if not done:
-        return f"<p class=\"error\">{escape(name)}: no model restored it</p>"
+        return ImageView(name=name, error="no model restored it")
     fractions = _best_box([entry["input"], *(r.outputs[name] for r in done)])
     shape = entry["input"].shape
     labels = ["input"] + [r.spec for r in done]
     crops = [_crop(entry["input"], fractions, shape)] + [_crop(r.outputs[name], fractions, shape) for r in done]
-    uris = [data_uri(c) for c in crops]
-    tiles = "".join(f"<figure><img src=\"{u}\" alt=\"{escape(label)}\" width=\"{DISPLAY}\" height=\"{DISPLAY}\">"
-                    f"<figcaption>{escape(label)}</figcaption></figure>" for u, label in zip(uris, labels))
-    flip = (f"<figure><img class=\"flippable\" src=\"{uris[1]}\" alt=\"flip\" width=\"{DISPLAY}\" height=\"{DISPLAY}\" "
-            f"data-shown=\"0\" data-sources='{escape(json.dumps(uris[1:]))}' data-labels='{escape(json.dumps(labels[1:]))}'>"
-            f"<figcaption><button class=\"flip\">flip</button> <span class=\"shown\">{escape(labels[1])}</span>"
-            f"</figcaption></figure>")
-    return f"<h3>{escape(name)}</h3><div class=\"pairs\">{tiles}{flip}</div>"
+    return ImageView(name=name, tiles=[Tile(data_uri(c), label) for c, label in zip(crops, labels)])
 
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _models_table(report: dict[str, Any]) -> str:
+def _models_table(report: dict[str, Any]) -> Table:
+    scored = any(r.psnr for r in report["results"])
     rows = []
     for r in report["results"]:
         projected = r.seconds_per_megapixel * report["collection_megapixels"] if r.megapixels else None
-        cells = [(escape(r.spec), None), (escape(r.architecture or ""), None),
-                 (escape(r.error) if r.error else "ok", None),
-                 ("" if _mean(r.changes) is None else f"{_mean(r.changes):.2f}", _mean(r.changes) or -1),
-                 ("" if not r.megapixels else f"{r.seconds_per_megapixel:.2f}", r.seconds_per_megapixel if r.megapixels else -1),
-                 ("" if projected is None else format_duration(projected), projected or -1)]
+        change = _mean(r.changes)
+        cells = [Cell(r.spec), Cell(r.architecture or ""), Cell(r.error or "ok"),
+                 Cell("" if change is None else f"{change:.2f}", change or -1),
+                 Cell("" if not r.megapixels else f"{r.seconds_per_megapixel:.2f}",
+                      r.seconds_per_megapixel if r.megapixels else -1),
+                 Cell("" if projected is None else format_duration(projected), projected or -1)]
         if r.psnr:
-            cells += [(f"{_mean(r.psnr):.2f}", _mean(r.psnr)), (f"{_mean(r.ssim):.4f}", _mean(r.ssim))]
-        elif any(x.psnr for x in report["results"]):
-            cells += [("", -1), ("", -1)]
+            cells += [Cell(f"{_mean(r.psnr):.2f}", _mean(r.psnr)), Cell(f"{_mean(r.ssim):.4f}", _mean(r.ssim))]
+        elif scored:
+            cells += [Cell("", -1), Cell("", -1)]
         rows.append(cells)
-    headers = [("model", False), ("architecture", False), ("status", False), ("mean change (levels)", True),
-               ("seconds / megapixel (here)", True), ("projected, whole collection", True)]
-    if any(r.psnr for r in report["results"]):
-        headers += [("PSNR (dB)", True), ("SSIM", True)]
-    return sortable_table(headers, rows, table_id="models")
+    columns = [Column("model", sortable=False), Column("architecture", sortable=False),
+               Column("status", sortable=False), Column("mean change (levels)"), Column("seconds / megapixel (here)"),
+               Column("projected, whole collection")]
+    if scored:
+        columns += [Column("PSNR (dB)"), Column("SSIM")]
+    return Table(id="models", columns=columns, rows=rows)
 
 
 def comparison_page(report: dict[str, Any]) -> str:
     """The HTML page of :func:`compare_models`' report."""
-    title = f"Model comparison: {report['input']}"
     what = (f"case {report['case']} applied to the sample" if report["case"] else
             f"references {report['reference']}" if report["reference"] else "no references")
-    body = (f"<h1>{escape(title)}</h1><p class=\"muted\">{len(report['sample'])} of {report['inputs']} inputs "
-            f"(seed {report['seed']}), {what}; the collection: {report['collection_megapixels']:.1f} megapixels "
-            f"({escape(report['counted'])}); times measured on this machine, the model alone</p>"
-            f"<h2>Models</h2>{_models_table(report)}<h2>Images</h2><p class=\"muted\">the same crop of each image "
-            f"for every model, where they differ most; 'flip' switches the last frame between the models</p>"
-            + "".join(_image_section(name, entry, report["results"]) for name, entry in report["sample"].items()))
-    return page(title, body)
+    return render("compare.html.j2", title=f"Model comparison: {report['input']}", report=report, what=what,
+                  table=_models_table(report), display=DISPLAY,
+                  images=[_image_view(name, entry, report["results"]) for name, entry in report["sample"].items()])
 
 
 def write_comparison(input_uri: str, models: list[str], html_path: str, **options: Any) -> dict[str, Any]:

@@ -1,74 +1,116 @@
 """Self-contained HTML pages (no server, no network, images embedded): the building blocks of
 ``restoration report`` (:mod:`restoration.report`) and ``restoration compare``
-(:mod:`restoration.compare`) -- thumbnails and enlarged crops as data URIs, sortable tables, a
-throughput plot as inline SVG, and the page shell with its small script.
+(:mod:`restoration.compare`) -- thumbnails and enlarged crops as data URIs, the plain data of
+sortable tables and of a throughput plot, and :func:`render`, which fills the jinja2 templates
+shipped in ``restoration/templates/`` (the page shell with its inline style and small script, and
+the shared pieces in ``macros.html.j2``). The templates escape every value (autoescape): the
+Python side hands them text and numbers, never HTML.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import jinja2
 import numpy as np
 from PIL import Image
 
-__all__ = ["crop_box", "data_uri", "enlarged_crop", "escape", "page", "sortable_table", "svg_line_plot", "thumbnail"]
-
-escape = html.escape
-
-_STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d1d1f; background: #fafafa; }
-h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
-.muted { color: #666; } .error { color: #a40000; }
-table { border-collapse: collapse; background: #fff; margin: 6px 0 12px; }
-th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
-th.sortable { cursor: pointer; user-select: none; background: #f0f0f3; }
-th.sortable::after { content: " \\2195"; color: #999; }
-th.sorted-asc::after { content: " \\2191"; color: #000; } th.sorted-desc::after { content: " \\2193"; color: #000; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.pairs { display: flex; flex-wrap: wrap; gap: 14px; }
-figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 6px; }
-figure img { display: block; image-rendering: pixelated; }
-figcaption { font-size: 12px; color: #444; max-width: 520px; overflow-wrap: anywhere; }
-.row { display: flex; gap: 6px; align-items: flex-start; }
-.cards { display: flex; flex-wrap: wrap; gap: 10px; }
-.card { background: #fff; border: 1px solid #ddd; padding: 8px 12px; min-width: 120px; }
-.card b { display: block; font-size: 20px; }
-button.flip { margin: 4px 0; }
-"""
-
-_SCRIPT = """
-function sortTable(th) {
-  const table = th.closest('table'), body = table.tBodies[0];
-  const index = Array.from(th.parentNode.children).indexOf(th);
-  const ascending = !th.classList.contains('sorted-asc');
-  table.querySelectorAll('th').forEach(h => h.classList.remove('sorted-asc', 'sorted-desc'));
-  th.classList.add(ascending ? 'sorted-asc' : 'sorted-desc');
-  const key = row => { const cell = row.children[index]; const v = cell.dataset.value ?? cell.textContent;
-                       const n = parseFloat(v); return isNaN(n) ? v : n; };
-  const rows = Array.from(body.rows).sort((a, b) => { const x = key(a), y = key(b);
-    return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1); });
-  rows.forEach(r => body.appendChild(r));
-}
-function flip(button) {
-  const figure = button.closest('figure'), img = figure.querySelector('img.flippable');
-  const sources = JSON.parse(img.dataset.sources), labels = JSON.parse(img.dataset.labels);
-  const next = (parseInt(img.dataset.shown) + 1) % sources.length;
-  img.src = sources[next]; img.dataset.shown = next;
-  figure.querySelector('.shown').textContent = labels[next];
-}
-document.querySelectorAll('th.sortable').forEach(th => th.addEventListener('click', () => sortTable(th)));
-document.querySelectorAll('button.flip').forEach(b => b.addEventListener('click', () => flip(b)));
-"""
+__all__ = ["Cell", "Column", "LinePlot", "Table", "Tile", "as_rgb8", "crop_box", "data_uri", "enlarged_crop",
+           "line_plot", "render", "resized", "thumbnail"]
 
 
-def page(title: str, body: str) -> str:
-    """A whole HTML document: ``body`` with the shared style and script."""
-    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n{body}\n<script>{_SCRIPT}</script></body></html>\n")
+@dataclass(frozen=True)
+class Tile:
+    """An image of a page: its ``data:`` URI and its label (alt text, caption)."""
+
+    uri: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table's column header; a ``sortable`` one sorts the rows on click."""
+
+    label: str
+    sortable: bool = True
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table cell: the ``text`` shown and the ``value`` it sorts by (None: its text). A number
+    is right-aligned."""
+
+    text: str = ""
+    value: str | int | float | None = None
+
+    @property
+    def numeric(self) -> bool:
+        return isinstance(self.value, (int, float))
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table whose sortable columns sort on click (``id`` is its HTML id)."""
+
+    id: str
+    columns: list[Column]
+    rows: list[list[Cell]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LinePlot:
+    """A line plot drawn as inline SVG: ``points`` in SVG coordinates, the axes' ranges and labels."""
+
+    points: str
+    x_label: str
+    y_label: str
+    x0: float
+    x1: float
+    y1: float
+    width: int
+    height: int
+    left: int
+    top: int
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("restoration", "templates"),
+        autoescape=True,  # every template is HTML: all values are escaped unless marked safe
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails loudly instead of rendering empty
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(template: str, **context: object) -> str:
+    """The page ``template`` (a file of ``restoration/templates/``) filled with ``context``."""
+    return _environment().get_template(template).render(**context)
+
+
+def line_plot(xs: Sequence[float], ys: Sequence[float], *, x_label: str, y_label: str,
+              width: int = 640, height: int = 220) -> LinePlot | None:
+    """The plot of ``ys`` over ``xs`` (None when there is nothing to plot)."""
+    if not xs:
+        return None
+    left, bottom, right, top = 56, 34, 12, 10
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y0, y1 = 0.0, max(ys) if max(ys) > 0 else 1.0
+
+    def point(x: float, y: float) -> str:
+        px = left + (x - x0) / (x1 - x0) * (width - left - right)
+        py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+        return f"{px:.1f},{py:.1f}"
+
+    points = " ".join(point(x, y) for x, y in zip(xs, ys))
+    return LinePlot(points=points, x_label=x_label, y_label=y_label, x0=x0, x1=x1, y1=y1, width=width,
+                    height=height, left=left, top=top)
 
 
 def data_uri(image: np.ndarray, *, format: str = "PNG", quality: int = 90) -> str:
@@ -128,41 +170,3 @@ def enlarged_crop(pixels: np.ndarray, box: tuple[int, int, int, int], factor: in
     top, left, height, width = box
     part = pixels[top : top + height, left : left + width]
     return resized(part, width * factor, height * factor, nearest=True)
-
-
-def sortable_table(headers: Sequence[tuple[str, bool]], rows: Iterable[Sequence[tuple[str, Any]]], *,
-                   table_id: str) -> str:
-    """A table whose ``headers`` (label, sortable) sort on click; each cell is (HTML, sort value
-    or None)."""
-    head = "".join(f"<th class=\"{'sortable' if sortable else ''}\">{escape(label)}</th>" for label, sortable in headers)
-    lines = []
-    for row in rows:
-        cells = []
-        for content, value in row:
-            attribute = "" if value is None else f" data-value=\"{escape(str(value))}\""
-            numeric = " class=\"num\"" if isinstance(value, (int, float)) else ""
-            cells.append(f"<td{numeric}{attribute}>{content}</td>")
-        lines.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table id=\"{escape(table_id)}\"><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
-
-
-def svg_line_plot(xs: Sequence[float], ys: Sequence[float], *, x_label: str, y_label: str,
-                  width: int = 640, height: int = 220) -> str:
-    """A line plot as inline SVG (no script, no network)."""
-    if not xs:
-        return "<p class=\"muted\">nothing to plot</p>"
-    left, bottom, right, top = 56, 34, 12, 10
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = 0.0, max(ys) if max(ys) > 0 else 1.0
-
-    def point(x: float, y: float) -> str:
-        px = left + (x - x0) / (x1 - x0) * (width - left - right)
-        py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-        return f"{px:.1f},{py:.1f}"
-
-    line = " ".join(point(x, y) for x, y in zip(xs, ys))
-    return (f"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\">"
-            f"<rect width=\"100%\" height=\"100%\" fill=\"#fff\" stroke=\"#ddd\"/>"
-            f"<polyline fill=\"none\" stroke=\"#2a6fdb\" stroke-width=\"2\" points=\"{line}\"/>"
-            f"<text x=\"{left}\" y=\"{height - 8}\" font-size=\"11\">{escape(x_label)}: {x0:g} .. {x1:g}</text>"
-            f"<text x=\"4\" y=\"{top + 10}\" font-size=\"11\">{escape(y_label)} (max {y1:g})</text></svg>")

@@ -17,7 +17,7 @@ import json
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from restoration import storage
@@ -29,15 +29,18 @@ from restoration.manifest import (
     read_manifest,
 )
 from restoration.pages import (
+    Cell,
+    Column,
+    LinePlot,
+    Table,
+    Tile,
     as_rgb8,
     crop_box,
     data_uri,
     enlarged_crop,
-    escape,
-    page,
+    line_plot,
+    render,
     resized,
-    sortable_table,
-    svg_line_plot,
     thumbnail,
 )
 
@@ -49,6 +52,8 @@ CROP = 96
 """Side of the enlarged crop, in output pixels."""
 TABLE_ROWS = 1000
 """Rows of the sortable table (the inputs in manifest order; the page says when there are more)."""
+ERRORS_LISTED = 50
+"""Inputs listed under each error message (the page counts the rest)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,43 @@ class ReportStats:
     images_read: int
     seconds: float
     html_bytes: int
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An input (``name``) beside its output: four :class:`Tile` (the whole images, then the same
+    crop enlarged) and a caption; or, with no tiles, the ``error`` that kept them from the page."""
+
+    name: str
+    caption: str
+    tiles: list[Tile] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PairSection:
+    title: str
+    pairs: list[Pair]
+
+
+@dataclass(frozen=True)
+class ErrorGroup:
+    """The inputs that failed with one message at one stage: ``count`` of them, the first listed."""
+
+    stage: str
+    message: str
+    count: int
+    sources: list[str]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The summary cards (label, value); and, from the job's ``_summary.json`` (None while it is
+    missing), the model and run details (key, value) and the settings as JSON."""
+
+    cards: list[tuple[str, str]]
+    details: list[tuple[str, str]] = field(default_factory=list)
+    settings: str | None = None
 
 
 def _rows(output_uri: str) -> list[dict[str, Any]]:
@@ -81,16 +123,15 @@ def _summary(output_uri: str) -> dict[str, Any] | None:
         return None  # a job still running, or stopped before its end
 
 
-def _pair(row: dict[str, Any]) -> str:
-    """A figure with the input beside the output (whole, then the same crop enlarged), or one
-    line saying why it cannot be shown (a deleted or unreadable image)."""
-    name = escape(storage.redact(row["source_uri"]))
+def _pair(row: dict[str, Any]) -> Pair:
+    """The input beside the output (whole, then the same crop enlarged), or why it cannot be shown
+    (a deleted or unreadable image)."""
+    name = storage.redact(row["source_uri"])
     try:
         before = as_rgb8(decode_image(storage.read_bytes(row["source_uri"])).pixels)
         after = as_rgb8(decode_image(storage.read_bytes(row["output_uri"])).pixels)
     except (OSError, ValueError) as error:
-        return (f"<figure class=\"missing\"><figcaption class=\"error\">{name}: cannot be shown: "
-                f"{escape(storage.redact(str(error)))}</figcaption></figure>")
+        return Pair(name=name, caption=name, error=storage.redact(str(error)))
     height, width = after.shape[:2]
     upsized = before if before.shape[:2] == (height, width) else resized(before, width, height)
     box = crop_box(upsized, after, CROP)
@@ -100,9 +141,8 @@ def _pair(row: dict[str, Any]) -> str:
     change = row["mean_abs_change"]
     caption = (f"{name} -- {row['width']}x{row['height']} -> {width}x{height}, mean change "
                f"{change:.2f} levels" if change is not None else name)
-    tiles = "".join(f"<img src=\"{uri}\" alt=\"{label}\" title=\"{label}\">"
-                    for uri, label in zip(images, ("input", "output", "input, crop", "output, crop")))
-    return f"<figure><div class=\"row\">{tiles}</div><figcaption>{caption}</figcaption></figure>"
+    labels = ("input", "output", "input, crop", "output, crop")
+    return Pair(name=name, caption=caption, tiles=[Tile(uri, label) for uri, label in zip(images, labels)])
 
 
 def _choose(rows: list[dict[str, Any]], *, sample: int, extremes: int, seed: int) -> dict[str, list[dict]]:
@@ -114,7 +154,7 @@ def _choose(rows: list[dict[str, Any]], *, sample: int, extremes: int, seed: int
     return {"sample": picked, "most": changed[::-1][:extremes], "least": changed[:extremes]}
 
 
-def _summary_html(rows: list[dict[str, Any]], summary: dict[str, Any] | None) -> str:
+def _summary_data(rows: list[dict[str, Any]], summary: dict[str, Any] | None) -> Summary:
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
         counts[row["status"]] += 1
@@ -122,62 +162,52 @@ def _summary_html(rows: list[dict[str, Any]], summary: dict[str, Any] | None) ->
     unchanged = sum(1 for row in rows if row["status"] == "ok" and row["mean_abs_change"] is not None
                     and row["mean_abs_change"] < threshold)
     megapixels = sum((row["width"] or 0) * (row["height"] or 0) for row in rows if row["status"] == "ok") / 1e6
-    cards = [("inputs", len(rows)), ("ok", counts["ok"]), ("error", counts["error"]), ("skipped", counts["skipped"]),
-             (f"unchanged (< {threshold:g} levels)", unchanged), ("megapixels restored", f"{megapixels:.2f}")]
-    if summary:
-        cards += [("wall time", f"{summary.get('wall_seconds', 0):.1f} s"),
-                  ("images/s", f"{summary.get('images_per_second', 0):.2f}")]
-    html = "<div class=\"cards\">" + "".join(f"<div class=\"card\"><b>{escape(str(v))}</b>{escape(k)}</div>"
-                                             for k, v in cards) + "</div>"
+    cards = [("inputs", str(len(rows))), ("ok", str(counts["ok"])), ("error", str(counts["error"])),
+             ("skipped", str(counts["skipped"])), (f"unchanged (< {threshold:g} levels)", str(unchanged)),
+             ("megapixels restored", f"{megapixels:.2f}")]
     if summary is None:
-        return html + "<p class=\"muted\">No _summary.json: the job is running, or stopped before its end.</p>"
+        return Summary(cards=cards)
+    cards += [("wall time", f"{summary.get('wall_seconds', 0):.1f} s"),
+              ("images/s", f"{summary.get('images_per_second', 0):.2f}")]
     model = summary.get("model") or {"model_id": summary.get("model_id")}
     details = {"task": summary.get("task"), **model, "executor": summary.get("executor"),
                "job": summary.get("job_id"), "started": summary.get("started_at"), "input": summary.get("input")}
-    html += "<table>" + "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
-                                for k, v in details.items() if v is not None) + "</table>"
-    settings = json.dumps(summary.get("config", {}), indent=1, sort_keys=True)
-    return html + f"<details><summary>settings</summary><pre>{escape(settings)}</pre></details>"
+    return Summary(cards=cards, details=[(key, str(value)) for key, value in details.items() if value is not None],
+                   settings=json.dumps(summary.get("config", {}), indent=1, sort_keys=True))
 
 
-def _throughput_html(rows: list[dict[str, Any]]) -> str:
+def _throughput(rows: list[dict[str, Any]]) -> LinePlot | None:
     times = sorted(row["restored_at"].timestamp() for row in rows
                    if row["status"] == "ok" and row["restored_at"] is not None)
     if not times:
-        return "<p class=\"muted\">no restored images yet</p>"
+        return None
     start = times[0]
-    return svg_line_plot([t - start for t in times], list(range(1, len(times) + 1)),
-                         x_label="seconds since the first output", y_label="images restored")
+    return line_plot([t - start for t in times], list(range(1, len(times) + 1)),
+                     x_label="seconds since the first output", y_label="images restored")
 
 
-def _errors_html(rows: list[dict[str, Any]]) -> str:
+def _errors(rows: list[dict[str, Any]]) -> list[ErrorGroup]:
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in rows:
         if row["status"] == "error":
             message = (row["error"] or "").replace(row["source_uri"], "<input>")
             groups[(row["error_stage"] or "?", storage.redact(message))].append(storage.redact(row["source_uri"]))
-    if not groups:
-        return "<p>No errors.</p>"
-    parts = []
-    for (stage, message), sources in sorted(groups.items(), key=lambda item: -len(item[1])):
-        listed = "".join(f"<li>{escape(source)}</li>" for source in sources[:50])
-        more = f"<li class=\"muted\">and {len(sources) - 50} more</li>" if len(sources) > 50 else ""
-        parts.append(f"<h3 class=\"error\">{len(sources)} x {escape(stage)}: {escape(message)}</h3><ul>{listed}{more}</ul>")
-    return "".join(parts)
+    return [ErrorGroup(stage=stage, message=message, count=len(sources), sources=sources[:ERRORS_LISTED])
+            for (stage, message), sources in sorted(groups.items(), key=lambda item: -len(item[1]))]
 
 
-def _table_html(rows: list[dict[str, Any]]) -> str:
-    def cells(row: dict[str, Any]) -> list[tuple[str, Any]]:
+def _table(rows: list[dict[str, Any]]) -> Table:
+    def cells(row: dict[str, Any]) -> list[Cell]:
         pixels = (row["width"] or 0) * (row["height"] or 0)
         change = row["mean_abs_change"]
-        return [(escape(storage.redact(row["source_uri"])), None), (escape(row["status"]), row["status"]),
-                ("" if change is None else f"{change:.2f}", -1 if change is None else round(change, 4)),
-                (f"{row['width']}x{row['height']}" if row["width"] else "", pixels),
-                ("" if row["seconds"] is None else f"{row['seconds']:.3f}", row["seconds"] or 0.0)]
+        return [Cell(storage.redact(row["source_uri"])), Cell(row["status"], row["status"]),
+                Cell("" if change is None else f"{change:.2f}", -1 if change is None else round(change, 4)),
+                Cell(f"{row['width']}x{row['height']}" if row["width"] else "", pixels),
+                Cell("" if row["seconds"] is None else f"{row['seconds']:.3f}", row["seconds"] or 0.0)]
 
-    headers = [("input", False), ("status", True), ("mean change (levels)", True), ("size", True), ("seconds", True)]
-    note = (f"<p class=\"muted\">the first {TABLE_ROWS} of {len(rows)} inputs</p>" if len(rows) > TABLE_ROWS else "")
-    return note + sortable_table(headers, (cells(row) for row in rows[:TABLE_ROWS]), table_id="inputs")
+    columns = [Column("input", sortable=False), Column("status"), Column("mean change (levels)"), Column("size"),
+               Column("seconds")]
+    return Table(id="inputs", columns=columns, rows=[cells(row) for row in rows[:TABLE_ROWS]])
 
 
 def build_report(output_uri: str, *, sample: int = 8, extremes: int = 4, seed: int = 0) -> tuple[str, ReportStats]:
@@ -195,21 +225,15 @@ def build_report(output_uri: str, *, sample: int = 8, extremes: int = 4, seed: i
     sections = []
     for key, title in (("sample", f"A seeded sample (seed {seed})"), ("most", "The most changed"),
                        ("least", "The least changed (possible no-ops)")):
-        figures = []
+        pairs = []
         for row in chosen[key]:
-            figures.append(_pair(row))
+            pairs.append(_pair(row))
             read.add(row["source_uri"])
-        body = "".join(figures) or "<p class=\"muted\">none</p>"
-        sections.append(f"<h2>{escape(title)}</h2><div class=\"pairs\">{body}</div>")
-    title = f"Restore report: {storage.redact(output_uri)}"
-    body = (f"<h1>{escape(title)}</h1><p class=\"muted\">built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"
-            f" from the manifest and the images; each pair: input, output, then the same crop enlarged where the "
-            f"model changed the most</p>"
-            f"<h2>Summary</h2>{_summary_html(rows, summary)}"
-            f"<h2>Throughput</h2>{_throughput_html(rows)}"
-            f"<h2>Errors</h2>{_errors_html(rows)}" + "".join(sections) +
-            f"<h2>Inputs</h2>{_table_html(rows)}")
-    text = page(title, body)
+        sections.append(PairSection(title=title, pairs=pairs))
+    text = render("report.html.j2", title=f"Restore report: {storage.redact(output_uri)}",
+                  built=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), summary=_summary_data(rows, summary),
+                  throughput=_throughput(rows), errors=_errors(rows), sections=sections, table=_table(rows),
+                  inputs=len(rows))
     stats = ReportStats(rows=len(rows), images_read=len(read), seconds=time.monotonic() - started,
                         html_bytes=len(text.encode()))
     return text, stats

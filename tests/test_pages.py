@@ -5,6 +5,7 @@ prefix without a manifest, or images deleted after the job, give a clear line or
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -31,8 +32,9 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_job(tmp_path_factory.mktemp("report-job"), count=10)
 
 
-def make_job(root: Path, *, count: int) -> Path:
-    """A restore job of ``count`` noisy photo crops and a broken file under ``root``; its --output."""
+def make_job(root: Path, *, count: int, extra: dict[str, bytes] | None = None) -> Path:
+    """A restore job of ``count`` noisy photo crops, a broken file and the ``extra`` files (name:
+    bytes) under ``root``; its --output."""
     from skimage import data
 
     rng = np.random.default_rng(0)
@@ -44,6 +46,8 @@ def make_job(root: Path, *, count: int) -> Path:
         noisy = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(root / "in" / ("sub" if index % 3 == 0 else "") / f"{name}.png")
     (root / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    for name, content in (extra or {}).items():
+        (root / "in" / name).write_bytes(content)
     torch.manual_seed(0)
     model = build_model(ModelConfig(task="denoise", widths=(8, 8, 16, 16, 24, 24)), backbone_weights=None)
     with torch.no_grad():
@@ -144,3 +148,54 @@ def test_the_compare_page_shows_every_model_and_flips_between_them(job: Path, tm
                                  ".map(r => parseFloat(r.children[4].dataset.value))")
         assert order == sorted(order)
         browser.screenshot((SCREENSHOTS or tmp_path) / "compare.png")
+
+
+EVIL = "<script>window.pwned=1</script>"
+
+
+def _assert_inert(browser: Browser, page: Path, *evil: str) -> None:
+    """``page`` shows each ``evil`` string as text: no markup of it parsed, no script of it run."""
+    browser.open(page)
+    assert browser.errors == [] and browser.broken_images() == [], browser.errors
+    assert browser.evaluate("typeof window.pwned") == "undefined"
+    assert browser.evaluate("document.scripts.length") == 1  # the page's own
+    assert browser.evaluate("document.querySelectorAll('img:not([src^=\\'data:\\'])').length") == 0
+    shown = browser.evaluate("document.body.innerText")
+    for text in evil:
+        assert text in shown, (text, shown[:2000])
+
+
+@pytest.mark.timeout(300)
+def test_markup_in_names_and_errors_is_shown_as_text(tmp_path: Path) -> None:
+    """File names, model names and error messages that hold HTML reach the pages escaped: the
+    report of a job whose inputs are named like markup (one decodes, one does not), and the
+    comparison page of models named and failing like markup."""
+    from restoration.compare import ModelResult, comparison_page
+    from restoration.report import write_report
+
+    image = Image.new("RGB", (40, 30), (200, 30, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    good, bad = "<img src=x onerror=window.pwned=2>.png", "<script>window.pwned=3<.png"
+    out = make_job(tmp_path, count=1, extra={good: buffer.getvalue(), bad: b"not an image"})
+    page = tmp_path / "report.html"
+    write_report(str(out), str(page), sample=4, extremes=0)
+    text = page.read_text()
+    assert "<script>window" not in text and "<img src=x" not in text and "&lt;script&gt;window.pwned=3" in text
+
+    pixels = np.full((32, 32, 3), 90, np.uint8)
+    result = ModelResult(spec=EVIL, model_id="m", architecture="<b>arch</b>", outputs={"a.png": pixels},
+                         seconds=1.0, megapixels=0.001, changes=[1.0])
+    failed = ModelResult(spec="<i>second</i>", error=f"cannot load {EVIL}")
+    report = {"input": f"/data/{EVIL}", "inputs": 3, "seed": 0, "case": None, "reference": f"refs/{EVIL}",
+              "results": [result, failed], "collection_megapixels": 1.5, "counted": f"headers of {EVIL}",
+              "sample": {"a.png": {"input": pixels}, f"{EVIL}.png": {"error": f"corrupt {EVIL}"}}}
+    compared = tmp_path / "compare.html"
+    compared.write_text(comparison_page(report), encoding="utf-8")
+    assert EVIL not in compared.read_text()
+    with Browser(tmp_path / "profile") as browser:
+        _assert_inert(browser, page, good, bad)
+        _assert_inert(browser, compared, f"Model comparison: /data/{EVIL}", f"cannot load {EVIL}", "<b>arch</b>",
+                      f"{EVIL}.png: cannot be read: corrupt {EVIL}", f"refs/{EVIL}", f"headers of {EVIL}")
+        labels = browser.evaluate("JSON.parse(document.querySelector('img.flippable').dataset.labels)")
+        assert labels == [EVIL]
