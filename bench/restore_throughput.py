@@ -173,9 +173,9 @@ def plain_loop(files: list[Path], model_dir: Path, out: Path, *, png_level: int 
 
 def no_ray(folder: Path, out: Path, model_dir: Path, count: int, overrides: list[str], size: int) -> dict[str, Any]:
     """``restoration restore --no-ray`` over the first ``count`` inputs."""
+    from jobs.settings import RayRestoreConfig as RestoreConfig  # the same overrides as the Ray lines
     from restoration import config as config_lib
     from restoration.restore_run import LocalRestoreExecutor, run_restore
-    from restoration.restore_settings import RestoreConfig
 
     config = config_lib.load_config(RestoreConfig, overrides=overrides)
     executor = LocalRestoreExecutor()
@@ -192,8 +192,8 @@ def ray_pair(input_uri: str, output_uri: Callable[[int], str], model_dir: Path, 
     """Two Ray jobs (the first ``n1`` and ``n2`` inputs) in the running Ray session: marginal
     rate and start-up intercept from their wall times."""
     from jobs.restore import restore
+    from jobs.settings import RayRestoreConfig as RestoreConfig
     from restoration import config as config_lib
-    from restoration.restore_settings import RestoreConfig
 
     config = config_lib.load_config(RestoreConfig, overrides=[*overrides, *([f"pipeline.stages={stages}"] if stages else [])])
     jobs = []

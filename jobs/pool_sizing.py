@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from restoration.restore_settings import RestoreConfig
+    from jobs.settings import RayRestoreConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ActorPoolPlan:
 
 
 def plan_actor_pool(
-    resources: dict[str, float], largest_node_cpus: float, config: RestoreConfig,
+    resources: dict[str, float], largest_node_cpus: float, config: RayRestoreConfig,
     available: dict[str, float] | None = None
 ) -> ActorPoolPlan:
     """Size the model's actor pool from the cluster's resources.
@@ -46,7 +46,12 @@ def plan_actor_pool(
 
     The pool starts with as many actors as fit in the ``available`` resources now (a batch job
     wants them all at once; more come as an autoscaler adds nodes), at least ``min_actors``.
+    ``config``: the Ray job's settings (``jobs.settings.RayRestoreConfig``; a library
+    ``RestoreConfig`` is read with the Ray pipeline's defaults).
     """
+    from jobs.settings import ray_config
+
+    config = ray_config(config)
     pipeline, predictor = config.pipeline, config.predictor
     cpus = float(resources.get("CPU", 0))
     gpus = float(resources.get("GPU", 0))

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+    from jobs.settings import RayRestoreConfig as RestoreConfig
     from restoration.inference import PredictorConfig
     from restoration.restore_run import StageContext
-    from restoration.restore_settings import RestoreConfig
     from restoration.tasks import TaskSpec
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -285,17 +285,20 @@ def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default
             progress_bars: bool = False, echo: Any = print) -> dict[str, Any]:
     """Run one batch restoration on Ray Data and return its summary (see
     :func:`restoration.restore_run.run_restore`)."""
+    from jobs.settings import ray_config
     from restoration.restore_run import run_restore
 
-    return run_restore(input_uri, output_uri, task=task, model=model, config=config, limit=limit, overwrite=overwrite,
+    return run_restore(input_uri, output_uri, task=task, model=model, config=ray_config(config), limit=limit, overwrite=overwrite,
                        executor=RayRestoreExecutor(address, progress_bars), echo=echo)
 
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the configuration and run the job (``--no-ray``: in this process); the exit code."""
+    from jobs.settings import RayRestoreConfig
     from restoration.cli import run_restore_command
 
-    return run_restore_command(args, lambda: RayRestoreExecutor(args.address, args.progress_bars))
+    return run_restore_command(args, lambda: RayRestoreExecutor(args.address, args.progress_bars),
+                               config_class=RayRestoreConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

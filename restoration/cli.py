@@ -19,6 +19,7 @@ from restoration.tasks import TASK_NAMES
 if TYPE_CHECKING:
     from restoration.finetune_run import FinetuneExecutor
     from restoration.restore_run import RestoreExecutor
+    from restoration.restore_settings import RestoreConfig
 
 
 RESTORE_DESCRIPTION = """\
@@ -346,16 +347,21 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
 
 
-def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None) -> int:
+def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None, *,
+                        config_class: type[RestoreConfig] | None = None) -> int:
     """Resolve the configuration, run with the in-process executor (``--no-ray``) or
-    ``ray_executor()``, and return the exit code (1 for failed inputs with ``--fail-on-error``)."""
+    ``ray_executor()``, and return the exit code (1 for failed inputs with ``--fail-on-error``).
+
+    ``config_class``: the settings to load (default: the library's ``RestoreConfig``); the Ray
+    job passes ``jobs.settings.RayRestoreConfig``, so that its ``pipeline`` keys are checked here,
+    before Ray starts, with ``--no-ray`` too (which reads only ``pipeline.batch_size``)."""
     from restoration import config as config_lib
     from restoration.dry_run import dry_run_restore, format_dry_run, task_of
     from restoration.restore_run import LocalRestoreExecutor, RunStopped, run_restore
     from restoration.restore_settings import RestoreConfig
     from restoration.stopping import StopSignals
 
-    config = config_lib.load_config(RestoreConfig, path=args.config, overrides=args.overrides)
+    config = config_lib.load_config(config_class or RestoreConfig, path=args.config, overrides=args.overrides)
     args.task = task_of(args)
     if getattr(args, "dry_run", False):  # before any executor exists: Ray is never imported
         report = dry_run_restore(args.input, args.output, task=args.task, model=args.model, config=config,

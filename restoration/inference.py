@@ -31,14 +31,18 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pydantic import ValidatorFunctionWrapHandler, field_validator, model_validator
+
 from restoration.checkpoint import load_checkpoint
 from restoration.codec import pixels_to_tensor, tensor_to_pixels
+from restoration.config import SettingError, Settings, at_least, check, one_of, within
 from restoration.model import FusedRestorationNet, ModelTraits
 
 log = logging.getLogger(__name__)
@@ -208,8 +212,7 @@ class TilingPlan:
         ]
 
 
-@dataclass(frozen=True)
-class PredictorConfig:
+class PredictorConfig(Settings):
     """The settings of a :class:`Predictor`: the ``predictor`` section of a restore run's config
     (``--set predictor.KEY=VALUE``), checked when it is made so that a bad value fails in one
     line before any worker starts.
@@ -247,52 +250,45 @@ class PredictorConfig:
             (DRUNet, FFDNet-style); None: 15. An error for models that take none.
     """
 
+    section: ClassVar[str] = "predictor"
+
     device: str | None = None
-    threads: int | None = None
+    threads: Annotated[int, at_least(1)] | None = None
     tile: int = 512
-    overlap: int = 32
-    batch_size: int = 4
-    tile_batch_size: int | None = None
-    pass_pixels: int | None = None
-    precision: str = "auto"
+    overlap: Annotated[int, at_least(0, ">= 0 pixels")] = 32
+    batch_size: Annotated[int, at_least(1, ">= 1 (images or tiles per forward pass)")] = 4
+    tile_batch_size: Annotated[int, at_least(1, ">= 1 (tiles per forward pass) or null (predictor.batch_size)")] | None = None
+    pass_pixels: Annotated[int, at_least(0, ">= 0 (0: no limit) or null (the device's default)")] | None = None
+    precision: Annotated[str, one_of(PRECISIONS)] = "auto"
     channels_last: bool = True
     fold_batch_norm: bool | None = None
-    min_tile: int = 128
-    ensemble: int = 1
+    min_tile: Annotated[int, at_least(1, ">= 1 pixel")] = 128
+    ensemble: Annotated[int, check(lambda v: v in ENSEMBLE_SIZES, "one of 1, 2, 4, 8")] = 1
     strength: float = 1.0
-    noise_level: float | None = None
+    noise_level: Annotated[float, within(0, 255, "a sigma in [0, 255] or null")] | None = None
 
-    def __post_init__(self) -> None:
-        if self.device not in (None, "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(self.device)):
-            raise ValueError(f"predictor.device must be cpu, cuda, cuda:N or null, got {self.device!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"predictor.threads must be >= 1, got {self.threads}")
-        if self.overlap < 0:
-            raise ValueError(f"predictor.overlap must be >= 0 pixels, got {self.overlap}")
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value not in (None, "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(value)):
+            raise SettingError(f"must be cpu, cuda, cuda:N or null, got {value!r}")
+        return value
+
+    @field_validator("strength", mode="wrap")
+    @classmethod
+    def _strength(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> float:
+        """A number (not a string, a boolean or null) in [0, 1]."""
+        if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
+                or not (math.isfinite(value) and 0.0 <= value <= 1.0)):
+            raise SettingError(f"must be in [0, 1] (0: the input unchanged, 1: the model as trained), got {value!r}")
+        return handler(float(value))
+
+    @model_validator(mode="after")
+    def _tile(self) -> PredictorConfig:
         if self.tile < 0 or (self.tile and self.tile <= 2 * self.overlap):
-            raise ValueError(f"predictor.tile must be 0 (no tiling) or more than 2 * predictor.overlap = "
-                             f"{2 * self.overlap} pixels, got {self.tile}")
-        if self.batch_size < 1:
-            raise ValueError(f"predictor.batch_size must be >= 1 (images or tiles per forward pass), got {self.batch_size}")
-        if self.tile_batch_size is not None and self.tile_batch_size < 1:
-            raise ValueError(f"predictor.tile_batch_size must be >= 1 (tiles per forward pass) or null "
-                             f"(predictor.batch_size), got {self.tile_batch_size}")
-        if self.pass_pixels is not None and self.pass_pixels < 0:
-            raise ValueError(f"predictor.pass_pixels must be >= 0 (0: no limit) or null (the device's default), "
-                             f"got {self.pass_pixels}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"predictor.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.min_tile < 1:
-            raise ValueError(f"predictor.min_tile must be >= 1 pixel, got {self.min_tile}")
-        if self.ensemble not in ENSEMBLE_SIZES:
-            raise ValueError(f"predictor.ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {self.ensemble}")
-        if self.noise_level is not None and not (math.isfinite(self.noise_level) and 0 <= self.noise_level <= 255):
-            raise ValueError(f"predictor.noise_level must be a sigma in [0, 255] or null, got {self.noise_level}")
-        strength = self.strength
-        if (isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating))
-                or not (math.isfinite(strength) and 0.0 <= strength <= 1.0)):
-            raise ValueError(f"predictor.strength must be in [0, 1] (0: the input unchanged, 1: the model as "
-                             f"trained), got {strength}")
+            raise SettingError(f"must be 0 (no tiling) or more than 2 * {self.section}.overlap = "
+                               f"{2 * self.overlap} pixels, got {self.tile}", field="tile")
+        return self
 
 
 class Predictor:

@@ -6,18 +6,19 @@ task's spec. Every value is checked when the config loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, PlainSerializer, PlainValidator, field_validator, model_validator
 
 from restoration import config as config_lib
+from restoration.config import FromDataclass, Settings, at_least, check, within
 from restoration.losses import build_loss
 from restoration.model import Architecture, ModelConfig
 from restoration.tasks import Case, DenoiseTask, TaskSpec, get_case, get_task
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Settings):
     """Training crops.
 
     Attributes:
@@ -30,24 +31,15 @@ class DataConfig:
             subsampling); 0 keeps every crop in color.
     """
 
-    crop_size: int = 96
-    batch_size: int = 8
-    max_images: int | None = None
-    gray_fraction: float = 0.0
+    section: ClassVar[str] = "data"
 
-    def __post_init__(self) -> None:
-        if self.crop_size < 32 or self.crop_size % 32:
-            raise ValueError(f"data.crop_size must be a multiple of 32 and >= 32, got {self.crop_size}")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"data.max_images must be >= 1 or null, got {self.max_images}")
-        if not 0.0 <= self.gray_fraction <= 1.0:
-            raise ValueError(f"data.gray_fraction must lie within [0, 1], got {self.gray_fraction}")
+    crop_size: Annotated[int, check(lambda v: v >= 32 and not v % 32, "a multiple of 32 and >= 32")] = 96
+    batch_size: Annotated[int, at_least(1)] = 8
+    max_images: Annotated[int, at_least(1, ">= 1 or null")] | None = None
+    gray_fraction: Annotated[float, within(0, 1, "must lie within [0, 1]")] = 0.0
 
 
-@dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Settings):
     """AdamW with two parameter groups, linear warm-up then cosine decay, gradient clipping.
 
     Attributes:
@@ -61,57 +53,63 @@ class OptimConfig:
         freeze_backbone_fraction: fraction of the steps during which the backbone is frozen.
     """
 
+    section: ClassVar[str] = "optim"
+
     lr: float = 3e-4
     backbone_lr: float = 3e-5
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    freeze_backbone_fraction: float = 0.3
+    weight_decay: Annotated[float, at_least(0)] = 1e-4
+    warmup_steps: Annotated[int, at_least(0)] = 50
+    min_lr_ratio: Annotated[float, within(0, 1)] = 0.05
+    grad_clip: Annotated[float, at_least(0, ">= 0 (0 = off)")] = 1.0
+    freeze_backbone_fraction: Annotated[float, within(0, 1)] = 0.3
 
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or self.backbone_lr < 0:
+    @model_validator(mode="after")
+    def _learning_rates(self) -> OptimConfig:
+        if not (self.lr > 0 and self.backbone_lr >= 0):
             raise ValueError(f"learning rates must be positive, got lr={self.lr}, backbone_lr={self.backbone_lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip < 0:
-            raise ValueError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        if not 0 <= self.freeze_backbone_fraction <= 1:
-            raise ValueError(f"optim.freeze_backbone_fraction must be in [0, 1], got {self.freeze_backbone_fraction}")
+        return self
 
 
-@dataclass(frozen=True)
-class ValidationConfig:
+class ValidationConfig(Settings):
     """Validation every ``interval`` steps (and at every checkpoint) on the first ``limit``
     validation images, under the task's evaluation protocol with ``protocol`` fixed (the names of
     ``restoration evaluate``'s flags or the task's fields, e.g. ``{sigma: 25}``), or under the
     named real-world ``case`` (see ``restoration.tasks.CASES``)."""
 
-    interval: int = 200
-    limit: int = 4
+    section: ClassVar[str] = "validation"
+
+    interval: Annotated[int, at_least(1)] = 200
+    limit: Annotated[int, at_least(1)] = 4
     seed: int = 0
-    protocol: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = Field(default_factory=dict)
     case: str | None = None
 
-    def __post_init__(self) -> None:
-        if self.interval < 1:
-            raise ValueError(f"validation.interval must be >= 1, got {self.interval}")
-        if self.limit < 1:
-            raise ValueError(f"validation.limit must be >= 1, got {self.limit}")
-        if not isinstance(self.protocol, dict):
-            raise ValueError(f"validation.protocol must be a mapping of protocol settings, got {self.protocol!r}")
-        if self.case is not None:
-            get_case(self.case)
+    @field_validator("case")
+    @classmethod
+    def _known_case(cls, value: str | None) -> str | None:
+        if value is not None:
+            get_case(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> ValidationConfig:
         if self.case is not None and self.protocol:
-            raise ValueError("set validation.case or validation.protocol, not both")
+            raise ValueError(f"set {self.section}.case or {self.section}.protocol, not both")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+def _task_spec(value: Any) -> TaskSpec:
+    if not isinstance(value, TaskSpec) or not value.name:
+        raise ValueError(f"degradation must be a task's spec, got {value!r}")
+    return value
+
+
+TaskSpecField = Annotated[TaskSpec, PlainValidator(_task_spec), PlainSerializer(config_lib.to_dict)]
+"""The ``degradation`` section: a task's spec, built by :func:`train_config_from_dict` (whose
+task types it), written as its fields."""
+
+
+class TrainConfig(Settings):
     """Everything a fine-tuning run needs; saved next to its outputs as ``config.yaml``.
 
     ``degradation`` is the task's spec (``restoration.tasks``): its type is the run's
@@ -122,48 +120,46 @@ class TrainConfig:
     latest) a run keeps.
     """
 
-    steps: int = 1000
+    steps: Annotated[int, at_least(1)] = 1000
     seed: int = 0
     loss: str = "l1"
     backbone_weights: str | None = "imagenet"
-    model: Architecture = field(default_factory=Architecture)
-    degradation: TaskSpec = field(default_factory=DenoiseTask)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    checkpoint_interval: int = 200
-    keep_checkpoints: int = 3
-    log_interval: int = 10
-    grace_seconds: float = 20.0
+    model: Annotated[Architecture, FromDataclass()] = Field(default_factory=Architecture)
+    degradation: TaskSpecField = Field(default_factory=DenoiseTask)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    checkpoint_interval: Annotated[int, at_least(1)] = 200
+    keep_checkpoints: Annotated[int, at_least(1)] = 3
+    log_interval: Annotated[int, at_least(1)] = 10
+    grace_seconds: Annotated[float, at_least(0)] = 20.0
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.degradation, TaskSpec) or not self.degradation.name:
-            raise ValueError(f"degradation must be a task's spec, got {self.degradation!r}")
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        build_loss(value)  # validates the name
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
         if type(self.model) is not Architecture:
             raise ValueError(f"model must be an Architecture (the task and scale are the degradation's), "
                              f"got {type(self.model).__name__}")
-        self.model_config  # noqa: B018 -- the task's rules for the scale
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        for name in ("checkpoint_interval", "log_interval", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.grace_seconds >= 0:
-            raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
-        build_loss(self.loss)  # validates the name
+        self.network_config()  # the task's rules for the scale
         try:
             self.validation_protocol()
         except ValueError as exc:
             raise ValueError(f"validation.protocol: {exc}") from None
+        return self
 
     @property
     def task(self) -> str:
         """The task trained for: the degradation spec's."""
         return self.degradation.name
 
-    @property
-    def model_config(self) -> ModelConfig:
-        """The network to build: :attr:`model` for :attr:`task` at the degradation's scale."""
+    def network_config(self) -> ModelConfig:
+        """The network to build: :attr:`model` for :attr:`task` at the degradation's scale (also
+        ``config.model_config``)."""
         return ModelConfig.of(self.model, self.task, self.degradation.scale)
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +187,20 @@ class TrainConfig:
         if self.degradation.upscale:  # validate at the scale the model is trained for
             protocol.setdefault("scale", self.degradation.scale)
         return type(self.degradation).protocol(**protocol), None
+
+
+class _NetworkConfig:
+    """``TrainConfig.model_config``: pydantic's settings on the class, the network to build
+    (:meth:`TrainConfig.network_config`) on an instance -- the name the callers have always read."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    def __get__(self, instance: TrainConfig | None, owner: type) -> Any:
+        return self.settings if instance is None else instance.network_config()
+
+
+TrainConfig.model_config = _NetworkConfig(TrainConfig.model_config)  # type: ignore[assignment]
 
 
 def load_train_config(

@@ -233,7 +233,7 @@ def test_rayjob_runs_the_job_on_the_raycluster_spec_with_the_shared_runtime_env(
     args = _job_parser(job).parse_args(argv[3:])
     if job == "restore":
         from restoration import config as config_lib
-        from restoration.restore_settings import RestoreConfig
+        from jobs.settings import RayRestoreConfig as RestoreConfig
 
         config = config_lib.load_config(RestoreConfig, overrides=args.overrides)
         # No GPU node is up when the job starts: GPU use and the pool size must be explicit.

@@ -13,8 +13,8 @@ import pytest
 from restore_images import png
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
+from jobs.settings import RayRestoreConfig as RestoreConfig  # the restore command's settings
 from restoration import config as config_lib
-from restoration.restore_settings import RestoreConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

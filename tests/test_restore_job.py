@@ -297,7 +297,7 @@ def test_rerun_skips_what_is_done_and_overwrite_redoes_all(
 
 def _restore_config(*overrides: str):
     from restoration import config as config_lib
-    from restoration.restore_settings import RestoreConfig
+    from jobs.settings import RayRestoreConfig as RestoreConfig
 
     return config_lib.load_config(RestoreConfig, overrides=[f"input.max_pixels={MAX_PIXELS}", *overrides])
 

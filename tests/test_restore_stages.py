@@ -14,13 +14,14 @@ import torch
 from restore_images import bad_files, decode_pil, oversize_png, png, variants
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
+from jobs.settings import RayRestoreConfig as RestoreConfig  # with the Ray pipeline section
 from restoration import manifest as manifest_lib
 from restoration import storage as storage_lib
 from restoration.codec import decode_image
 from restoration.inference import Predictor, PredictorConfig
 from restoration.model import ModelConfig, build_model
 from restoration.planning import list_inputs, plan_restore
-from restoration.restore_settings import InputConfig, OutputConfig, RestoreConfig
+from restoration.restore_settings import InputConfig, OutputConfig
 from restoration.tasks import DenoiseTask, get_task
 from restoration.restore_stages import (
     encode_stage,
