@@ -59,7 +59,9 @@ class RayTrainSession:
 
         from restoration.finetune_run import Resume, resume_latest
 
-        checkpoint = ray.train.get_checkpoint()  # Ray Train's latest: the same as latest_checkpoint(plan)
+        # Ray Train's latest registered checkpoint. After a lost worker, the run folder may hold
+        # later ones (uploaded by rank 0, never registered): train_worker drops them once resumed.
+        checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:  # none registered with Ray Train: a new run, or one begun with --no-ray
             with resume_latest(self.plan) as found:
                 yield found

@@ -68,12 +68,14 @@ __all__ = [
     "copy_checkpoint",
     "delete_checkpoint",
     "download_checkpoint",
+    "drop_checkpoints_after",
     "read_training_checkpoint",
     "read_training_config",
     "read_weights",
     "save_training_checkpoint",
     "latest_training_checkpoint",
     "training_checkpoint_name",
+    "training_checkpoint_step",
     "training_checkpoints",
 ]
 
@@ -622,11 +624,17 @@ def training_checkpoint_name(step: int) -> str:
     return f"{TRAINING_CHECKPOINT_PREFIX}{step:08d}"
 
 
-def training_checkpoints(run_uri: str) -> list[tuple[int, str]]:
-    """The resumable checkpoints of the run at ``run_uri`` (a folder or ``s3://`` prefix), as
-    (step, URI) sorted by step: the ``checkpoint_step_*`` folders that hold
-    ``trainer_state.pt`` (written last, so its presence means the folder is complete). An
-    absent run has none."""
+def training_checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint folder's name or URI (``.../checkpoint_step_00000200`` -> 200),
+    or None for any other name."""
+    folder = name.rstrip("/").rpartition("/")[2]
+    digits = folder.removeprefix(TRAINING_CHECKPOINT_PREFIX)
+    return int(digits) if folder.startswith(TRAINING_CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
+def _checkpoint_folders(run_uri: str) -> dict[int, tuple[str, bool]]:
+    """Every ``checkpoint_step_*`` folder of the run holding a file, by step: (URI, complete),
+    complete when it holds ``trainer_state.pt`` (written last). An absent run has none."""
     import pyarrow.fs as pafs
 
     filesystem, path = storage.resolve(run_uri)
@@ -637,21 +645,48 @@ def training_checkpoints(run_uri: str) -> list[tuple[int, str]]:
         except FileNotFoundError:
             return []
 
-    found: dict[int, str] = {}
+    found: dict[int, tuple[str, bool]] = {}
     for info in storage.retrying(listing, run_uri):
         parent, _, filename = info.path.rpartition("/")
         folder = parent.rpartition("/")[2]
-        if filename == TRAINER_STATE_FILE and folder.startswith(TRAINING_CHECKPOINT_PREFIX) \
-                and folder.removeprefix(TRAINING_CHECKPOINT_PREFIX).isdigit() and parent.rpartition("/")[0] == path:
-            found[int(folder.removeprefix(TRAINING_CHECKPOINT_PREFIX))] = storage.join(run_uri, folder)
-    return sorted(found.items())
+        step = training_checkpoint_step(folder)
+        if step is None or parent.rpartition("/")[0] != path or info.type != pafs.FileType.File:
+            continue
+        complete = found.get(step, ("", False))[1] or filename == TRAINER_STATE_FILE
+        found[step] = (storage.join(run_uri, folder), complete)
+    return found
+
+
+def training_checkpoints(run_uri: str) -> list[tuple[int, str]]:
+    """The resumable checkpoints of the run at ``run_uri`` (a folder or ``s3://`` prefix), as
+    (step, URI) sorted by step: the ``checkpoint_step_*`` folders that hold
+    ``trainer_state.pt`` (written last, so its presence means the folder is complete). An
+    absent run has none."""
+    return sorted((step, uri) for step, (uri, complete) in _checkpoint_folders(run_uri).items() if complete)
 
 
 def latest_training_checkpoint(run_uri: str) -> str | None:
     """URI of the checkpoint a run resumes from: its complete checkpoint of the highest step
-    (None for a new run). Ray Train and the in-process executor write the same layout."""
+    (None for a new run). Ray Train and the in-process executor write the same layout.
+
+    The highest step is the latest of the run's current timeline because a resumed run drops
+    the checkpoints above the one it resumed from (:func:`drop_checkpoints_after`) before it
+    writes any: when Ray Train restarts a lost worker group from its latest *registered*
+    checkpoint, those above it (uploaded, never registered) belong to the abandoned attempt.
+    Run folders written before that rule resume from their highest step as they always did."""
     checkpoints = training_checkpoints(run_uri)
     return checkpoints[-1][1] if checkpoints else None
+
+
+def drop_checkpoints_after(run_uri: str, step: int) -> list[str]:
+    """Delete the run's checkpoint folders (complete or not) above ``step``: called by a run that
+    resumes from the checkpoint at ``step`` (0: a new run) before it writes one, so that a
+    checkpoint of an abandoned attempt (one Ray Train did not restart from) is never resumed
+    from, named or kept. Returns the deleted folders' URIs, by step."""
+    dropped = [uri for found, (uri, _) in sorted(_checkpoint_folders(run_uri).items()) if found > step]
+    for uri in dropped:
+        delete_checkpoint(uri)
+    return dropped
 
 
 def download_checkpoint(uri: str, directory: str | Path) -> None:
@@ -675,6 +710,15 @@ def copy_checkpoint(source: str | Path, target: str) -> None:
 
 
 def delete_checkpoint(uri: str) -> None:
-    """Delete a checkpoint folder (local or ``s3://``) and everything in it."""
+    """Delete a checkpoint folder (local or ``s3://``) and everything in it, its trainer state
+    first: a deletion cut short never leaves a folder that looks complete."""
     filesystem, path = storage.resolve(uri)
-    storage.retrying(lambda: filesystem.delete_dir(path), uri)
+    storage.delete(storage.join(uri, TRAINER_STATE_FILE))
+
+    def delete_folder() -> None:
+        try:
+            filesystem.delete_dir(path)
+        except FileNotFoundError:
+            pass
+
+    storage.retrying(delete_folder, uri)

@@ -36,6 +36,7 @@ from restoration.checkpoint import (
     copy_checkpoint,
     delete_checkpoint,
     download_checkpoint,
+    drop_checkpoints_after,
     latest_training_checkpoint,
     read_model_metadata,
     read_training_config,
@@ -463,6 +464,14 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
         if resume is not None:
             trainer.resume(resume.directory)
     say(start_message(trainer, plan.init, resume.name if resume else None))
+    if rank == 0:
+        # The run goes on from here: checkpoints above this step belong to an abandoned attempt
+        # (Ray Train restarted a lost worker group from its latest registered checkpoint), and
+        # must never be resumed from, named or kept. Dropped before this attempt writes any.
+        dropped = drop_checkpoints_after(plan.run_uri, trainer.step)
+        if dropped:
+            names = ", ".join(uri.rstrip("/").rpartition("/")[2] for uri in dropped)
+            say(f"deleted {len(dropped)} checkpoint(s) above step {trainer.step}, of an abandoned attempt: {names}")
     run_provenance = provenance(plan, workers=world_size, device_name=device_name(device),
                                 image_count=total_usable, skipped=total_bad)
 
@@ -492,7 +501,9 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
 
 
 def latest_checkpoint(plan: FinetunePlan) -> str | None:
-    """URI of the checkpoint a run of this plan resumes from (None: a new run)."""
+    """URI of the checkpoint a run of this plan resumes from (None: a new run): the latest of
+    the run's current timeline (:func:`restoration.checkpoint.latest_training_checkpoint`;
+    :func:`train_worker` drops an abandoned attempt's checkpoints when it resumes)."""
     return latest_training_checkpoint(plan.run_uri)
 
 

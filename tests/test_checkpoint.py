@@ -206,3 +206,93 @@ def test_a_run_resumes_from_its_latest_complete_training_checkpoint(tmp_path) ->
     assert training_checkpoints(str(run)) == [(10, str(run / "checkpoint_step_00000010")),
                                               (20, str(run / "checkpoint_step_00000020"))]
     assert latest_training_checkpoint(str(run)) == str(run / "checkpoint_step_00000020")
+
+
+def _training_folder(run, step: int, *, complete: bool = True) -> None:
+    from restoration.checkpoint import training_checkpoint_name
+
+    folder = run / training_checkpoint_name(step)
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text("{}")
+    if complete:
+        (folder / "trainer_state.pt").write_bytes(b"state")
+
+
+def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_ones_above_it(tmp_path) -> None:
+    """Ray Train restarts a lost worker group from its latest registered checkpoint (10) while
+    the run folder holds a later one the lost attempt uploaded (20, never registered) and a
+    partial one (30): the resume drops both, so the checkpoint the restarted attempt writes next
+    (18) is the latest, and 20 is never resumed from nor named."""
+    from restoration.checkpoint import (
+        drop_checkpoints_after,
+        latest_training_checkpoint,
+        training_checkpoint_step,
+        training_checkpoints,
+    )
+
+    run = tmp_path / "run"
+    for step in (5, 10, 20):
+        _training_folder(run, step)
+    _training_folder(run, 30, complete=False)
+    (run / "model").mkdir()
+    (run / "model" / "model.json").write_text("{}")
+    assert latest_training_checkpoint(str(run)) == str(run / "checkpoint_step_00000020")  # before the resume
+
+    assert drop_checkpoints_after(str(run), 10) == [str(run / "checkpoint_step_00000020"),
+                                                    str(run / "checkpoint_step_00000030")]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_step_00000005", "checkpoint_step_00000010", "model"]
+    _training_folder(run, 18)  # the restarted attempt's next checkpoint (a stop at step 18)
+    assert latest_training_checkpoint(str(run)) == str(run / "checkpoint_step_00000018")
+    assert [step for step, _ in training_checkpoints(str(run))] == [5, 10, 18]
+    assert drop_checkpoints_after(str(run), 18) == []  # nothing above the latest
+    assert drop_checkpoints_after(str(tmp_path / "absent"), 0) == []  # a new run
+    assert [training_checkpoint_step(name) for name in ("checkpoint_step_00000200", "s3://b/r/checkpoint_step_7/",
+                                                        "model", "checkpoint_step_x")] == [200, 7, None, None]
+
+
+def test_a_checkpoint_deletion_cut_short_never_leaves_a_complete_looking_folder(tmp_path, monkeypatch) -> None:
+    """The trainer state (the mark of a complete folder) goes first: a deletion that fails after
+    it leaves a folder that is not resumed from."""
+    from restoration import storage
+    from restoration.checkpoint import delete_checkpoint, latest_training_checkpoint
+
+    run = tmp_path / "run"
+    _training_folder(run, 10)
+    _training_folder(run, 20)
+
+    class FailingDeleteDir:
+        def __init__(self, filesystem):
+            self.filesystem = filesystem
+
+        def __getattr__(self, name):
+            return getattr(self.filesystem, name)
+
+        def delete_dir(self, path):
+            raise PermissionError(f"cut short: {path}")
+
+    resolve = storage.resolve
+    monkeypatch.setattr(storage, "resolve", lambda uri: (FailingDeleteDir(resolve(uri)[0]), resolve(uri)[1]))
+    with pytest.raises(PermissionError, match="cut short"):
+        delete_checkpoint(str(run / "checkpoint_step_00000020"))
+    assert (run / "checkpoint_step_00000020" / "model.json").is_file()
+    assert latest_training_checkpoint(str(run)) == str(run / "checkpoint_step_00000010")
+    monkeypatch.undo()
+    delete_checkpoint(str(run / "checkpoint_step_00000020"))
+    assert not (run / "checkpoint_step_00000020").exists()
+    delete_checkpoint(str(run / "checkpoint_step_00000020"))  # already gone: nothing to do
+
+
+def test_abandoned_checkpoints_are_dropped_on_s3(s3_server, s3_bucket, tmp_path):  # noqa: F811
+    from restoration import storage
+    from restoration.checkpoint import drop_checkpoints_after, latest_training_checkpoint, training_checkpoint_name
+
+    run = f"s3://{s3_bucket}/runs/abandoned"
+    for step, complete in ((10, True), (20, True), (30, False)):
+        folder = storage.join(run, training_checkpoint_name(step))
+        storage.write_bytes(storage.join(folder, "model.json"), b"{}")
+        if complete:
+            storage.write_bytes(storage.join(folder, "trainer_state.pt"), b"state")
+    assert latest_training_checkpoint(run) == f"{run}/checkpoint_step_00000020"
+    assert drop_checkpoints_after(run, 10) == [f"{run}/checkpoint_step_00000020", f"{run}/checkpoint_step_00000030"]
+    assert latest_training_checkpoint(run) == f"{run}/checkpoint_step_00000010"
+    assert drop_checkpoints_after(run, 10) == []

@@ -354,6 +354,9 @@ def test_sigint_a_lost_worker_then_sigterm_each_go_on_from_a_checkpoint(photo_di
     assert int(resume1[2]) == stop1
     assert killed["registered"] <= restarted_at < stop2 and restarted_at % interval == 0, (killed, restarted_at)
     assert int(resume2[1]) not in (killed["pid"], killed["rank0"]), "rank 0 of the restart is a new process"
+    # Checkpoints the lost attempt uploaded above the restart's (never registered) were deleted by it.
+    dropped = re.findall(r"deleted \d+ checkpoint\(s\) above step (\d+), of an abandoned attempt", log)
+    assert all(int(at) == restarted_at for at in dropped) and len(dropped) <= 1, (dropped, restarted_at)
     progress = [(m.start(), int(m[2]), m[4]) for m in _PROGRESS.finditer(log)]
     before = [(step, loss) for at, step, loss in progress if resume1.start() < at < resume2.start()]
     after = [step for at, step, _ in progress if at > resume2.start()]
@@ -392,7 +395,10 @@ def _check_stop(result: dict, code: int, runs: Path, *, after: int, steps: int) 
     assert after <= stopped_at < steps, result["stdout"]
     checkpoint = str(runs / "stopped" / f"checkpoint_step_{stopped_at:08d}")
     assert f"at step {stopped_at} of {steps} (checkpoint {checkpoint})" in result["stderr_after"][-1], result
+    # The named checkpoint is the one both runners resume from: the run folder's latest (none of an
+    # attempt Ray Train abandoned after a lost worker lies above it) and Ray Train's registered one.
     assert latest_training_checkpoint(str(runs / "stopped")) == checkpoint
+    assert _registered_checkpoint_step(runs / "stopped") == stopped_at
     assert not (runs / "stopped" / "model").exists()
     return stopped_at
 

@@ -155,3 +155,67 @@ def test_no_ray_finetune_checkpoints_on_s3_and_resumes_from_there(images: dict[s
     assert f"run on-s3 exists: resuming from {runs}/on-s3/checkpoint_step_00000004" in out
     assert "resumed from step 4 of 6" in out
     assert load_checkpoint(f"{runs}/on-s3/model").metadata.provenance["resumed_at"] == [4]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_resume_from_an_earlier_checkpoint_abandons_the_later_ones(images: dict[str, Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """As when Ray Train restarts a lost worker group from its latest registered checkpoint (10)
+    while the run folder holds a later one of the lost attempt (20): the resumed attempt's stop
+    (18) is the run's latest checkpoint, named by the stop line and resumed from by the same
+    command; 20 is never resumed from, named or kept. (Deterministic: the session chooses the
+    checkpoint as Ray Train does, and stops at a fixed step.)"""
+    import contextlib
+
+    from restoration.finetune_run import (
+        LocalFinetuneExecutor,
+        Resume,
+        _LocalSession,
+        latest_checkpoint,
+        plan_finetune,
+        run_finetune,
+        train_worker,
+    )
+
+    runs = tmp_path / "runs"
+    run = runs / "timeline"
+
+    def plan(steps: int):
+        return plan_finetune("denoise", train_images=str(images["train"]), val_images=str(images["val"]),
+                             storage_uri=str(runs), name="timeline", steps=steps,
+                             overrides=[*TINY, "checkpoint_interval=10"])
+
+    assert run_finetune(plan(20), LocalFinetuneExecutor()) == 0  # checkpoints 10 and 20
+    assert [step for step, _ in training_checkpoints(str(run))] == [10, 20]
+
+    class RestartedFromStep10(_LocalSession):
+        """Resumes from checkpoint 10 as Ray Train's get_checkpoint() would, and is asked to stop
+        after its 8th step (step 18)."""
+
+        asked = 0
+
+        def resume(self):
+            name = "checkpoint_step_00000010"
+            return contextlib.nullcontext(Resume(str(run / name), name))
+
+        def should_stop(self) -> bool:
+            self.asked += 1
+            return self.asked >= 8
+
+    restarted = plan(40)
+    capsys.readouterr()
+    train_worker(restarted, RestartedFromStep10(restarted, LocalFinetuneExecutor().device, stop=None))
+    out = capsys.readouterr().out
+    assert "resumed from step 10 of 40 (checkpoint checkpoint_step_00000010)" in out, out
+    assert "stopped at step 18: checkpoint_step_00000018 saved" in out, out
+    assert latest_checkpoint(restarted) == str(run / "checkpoint_step_00000018")
+    assert [step for step, _ in training_checkpoints(str(run))] == [10, 18]  # 20 deleted, not kept as a best
+    assert "deleted 1 checkpoint(s) above step 10, of an abandoned attempt: checkpoint_step_00000020" in out, out
+
+    # The same command names 18 and goes on from there.
+    assert run_finetune(plan(40), LocalFinetuneExecutor()) == 0
+    out = capsys.readouterr().out
+    assert f"run timeline exists: resuming from {run / 'checkpoint_step_00000018'}" in out, out
+    assert "resumed from step 18 of 40" in out, out
+    assert load_checkpoint(run / "model").metadata.provenance["resumed_at"] == [10, 18]
