@@ -458,7 +458,7 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
         # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
         # (A community model is built from --init's architecture; the checkpoint's weights follow.)
         fresh = resume is not None and not (plan.init is not None and is_community_checkpoint(plan.init))
-        model = build_model(config.model_config, backbone_weights=None) if fresh else initial_model(config, plan.init)
+        model = build_model(config.network_config(), backbone_weights=None) if fresh else initial_model(config, plan.init)
         trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
                           val_samples=val, world_size=world_size, rank=rank, progress=say)
         if resume is not None:

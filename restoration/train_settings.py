@@ -114,7 +114,7 @@ class TrainConfig(Settings):
 
     ``degradation`` is the task's spec (``restoration.tasks``): its type is the run's
     :attr:`task` and its ``scale`` the model's, each held there only. ``model`` is the network's
-    shape; :attr:`model_config` adds the task and scale. ``checkpoint_interval`` and
+    shape; :meth:`network_config` adds the task and scale. ``checkpoint_interval`` and
     ``log_interval`` count optimizer steps; the last step always logs, validates and checkpoints.
     ``keep_checkpoints`` is how many checkpoints (the best by validation PSNR, plus always the
     latest) a run keeps.
@@ -158,8 +158,7 @@ class TrainConfig(Settings):
         return self.degradation.name
 
     def network_config(self) -> ModelConfig:
-        """The network to build: :attr:`model` for :attr:`task` at the degradation's scale (also
-        ``config.model_config``)."""
+        """The network to build: :attr:`model` for :attr:`task` at the degradation's scale."""
         return ModelConfig.of(self.model, self.task, self.degradation.scale)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,20 +186,6 @@ class TrainConfig(Settings):
         if self.degradation.upscale:  # validate at the scale the model is trained for
             protocol.setdefault("scale", self.degradation.scale)
         return type(self.degradation).protocol(**protocol), None
-
-
-class _NetworkConfig:
-    """``TrainConfig.model_config``: pydantic's settings on the class, the network to build
-    (:meth:`TrainConfig.network_config`) on an instance -- the name the callers have always read."""
-
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
-
-    def __get__(self, instance: TrainConfig | None, owner: type) -> Any:
-        return self.settings if instance is None else instance.network_config()
-
-
-TrainConfig.model_config = _NetworkConfig(TrainConfig.model_config)  # type: ignore[assignment]
 
 
 def load_train_config(

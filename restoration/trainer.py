@@ -570,7 +570,7 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
             blocks per stage than ``config.model``.
     """
     if init is None:
-        return build_model(config.model_config, backbone_weights=config.backbone_weights)
+        return build_model(config.network_config(), backbone_weights=config.backbone_weights)
     if str(init) == "default":
         init = resolve_model("default", config.task)
     if is_community_checkpoint(init):
@@ -588,7 +588,7 @@ def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedR
             f"(set {' / '.join('model.' + k for k in keys)} to match)"
         )
     state = read_weights(files)
-    model = build_model(config.model_config, backbone_weights=None)
+    model = build_model(config.network_config(), backbone_weights=None)
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(fitting))

@@ -211,7 +211,7 @@ def test_every_shipped_training_config_loads_for_its_task(path: Path) -> None:
     # jobs/configs/<task>[-variant].yaml: the file name says which task's fields it must match.
     task = path.stem.split("-")[0]
     config = load_train_config(task, path=path)
-    assert config.task == task and config.model_config.task == task
+    assert config.task == task and config.network_config().task == task
     assert config.steps == config_lib.read_yaml(path)["steps"] > 0
 
 
@@ -240,7 +240,7 @@ def test_other_tasks_take_a_step(image_dir: Path, task: str) -> None:
     images = load_training_images(storage.list_images(str(image_dir)), min_size=64)
     trainer = Trainer(config, initial_model(config), CropSampler(images, config))
     assert np.isfinite(trainer.train_step()["loss"])
-    assert config.model_config.scale == (2 if task == "sr" else 1)
+    assert config.network_config().scale == (2 if task == "sr" else 1)
 
 
 def test_format_duration() -> None:
@@ -292,7 +292,7 @@ def test_gray_and_16_bit_images_become_8_bit_rgb(tmp_path: Path) -> None:
 
 def test_init_transfers_a_denoiser_to_jpeg(tmp_path: Path) -> None:
     denoise = load_train_config("denoise", overrides=TINY + ["backbone_weights=null"])
-    source = build_model(denoise.model_config, backbone_weights=None)
+    source = build_model(denoise.network_config(), backbone_weights=None)
     save_checkpoint(source, tmp_path / "denoiser")
     jpeg = load_train_config("jpeg", overrides=[o for o in TINY if not o.startswith("degradation")])
     model = initial_model(jpeg, tmp_path / "denoiser")
@@ -304,7 +304,7 @@ def test_init_transfers_a_denoiser_to_jpeg(tmp_path: Path) -> None:
 def test_init_of_another_architecture_is_refused(tmp_path: Path) -> None:
     config = load_train_config("denoise", overrides=TINY)
     other = load_train_config("denoise", overrides=TINY + ["model.widths=[16,24,32,48,64,96]"])
-    save_checkpoint(build_model(other.model_config, backbone_weights=None), tmp_path / "wide")
+    save_checkpoint(build_model(other.network_config(), backbone_weights=None), tmp_path / "wide")
     with pytest.raises(CheckpointError, match=r"widths=\[16, 24, 32, 48, 64, 96\].*needs .*widths=\[8, 8, 16, 16, 24, 24\]"):
         initial_model(config, tmp_path / "wide")
     with pytest.raises(CheckpointError, match="not found"):
@@ -314,7 +314,7 @@ def test_init_of_another_architecture_is_refused(tmp_path: Path) -> None:
 @pytest.mark.s3
 def test_init_from_s3(tmp_path: Path, s3_bucket: str) -> None:
     config = load_train_config("denoise", overrides=TINY)
-    source = build_model(config.model_config, backbone_weights=None)
+    source = build_model(config.network_config(), backbone_weights=None)
     save_checkpoint(source, tmp_path / "ckpt")
     for path in (tmp_path / "ckpt").iterdir():
         storage.write_bytes(f"s3://{s3_bucket}/models/denoiser/{path.name}", path.read_bytes())
@@ -365,7 +365,7 @@ def test_train_config_from_yaml_and_overrides(tmp_path: Path) -> None:
     path.write_text("steps: 500\noptim:\n  lr: 1.0e-3\ndata:\n  batch_size: 4\ndegradation:\n  scale: 2\n")
     config = load_train_config("sr", path=path, overrides=["optim.lr=5e-4"], steps=300)
     assert config.steps == 300 and config.optim.lr == 5e-4 and config.data.batch_size == 4
-    assert config.model_config.scale == config.degradation.scale == 2 and config.model_config.task == "sr"
+    assert config.network_config().scale == config.degradation.scale == 2 and config.network_config().task == "sr"
     # The resolved config round-trips through YAML.
     written = tmp_path / "resolved.yaml"
     written.write_text(config_lib.to_yaml(config))
