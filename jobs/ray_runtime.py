@@ -3,9 +3,12 @@ Ray Train's errors reduced to one line. Ray is imported only inside the function
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 # Ray Train settings for readable output, set (unless the user set them) before Ray starts: they
@@ -74,7 +77,45 @@ def init_ray(address: str | None = None, *, train: bool = True, **kwargs: Any) -
             os.environ.setdefault(name, value)
         if train:
             kwargs.setdefault("runtime_env", {"worker_process_setup_hook": _quiet_worker_logs})
-    ray.init(address=address, **kwargs)
+    with local_ray_in_own_session(address is None):
+        ray.init(address=address, **kwargs)
+
+
+@contextlib.contextmanager
+def local_ray_in_own_session(local: bool = True) -> Iterator[None]:
+    """While it is open, the processes Ray starts from this one (a local instance's GCS, raylet,
+    dashboard and monitors; the raylet's workers follow it) start in a session of their own.
+
+    A signal to this process's group (``kill -TERM -PGID``, systemd's stop, SLURM's scancel, a
+    closed terminal's SIGHUP) then reaches the driver alone, which stops the run cleanly (its
+    :class:`restoration.stopping.StopSignals`) and shuts its Ray down at exit. Otherwise SIGTERM
+    killed the raylet at once and the driver waited on a dead cluster, printing nothing, until
+    SIGKILL. (SIGINT, as Ctrl-C sends, was harmless: Ray blocks it in the processes it starts.)
+    The processes still end with the driver: Ray's kernel fate-sharing (``PR_SET_PDEATHSIG``)
+    kills them when it dies, and ``ray.shutdown`` at exit stops them by PID. Where the kernel has
+    no fate-sharing, Ray's reaper process kills the driver's process group instead, so they stay
+    in it. Ray's private ``services.ConsolePopen`` is what is wrapped (Ray 2.60); without it,
+    nothing changes."""
+    if not local or sys.platform == "win32":
+        yield
+        return
+    from ray._private import services, utils
+
+    original = getattr(services, "ConsolePopen", None)
+    if original is None or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class SessionPopen(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **popen_kwargs: Any) -> None:
+            popen_kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **popen_kwargs)
+
+    services.ConsolePopen = SessionPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
 
 
 def root_cause(error: BaseException) -> str:

@@ -476,7 +476,7 @@ def _restore_work(work: pa.Table, previous: dict[str, dict[str, Any]], *, execut
                  f"while it held them): restoring them again")
         for rows in executor.restore(work, job, stop=stop):
             progress.record(writer.add(_fill_skipped(rows, previous, job.job_id)))
-            if progress.due():
+            if not stop.requested and progress.due():  # once stopping, the stop's own lines say it all
                 echo(progress.line(writer, total))
         if stop.requested:
             return

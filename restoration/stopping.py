@@ -1,9 +1,10 @@
-"""Clean stops of a long run on SIGINT (Ctrl-C) and SIGTERM (Kubernetes, spot preemption).
+"""Clean stops of a long run on SIGINT (Ctrl-C), SIGTERM (Kubernetes, spot preemption, systemd,
+SLURM's scancel) and SIGHUP (a closed terminal or SSH session).
 
 The first signal asks the run to stop: it submits no more work, lets the work in flight finish
 for up to a grace period, keeps every result that came back (manifest rows, checkpoints) and
-exits with ``128 + signal`` (130 for SIGINT, 143 for SIGTERM). A second signal, or the end of the
-grace period, stops it at once (:class:`StopNow` is raised in the main thread)::
+exits with ``128 + signal`` (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP). A second signal,
+or the end of the grace period, stops it at once (:class:`StopNow` is raised in the main thread)::
 
     with StopSignals(grace_seconds=20) as stop:
         for item in work:
@@ -18,7 +19,6 @@ after ``ray.init``, whose own SIGTERM handler would otherwise abort the process.
 
 from __future__ import annotations
 
-import _thread
 import signal
 import threading
 import time
@@ -34,7 +34,8 @@ GRACE_SECONDS: Final[float] = 20.0
 """Default grace period (``run.grace_seconds``): under the 30 s Kubernetes waits between SIGTERM
 and SIGKILL, with time left to write the manifest and exit."""
 
-SIGNALS: Final[tuple[signal.Signals, ...]] = (signal.SIGINT, signal.SIGTERM)
+SIGNALS: Final[tuple[signal.Signals, ...]] = (signal.SIGINT, signal.SIGTERM,
+                                              *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 
 class StopNow(BaseException):  # noqa: N818 -- a request, not an error
@@ -51,7 +52,7 @@ class StopNow(BaseException):  # noqa: N818 -- a request, not an error
 
 
 class StopSignals:
-    """SIGINT / SIGTERM as a stop request for one run (a context manager).
+    """SIGINT / SIGTERM / SIGHUP as a stop request for one run (a context manager).
 
     Attributes: ``signum`` (the first signal, or None), ``requested`` (whether one came),
     ``exit_code`` (``128 + signum``, or None). ``on_stop(callback)`` registers a callable run
@@ -69,6 +70,8 @@ class StopSignals:
         self._timer: threading.Timer | None = None
         self._grace_over = False
         self._installed = False
+        self._closing = False  # __exit__ began: signals from now on change nothing
+        self._lock = threading.Lock()  # the grace timer's signal against __exit__'s restore
 
     # -- state ---------------------------------------------------------------------------
 
@@ -101,12 +104,14 @@ class StopSignals:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._installed:
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler)  # type: ignore[arg-type]
-            self._installed = False
+        with self._lock:
+            if self._installed:
+                for signum, handler in self._previous.items():
+                    signal.signal(signum, handler)  # type: ignore[arg-type]
+                self._installed = False
 
     def reinstall(self) -> None:
         """Install the handlers again, over any that a library (Ray's core worker) set since."""
@@ -115,6 +120,8 @@ class StopSignals:
                 signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._closing:  # the run is over: a late grace-period signal, or one while restoring
+            return
         if self._grace_over:
             self._grace_over = False
             raise StopNow(self.signum or signum, f"the work in flight did not finish within "
@@ -129,8 +136,15 @@ class StopSignals:
         self._timer.start()
 
     def _end_grace(self) -> None:
-        self._grace_over = True
-        _thread.interrupt_main(self.signum or signal.SIGINT)
+        # A real signal to the main thread, to its handler above: it interrupts a wait without a
+        # timeout (a lock, a queue's get, as Ray Data's iterator waits for blocks). interrupt_main()
+        # is seen only once the main thread runs Python code again: a driver waiting on a cluster
+        # that no longer answers never did, and never exited.
+        with self._lock:
+            if self._installed and not self._closing:
+                self._grace_over = True
+                main = threading.main_thread().ident
+                signal.pthread_kill(main, self.signum or signal.SIGINT)  # type: ignore[arg-type]
 
 
 def call_in_thread(function: Callable[[], T]) -> T:

@@ -3,7 +3,8 @@ its own local Ray, in a session of its own): the whole job killed with SIGKILL a
 job and SIGINT to its re-run at two thirds, each re-run going on from what the run before it
 recorded. The scenario is one of ``bench/faults.py`` (which measures them at full size), at a size
 that runs in CI. (An S3 outage waited out, then SIGTERM to a driver attached to a running
-cluster: tests/test_restore_job.py.)
+cluster: tests/test_restore_job.py. SIGTERM and SIGHUP to the whole process group, as systemd,
+SLURM and a closed terminal send them: tests/test_group_signals.py.)
 """
 
 from __future__ import annotations
