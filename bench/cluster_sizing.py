@@ -29,7 +29,7 @@ def model_gflop_per_megapixel(task: str, side: int = 512) -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from restoration.model import ModelConfig, build_model
+    from restoration.models.fused import ModelConfig, build_model
 
     config = ModelConfig(task=task, scale=4 if task == "sr" else 1)
     model = build_model(config, backbone_weights=None).eval()
@@ -70,7 +70,8 @@ def codec_ms_per_megapixel(repeats: int = 7) -> dict[str, float]:
     from PIL import Image
     from skimage import data
 
-    from restoration.codec import decode_image, encode_image
+    from restoration.io.codec import decode_image
+    from restoration.io.encode import encode_image
 
     # A 1024x1024 natural photo (astronaut, upscaled): realistic entropy for JPEG and PNG.
     pixels = np.asarray(Image.fromarray(data.astronaut()).resize((1024, 1024), Image.BICUBIC))
@@ -108,7 +109,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from restoration.tasks import TASK_NAMES
+    from restoration.tasks.specs import TASK_NAMES
 
     started = time.time()
     report = {

@@ -5,12 +5,12 @@ astronaut (12 megapixels by default), and for each way the restore job can write
 levels 1 and 6 through the codec, PNG as Pillow writes it by default, JPEG at quality 95, WEBP at
 quality 95, TIFF with deflate), it reports:
 
-- ``encode_ms_per_mpix``: wall milliseconds per megapixel of :func:`restoration.codec.encode_image`
+- ``encode_ms_per_mpix``: wall milliseconds per megapixel of :func:`restoration.io.codec.encode_image`
   (median of ``--repeats``), and ``encode_cpu_ms_per_mpix``, the process CPU time of the same
   calls (less inflated than wall time on a busy machine);
 - ``bytes_per_mpix``: the encoded size per megapixel;
 - ``decode_ms_per_mpix`` / ``decode_cpu_ms_per_mpix``: the same for
-  :func:`restoration.codec.decode_image` of those bytes;
+  :func:`restoration.io.codec.decode_image` of those bytes;
 
 and, in ``summary``, the per-format medians over the photos and what the fast PNG default costs in
 size against level 6 (``png_level1_vs_level6``). Single process, one image at a time, no
@@ -40,7 +40,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restoration.codec import DecodedImage, decode_image, encode_image  # noqa: E402
+from restoration.io.codec import DecodedImage, decode_image  # noqa: E402
+from restoration.io.encode import encode_image
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 

@@ -4,7 +4,7 @@
 
 Each architecture is a small instance with RANDOM weights (none can be downloaded here), built from
 spandrel's classes at the sizes of tests/test_community_models.py, saved as a weight file and
-loaded through ``--model``'s path (:func:`restoration.checkpoint.load_checkpoint`). A
+loaded through ``--model``'s path (:func:`restoration.models.checkpoint.load_checkpoint`). A
 ``Predictor`` restores one ``--size`` x ``--size`` photo crop ``--repeats`` times per precision;
 the figure is the median. The trained models people download are far larger (Real-ESRGAN x4plus:
 16.7 M parameters against 0.6 M here), so these rates are upper bounds that compare the
@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from test_community_models import _architectures, save_model  # noqa: E402
 
-from restoration.checkpoint import load_checkpoint  # noqa: E402
-from restoration.codec import pixels_to_tensor, tensor_to_pixels  # noqa: E402
-from restoration.inference import Predictor, PredictorConfig, cpu_has_fast_bf16  # noqa: E402
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels  # noqa: E402
+from restoration.models.checkpoint import load_checkpoint  # noqa: E402
+from restoration.models.predictor import Predictor, PredictorConfig, cpu_has_fast_bf16  # noqa: E402
 
 
 def measure(path: Path, image: torch.Tensor, precision: str, repeats: int) -> tuple[float, torch.Tensor]:

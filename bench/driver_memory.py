@@ -3,7 +3,7 @@
     .venv/bin/python bench/driver_memory.py [--sizes 10000,100000,1000000] [--set key=value ...]
 
 For each size a fresh Python process writes a text list of that many URIs (files that do not
-exist, spread over folders of 1,000) and runs :func:`restoration.restore_run.run_restore` on it with
+exist, spread over folders of 1,000) and runs :func:`restoration.restore.run.run_restore` on it with
 the in-process executor and a negligible model: the whole plan, partitioning, manifest
 accounting and compaction run, and every input becomes an error row (``read``: no such file),
 so the per-input cost is the driver's bookkeeping, not image work. The executor runs in the
@@ -40,11 +40,11 @@ with open(listing, "w") as handle:
         handle.write(f"{{folder}}/missing/dir{{index // 1000:05d}}/photo{{index:08d}}.jpg\n")
 import torch
 from restoration import config as config_lib
-from restoration.checkpoint import save_checkpoint
-from restoration.manifest import read_manifest
-from restoration.model import ModelConfig, build_model
-from restoration.restore_settings import RestoreConfig
-from restoration.restore_run import LocalRestoreExecutor, run_restore
+from restoration.models.checkpoint import save_checkpoint
+from restoration.restore.manifest import read_manifest
+from restoration.models.fused import ModelConfig, build_model
+from restoration.restore.settings import RestoreConfig
+from restoration.restore.run import LocalRestoreExecutor, run_restore
 torch.manual_seed(0)
 model = build_model(ModelConfig(task="denoise", widths=(4,) * 6, fuse_strides=(2,)), backbone_weights=None)
 save_checkpoint(model, f"{{folder}}/model", model_id="negligible")

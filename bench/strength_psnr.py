@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from restoration.checkpoint import load_checkpoint  # noqa: E402
-from restoration.codec import tensor_to_pixels  # noqa: E402
-from restoration.evaluate import score  # noqa: E402
-from restoration.inference import Predictor, PredictorConfig  # noqa: E402
-from restoration.tasks import get_task  # noqa: E402
+from restoration.io.pixels import tensor_to_pixels  # noqa: E402
+from restoration.models.checkpoint import load_checkpoint  # noqa: E402
+from restoration.models.predictor import Predictor, PredictorConfig  # noqa: E402
+from restoration.quality.evaluate import score  # noqa: E402
+from restoration.tasks.specs import get_task  # noqa: E402
 
 DENOISER = ROOT / "restoration" / "weights" / "denoise"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")  # camera is gray

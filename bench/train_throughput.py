@@ -5,7 +5,7 @@
     python bench/train_throughput.py --no-ray         # the library loop alone: CPU, or CUDA with bf16
 
 Every figure is a mean over ``--steps`` optimizer steps after ``--warmup`` untimed ones, measured by
-``restoration.trainer.Trainer.train_step`` itself:
+``restoration.finetune.trainer.Trainer.train_step`` itself:
 
 - ``data``: sampling crops, synthesizing the degradation, stacking, copying to the device;
 - ``forward``: the model and the loss;
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def bench_config(args: argparse.Namespace):
-    from restoration.train_settings import load_train_config
+    from restoration.finetune.settings import load_train_config
 
     overrides = [
         f"data.batch_size={args.batch_size}", f"data.crop_size={args.crop_size}",
@@ -83,14 +83,14 @@ def bench_config(args: argparse.Namespace):
 
 def image_uris(args: argparse.Namespace) -> list[str] | None:
     """URIs of the training images, or None for scikit-image's photos."""
-    from restoration import storage
+    from restoration.io import storage
 
     source = args.images or (str(DEFAULT_IMAGES) if DEFAULT_IMAGES.is_dir() else None)
     return storage.list_images(source)[: args.max_images] if source else None
 
 
 def load_images(uris: list[str] | None, min_size: int):
-    from restoration.trainer import LoadedImages, load_training_images
+    from restoration.finetune.trainer import LoadedImages, load_training_images
 
     if uris is not None:
         return load_training_images(uris, min_size=min_size)
@@ -149,7 +149,7 @@ def measure_allreduce(trainer, steps: int) -> dict[str, float]:
 
 
 def describe(config, trainer) -> dict[str, Any]:
-    from restoration.model import count_parameters
+    from restoration.models.fused import count_parameters
 
     return {
         "batch_size_per_worker": config.data.batch_size, "crop_size": config.data.crop_size,
@@ -165,7 +165,7 @@ def describe(config, trainer) -> dict[str, Any]:
 
 
 def run_without_ray(args: argparse.Namespace) -> dict[str, Any]:
-    from restoration.trainer import CropSampler, Trainer, initial_model
+    from restoration.finetune.trainer import CropSampler, Trainer, initial_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
@@ -202,7 +202,7 @@ def bench_worker(loop_config: dict) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from jobs.finetune import quiet_train_worker
-    from restoration.trainer import CropSampler, Trainer, initial_model
+    from restoration.finetune.trainer import CropSampler, Trainer, initial_model
 
     quiet_train_worker()
     config = loop_config["config"]  # the TrainConfig itself

@@ -31,16 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from restoration import storage  # noqa: E402
-from restoration.checkpoint import save_checkpoint  # noqa: E402
-from restoration.evaluate import evaluate  # noqa: E402
-from restoration.tasks import get_task  # noqa: E402
-from restoration.train_settings import load_train_config  # noqa: E402
-from restoration.trainer import (  # noqa: E402
+from restoration.finetune.settings import load_train_config  # noqa: E402
+from restoration.finetune.trainer import (  # noqa: E402
     CropSampler,
     Trainer,
     initial_model,
     load_training_images,
 )
+from restoration.models.checkpoint import save_checkpoint  # noqa: E402
+from restoration.quality.evaluate import evaluate  # noqa: E402
+from restoration.tasks.specs import get_task  # noqa: E402
 
 VARIANTS = {
     "pretrained": ["backbone_weights=imagenet"],

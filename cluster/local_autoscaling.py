@@ -66,11 +66,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
-from jobs.processes import descendants, is_alive, stop_pids
 import yaml
 from ray._private import ray_constants
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+
+from local.processes import descendants, is_alive, stop_pids
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_CONFIG = REPO / "cluster" / "local-fake.yaml"

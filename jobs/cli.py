@@ -49,7 +49,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from jobs.demo import run_demo
+    from local.demo import run_demo
 
     return run_demo(output=args.output, steps=args.steps)
 

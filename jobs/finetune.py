@@ -1,4 +1,4 @@
-"""Fine-tuning on Ray Train: the Ray executor of :mod:`restoration.finetune_run`.
+"""Fine-tuning on Ray Train: the Ray executor of :mod:`restoration.finetune.run`.
 
     python -m jobs.finetune --task denoise --train-images DIR_OR_S3 --val-images DIR_OR_S3 \\
         --steps 2000 --workers 2 --storage DIR_OR_S3 --name my-denoiser [--use-gpu] [--no-ray]
@@ -37,11 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The Ray Train worker: restoration.finetune_run.train_worker through Ray Train's session
+# The Ray Train worker: restoration.finetune.run.train_worker through Ray Train's session
 
 
 class RayTrainSession:
-    """:class:`restoration.finetune_run.TrainSession` of a Ray Train worker."""
+    """:class:`restoration.finetune.run.TrainSession` of a Ray Train worker."""
 
     def __init__(self, plan: Any, stop_flag: Any) -> None:
         import ray.train
@@ -57,7 +57,7 @@ class RayTrainSession:
     def resume(self) -> Iterator[Any]:
         import ray.train
 
-        from restoration.finetune_run import Resume, resume_latest
+        from restoration.finetune.run import Resume, resume_latest
 
         # Ray Train's latest registered checkpoint. After a lost worker, the run folder may hold
         # later ones (uploaded by rank 0, never registered): train_worker drops them once resumed.
@@ -80,10 +80,10 @@ class RayTrainSession:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """One Ray Train worker: :func:`restoration.finetune_run.train_worker` on the plan."""
+    """One Ray Train worker: :func:`restoration.finetune.run.train_worker` on the plan."""
     import torch
 
-    from restoration.finetune_run import train_worker
+    from restoration.finetune.run import train_worker
 
     quiet_train_worker()
     session = RayTrainSession(loop_config["plan"], loop_config["stop_flag"])
@@ -94,7 +94,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 class RayFinetuneExecutor:
-    """:class:`restoration.finetune_run.FinetuneExecutor` on Ray Train: ``workers`` data-parallel
+    """:class:`restoration.finetune.run.FinetuneExecutor` on Ray Train: ``workers`` data-parallel
     workers (DDP; NCCL on GPUs, gloo on CPUs), checkpoints registered with Ray Train under
     ``<storage>/<name>/``, worker failures retried from the latest (``max_failures``)."""
 
@@ -111,8 +111,8 @@ class RayFinetuneExecutor:
         import ray.train
         from ray.train.torch import TorchTrainer
 
-        from restoration import storage as storage_lib
-        from restoration.finetune_run import FinetuneOutcome
+        from restoration.finetune.run import FinetuneOutcome
+        from restoration.io import storage as storage_lib
         from restoration.stopping import call_in_thread
 
         if not ray.is_initialized():

@@ -1,4 +1,4 @@
-"""Batch restoration on Ray Data: the Ray executor of :mod:`restoration.restore_run`.
+"""Batch restoration on Ray Data: the Ray executor of :mod:`restoration.restore.run`.
 
     python -m jobs.restore --input s3://photos/scans/ --output s3://photos/restored/ --task denoise
 
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from jobs.settings import RayRestoreConfig as RestoreConfig
-    from restoration.inference import PredictorConfig
-    from restoration.restore_run import StageContext
-    from restoration.tasks import TaskSpec
+    from restoration.models.predictor import PredictorConfig
+    from restoration.restore.run import StageContext
+    from restoration.tasks.specs import TaskSpec
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from restoration.cli import add_restore_arguments
@@ -43,20 +43,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class FusedActor:
     """Ray Data callable class of the fused pipeline, one actor of the model's pool: builds the
     model once from the checkpoint's bytes in the object store, then runs
-    :func:`restoration.restore_run.process_work` on every block of work rows
-    (:data:`restoration.restore_stages.WORK_SCHEMA`) it gets -- reading, decoding, restoring, encoding
+    :func:`restoration.restore.run.process_work` on every block of work rows
+    (:data:`restoration.restore.stages.WORK_SCHEMA`) it gets -- reading, decoding, restoring, encoding
     and writing ``batch_size`` images at a time -- and yields the manifest rows packed by
-    :func:`restoration.manifest.pack_manifest`: those of the chunks done so far once
+    :func:`restoration.restore.manifest.pack_manifest`: those of the chunks done so far once
     ``pipeline.stream_seconds`` passed since the last yield, and the rest at the block's end. Decoded pixels never leave the actor's
     process, and it holds one ``batch_size`` chunk of them at a time. (A replay of a block on a
-    restarted actor can lose rows: see :data:`restoration.restore_run.LOST_RESULT_PASSES`.)"""
+    restarted actor can lose rows: see :data:`restoration.restore.run.LOST_RESULT_PASSES`.)"""
 
     def __init__(self, model_ref: list, *, task: type[TaskSpec], job_id: str, config: RestoreConfig, threads: int | None,
                  device: str, batch_size: int, stop_flag: Any = None) -> None:
         import ray
 
-        from restoration.checkpoint import checkpoint_from_bytes
-        from restoration.restore_run import LoadedModel, StageContext, make_predictor
+        from restoration.models.checkpoint import checkpoint_from_bytes
+        from restoration.restore.run import LoadedModel, StageContext, make_predictor
 
         data = ray.get(model_ref[0])
         checkpoint = checkpoint_from_bytes(data)
@@ -69,8 +69,8 @@ class FusedActor:
     def __call__(self, work: pa.Table) -> Iterator[pa.Table]:
         import time
 
-        from restoration.manifest import pack_manifest
-        from restoration.restore_run import process_work
+        from restoration.restore.manifest import pack_manifest
+        from restoration.restore.run import process_work
 
         pending: list[pa.Table] = []
         last_sent = time.monotonic()
@@ -87,21 +87,21 @@ class FusedActor:
 class ModelActor:
     """Ray Data callable class of the split pipeline's model stage: builds the model once per
     actor from the checkpoint's bytes in the object store, restores Arrow batches of decoded
-    pixels (:data:`restoration.restore_stages.PIPELINE_SCHEMA`)."""
+    pixels (:data:`restoration.restore.stages.PIPELINE_SCHEMA`)."""
 
     def __init__(self, model_ref: list, predictor: PredictorConfig, threads: int | None, device: str,
                  task: type[TaskSpec]) -> None:
         import ray
 
-        from restoration.checkpoint import checkpoint_from_bytes
-        from restoration.restore_run import make_predictor
+        from restoration.models.checkpoint import checkpoint_from_bytes
+        from restoration.restore.run import make_predictor
 
         model = checkpoint_from_bytes(ray.get(model_ref[0])).model
         self.predictor = make_predictor(model, predictor, device=device, threads=threads)
         self.task = task
 
     def __call__(self, batch):
-        from restoration.restore_stages import restore_stage
+        from restoration.restore.stages import restore_stage
 
         return restore_stage(self.predictor, batch, task=self.task)
 
@@ -120,11 +120,11 @@ def _actor_pool(pool: ActorPoolPlan, tasks_in_flight: int):
 def build_fused_dataset(work: pa.Table, *, job: StageContext, model_ref: list, pool: ActorPoolPlan, rows: int,
                         stop_flag: Any = None):
     """The fused Ray Data pipeline over a work table: blocks of ``rows`` work rows -> the
-    :class:`FusedActor` actor pool -> packed manifest tables (:func:`restoration.manifest.unpack_manifest`)."""
+    :class:`FusedActor` actor pool -> packed manifest tables (:func:`restoration.restore.manifest.unpack_manifest`)."""
     import ray.data
 
     dataset = ray.data.from_arrow(_blocks(work, rows))
-    # Each yield of an actor is its own output block (see restoration.manifest.pack_manifest). The setting belongs to
+    # Each yield of an actor is its own output block (see restoration.restore.manifest.pack_manifest). The setting belongs to
     # this dataset's copy of the context only.
     dataset.context.target_max_block_size = 1
     return dataset.map_batches(
@@ -147,8 +147,8 @@ def build_split_dataset(work: pa.Table, *, job: StageContext, model_ref: list, p
     :class:`ModelActor` actor pool -> encode + write CPU tasks -> manifest tables."""
     import ray.data
 
-    from restoration.restore_run import encode_options, read_options
-    from restoration.restore_stages import encode_stage, read_stage
+    from restoration.restore.run import encode_options, read_options
+    from restoration.restore.stages import encode_stage, read_stage
 
     pipeline = job.config.pipeline
     # Small input blocks: each read task handles `read_batch_size` inputs, so decoded pixels
@@ -177,7 +177,7 @@ def build_split_dataset(work: pa.Table, *, job: StageContext, model_ref: list, p
 
 
 class RayRestoreExecutor:
-    """:class:`restoration.restore_run.RestoreExecutor` on Ray Data. Ray starts (or is joined at
+    """:class:`restoration.restore.run.RestoreExecutor` on Ray Data. Ray starts (or is joined at
     ``address`` / ``RAY_ADDRESS``) only when there is work, after the run's checks passed, and
     stays up across :meth:`restore` calls (a run may make one per partition of its inputs).
 
@@ -226,7 +226,7 @@ class RayRestoreExecutor:
         # (A stop during the skip stage waits for it: it only reads metadata.)
         import ray.data
 
-        from restoration.restore_stages import skip_stage
+        from restoration.restore.stages import skip_stage
 
         self._start()
         blocks = _blocks(candidates, max(64, math.ceil(candidates.num_rows / 2_000)))
@@ -247,7 +247,7 @@ class RayRestoreExecutor:
     def restore(self, work: pa.Table, job: StageContext, *, stop: Any = None) -> Iterator[pa.Table]:
         import ray
 
-        from restoration.manifest import unpack_manifest
+        from restoration.restore.manifest import unpack_manifest
 
         self._start(stop)
         nodes = [node for node in ray.nodes() if node.get("Alive")]
@@ -284,9 +284,9 @@ def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default
             limit: int | None = None, overwrite: bool = False, address: str | None = None,
             progress_bars: bool = False, echo: Any = print) -> dict[str, Any]:
     """Run one batch restoration on Ray Data and return its summary (see
-    :func:`restoration.restore_run.run_restore`)."""
+    :func:`restoration.restore.run.run_restore`)."""
     from jobs.settings import ray_config
-    from restoration.restore_run import run_restore
+    from restoration.restore.run import run_restore
 
     return run_restore(input_uri, output_uri, task=task, model=model, config=ray_config(config), limit=limit, overwrite=overwrite,
                        executor=RayRestoreExecutor(address, progress_bars), echo=echo)

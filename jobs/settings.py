@@ -1,4 +1,4 @@
-"""Settings of the Ray restore job: the library's :class:`restoration.restore_settings.RestoreConfig`
+"""Settings of the Ray restore job: the library's :class:`restoration.restore.settings.RestoreConfig`
 with the whole ``pipeline`` section -- how the Ray Data pipeline is cut and placed
 (:class:`PipelineConfig`). No Ray imported here: ``restoration restore`` checks these settings
 (``--set pipeline.KEY=VALUE``) before Ray starts, with or without ``--no-ray`` (which reads only
@@ -11,8 +11,8 @@ from typing import Annotated, ClassVar, Final
 
 from pydantic import Field, model_validator
 
-from restoration.config import SettingError, at_least, above, one_of
-from restoration.restore_settings import BatchConfig, RestoreConfig
+from restoration.config import SettingError, above, at_least, one_of
+from restoration.restore.settings import BatchConfig, RestoreConfig
 
 PIPELINE_STAGES: Final[tuple[str, ...]] = ("auto", "fused", "split")
 """Shapes of the Ray job's pipeline (``jobs/restore.py``): ``fused`` (each model actor reads,
@@ -23,7 +23,7 @@ restores, encodes and writes), ``split`` (read tasks -> model actors -> encode t
 class PipelineConfig(BatchConfig):
     """How the Ray Data pipeline is cut and placed (defaults are sized from the cluster).
 
-    ``batch_size`` (the library's, :class:`~restoration.restore_settings.BatchConfig`): images
+    ``batch_size`` (the library's, :class:`~restoration.restore.settings.BatchConfig`): images
     per actor call (None: 16 with a GPU, 4 on CPU). ``read_batch_size``: images per read/decode
     (and encode/write) call. ``min_actors`` / ``max_actors``: the model actor pool (max None: one
     per GPU, or one per ``predictor.threads`` CPUs). ``cpus_per_actor`` (None: 1 with a GPU, 0.5

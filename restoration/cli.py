@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from restoration.tasks import TASK_NAMES
+from restoration.tasks.specs import TASK_NAMES
 
 if TYPE_CHECKING:
-    from restoration.finetune_run import FinetuneExecutor
-    from restoration.restore_run import RestoreExecutor
-    from restoration.restore_settings import RestoreConfig
+    from restoration.finetune.run import FinetuneExecutor
+    from restoration.restore.run import RestoreExecutor
+    from restoration.restore.settings import RestoreConfig
 
 
 RESTORE_DESCRIPTION = """\
@@ -34,7 +34,7 @@ examples:
   restoration restore --input photos/ --output restored/ --task general --no-ray
   restoration restore --input list.parquet --output out/ --task jpeg --dry-run
 
-settings (--set KEY=VALUE, or --config FILE.yaml): restoration.restore_settings' RestoreConfig, e.g.
+settings (--set KEY=VALUE, or --config FILE.yaml): restoration.restore.settings' RestoreConfig, e.g.
 predictor.strength=0.5, output.format=png, pipeline.max_actors=4; docs/cluster.md has the rest."""
 
 FINETUNE_DESCRIPTION = """\
@@ -49,12 +49,12 @@ examples:
       --storage runs --name my-sr --no-ray
   restoration finetune --task jpeg --config jobs/configs/jpeg.yaml --set optim.lr=1e-4 ...
 
-settings (--set KEY=VALUE, or --config FILE.yaml): restoration.train_settings' TrainConfig, e.g.
+settings (--set KEY=VALUE, or --config FILE.yaml): restoration.finetune.settings' TrainConfig, e.g.
 steps, optim.lr, data.batch_size, checkpoint_interval, grace_seconds."""
 
 
 def _cases_epilog() -> str:
-    from restoration.tasks import CASES, TASK_SPECS
+    from restoration.tasks.specs import CASES, TASK_SPECS
 
     lines = ["protocols (task, the flags that fix its parameters, what it undoes):"]
     for name, spec in TASK_SPECS.items():
@@ -111,9 +111,9 @@ PROTOCOL_FLAGS = ("sigma", "scale", "quality", "mask_ratio", "mask_kind", "blur_
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from restoration import storage
-    from restoration.evaluate import evaluate, format_table, write_json
-    from restoration.tasks import get_case, get_task
+    from restoration.io import storage
+    from restoration.quality.evaluate import evaluate, format_table, write_json
+    from restoration.tasks.specs import get_case, get_task
 
     if not 0.0 <= args.strength <= 1.0:
         raise ValueError(f"--strength must lie within [0, 1], got {args.strength:g}")
@@ -166,7 +166,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from restoration.checkpoint import (
+    from restoration.models.checkpoint import (
         SHIPPED_DIR,
         load_checkpoint,
         save_checkpoint,
@@ -214,7 +214,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     import posixpath
 
-    from restoration.report import peak_memory_mb, write_report
+    from restoration.pages.report import peak_memory_mb, write_report
 
     if args.sample < 0 or args.extremes < 0:
         raise ValueError("--sample and --extremes must be >= 0")
@@ -257,8 +257,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from restoration import config as config_lib
-    from restoration.compare import write_comparison
-    from restoration.restore_settings import RestoreConfig
+    from restoration.pages.compare import write_comparison
+    from restoration.restore.settings import RestoreConfig
 
     if args.sample < 1:
         raise ValueError("--sample must be >= 1")
@@ -314,7 +314,7 @@ def run_command(name: str, function: Callable[[argparse.Namespace], int | None],
     try:
         return int(function(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
-        from restoration.storage import redact
+        from restoration.io.storage import redact
 
         print(f"{name}: error: {' '.join(redact(str(exc)).split())}", file=sys.stderr)
         return 2
@@ -356,9 +356,9 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
     job passes ``jobs.settings.RayRestoreConfig``, so that its ``pipeline`` keys are checked here,
     before Ray starts, with ``--no-ray`` too (which reads only ``pipeline.batch_size``)."""
     from restoration import config as config_lib
-    from restoration.dry_run import dry_run_restore, format_dry_run, task_of
-    from restoration.restore_run import LocalRestoreExecutor, RunStopped, run_restore
-    from restoration.restore_settings import RestoreConfig
+    from restoration.restore.dry_run import dry_run_restore, format_dry_run, task_of
+    from restoration.restore.run import LocalRestoreExecutor, RunStopped, run_restore
+    from restoration.restore.settings import RestoreConfig
     from restoration.stopping import StopSignals
 
     config = config_lib.load_config(config_class or RestoreConfig, path=args.config, overrides=args.overrides)
@@ -423,7 +423,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], FinetuneExecutor] | None = None) -> int:
     """Check the command line (one line and exit 2 for a bad value, before any executor starts),
     then run in this process (``--no-ray``) or with ``ray_executor()``; the exit code."""
-    from restoration.finetune_run import (
+    from restoration.finetune.run import (
         FinetuneInputError,
         LocalFinetuneExecutor,
         check_resumable,

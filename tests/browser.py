@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from jobs.processes import descendants, stop_pids
+from local.processes import descendants, stop_pids
 
 BINARIES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

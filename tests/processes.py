@@ -10,7 +10,7 @@ import os
 
 import psutil
 
-from jobs.processes import descendants, is_alive, kill_tree, stop_pids
+from local.processes import descendants, is_alive, kill_tree, stop_pids
 
 __all__ = ["command_lines", "descendants", "is_alive", "kill_tree", "stop_pids"]
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms
 
-from restoration.codec import DecodedImage, encode_image
+from restoration.io.codec import DecodedImage
+from restoration.io.encode import encode_image
 
 ORIENTATION_TAG = 0x0112
 

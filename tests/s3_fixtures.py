@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jobs.s3server import LocalS3Server, find_weed_binary
+from local.s3server import LocalS3Server, find_weed_binary
 
 # Variables that would redirect or break signed requests to the local server.
 _CONFLICTING_VARIABLES = ("AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_CONFIG_FILE")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from restoration.backbones import (
+from restoration.models.backbones import (
     BACKBONES,
     LITE0_MEAN,
     LITE0_STD,

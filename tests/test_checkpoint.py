@@ -8,7 +8,7 @@ import pytest
 import torch
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from restoration.checkpoint import (
+from restoration.models.checkpoint import (
     SHIPPED_DIR,
     CheckpointBytes,
     CheckpointError,
@@ -22,8 +22,8 @@ from restoration.checkpoint import (
     save_checkpoint,
     shipped_checkpoint,
 )
-from restoration.model import ModelConfig, build_model
-from restoration.tasks import TASK_NAMES
+from restoration.models.fused import ModelConfig, build_model
+from restoration.tasks.specs import TASK_NAMES
 
 SMALL = (8, 8, 16, 16, 24, 24)
 
@@ -83,7 +83,7 @@ def test_errors_are_clear(tmp_path):
 
 
 def test_default_model_resolution(tmp_path, monkeypatch):
-    from restoration import checkpoint as checkpoint_module
+    from restoration.models import checkpoint as checkpoint_module
 
     # Every task ships a default model: a missing one is a broken release, so it fails here.
     for task in TASK_NAMES:
@@ -185,7 +185,7 @@ def test_a_checkpoint_loads_from_s3(s3_server, s3_bucket, tmp_path):  # noqa: F8
 
 
 def test_a_run_resumes_from_its_latest_complete_training_checkpoint(tmp_path) -> None:
-    from restoration.checkpoint import (
+    from restoration.finetune.checkpoints import (
         latest_training_checkpoint,
         training_checkpoint_name,
         training_checkpoints,
@@ -209,7 +209,7 @@ def test_a_run_resumes_from_its_latest_complete_training_checkpoint(tmp_path) ->
 
 
 def _training_folder(run, step: int, *, complete: bool = True) -> None:
-    from restoration.checkpoint import training_checkpoint_name
+    from restoration.finetune.checkpoints import training_checkpoint_name
 
     folder = run / training_checkpoint_name(step)
     folder.mkdir(parents=True)
@@ -223,7 +223,7 @@ def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_ones_above_it(t
     the run folder holds a later one the lost attempt uploaded (20, never registered) and a
     partial one (30): the resume drops both, so the checkpoint the restarted attempt writes next
     (18) is the latest, and 20 is never resumed from nor named."""
-    from restoration.checkpoint import (
+    from restoration.finetune.checkpoints import (
         drop_checkpoints_after,
         latest_training_checkpoint,
         training_checkpoint_step,
@@ -253,8 +253,11 @@ def test_a_resume_from_an_earlier_checkpoint_drops_the_abandoned_ones_above_it(t
 def test_a_checkpoint_deletion_cut_short_never_leaves_a_complete_looking_folder(tmp_path, monkeypatch) -> None:
     """The trainer state (the mark of a complete folder) goes first: a deletion that fails after
     it leaves a folder that is not resumed from."""
-    from restoration import storage
-    from restoration.checkpoint import delete_checkpoint, latest_training_checkpoint
+    from restoration.finetune.checkpoints import (
+        delete_checkpoint,
+        latest_training_checkpoint,
+    )
+    from restoration.io import storage
 
     run = tmp_path / "run"
     _training_folder(run, 10)
@@ -283,8 +286,12 @@ def test_a_checkpoint_deletion_cut_short_never_leaves_a_complete_looking_folder(
 
 
 def test_abandoned_checkpoints_are_dropped_on_s3(s3_server, s3_bucket, tmp_path):  # noqa: F811
-    from restoration import storage
-    from restoration.checkpoint import drop_checkpoints_after, latest_training_checkpoint, training_checkpoint_name
+    from restoration.finetune.checkpoints import (
+        drop_checkpoints_after,
+        latest_training_checkpoint,
+        training_checkpoint_name,
+    )
+    from restoration.io import storage
 
     run = f"s3://{s3_bucket}/runs/abandoned"
     for step, complete in ((10, True), (20, True), (30, False)):

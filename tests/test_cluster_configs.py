@@ -232,8 +232,8 @@ def test_rayjob_runs_the_job_on_the_raycluster_spec_with_the_shared_runtime_env(
     assert argv[:3] == ["python", "-m", f"jobs.{job}"]
     args = _job_parser(job).parse_args(argv[3:])
     if job == "restore":
-        from restoration import config as config_lib
         from jobs.settings import RayRestoreConfig as RestoreConfig
+        from restoration import config as config_lib
 
         config = config_lib.load_config(RestoreConfig, overrides=args.overrides)
         # No GPU node is up when the job starts: GPU use and the pool size must be explicit.
@@ -246,7 +246,7 @@ def test_rayjob_runs_the_job_on_the_raycluster_spec_with_the_shared_runtime_env(
         assert config.pipeline.min_actors == config.pipeline.max_actors
         assert args.input.startswith("s3://") and args.output.startswith("s3://")
     else:
-        from restoration.train_settings import load_train_config
+        from restoration.finetune.settings import load_train_config
 
         config_path = args.config.replace("/home/ray/restoration/", f"{REPO}/")  # the image's WORKDIR
         assert Path(config_path).is_file(), f"--config {args.config} is not in the image"

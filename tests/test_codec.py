@@ -1,4 +1,4 @@
-"""restoration.codec: every supported mode and format, EXIF orientation, ICC, alpha, bad inputs."""
+"""restoration.io.codec: every supported mode and format, EXIF orientation, ICC, alpha, bad inputs."""
 
 from __future__ import annotations
 
@@ -12,23 +12,23 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-from restoration.codec import (
+from restoration.io.codec import (
     DEFAULT_MAX_PIXELS,
-    ENCODE_FORMATS,
-    FORMAT_ALIASES,
     DecodedImage,
     ImageDecodeError,
     check_image_size,
     decode_image,
+    read_image_file,
+    with_pixels,
+)
+from restoration.io.encode import (
+    ENCODE_FORMATS,
+    FORMAT_ALIASES,
     encode_image,
     normalize_format,
     output_format_for,
-    pixels_to_tensor,
-    read_image_file,
-    tensor_to_pixels,
-    to_uint8,
-    with_pixels,
 )
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels, to_uint8
 
 RNG = np.random.default_rng(1234)
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

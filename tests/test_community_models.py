@@ -23,10 +23,10 @@ from PIL import Image
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, no_ray_environment
 
-from restoration.checkpoint import load_checkpoint
-from restoration.codec import pixels_to_tensor, tensor_to_pixels
-from restoration.inference import Predictor, PredictorConfig
-from restoration.manifest import read_manifest
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
+from restoration.models.checkpoint import load_checkpoint
+from restoration.models.predictor import Predictor, PredictorConfig
+from restoration.restore.manifest import read_manifest
 
 spandrel = pytest.importorskip("spandrel")
 
@@ -269,8 +269,8 @@ def test_a_community_model_fine_tunes_on_s3_resumes_on_ray_train_after_a_kill_an
     from spandrel import ModelLoader
     from spandrel.architectures.ESRGAN import ESRGAN
 
-    from jobs.processes import kill_tree
-    from restoration import storage
+    from local.processes import kill_tree
+    from restoration.io import storage
 
     torch.manual_seed(0)
     init = save_model(ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4).eval(), tmp_path / "x4.pth")
@@ -349,10 +349,10 @@ def test_a_community_model_file_on_s3(model_files: dict[str, Path], inputs: Path
                                       s3_bucket: str) -> None:
     """--model s3://.../FILE.safetensors is read from the store like a checkpoint folder; a
     missing one is one line."""
-    from restoration import storage
-    from restoration.checkpoint import CheckpointError
-    from restoration.restore_run import LocalRestoreExecutor, run_restore
-    from restoration.restore_settings import RestoreConfig
+    from restoration.io import storage
+    from restoration.models.checkpoint import CheckpointError
+    from restoration.restore.run import LocalRestoreExecutor, run_restore
+    from restoration.restore.settings import RestoreConfig
 
     uri = f"s3://{s3_bucket}/models/compact-x4.safetensors"
     storage.write_bytes(uri, model_files["compact-x4"].read_bytes())

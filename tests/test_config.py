@@ -161,7 +161,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 
 def test_restore_settings_round_trip_and_the_ray_pipeline_lives_in_jobs(tmp_path: Path) -> None:
     from jobs.settings import PipelineConfig, RayRestoreConfig, ray_config
-    from restoration.restore_settings import RestoreConfig
+    from restoration.restore.settings import RestoreConfig
 
     for cls, overrides in ((RestoreConfig, ["pipeline.batch_size=2", "output.format=jpg"]),
                            (RayRestoreConfig, ["pipeline.batch_size=2", "pipeline.stages=split", "run.grace_seconds=3"])):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from restoration import storage
-from restoration.checkpoint import SHIPPED_DIR, read_metadata
-from restoration.evaluate import evaluate
-from restoration.tasks import get_case, get_task
+from restoration.io import storage
+from restoration.models.checkpoint import SHIPPED_DIR, read_metadata
+from restoration.quality.evaluate import evaluate
+from restoration.tasks.specs import get_case, get_task
 
 # What this checkout ships. Every task of CASES must be in it: the tests below fail (never skip)
 # when shipped weights are missing, since that is a broken release.

@@ -6,17 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from restoration.degradations import (
+from restoration.tasks.degradations import (
     add_gaussian_noise,
     add_poisson_noise,
-    apply_mask,
     bicubic_downsample,
     bicubic_downsample_uint8,
     bicubic_upsample,
     bicubic_upsample_uint8,
-    box_mask,
     crop_to_multiple,
-    dropout_mask,
     gaussian_blur,
     gaussian_kernel,
     jpeg_compress,
@@ -24,8 +21,8 @@ from restoration.degradations import (
     make_generator,
     motion_blur,
     motion_blur_kernel,
-    stroke_mask,
 )
+from restoration.tasks.masks import apply_mask, box_mask, dropout_mask, stroke_mask
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:

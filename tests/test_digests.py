@@ -1,12 +1,12 @@
-"""restoration.digests: the driver's compact string set."""
+"""restoration.restore.digests: the driver's compact string set."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from restoration import digests
-from restoration.digests import DigestSet, digest
+from restoration.restore import digests
+from restoration.restore.digests import DigestSet, digest
 
 
 def test_membership_before_and_after_merging(monkeypatch: pytest.MonkeyPatch) -> None:

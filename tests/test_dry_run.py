@@ -14,10 +14,13 @@ import torch
 from restore_images import png
 from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, TINY, no_ray_environment
 
-from restoration.checkpoint import save_checkpoint
-from restoration.model import ModelConfig, build_model
-from restoration.dry_run import DRY_RUN_MEGAPIXELS_PER_SECOND, OUTPUT_BYTES_PER_MEGAPIXEL
-from restoration.restore_run import (
+from restoration.models.checkpoint import save_checkpoint
+from restoration.models.fused import ModelConfig, build_model
+from restoration.restore.dry_run import (
+    DRY_RUN_MEGAPIXELS_PER_SECOND,
+    OUTPUT_BYTES_PER_MEGAPIXEL,
+)
+from restoration.restore.run import (
     LocalRestoreExecutor,
     run_restore,
 )
@@ -80,8 +83,8 @@ def test_dry_run_counts_and_estimates_without_ray_a_model_or_writes(tmp_path: Pa
 @pytest.mark.timeout(300)
 def test_dry_run_scales_outputs_by_the_sr_factor_and_sets_the_format(tmp_path: Path) -> None:
     from restoration import config as config_lib
-    from restoration.dry_run import dry_run_restore
-    from restoration.restore_settings import RestoreConfig
+    from restoration.restore.dry_run import dry_run_restore
+    from restoration.restore.settings import RestoreConfig
 
     torch.manual_seed(0)
     model = save_checkpoint(build_model(ModelConfig(task="sr", scale=2, widths=TINY), backbone_weights=None),

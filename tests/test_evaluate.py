@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from restoration.checkpoint import save_checkpoint
 from restoration.cli import main
-from restoration.evaluate import evaluate
-from restoration.model import ModelConfig, build_model
-from restoration.tasks import get_task
+from restoration.models.checkpoint import save_checkpoint
+from restoration.models.fused import ModelConfig, build_model
+from restoration.quality.evaluate import evaluate
+from restoration.tasks.specs import get_task
 
 SMALL = (8, 8, 16, 16, 24, 24)
 
@@ -134,7 +134,7 @@ def test_help_lists_cases_and_protocols(capsys):
 def test_deconvolution_baselines_beat_identity(cbsd68_dir):
     protocol = get_task("deblur").protocol(blur_sigma=1.6)
     identity = evaluate("identity", protocol, str(cbsd68_dir), limit=4)["psnr"]
-    # Wiener with the true kernel: +1.06 dB on these 4 images (the sweep in restoration/evaluate.py).
+    # Wiener with the true kernel: +1.06 dB on these 4 images (the sweep in restoration/quality/evaluate.py).
     assert evaluate("wiener", protocol, str(cbsd68_dir), limit=4)["psnr"] > identity + 0.8
     # Richardson-Lucy is measured, not tuned to win: it falls below the 8-bit input (same sweep).
     assert abs(evaluate("richardson-lucy", protocol, str(cbsd68_dir), limit=4)["psnr"] - identity) > 0.1

@@ -23,14 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import processes
+import pytest
 
 from jobs import finetune
-from restoration.checkpoint import latest_training_checkpoint, save_checkpoint
-from restoration.evaluate import evaluate
-from restoration.model import ModelConfig, build_model
-from restoration.tasks import get_task
+from restoration.finetune.checkpoints import latest_training_checkpoint
+from restoration.models.checkpoint import save_checkpoint
+from restoration.models.fused import ModelConfig, build_model
+from restoration.quality.evaluate import evaluate
+from restoration.tasks.specs import get_task
 
 pytestmark = pytest.mark.ray
 
@@ -178,7 +179,7 @@ def test_a_run_of_the_same_name_with_another_model_is_refused(small_dirs: dict, 
     (run / "checkpoint_step_00000010").mkdir(parents=True)
     (run / "checkpoint_step_00000010" / "trainer_state.pt").write_bytes(b"")
     from restoration import config as config_lib
-    from restoration.train_settings import load_train_config
+    from restoration.finetune.settings import load_train_config
 
     other = load_train_config("denoise", overrides=TINY[:1] + ["model.alpha=0.25"])
     (run / "checkpoint_step_00000010" / "config.yaml").write_text(config_lib.to_yaml(other))

@@ -20,11 +20,11 @@ from processes import descendants, stop_pids
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 from test_restore_local import NO_RAY_COMMAND, PROJECT_ROOT, no_ray_environment
 
-from restoration.checkpoint import (
+from restoration.finetune.checkpoints import (
     latest_training_checkpoint,
-    load_checkpoint,
     training_checkpoints,
 )
+from restoration.models.checkpoint import load_checkpoint
 
 TINY = ["model.widths=[8,8,16,16,24,24]", "data.crop_size=64", "data.batch_size=4", "optim.lr=5e-3",
         "degradation.sigma_range=[25,25]", "validation.limit=1", "log_interval=5", "backbone_weights=null",
@@ -168,7 +168,7 @@ def test_a_resume_from_an_earlier_checkpoint_abandons_the_later_ones(images: dic
     checkpoint as Ray Train does, and stops at a fixed step.)"""
     import contextlib
 
-    from restoration.finetune_run import (
+    from restoration.finetune.run import (
         LocalFinetuneExecutor,
         Resume,
         _LocalSession,

@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import faults  # noqa: E402  (bench/faults.py)
 
-from restoration.manifest import read_manifest  # noqa: E402
+from restoration.restore.manifest import read_manifest  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

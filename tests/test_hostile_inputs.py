@@ -35,14 +35,14 @@ from processes import command_lines, descendants, stop_pids
 from restore_images import png
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from jobs.s3server import LocalS3Server, find_weed_binary
-from restoration.checkpoint import save_checkpoint
-from restoration.codec import DEFAULT_MAX_PIXELS, decode_image
-from restoration.dry_run import dry_run_restore
-from restoration.manifest import CONFIG_FILE, MANIFEST_DIR, read_manifest
-from restoration.model import ModelConfig, build_model
-from restoration.restore_run import LocalRestoreExecutor, run_restore
-from restoration.restore_settings import RestoreConfig
+from local.s3server import LocalS3Server, find_weed_binary
+from restoration.io.codec import DEFAULT_MAX_PIXELS, decode_image
+from restoration.models.checkpoint import save_checkpoint
+from restoration.models.fused import ModelConfig, build_model
+from restoration.restore.dry_run import dry_run_restore
+from restoration.restore.manifest import CONFIG_FILE, MANIFEST_DIR, read_manifest
+from restoration.restore.run import LocalRestoreExecutor, run_restore
+from restoration.restore.settings import RestoreConfig
 
 pytestmark = [pytest.mark.s3]
 

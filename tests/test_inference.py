@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from restoration.inference import Predictor, PredictorConfig, TilingPlan
-from restoration.model import ModelConfig, build_model
+from restoration.models.fused import ModelConfig, build_model
+from restoration.models.predictor import Predictor, PredictorConfig, TilingPlan
 
 SMALL = (8, 8, 16, 16, 24, 24)
 
@@ -125,7 +125,7 @@ def test_bad_arguments_are_named():
 
 
 def test_precision_settings():
-    from restoration.inference import cpu_has_fast_bf16
+    from restoration.models.predictor import cpu_has_fast_bf16
 
     assert Predictor(_model(), PredictorConfig(precision="fp32"), device="cpu").amp is False
     assert Predictor(_model(), PredictorConfig(precision="bf16"), device="cpu").precision == "bf16"
@@ -140,7 +140,7 @@ def test_precision_settings():
 def test_fast_bf16_detection_matches_the_cpu_flags():
     from pathlib import Path
 
-    from restoration.inference import cpu_has_fast_bf16
+    from restoration.models.predictor import cpu_has_fast_bf16
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
@@ -160,7 +160,7 @@ def test_bf16_output_is_close_to_fp32(astronaut):
 
 
 def test_batch_norms_fold_into_convolutions(astronaut):
-    from restoration.inference import fold_batch_norms
+    from restoration.models.predictor import fold_batch_norms
 
     model = _model()
     norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
@@ -181,7 +181,7 @@ def test_batch_norms_fold_into_convolutions(astronaut):
 
 
 def test_batch_norm_is_not_folded_where_the_convolution_output_has_another_use():
-    from restoration.inference import fold_batch_norms
+    from restoration.models.predictor import fold_batch_norms
 
     class Shortcut(torch.nn.Module):
         def __init__(self) -> None:
@@ -263,7 +263,7 @@ def test_validation_pass_shares_a_training_model(astronaut):
 
 @pytest.mark.parametrize("scale", [1, 2])
 def test_pass_pixels_bounds_the_images_and_tiles_per_pass(astronaut, scale):
-    from restoration.inference import CPU_PASS_PIXELS
+    from restoration.models.predictor import CPU_PASS_PIXELS
 
     model = _model("sr" if scale > 1 else "denoise", scale)
     images = [_photo(astronaut, (64, 64)), _photo(astronaut, (64, 64)).flip(-1), _photo(astronaut, (64, 64)).flip(-2)]

@@ -126,9 +126,9 @@ def test_the_restore_job_loses_the_node_of_its_model_actor_and_still_restores_ev
     simulation = _local_autoscaling()
     import pyarrow.parquet as pq
 
-    from restoration.checkpoint import save_checkpoint
-    from restoration.manifest import MANIFEST_DIR, read_manifest
-    from restoration.model import ModelConfig, build_model
+    from restoration.models.checkpoint import save_checkpoint
+    from restoration.models.fused import ModelConfig, build_model
+    from restoration.restore.manifest import MANIFEST_DIR, read_manifest
 
     inputs = simulation.write_images(tmp_path / "inputs", count=IMAGES, size=96)
     model = save_checkpoint(build_model(ModelConfig(widths=(8, 8, 16, 16, 24, 24)), backbone_weights=None),

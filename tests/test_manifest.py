@@ -1,4 +1,4 @@
-"""The Parquet manifest: schema, row checks, parts, compaction and reading (restoration.manifest)."""
+"""The Parquet manifest: schema, row checks, parts, compaction and reading (restoration.restore.manifest)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from restoration import manifest as m
+from restoration.restore import manifest as m
 
 DESIGN_COLUMNS = ["source_uri", "output_uri", "status", "error", "task", "model_id", "job_id", "width", "height",
                   "out_width", "out_height", "mode", "format", "bytes_in", "bytes_out", "seconds", "restored_at"]
@@ -27,7 +27,7 @@ def ok(source: str, job: str, **fields) -> dict:
 
 def test_schema_has_the_design_columns_and_a_version() -> None:
     assert [c for c in DESIGN_COLUMNS if c not in m.MANIFEST_SCHEMA.names] == []
-    assert m.MANIFEST_SCHEMA.metadata[b"restoration.manifest.version"] == str(m.MANIFEST_VERSION).encode()
+    assert m.MANIFEST_SCHEMA.metadata[b"restoration.restore.manifest.version"] == str(m.MANIFEST_VERSION).encode()
     assert m.MANIFEST_SCHEMA.field("restored_at").type == pa.timestamp("us", tz="UTC")
 
 
@@ -127,7 +127,7 @@ def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
     folder = tmp_path / "out/_manifest"
     folder.mkdir(parents=True)
     job = m.new_job_id()
-    table = m.rows_to_table([ok("in/a.png", job)]).replace_schema_metadata({b"restoration.manifest.version": b"99"})
+    table = m.rows_to_table([ok("in/a.png", job)]).replace_schema_metadata({b"restoration.restore.manifest.version": b"99"})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     (folder / f"{job}-manifest.parquet").write_bytes(buffer.getvalue())
@@ -166,7 +166,7 @@ def test_version_1_manifests_are_read_with_the_new_columns_null(tmp_path: Path) 
     folder.mkdir(parents=True)
     job = m.new_job_id()
     version_1 = m.rows_to_table([ok("in/a.png", job)]).drop_columns(["mean_abs_change", "strength"])
-    version_1 = version_1.replace_schema_metadata({b"restoration.manifest.version": b"1"})
+    version_1 = version_1.replace_schema_metadata({b"restoration.restore.manifest.version": b"1"})
     buffer = io.BytesIO()
     pq.write_table(version_1, buffer)
     (folder / f"{job}-manifest.parquet").write_bytes(buffer.getvalue())
@@ -178,5 +178,5 @@ def test_version_1_manifests_are_read_with_the_new_columns_null(tmp_path: Path) 
     writer = m.ManifestWriter(str(tmp_path / "out"), m.new_job_id())
     writer.add_rows([ok("in/b.png", writer.job_id, mean_abs_change=1.0, strength=1.0)])
     final = writer.close()
-    assert pq.read_schema(final).metadata[b"restoration.manifest.version"] == b"2"
+    assert pq.read_schema(final).metadata[b"restoration.restore.manifest.version"] == b"2"
     assert len(m.read_manifest(str(tmp_path / "out"))) == 2

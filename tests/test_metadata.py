@@ -1,4 +1,4 @@
-"""restoration.codec metadata: EXIF (dates, camera, GPS), XMP and IPTC carried from decode to
+"""restoration.io.codec metadata: EXIF (dates, camera, GPS), XMP and IPTC carried from decode to
 encode for JPEG, PNG, TIFF and WEBP, the orientation reset to 1 once applied, strip_metadata.
 
 Source files are written by Pillow directly (and, for IPTC in JPEG, by a segment built here), and
@@ -16,13 +16,8 @@ import pytest
 from PIL import ExifTags, Image, ImageOps, IptcImagePlugin
 from PIL.PngImagePlugin import PngInfo
 
-from restoration.codec import (
-    DecodedImage,
-    ImageMetadata,
-    decode_image,
-    encode_image,
-    with_pixels,
-)
+from restoration.io.codec import DecodedImage, ImageMetadata, decode_image, with_pixels
+from restoration.io.encode import encode_image
 
 DATE = "2001:02:03 04:05:06"
 CAPTION = b"Harbour at dawn"

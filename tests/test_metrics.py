@@ -15,7 +15,15 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from restoration.degradations import (
+from restoration.finetune.losses import (
+    LOSS_NAMES,
+    build_loss,
+    charbonnier_loss,
+    l1_loss,
+    mse_loss,
+)
+from restoration.quality.metrics import psnr, psnr_from_mse, quantize, rgb_to_y, ssim
+from restoration.tasks.degradations import (
     add_gaussian_noise,
     bicubic_downsample,
     bicubic_downsample_uint8,
@@ -25,14 +33,6 @@ from restoration.degradations import (
     jpeg_compress_uint8,
     make_generator,
 )
-from restoration.losses import (
-    LOSS_NAMES,
-    build_loss,
-    charbonnier_loss,
-    l1_loss,
-    mse_loss,
-)
-from restoration.metrics import psnr, psnr_from_mse, quantize, rgb_to_y, ssim
 
 SSIM_REFERENCE = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
 

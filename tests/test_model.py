@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from restoration.model import FusedRestorationNet, ModelConfig, build_model
+from restoration.models.fused import FusedRestorationNet, ModelConfig, build_model
 
 SMALL = (8, 8, 16, 16, 24, 24)
 

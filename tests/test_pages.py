@@ -17,11 +17,11 @@ from browser import Browser
 from PIL import Image
 
 from restoration import config as config_lib
-from restoration.checkpoint import save_checkpoint
 from restoration.cli import main
-from restoration.model import ModelConfig, build_model
-from restoration.restore_run import LocalRestoreExecutor, run_restore
-from restoration.restore_settings import RestoreConfig
+from restoration.models.checkpoint import save_checkpoint
+from restoration.models.fused import ModelConfig, build_model
+from restoration.restore.run import LocalRestoreExecutor, run_restore
+from restoration.restore.settings import RestoreConfig
 
 SCREENSHOTS = Path(os.environ.get("RESTORATION_SCREENSHOTS", "")) if os.environ.get("RESTORATION_SCREENSHOTS") else None
 
@@ -170,8 +170,8 @@ def test_markup_in_names_and_errors_is_shown_as_text(tmp_path: Path) -> None:
     """File names, model names and error messages that hold HTML reach the pages escaped: the
     report of a job whose inputs are named like markup (one decodes, one does not), and the
     comparison page of models named and failing like markup."""
-    from restoration.compare import ModelResult, comparison_page
-    from restoration.report import write_report
+    from restoration.pages.compare import ModelResult, comparison_page
+    from restoration.pages.report import write_report
 
     image = Image.new("RGB", (40, 30), (200, 30, 30))
     buffer = io.BytesIO()

@@ -13,7 +13,9 @@ import pytest
 from restore_images import png
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from jobs.settings import RayRestoreConfig as RestoreConfig  # the restore command's settings
+from jobs.settings import (
+    RayRestoreConfig as RestoreConfig,  # the restore command's settings
+)
 from restoration import config as config_lib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -147,8 +149,8 @@ def test_a_missing_bucket_and_denied_access_are_one_line_and_exit_2(
 def test_precision_and_tile_batch_size_reach_the_predictor() -> None:
     import torch
 
-    from restoration.model import ModelConfig, build_model
-    from restoration.restore_run import make_predictor
+    from restoration.models.fused import ModelConfig, build_model
+    from restoration.restore.run import make_predictor
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(task="denoise", widths=(8, 8, 16, 16, 24, 24)), backbone_weights=None)

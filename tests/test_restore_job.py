@@ -28,11 +28,12 @@ from processes import command_lines, descendants, is_alive, stop_pids
 from restore_images import bad_files, oversize_png, png, variants
 from s3_fixtures import s3_server  # noqa: F401  (pytest fixture)
 
-from jobs.s3server import LocalS3Server
-from restoration import degradations
-from restoration.codec import decode_image, pixels_to_tensor, tensor_to_pixels
-from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
-from restoration.metrics import psnr
+from local.s3server import LocalS3Server
+from restoration.io.codec import decode_image
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
+from restoration.quality.metrics import psnr
+from restoration.restore.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
+from restoration.tasks import degradations
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 
@@ -75,9 +76,14 @@ def denoiser(tmp_path_factory: pytest.TempPathFactory) -> Path:
     backbone starts random: ImageNet weights would not pay off in so few steps."""
     from skimage import data
 
-    from restoration.checkpoint import save_checkpoint
-    from restoration.train_settings import load_train_config
-    from restoration.trainer import CropSampler, LoadedImages, Trainer, initial_model
+    from restoration.finetune.settings import load_train_config
+    from restoration.finetune.trainer import (
+        CropSampler,
+        LoadedImages,
+        Trainer,
+        initial_model,
+    )
+    from restoration.models.checkpoint import save_checkpoint
 
     config = load_train_config("denoise", steps=50, overrides=[
         f"model.widths={TINY_WIDTHS}", "optim.lr=2e-3", "optim.warmup_steps=5", "data.crop_size=64",
@@ -296,8 +302,8 @@ def test_rerun_skips_what_is_done_and_overwrite_redoes_all(
 
 
 def _restore_config(*overrides: str):
-    from restoration import config as config_lib
     from jobs.settings import RayRestoreConfig as RestoreConfig
+    from restoration import config as config_lib
 
     return config_lib.load_config(RestoreConfig, overrides=[f"input.max_pixels={MAX_PIXELS}", *overrides])
 
@@ -365,7 +371,7 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
     still reach the driver one ``pipeline.batch_size`` chunk at a time, so that progress and
     manifest parts follow the images written, not the blocks."""
     from jobs.restore import RayRestoreExecutor
-    from restoration.restore_run import run_restore
+    from restoration.restore.run import run_restore
 
     arrived: list[int] = []
 
@@ -390,7 +396,7 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
 
 def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> None:
     from jobs.pool_sizing import ActorPoolPlan, rows_per_block
-    from restoration.manifest import (
+    from restoration.restore.manifest import (
         MANIFEST_SCHEMA,
         error_row,
         pack_manifest,

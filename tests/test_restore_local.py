@@ -1,4 +1,4 @@
-"""The library's restore run (restoration.restore_run) with the in-process executor: ``restoration restore
+"""The library's restore run (restoration.restore.run) with the in-process executor: ``restoration restore
 --no-ray`` restores a folder with a complete manifest while ``ray`` cannot be imported."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 import torch
 from restore_images import bad_files, png
 
-from restoration.checkpoint import save_checkpoint
-from restoration.codec import decode_image
-from restoration.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
-from restoration.model import ModelConfig, build_model
-from restoration.restore_run import LocalRestoreExecutor, StageContext, run_restore
-from restoration.restore_settings import RestoreConfig
+from restoration.io.codec import decode_image
+from restoration.models.checkpoint import save_checkpoint
+from restoration.models.fused import ModelConfig, build_model
+from restoration.restore.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
+from restoration.restore.run import LocalRestoreExecutor, StageContext, run_restore
+from restoration.restore.settings import RestoreConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY = (8, 8, 16, 16, 24, 24)
@@ -141,7 +141,7 @@ def test_an_input_the_executor_did_not_report_is_restored_again_then_becomes_an_
 ) -> None:
     """A result lost in transit (an actor's block replayed by Ray delivers only part of its
     rows) is restored again in the same run; one that never comes back is an error row."""
-    from restoration.restore_run import LOST_RESULT_PASSES
+    from restoration.restore.run import LOST_RESULT_PASSES
 
     write_photos(tmp_path / "in", photos)
     lines: list[str] = []
@@ -193,7 +193,7 @@ def test_the_summary_counts_the_images_the_model_left_unchanged(
 @pytest.mark.timeout(1500)
 def test_strength_is_a_setting_and_is_recorded(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     from restoration import config as config_lib
-    from restoration.inference import PredictorConfig
+    from restoration.models.predictor import PredictorConfig
 
     # A project setting: without it this test must fail, not skip.
     assert "strength" in PredictorConfig.model_fields, "Predictor lost its strength control"
@@ -224,7 +224,7 @@ def test_progress_lines_count_only_this_runs_work(tmp_path: Path, tiny_model: Pa
     """The rate and the ETA are those of the inputs this run restores; inputs skipped as done
     before are counted apart and never make the ETA longer."""
     from restoration import config as config_lib
-    from restoration import restore_run
+    from restoration.restore import run as restore_run
 
     write_photos(tmp_path / "in", photos)
     monkeypatch.setattr(restore_run, "PROGRESS_SECONDS", 0.0)  # a progress line after every batch

@@ -1,4 +1,4 @@
-"""The batch restoration's plan and stages in one process, without Ray (restoration.restore_stages)."""
+"""The batch restoration's plan and stages in one process, without Ray (restoration.restore.stages)."""
 
 from __future__ import annotations
 
@@ -14,22 +14,24 @@ import torch
 from restore_images import bad_files, decode_pil, oversize_png, png, variants
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from jobs.settings import RayRestoreConfig as RestoreConfig  # with the Ray pipeline section
-from restoration import manifest as manifest_lib
-from restoration import storage as storage_lib
-from restoration.codec import decode_image
-from restoration.inference import Predictor, PredictorConfig
-from restoration.model import ModelConfig, build_model
-from restoration.planning import list_inputs, plan_restore
-from restoration.restore_settings import InputConfig, OutputConfig
-from restoration.tasks import DenoiseTask, get_task
-from restoration.restore_stages import (
+from jobs.settings import (
+    RayRestoreConfig as RestoreConfig,  # with the Ray pipeline section
+)
+from restoration.io import storage as storage_lib
+from restoration.io.codec import decode_image
+from restoration.models.fused import ModelConfig, build_model
+from restoration.models.predictor import Predictor, PredictorConfig
+from restoration.restore import manifest as manifest_lib
+from restoration.restore.planning import list_inputs, plan_restore
+from restoration.restore.settings import InputConfig, OutputConfig
+from restoration.restore.stages import (
     encode_stage,
     mean_abs_change,
     read_stage,
     restore_stage,
     skip_stage,
 )
+from restoration.tasks.specs import DenoiseTask, get_task
 
 TINY = (8, 8, 16, 16, 24, 24)
 
@@ -341,7 +343,7 @@ def test_single_file_input_limit_and_tiled_inference(tmp_path: Path, sample) -> 
 def test_transient_storage_errors_are_retried(
     s3_server, s3_bucket: str, sample, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    """One retry layer, storage.retrying: through a proxy that answers 503 SlowDown, reads and
+    """One retry layer, outages.retrying: through a proxy that answers 503 SlowDown, reads and
     writes are asked again until they succeed within the outage budget; failures past the
     budget make an error row; a missing file is not transient and is asked for once."""
     from faulty_s3 import FaultyS3Proxy

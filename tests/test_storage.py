@@ -1,4 +1,4 @@
-"""restoration.storage on local folders, file:// URIs and a real S3 server (SeaweedFS)."""
+"""restoration.io.storage on local folders, file:// URIs and a real S3 server (SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pyarrow.fs as pafs
 import pytest
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
-from jobs.s3server import LocalS3Server
-from restoration import storage
+from local.s3server import LocalS3Server
+from restoration.io import outages, storage
 
 TREE = {
     "a.png": b"a",
@@ -271,7 +271,8 @@ def test_s3_missing_things_raise_file_not_found(s3_server: LocalS3Server, s3_buc
 @pytest.mark.s3
 @pytest.mark.timeout(60)
 def test_s3_round_trip_of_an_encoded_photo(s3_server: LocalS3Server, s3_bucket: str, astronaut) -> None:  # noqa: F811
-    from restoration.codec import DecodedImage, decode_image, encode_image
+    from restoration.io.codec import DecodedImage, decode_image
+    from restoration.io.encode import encode_image
 
     uri = storage.safe_output_uri(f"s3://{s3_bucket}/out", "photos/astronaut.png")
     storage.write_bytes(uri, encode_image(DecodedImage(astronaut, None, "RGB", "PNG", None)))
@@ -418,7 +419,7 @@ def test_an_unreachable_endpoint_fails_fast_with_one_line(monkeypatch: pytest.Mo
         assert time.monotonic() - started < 5, "the preflight checks must give up within seconds"
     # The data path waits an outage out for storage.outage_seconds, then gives up with the line.
     started = time.monotonic()
-    with storage.outage_budget(2.0), pytest.raises(OSError) as caught:
+    with outages.outage_budget(2.0), pytest.raises(OSError) as caught:
         storage.read_bytes("s3://photos/in/a.png")
     assert 2.0 <= time.monotonic() - started < 10
     assert "past storage.outage_seconds=2" in str(caught.value)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from restoration.inference import Predictor, PredictorConfig
-from restoration.model import ModelConfig, build_model
+from restoration.models.fused import ModelConfig, build_model
+from restoration.models.predictor import Predictor, PredictorConfig
 
 SMALL = (8, 8, 16, 16, 24, 24)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from restoration.degradations import (
+from restoration.tasks.degradations import (
     add_correlated_gaussian_noise,
     add_gaussian_noise,
     add_gray_gaussian_noise,
@@ -18,7 +18,7 @@ from restoration.degradations import (
     make_generator,
     resize_down_up,
 )
-from restoration.tasks import (
+from restoration.tasks.specs import (
     CASES,
     TASK_NAMES,
     TASK_SPECS,

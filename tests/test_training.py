@@ -11,17 +11,25 @@ from PIL import Image
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from restoration import config as config_lib
-from restoration import storage
-from restoration.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from restoration.model import build_model
-from restoration.train_settings import load_train_config, model_differences, train_config_from_dict
-from restoration.trainer import (
+from restoration.finetune.settings import (
+    load_train_config,
+    model_differences,
+    train_config_from_dict,
+)
+from restoration.finetune.trainer import (
     CropSampler,
     Trainer,
     initial_model,
     load_training_images,
     lr_multiplier,
 )
+from restoration.io import storage
+from restoration.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from restoration.models.fused import build_model
 
 TINY = ["model.widths=[8,8,16,16,24,24]", "data.crop_size=64", "data.batch_size=4",
         "degradation.sigma_range=[25,25]"]

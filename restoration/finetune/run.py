@@ -1,0 +1,645 @@
+"""A fine-tuning run's logic, with no Ray in it: the plan checked before any worker starts
+(:func:`plan_finetune`), what every worker does (:func:`train_worker`), and the run itself
+(:func:`run_finetune`), which takes an executor:
+
+- :class:`LocalFinetuneExecutor`: one worker in this process, on the CPU or one CUDA device
+  (``restoration finetune --no-ray``; Ray is never imported);
+- the Ray Train executor in ``jobs/finetune.py``: data-parallel workers, each running
+  :func:`train_worker` through a :class:`TrainSession` of Ray Train's (context, checkpoints in
+  and out, ``report``).
+
+Both write the same layout under ``<storage>/<name>/``: ``config.yaml``, the resumable
+``checkpoint_step_NNNNNNNN/`` folders (``restoration.models.checkpoint``) and ``model/``, so that a run
+started by one continues with the other. The training loop is :class:`restoration.finetune.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import platform
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from restoration import config as config_lib
+from restoration.finetune.checkpoints import (
+    TRAINING_CONFIG_FILE,
+    copy_checkpoint,
+    delete_checkpoint,
+    download_checkpoint,
+    drop_checkpoints_after,
+    latest_training_checkpoint,
+    read_training_config,
+    training_checkpoint_name,
+    training_checkpoints,
+)
+from restoration.finetune.settings import (
+    TrainConfig,
+    load_train_config,
+    model_differences,
+)
+from restoration.finetune.trainer import (
+    METRIC_COLUMNS,
+    LoadedImages,
+    Trainer,
+    initial_model,
+    load_training_images,
+)
+from restoration.io import storage
+from restoration.models.checkpoint import (
+    CheckpointError,
+    read_model_metadata,
+    save_checkpoint,
+)
+from restoration.stopping import StopNow, StopSignals
+
+__all__ = [
+    "FinetuneExecutor",
+    "FinetuneInputError",
+    "FinetuneOutcome",
+    "FinetunePlan",
+    "LocalFinetuneExecutor",
+    "TrainSession",
+    "latest_checkpoint",
+    "resume_latest",
+    "run_finetune",
+    "train_worker",
+    "Shard",
+    "check_resumable",
+    "load_shard",
+    "metrics_csv",
+    "plan_finetune",
+    "plot_training_curve",
+    "provenance",
+    "run_summary",
+    "shard_messages",
+    "start_message",
+    "write_final_outputs",
+]
+
+SAMPLE_IMAGES_CHECKED = 8
+"""How many training images (spread over the list) the plan decodes to check they are usable."""
+
+
+class FinetuneInputError(ValueError):
+    """Bad input to a fine-tuning run, found before any worker starts (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """A checked run: the resolved config and absolute URIs that every worker can use."""
+
+    config: TrainConfig
+    train_uris: list[str]
+    val_uris: list[str]
+    train_images: str
+    val_images: str
+    storage: str
+    name: str
+    init: str | None
+
+    @property
+    def run_uri(self) -> str:
+        """``<storage>/<name>``: the run's config, checkpoints and final model."""
+        return storage.join(self.storage, self.name)
+
+
+def _list(uri: str, flag: str) -> list[str]:
+    try:
+        uris = storage.list_images(uri)
+    except FileNotFoundError:
+        raise FinetuneInputError(f"{flag} {storage.redact(uri)}: no such file or directory") from None
+    except (OSError, ValueError) as exc:
+        message = storage.describe_storage_error(exc, uri) if isinstance(exc, OSError) else None
+        raise FinetuneInputError(f"{flag}: {message or storage.redact(str(exc))}") from None
+    if not uris:
+        extensions = ", ".join(sorted(storage.IMAGE_EXTENSIONS))
+        raise FinetuneInputError(f"{flag} {storage.redact(uri)} holds no images ({extensions})")
+    return uris
+
+
+def _check_some_decode(uris: list[str], flag: str, *, min_size: int = 0, every: bool = False) -> None:
+    """Decode a few images spread over ``uris`` (or all with ``every``); fail if none is usable."""
+    if every or len(uris) <= SAMPLE_IMAGES_CHECKED:
+        sample = uris
+    else:
+        sample = [uris[i * len(uris) // SAMPLE_IMAGES_CHECKED] for i in range(SAMPLE_IMAGES_CHECKED)]
+    try:
+        images = load_training_images(sample, min_size=min_size)
+    except ValueError as exc:
+        checked = f" (checked {len(sample)} of {len(uris)})" if len(sample) < len(uris) else ""
+        raise FinetuneInputError(f"{flag}{checked}: {exc}") from None
+    if every and images.bad:
+        uri, reason = images.bad[0]
+        raise FinetuneInputError(f"{flag}: cannot use {uri}: {reason}")
+
+
+def plan_finetune(
+    task: str,
+    *,
+    train_images: str,
+    val_images: str,
+    storage_uri: str,
+    name: str,
+    workers: int = 1,
+    init: str | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    steps: int | None = None,
+) -> FinetunePlan:
+    """Check everything a run needs before any worker starts: the config (every setting), the
+    image folders (listed, a sample decoded), the ``init`` checkpoint's architecture, and that the
+    storage can be written (the resolved ``config.yaml`` is the probe, and stays beside the run).
+
+    Raises:
+        FinetuneInputError: one line naming the bad value (storage errors redacted).
+    """
+    if workers < 1:
+        raise FinetuneInputError(f"--workers must be >= 1, got {workers}")
+    if not name or "/" in name or name.startswith("."):
+        raise FinetuneInputError(f"--name must be a plain folder name, got {name!r}")
+    if steps is not None and steps < 1:
+        raise FinetuneInputError(f"--steps must be >= 1, got {steps}")
+    try:
+        config = load_train_config(task, path=config_path, overrides=overrides, steps=steps)
+    except ValueError as exc:
+        raise FinetuneInputError(f"config: {exc}") from None
+    try:
+        train_images, val_images = storage.absolute_uri(train_images), storage.absolute_uri(val_images)
+        storage_uri = storage.absolute_uri(storage_uri)
+        # Fast, one-line failures for the user's storage errors (unreachable endpoint, missing
+        # bucket, access denied) before anything is listed or decoded.
+        for flag, uri in (("--train-images", train_images), ("--val-images", val_images)):
+            try:
+                storage.check_readable(uri)
+            except storage.StorageError as exc:
+                if str(exc).startswith("no such file or directory"):
+                    raise FinetuneInputError(f"{flag} {storage.redact(uri)}: no such file or directory") from None
+                raise FinetuneInputError(f"{flag}: {exc}") from None
+        try:
+            storage.check_writable(storage_uri)
+        except storage.StorageError as exc:
+            raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: {exc}") from None
+    except FinetuneInputError:
+        raise
+    except ValueError as exc:
+        raise FinetuneInputError(str(exc)) from None
+    train_uris = _list(train_images, "--train-images")
+    if config.data.max_images is not None:
+        train_uris = train_uris[: config.data.max_images]
+    if len(train_uris) < workers:
+        raise FinetuneInputError(f"--train-images: {len(train_uris)} images cannot be split over {workers} workers")
+    _check_some_decode(train_uris, "--train-images", min_size=config.data.crop_size)
+    val_uris = _list(val_images, "--val-images")[: config.validation.limit]
+    _check_some_decode(val_uris, "--val-images", every=True)
+    if init is not None and init != "default":
+        init = storage.absolute_uri(init)
+    if init is not None:
+        try:
+            initial_model(config, init)  # refuses a checkpoint of another architecture, here and now
+        except (CheckpointError, FileNotFoundError, OSError) as exc:
+            message = storage.describe_storage_error(exc, init) if isinstance(exc, OSError) else None
+            raise FinetuneInputError(f"--init: {message or storage.redact(str(exc))}") from None
+    try:
+        probe = storage.join(storage_uri, name, f".write-test-{uuid.uuid4().hex[:8]}")
+        storage.write_bytes(probe, b"ok")
+        filesystem, path = storage.resolve(probe)
+        filesystem.delete_file(path)
+        storage.write_bytes(storage.join(storage_uri, name, TRAINING_CONFIG_FILE), config_lib.to_yaml(config).encode())
+    except (OSError, ValueError) as exc:
+        message = storage.describe_storage_error(exc, storage_uri) if isinstance(exc, OSError) else None
+        raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: "
+                                 f"{message or storage.redact(str(exc))}") from None
+    return FinetunePlan(config, train_uris, val_uris, train_images, val_images, storage_uri, name, init)
+
+
+def check_resumable(plan: FinetunePlan, checkpoint: str | None) -> None:
+    """A run of the same name resumes from ``checkpoint`` (None: a new run): its config.yaml, if
+    readable, must have this plan's task and model, or FinetuneInputError says what differs."""
+    saved = None if checkpoint is None else read_training_config(checkpoint)
+    if saved is None:
+        return
+    differences = model_differences(saved, plan.config)
+    if not differences:
+        return
+    raise FinetuneInputError(
+        f"--name {plan.name}: {storage.join(plan.storage, plan.name)} holds a run with another model "
+        f"({'; '.join(differences)}); running the same name resumes it. Use another --name for a new run, "
+        f"or --init {checkpoint} to start from its weights"
+    )
+
+
+@dataclass
+class Shard:
+    """One worker's decoded training images; ``usable``/``bad`` count this worker's images."""
+
+    images: LoadedImages | None
+    usable: int
+    bad: int
+
+
+def load_shard(uris: list[str], *, rank: int, world_size: int, min_size: int) -> Shard:
+    """Worker ``rank``'s disjoint shard (every ``world_size``-th image from ``rank``), decoded;
+    unusable images are counted, and a shard with none is ``Shard(None, 0, n)``."""
+    shard = uris[rank::world_size]
+    try:
+        images = load_training_images(shard, min_size=min_size)
+    except ValueError:
+        return Shard(None, 0, len(shard))
+    return Shard(images, len(images.names), len(images.bad))
+
+
+def shard_messages(shard: Shard, rank: int, world_size: int, total_usable: int, total_bad: int,
+                   empty_shards: int) -> list[str]:
+    """The lines a worker prints about the shards (rank 0: the totals; others: their own skipped
+    images), given the totals over all workers.
+
+    Raises:
+        ValueError: some worker has no usable image (every worker raises, so all stop together).
+    """
+    if shard.images is None or empty_shards:
+        raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images "
+                         f"({total_bad} of {total_usable + total_bad} images could not be used); "
+                         "use fewer --workers or more images")
+    bad = shard.images.bad
+    if rank == 0:
+        return [f"training on {total_usable} images over {world_size} worker(s)"
+                + (f"; skipped {total_bad} unusable, e.g. {bad[0][0]}: {bad[0][1]}" if bad else
+                   f"; skipped {total_bad} unusable" if total_bad else "")]
+    return [f"[worker {rank}] skipped {shard.bad} training images, e.g. {bad[0][0]}: {bad[0][1]}"] if bad else []
+
+
+def start_message(trainer: Trainer, init: str | None, resumed_from: str | None) -> str:
+    """Where a worker's training starts: a resumed checkpoint, ``--init`` or the backbone weights."""
+    config = trainer.config
+    if resumed_from is not None:
+        return (f"resumed from step {trainer.step} of {config.steps} (checkpoint {resumed_from}): "
+                "model, optimizer, schedule and data position restored")
+    start = f"--init {init}" if init else f"{config.backbone_weights or 'random'} backbone weights"
+    return f"starting at step 0 of {config.steps} from {start}"
+
+
+def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]], run_uri: str) -> dict[str, Any]:
+    """The final line of a run: last metrics, the best checkpoint by validation PSNR (``best``:
+    (checkpoint folder name, its metrics)), and where the final model is."""
+    summary = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}
+    top = max(best, key=lambda item: item[1].get("val_psnr", float("-inf")), default=None)
+    if top is not None:
+        summary["best_checkpoint"] = storage.join(run_uri, top[0])
+        summary["best_val_psnr"] = top[1].get("val_psnr")
+    summary["model"] = storage.join(run_uri, "model")
+    return summary
+
+
+def provenance(plan: FinetunePlan, *, workers: int, device_name: str, image_count: int,
+               skipped: int) -> dict[str, Any]:
+    """The training provenance recorded in every checkpoint's ``model.json``."""
+    config = plan.config
+    return {
+        "train_images": plan.train_images,
+        "val_images": plan.val_images,
+        "train_image_count": image_count,
+        "skipped_images": skipped,
+        "task": config.task,
+        "seed": config.seed,
+        "workers": workers,
+        "global_batch": config.data.batch_size * workers,
+        "hardware": f"{workers} x {device_name}",
+        "init": plan.init,
+        "run_name": plan.name,
+    }
+
+
+def device_name(device: Any) -> str:
+    """``"NVIDIA H100 ..."`` for a CUDA device, ``"cpu (<processor>)"`` otherwise."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def write_final_outputs(trainer: Trainer, storage_uri: str, name: str, run_provenance: dict[str, Any]) -> str:
+    """``<storage>/<name>/model/``: model.safetensors, model.json, config.yaml, metrics.csv,
+    training_curve.png. Returns that URI."""
+    history = trainer.history
+    final_val = next((h for h in reversed(history) if "val_psnr" in h), {})
+    target = storage.join(storage_uri, name, "model")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(trainer.model, tmp, model_id=name, provenance={
+            **run_provenance, "steps": trainer.step,
+            "wall_seconds": history[-1]["wall_seconds"] if history else None,
+            "validation": {k: final_val[k] for k in ("val_psnr", "val_ssim") if k in final_val},
+            "validation_step": final_val.get("step"),
+            "validation_protocol": trainer.protocol.describe(),
+        })
+        (Path(tmp) / TRAINING_CONFIG_FILE).write_text(config_lib.to_yaml(trainer.config))
+        (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
+        plot_training_curve(history, Path(tmp) / "training_curve.png")
+        for path in sorted(Path(tmp).iterdir()):
+            storage.write_bytes(storage.join(target, path.name), path.read_bytes())
+    return target
+
+
+def metrics_csv(history: list[dict]) -> str:
+    """The training history as CSV, one row per reported step (``METRIC_COLUMNS``)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def plot_training_curve(history: list[dict], path: Path) -> None:
+    """Training loss (log scale) and validation PSNR against step, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax_loss = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = [h["step"] for h in history]
+    ax_loss.plot(steps, [h["loss"] for h in history], color="tab:blue", label="training loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss", color="tab:blue")
+    ax_loss.set_yscale("log")
+    val = [(h["step"], h["val_psnr"]) for h in history if "val_psnr" in h]
+    if val:
+        ax_psnr = ax_loss.twinx()
+        ax_psnr.plot(*zip(*val), color="tab:red", marker="o", label="validation PSNR")
+        ax_psnr.set_ylabel("validation PSNR (dB)", color="tab:red")
+    unfrozen = next((h["step"] for h in history if h.get("stage") == "unfrozen"), None)
+    if unfrozen is not None and unfrozen > steps[0]:
+        ax_loss.axvline(unfrozen, color="gray", linestyle=":", linewidth=1)
+        ax_loss.annotate(" backbone unfrozen", (unfrozen, 1), xycoords=("data", "axes fraction"),
+                         va="top", fontsize=8, color="gray")
+    ax_loss.set_title("fine-tuning")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# What every worker does, whatever runs it
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a worker resumes from: a local folder (for the duration of the
+    ``TrainSession.resume`` block) and the checkpoint's name."""
+
+    directory: str
+    name: str
+
+
+class TrainSession(Protocol):
+    """What :func:`train_worker` needs from its executor. ``rank`` / ``world_size``: this
+    worker among the data-parallel ones (``torch.distributed`` is set up when there are
+    several); ``device``: where it trains."""
+
+    rank: int
+    world_size: int
+    device: Any
+
+    def resume(self) -> contextlib.AbstractContextManager[Resume | None]:
+        """The checkpoint to resume from, or None for a new run."""
+        ...
+
+    def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
+        """A reported row (every worker, at the same steps); with rank 0's ``checkpoint`` folder
+        (temporary: copy what is kept) and its name at checkpoint steps."""
+        ...
+
+    def should_stop(self) -> bool:
+        """Whether the run was asked to stop (cheap: asked after every step)."""
+        ...
+
+
+def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
+    """One data-parallel worker of a run: its shard, the model (resumed, ``--init`` or the
+    backbone's weights), the :class:`Trainer` with its checkpoints reported through ``session``,
+    and on rank 0 the final outputs. A stop request ends it at a checkpoint, without them."""
+    import torch
+    import torch.distributed as dist
+
+    from restoration.finetune.trainer import CropSampler
+    from restoration.models.checkpoint import is_community_checkpoint
+    from restoration.models.fused import build_model
+    from restoration.quality.evaluate import load_images
+
+    config = plan.config
+    rank, world_size, device = session.rank, session.world_size, session.device
+    torch.manual_seed(config.seed)
+
+    def say(text: str) -> None:
+        if rank == 0:
+            print(text, flush=True)
+
+    shard = load_shard(plan.train_uris, rank=rank, world_size=world_size, min_size=config.data.crop_size)
+    counts = torch.tensor([shard.usable, shard.bad, int(shard.usable == 0)], dtype=torch.int64)
+    if world_size > 1:
+        counts = counts.to(device) if dist.get_backend() == "nccl" else counts
+        dist.all_reduce(counts)  # every worker learns the totals, and all fail together if a shard is empty
+    total_usable, total_bad, empty_shards = (int(v) for v in counts.cpu())
+    for line in shard_messages(shard, rank, world_size, total_usable, total_bad, empty_shards):
+        print(line, flush=True)
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if world_size == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    val = [item for uri in plan.val_uris for item in load_images(uri)] if rank == 0 else []
+    with session.resume() as resume:
+        # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
+        # (A community model is built from --init's architecture; the checkpoint's weights follow.)
+        fresh = resume is not None and not (plan.init is not None and is_community_checkpoint(plan.init))
+        model = build_model(config.network_config(), backbone_weights=None) if fresh else initial_model(config, plan.init)
+        trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
+                          val_samples=val, world_size=world_size, rank=rank, progress=say)
+        if resume is not None:
+            trainer.resume(resume.directory)
+    say(start_message(trainer, plan.init, resume.name if resume else None))
+    if rank == 0:
+        # The run goes on from here: checkpoints above this step belong to an abandoned attempt
+        # (Ray Train restarted a lost worker group from its latest registered checkpoint), and
+        # must never be resumed from, named or kept. Dropped before this attempt writes any.
+        dropped = drop_checkpoints_after(plan.run_uri, trainer.step)
+        if dropped:
+            names = ", ".join(uri.rstrip("/").rpartition("/")[2] for uri in dropped)
+            say(f"deleted {len(dropped)} checkpoint(s) above step {trainer.step}, of an abandoned attempt: {names}")
+    run_provenance = provenance(plan, workers=world_size, device_name=device_name(device),
+                                image_count=total_usable, skipped=total_bad)
+
+    def report(row: dict, checkpoint_due: bool) -> None:
+        if checkpoint_due and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer.save(tmp, provenance={
+                    **run_provenance, "steps": trainer.step, "wall_seconds": row["wall_seconds"],
+                    "resumed_at": trainer.resumed_at,
+                    "validation": {k: row[k] for k in ("val_psnr", "val_ssim") if k in row},
+                })
+                session.report(row, Path(tmp), training_checkpoint_name(trainer.step))
+        else:
+            session.report(row, None, None)  # every worker reports at the same steps
+
+    trainer.fit(report, should_stop=session.should_stop)
+    if trainer.stopped_at is not None:
+        say(f"stopped at step {trainer.stopped_at}: {training_checkpoint_name(trainer.stopped_at)} saved")
+        return
+    if rank == 0:
+        target = write_final_outputs(trainer, plan.storage, plan.name, {**run_provenance, "resumed_at": trainer.resumed_at})
+        say(f"final model written to {target}")
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def latest_checkpoint(plan: FinetunePlan) -> str | None:
+    """URI of the checkpoint a run of this plan resumes from (None: a new run): the latest of
+    the run's current timeline (:func:`restoration.models.checkpoint.latest_training_checkpoint`;
+    :func:`train_worker` drops an abandoned attempt's checkpoints when it resumes)."""
+    return latest_training_checkpoint(plan.run_uri)
+
+
+@contextlib.contextmanager
+def resume_latest(plan: FinetunePlan) -> Iterator[Resume | None]:
+    """The run's latest checkpoint in its storage (:func:`latest_checkpoint`) as a local folder
+    for the block (downloaded from S3), or None for a new run."""
+    latest = latest_checkpoint(plan)
+    if latest is None:
+        yield None
+        return
+    name = latest.rstrip("/").rpartition("/")[2]
+    if not latest.startswith("s3://"):
+        yield Resume(storage.resolve(latest)[1], name)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        download_checkpoint(latest, tmp)
+        yield Resume(tmp, name)
+
+
+@dataclass
+class FinetuneOutcome:
+    """What an executor's fit returns: the last reported metrics (empty if no step was taken)
+    and the kept checkpoints as (folder name, metrics)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+class FinetuneExecutor(Protocol):
+    """Runs :func:`train_worker` on one or more workers until the run ends or ``stop`` is
+    requested; raises ``RuntimeError`` with one line when the workers fail."""
+
+    def fit(self, plan: FinetunePlan, stop: StopSignals) -> FinetuneOutcome: ...
+
+    def describe(self) -> str: ...
+
+
+def run_finetune(plan: FinetunePlan, executor: FinetuneExecutor) -> int:
+    """Fine-tune as ``plan`` says with ``executor``; returns the exit code: 0 when the run is
+    done, 1 when it failed (one line on stderr), 130 / 143 when SIGINT / SIGTERM stopped it at
+    a checkpoint (one line: the same command continues)."""
+    config = plan.config
+    with StopSignals(config.grace_seconds) as stop:
+        try:
+            resume_from = latest_checkpoint(plan)
+            if resume_from is not None:
+                print(f"run {plan.name} exists: resuming from {resume_from}", flush=True)
+            print(f"fine-tuning {config.task}: {len(plan.train_uris)} training images, {executor.describe()} x "
+                  f"batch {config.data.batch_size}, {config.steps} steps, run {plan.run_uri}", flush=True)
+            try:
+                outcome = executor.fit(plan, stop)
+            except RuntimeError as exc:
+                print(f"fine-tuning failed: {storage.redact(str(exc))}", file=sys.stderr, flush=True)
+                return 1
+        except StopNow as exc:  # a second signal, or the grace period is over
+            print(f"fine-tuning stopped at once ({exc.reason}); run the same command again to continue "
+                  f"from its last checkpoint", file=sys.stderr, flush=True)
+            return exc.exit_code
+    step = outcome.metrics.get("step")
+    if stop.requested and step != config.steps:  # (a signal after the last step: the run is done)
+        at = f"at step {step} of {config.steps}" if step is not None else "before its first step"
+        saved = latest_checkpoint(plan)
+        print(f"fine-tuning stopped by {stop.name} {at} ({f'checkpoint {saved}' if saved else 'no checkpoint yet'}); "
+              f"run the same command again to continue", file=sys.stderr, flush=True)
+        return stop.exit_code or 1
+    print("done: " + json.dumps(run_summary(outcome.metrics, outcome.checkpoints, plan.run_uri)), flush=True)
+    return 0
+
+
+class LocalFinetuneExecutor:
+    """One worker in this process (``restoration finetune --no-ray``): on ``device`` (``cpu``,
+    ``cuda`` or ``cuda:N``), checkpoints copied to ``<storage>/<name>/`` as they are written,
+    keeping the ``keep_checkpoints`` best by validation PSNR and the latest (as the Ray job does)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        import torch
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise FinetuneInputError(f"--use-gpu: CUDA is not available here (device {device})")
+
+    def describe(self) -> str:
+        return f"1 worker ({self.device}, no Ray)"
+
+    def fit(self, plan: FinetunePlan, stop: StopSignals) -> FinetuneOutcome:
+        session = _LocalSession(plan, self.device, stop)
+        try:
+            train_worker(plan, session)
+        except (ValueError, OSError, CheckpointError, FloatingPointError) as exc:
+            raise RuntimeError(str(exc)) from exc
+        return FinetuneOutcome(session.last_row, session.kept())
+
+
+@dataclass
+class _LocalSession:
+    plan: FinetunePlan
+    device: Any
+    stop: StopSignals
+    rank: int = 0
+    world_size: int = 1
+    last_row: dict[str, Any] = field(default_factory=dict)
+
+    def resume(self) -> contextlib.AbstractContextManager[Resume | None]:
+        return resume_latest(self.plan)
+
+    def report(self, row: dict[str, Any], checkpoint: Path | None, name: str | None) -> None:
+        self.last_row = row
+        if checkpoint is not None and name is not None:
+            copy_checkpoint(checkpoint, storage.join(self.plan.run_uri, name))
+            self._prune()
+
+    def should_stop(self) -> bool:
+        return self.stop.requested
+
+    def kept(self) -> list[tuple[str, dict[str, Any]]]:
+        """The run's checkpoints as (folder name, validation metrics)."""
+        kept = []
+        for _, uri in training_checkpoints(self.plan.run_uri):
+            validation = {}
+            with contextlib.suppress(OSError, ValueError):  # (CheckpointError is a ValueError)
+                validation = dict(read_model_metadata(uri)[0].provenance.get("validation") or {})
+            kept.append((uri.rstrip("/").rpartition("/")[2], validation))
+        return kept
+
+    def _prune(self) -> None:
+        """Keep the ``keep_checkpoints`` best by validation PSNR, and the latest."""
+        kept = self.kept()
+        best = sorted(kept, key=lambda item: item[1].get("val_psnr", float("-inf")), reverse=True)
+        keep = {name for name, _ in best[: self.plan.config.keep_checkpoints]} | {kept[-1][0]}
+        for name, _ in kept:
+            if name not in keep:
+                delete_checkpoint(storage.join(self.plan.run_uri, name))

@@ -1,0 +1,617 @@
+"""The fine-tuning loop: runs in one process (CPU or CUDA) or, through ``jobs/finetune.py``, as one
+Ray Train worker of a data-parallel group. Nothing here imports Ray.
+
+Stages: the backbone is frozen for the first ``optim.freeze_backbone_fraction`` of the steps, then
+unfrozen at ``optim.backbone_lr``. AdamW, linear warm-up then cosine decay, gradient clipping,
+bf16 autocast on CUDA.
+
+Data: each worker holds its own disjoint shard of the clean training images. Every sample's crop,
+flip and degradation come from a generator seeded by (seed, image name, epoch, position), so a
+resumed run draws exactly the samples it would have drawn. A resumed run with the same number of
+workers continues bit for bit where the interrupted one stopped (model, optimizer, schedule, data
+position); with another number of workers the shards differ, and only the data order changes.
+
+One process, no Ray::
+
+    config = load_train_config("denoise", overrides=["steps=200"])
+    images = load_training_images(storage.list_images("photos/"), min_size=config.data.crop_size)
+    trainer = Trainer(config, initial_model(config), CropSampler(images, config), device="cuda")
+    trainer.fit(checkpoint_dir="runs/denoise")
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from restoration import config as config_lib
+from restoration.durations import format_duration
+from restoration.finetune.checkpoints import (
+    read_training_checkpoint,
+    save_training_checkpoint,
+    training_checkpoint_name,
+)
+from restoration.finetune.losses import build_loss
+from restoration.finetune.settings import TrainConfig, model_differences
+from restoration.io import storage
+from restoration.io.codec import ImageDecodeError, decode_image
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels, to_uint8
+from restoration.models.checkpoint import (
+    CheckpointError,
+    is_community_checkpoint,
+    load_weights,
+    read_checkpoint_bytes,
+    read_weights,
+    resolve_model,
+)
+from restoration.models.fused import FusedRestorationNet, ModelConfig, build_model
+from restoration.quality.evaluate import score
+from restoration.tasks import degradations
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedImages:
+    """Decoded training images of one worker's shard; unreadable files are counted, not fatal."""
+
+    names: list[str]
+    pixels: list[np.ndarray]  # HxWx3 uint8
+    bad: list[tuple[str, str]]  # (uri, reason)
+
+
+def load_training_images(uris: list[str], *, min_size: int = 0) -> LoadedImages:
+    """Decode images to 8-bit RGB (16-bit is rounded, gray repeated, alpha dropped).
+
+    Files that cannot be read or decoded, or are smaller than ``min_size`` on a side, are
+    skipped and listed in ``bad`` with the reason.
+
+    Raises:
+        ValueError: ``uris`` is empty, or none of the images can be used (the message shows the
+            first reasons).
+    """
+    if not uris:
+        raise ValueError("no training images to load")
+    names, pixels, bad = [], [], []
+    for uri in uris:
+        try:
+            image = decode_image(storage.read_bytes(uri))
+        except (ImageDecodeError, OSError, ValueError) as exc:
+            bad.append((uri, storage.redact(str(exc))))
+            continue
+        p = to_uint8(image.pixels)
+        if p.shape[-1] == 1:
+            p = np.repeat(p, 3, axis=-1)
+        p = p[..., :3]
+        if min(p.shape[:2]) < min_size:
+            bad.append((uri, f"smaller than the {min_size}-pixel training crop ({p.shape[1]}x{p.shape[0]})"))
+            continue
+        names.append(uri.rsplit("/", 1)[-1])
+        pixels.append(np.ascontiguousarray(p))
+    if not names:
+        reasons = "; ".join(f"{u}: {r}" for u, r in bad[:3])
+        raise ValueError(f"none of the {len(uris)} images could be used ({reasons})")
+    return LoadedImages(names, pixels, bad)
+
+
+def to_gray8(rgb: Tensor) -> Tensor:
+    """(3, H, W) RGB in [0, 1] -> (1, H, W) 8-bit gray (ITU-R BT.601 luma, as PIL's "L")."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=rgb.dtype).view(3, 1, 1)
+    return ((rgb * weights).sum(0, keepdim=True) * 255).round().clamp(0, 255) / 255
+
+
+# The step whose gradients are checked for flow (a fresh model's head starts at zero, so the first
+# step only reaches the head).
+GRADIENT_CHECK_STEP = 3
+
+
+class CropSampler:
+    """Deterministic stream of (gt, lq, mask) training samples from a worker's images.
+
+    Sample number ``position`` (counted per worker from 0) is image ``order(epoch)[position % n]``
+    with ``epoch = position // n``; its crop, flips and degradation are drawn from a generator
+    seeded by (seed, image name, epoch, position). Resuming at ``position`` reproduces the stream.
+    """
+
+    def __init__(self, images: LoadedImages, config: TrainConfig, *, rank: int = 0) -> None:
+        self.images = images
+        self.crop = config.data.crop_size
+        self.spec = config.degradation
+        self.seed = config.seed
+        self.gray_fraction = config.data.gray_fraction
+        self.rank = rank
+        self._orders: dict[int, Tensor] = {}
+        small = [n for n, p in zip(images.names, images.pixels) if min(p.shape[:2]) < self.crop]
+        if small:
+            raise ValueError(f"{len(small)} training images are smaller than data.crop_size {self.crop}, e.g. {small[0]}")
+
+    def _image_index(self, position: int) -> tuple[int, int]:
+        n = len(self.images.names)
+        epoch = position // n
+        if epoch not in self._orders:
+            self._orders = {epoch: torch.randperm(n, generator=degradations.make_generator(self.seed, "order", self.rank, epoch))}
+        return int(self._orders[epoch][position % n]), epoch
+
+    def sample(self, position: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Sample ``position``: gt (3, c, c), lq (3, c/s, c/s), mask (1, c, c) or None."""
+        index, epoch = self._image_index(position)
+        name = self.images.names[index]
+        pixels = self.images.pixels[index]
+        g = degradations.make_generator(self.seed, name, epoch, position)
+        h, w = pixels.shape[:2]
+        c = self.crop
+        top = int(torch.randint(0, h - c + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - c + 1, (1,), generator=g))
+        gt = pixels_to_tensor(pixels[top : top + c, left : left + c])
+        flips = torch.randint(0, 2, (3,), generator=g).tolist()
+        if flips[0]:
+            gt = gt.flip(-1)
+        if flips[1]:
+            gt = gt.flip(-2)
+        if flips[2]:
+            gt = gt.transpose(-1, -2)
+        # Drawn only when asked for, so color-only configs keep their exact sample stream.
+        gray = self.gray_fraction > 0 and float(torch.rand((), generator=g)) < self.gray_fraction
+        if gray:
+            gt = to_gray8(gt)
+        degraded = self.spec.degrade(gt.contiguous(), g)
+        gt, lq = degraded.gt, degraded.lq
+        if gray:  # the model sees gray as three equal channels, as inference runs it
+            gt, lq = gt.expand(3, -1, -1), lq.expand(3, -1, -1)
+        return gt, lq, degraded.mask
+
+    def batch(self, start: int, size: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Samples ``start .. start + size - 1`` stacked: gt (B,3,c,c), lq (B,3,c/s,c/s), mask or None."""
+        items = [self.sample(p) for p in range(start, start + size)]
+        gt = torch.stack([i[0] for i in items])
+        lq = torch.stack([i[1] for i in items])
+        mask = torch.stack([i[2] for i in items]) if items[0][2] is not None else None
+        return gt, lq, mask
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+
+
+def lr_multiplier(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to 1 over ``config.warmup_steps``, then cosine decay to ``min_lr_ratio``
+    at the last step. ``step`` counts optimizer steps taken, from 0."""
+    o = config.optim
+    warmup = config.warmup_steps
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+Wrap = Callable[[nn.Module], nn.Module]
+ReportFn = Callable[[dict[str, Any], bool], None]
+"""``report(row, checkpoint_due)``: called by every worker at the same steps (see ``Trainer.fit``)."""
+
+METRIC_COLUMNS = (
+    "step", "loss", "lr", "samples_per_second", "val_psnr", "val_ssim", "wall_seconds", "stage",
+    "data_seconds", "forward_seconds", "backward_seconds", "optimizer_seconds",
+)
+"""The columns of a training-history row, in ``metrics.csv`` order."""
+
+_TIMING_KEYS = ("data_seconds", "forward_seconds", "backward_seconds", "optimizer_seconds")
+
+
+class Trainer:
+    """Fine-tunes a ``FusedRestorationNet``; one instance per process (per Ray Train worker).
+
+    Args:
+        config: the run's configuration.
+        model: the network (unwrapped); moved to ``device``.
+        sampler: this worker's sample stream.
+        device: where to train. On CUDA the forward pass runs under bf16 autocast.
+        wrap: wraps the model for data-parallel training (e.g. in DistributedDataParallel); it is
+            called again when the backbone is unfrozen, since the set of trained parameters changes.
+        val_samples: (name, 8-bit pixels) validation images, or None to skip validation (give
+            them to rank 0 only: only rank 0 validates).
+        world_size: number of data-parallel workers (for samples/s and the global batch).
+        rank: this worker's rank; rank 0 validates, keeps the history and prints progress.
+        progress: where rank 0's progress lines go (default: this module's logger, INFO).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: FusedRestorationNet,
+        sampler: CropSampler,
+        *,
+        device: torch.device | str = "cpu",
+        wrap: Wrap | None = None,
+        val_samples: list[tuple[str, np.ndarray]] | None = None,
+        world_size: int = 1,
+        rank: int = 0,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.sampler = sampler
+        self.wrap = wrap or (lambda m: m)
+        self.world_size = world_size
+        self.rank = rank
+        self.progress = progress or log.info
+        self.loss_fn = build_loss(config.loss)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(
+            model.parameter_groups(o.lr, o.backbone_lr, o.weight_decay), betas=(0.9, 0.99)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_multiplier(step, config)
+        )
+        self.step = 0
+        self.samples_seen = 0  # this worker's position in its sample stream
+        self.amp = self.device.type == "cuda"
+        self.protocol, case = config.validation_protocol()
+        seed = config.validation.seed
+        self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
+                            for n, p in (val_samples or [])]
+        self.history: list[dict[str, Any]] = []
+        self.resumed_at: list[int] = []  # the step of every resume, in order
+        self.stopped_at: int | None = None  # the step a stop request ended fit() at
+        self._stage: str | None = None
+        self.net: nn.Module = self.model
+        self._sync_stage()
+
+    # -- stages --------------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> str:
+        """``"frozen"`` while the backbone is frozen, then ``"unfrozen"``."""
+        return "frozen" if self.step < self.config.freeze_steps else "unfrozen"
+
+    def _sync_stage(self) -> None:
+        if self._stage == self.stage:
+            return
+        first = self._stage is None
+        self._stage = self.stage
+        self.model.freeze_backbone(self._stage == "frozen")
+        self.net = self.wrap(self.model)
+        if not first and self.rank == 0:
+            self.progress(f"step {self.step}: backbone unfrozen (backbone lr {self.config.optim.backbone_lr:g})")
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on this worker's next batch.
+
+        Returns:
+            ``step`` (after this one), ``loss`` (this worker's batch), ``lr`` (target branch),
+            and the time split in seconds: ``data_seconds`` (sampling, degrading, copying to the
+            device), ``forward_seconds``, ``backward_seconds`` (with DistributedDataParallel this
+            includes the gradient all-reduce), ``optimizer_seconds`` (clipping and the update),
+            ``step_seconds`` (all of them).
+        """
+        self._sync_stage()
+        self.net.train()
+        t0 = time.perf_counter()
+        gt, lq, mask = self.sampler.batch(self.samples_seen, self.config.data.batch_size)
+        gt, lq = gt.to(self.device, non_blocking=True), lq.to(self.device, non_blocking=True)
+        mask = mask.to(self.device) if mask is not None else None
+        self._synchronize()
+        t1 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            restored = self.net(lq, mask)
+        loss = self.loss_fn(restored.float(), gt)
+        self._synchronize()
+        t2 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._synchronize()
+        t3 = time.perf_counter()
+        if self.step == GRADIENT_CHECK_STEP:
+            self._check_gradient_flow()
+        if self.config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self._synchronize()
+        t4 = time.perf_counter()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {self.step}; lower optim.lr")
+        self.step += 1
+        self.samples_seen += self.config.data.batch_size
+        return {
+            "step": self.step,
+            "loss": value,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "data_seconds": t1 - t0,
+            "forward_seconds": t2 - t1,
+            "backward_seconds": t3 - t2,
+            "optimizer_seconds": t4 - t3,
+            "step_seconds": t4 - t0,
+        }
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    @property
+    def _distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def _reduce_over_workers(self, values: list[float], op: Any) -> list[float]:
+        """``values`` reduced element-wise with ``op`` over the data-parallel workers (as they are
+        in one process). Every worker must call this at the same step."""
+        if not self._distributed:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            tensor = tensor.to(self.device)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+    def _mean_over_workers(self, values: list[float]) -> list[float]:
+        """Element-wise mean over the data-parallel workers (identity in one process)."""
+        if not self._distributed:
+            return values
+        return [value / self.world_size for value in self._reduce_over_workers(values, dist.ReduceOp.SUM)]
+
+    def fit(
+        self,
+        report: ReportFn | None = None,
+        *,
+        checkpoint_dir: str | Path | None = None,
+        provenance: dict[str, Any] | None = None,
+        until_step: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Train from ``self.step`` to ``config.steps`` (or to ``until_step``).
+
+        Every worker must call this; they all take part in the same collectives and call
+        ``report`` at the same steps: each ``log_interval``, ``validation.interval`` and
+        ``checkpoint_interval`` step and the last one.
+
+        Args:
+            report: called as ``report(row, checkpoint_due)`` on every worker at those steps.
+                ``row`` holds the ``METRIC_COLUMNS`` known at that step (``loss`` is the mean
+                over the window since the last report and over all workers; ``val_psnr`` and
+                ``val_ssim`` are present on rank 0 at validation steps). When
+                ``checkpoint_due``, rank 0 is expected to save (see ``save``).
+            checkpoint_dir: without ``report``, rank 0 saves due checkpoints here, as
+                ``checkpoint_step_NNNNNNNN`` folders.
+            provenance: recorded in the checkpoints written to ``checkpoint_dir``.
+            until_step: stop after this step (a deliberate interruption; ``resume`` continues).
+            should_stop: asked on every worker after each step (it should be cheap: a cached
+                flag). Once any worker answers True, every worker reports that step as a
+                checkpoint step (rank 0 validates and saves) and the loop ends there;
+                ``stopped_at`` then holds the step, and ``resume`` continues from it.
+
+        Returns:
+            The last row reported (empty if no step was taken).
+        """
+        config = self.config
+        end = config.steps if until_step is None else min(until_step, config.steps)
+        global_batch = config.data.batch_size * self.world_size
+        fit_start, fit_start_step = time.perf_counter(), self.step
+        wall_before = float(self.history[-1]["wall_seconds"]) if self.history else 0.0
+        window: list[dict[str, float]] = []
+        row: dict[str, Any] = {}
+        while self.step < end:
+            window.append(self.train_step())
+            step = self.step
+            last = step == config.steps
+            stopping = should_stop is not None and self._any_worker(should_stop()) and not last
+            checkpoint_due = step % config.checkpoint_interval == 0 or last or stopping
+            validate_due = checkpoint_due or step % config.validation.interval == 0
+            if not (checkpoint_due or validate_due or step % config.log_interval == 0 or step == end):
+                continue
+            losses = self._mean_over_workers([float(np.mean([m["loss"] for m in window]))])
+            train_seconds = sum(m["step_seconds"] for m in window)
+            row = {
+                "step": step,
+                "loss": losses[0],
+                "lr": window[-1]["lr"],
+                "samples_per_second": global_batch * len(window) / max(train_seconds, 1e-9),
+                "stage": self.stage,
+                **{key: float(np.mean([m[key] for m in window])) for key in _TIMING_KEYS},
+            }
+            window = []
+            if validate_due and self.rank == 0 and self.val_samples:
+                row.update(self.validate())
+            elapsed = time.perf_counter() - fit_start
+            row["wall_seconds"] = wall_before + elapsed
+            if self.rank == 0:
+                self.history.append(row)
+                eta = elapsed / (step - fit_start_step) * (config.steps - step)
+                self.progress(format_progress(row, config.steps, eta))
+            if report is not None:
+                report(row, checkpoint_due)
+            elif checkpoint_due and checkpoint_dir is not None and self.rank == 0:
+                self.save(Path(checkpoint_dir) / training_checkpoint_name(step),
+                          provenance={**(provenance or {}), "steps": step, "wall_seconds": row["wall_seconds"]})
+            if stopping:
+                self.stopped_at = step
+                break
+        return row
+
+    def _any_worker(self, flag: bool) -> bool:
+        """Whether ``flag`` is True on any data-parallel worker (all workers must call this at
+        the same step, so that they all stop at the same one)."""
+        return bool(self._reduce_over_workers([float(flag)], dist.ReduceOp.MAX)[0])
+
+    def _check_gradient_flow(self) -> None:
+        """Warn when most trainable tensors get no gradient (checked at step ``GRADIENT_CHECK_STEP``,
+        once a fresh run's zero-initialized head lets gradients through): typically --init
+        from another task whose ReLU features are all zero on this task's inputs (a denoiser's
+        decoder on smooth bicubic-upsampled SR inputs), which leaves the loss flat."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        dead = sum(1 for p in trainable if p.grad is None or not bool(p.grad.any()))
+        if trainable and dead > len(trainable) // 2:
+            self.progress(f"warning: {dead} of {len(trainable)} trainable tensors got no gradient at step "
+                          f"{self.step + 1}; the loss will barely move. If this run starts from --init of another task, "
+                          "start it from the ImageNet backbone instead.")
+
+    # -- validation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean PSNR/SSIM on the validation images under the evaluate protocol (8-bit output),
+        restored by the same Predictor as evaluate and restore (gray in, gray out), whole images
+        (no tiling), in fp32 on CPUs and bf16 on CUDA as the training's forward pass."""
+        from restoration.models.predictor import Predictor, PredictorConfig
+
+        if not self.val_samples:
+            return {}
+        settings = PredictorConfig(tile=0, precision="bf16" if self.amp else "fp32", channels_last=False,
+                                   fold_batch_norm=False)
+        predictor = Predictor(self.model, settings, device=self.device)
+        psnrs, ssims = [], []
+        for sample in self.val_samples:
+            mask = sample.mask[None] if sample.mask is not None else None
+            out = predictor.restore_batch(sample.lq[None], mask)[0]
+            p, s = score(tensor_to_pixels(out.clamp(0, 1)), sample.gt, self.protocol)
+            psnrs.append(p)
+            ssims.append(s)
+        self.model.train()
+        return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that a resumed run needs (tensors and plain values)."""
+        return {
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "resumed_at": self.resumed_at,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.samples_seen = int(state["samples_seen"])
+        self.history = list(state.get("history", []))
+        self.resumed_at = [int(s) for s in state.get("resumed_at", [])]
+        # The backbone's requires_grad must match the stage before the optimizer state is loaded.
+        self._sync_stage()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def save(self, directory: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
+        """Write a resumable checkpoint into ``directory``: ``model.safetensors`` and
+        ``model.json`` (a regular restoration checkpoint), ``config.yaml`` and ``trainer_state.pt``."""
+        return save_training_checkpoint(directory, self.model, trainer_state=self.state_dict(),
+                                        config_yaml=config_lib.to_yaml(self.config), provenance=provenance)
+
+    def resume(self, directory: str | Path) -> None:
+        """Load model weights and trainer state from a checkpoint written by ``save``.
+
+        Raises:
+            CheckpointError: the checkpoint is incomplete, or was trained with another task or
+                architecture than this run's config.
+        """
+        checkpoint = read_training_checkpoint(directory, map_location=self.device)
+        saved = checkpoint.config
+        if saved is not None:
+            differences = model_differences(saved, self.config)
+            if differences:
+                raise CheckpointError(
+                    f"the checkpoint in {directory} belongs to a run with another task or model "
+                    f"({'; '.join(differences)}). Use another --name for a new run, or --init to start from that model"
+                )
+            mine = self.config.to_dict()
+            changed = sorted(k for k in mine if k not in ("model", "task") and saved.get(k) != mine[k])
+            if changed and self.rank == 0:
+                self.progress(f"note: resuming with changed settings: {', '.join(changed)}")
+        load_weights(self.model, checkpoint.weights, source=str(directory))
+        self.load_state_dict(checkpoint.trainer_state)
+        self.resumed_at.append(self.step)
+
+
+def format_progress(row: dict[str, Any], total_steps: int, eta_seconds: float) -> str:
+    """One progress line: step, loss, learning rate, samples/s, validation (if any), ETA."""
+    width = len(str(total_steps))
+    text = (f"step {row['step']:>{width}}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['samples_per_second']:6.1f} samples/s")
+    if "val_psnr" in row:
+        text += f"  val {row['val_psnr']:.2f} dB / SSIM {row['val_ssim']:.3f}"
+    return text + f"  ETA {format_duration(eta_seconds)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Starting points
+# --------------------------------------------------------------------------------------------
+
+
+def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedRestorationNet:
+    """The model a run starts from: ImageNet backbone + fresh target branch, or ``init`` weights.
+
+    With ``init`` (task transfer; a checkpoint directory or URI, or ``"default"`` for the shipped
+    model of the task), every weight whose name and shape fit is copied from that checkpoint
+    (e.g. a denoiser's backbone, encoder, fusion and decoder initialize a JPEG model).
+
+    Raises:
+        CheckpointError: ``init`` is not a checkpoint, or has another backbone, widths or
+            blocks per stage than ``config.model``.
+    """
+    if init is None:
+        return build_model(config.network_config(), backbone_weights=config.backbone_weights)
+    if str(init) == "default":
+        init = resolve_model("default", config.task)
+    if is_community_checkpoint(init):
+        return _community_start(config, init)
+    files = read_checkpoint_bytes(init)
+    source = files.read_metadata().architecture
+    mine = config.model
+    keys = [k for k in ("backbone", "widths", "fuse_strides", "blocks_per_stage") if hasattr(mine, k)]
+    if any(getattr(source, k) != getattr(mine, k) for k in keys):
+        def describe(c: ModelConfig) -> str:
+            return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k in keys for v in [getattr(c, k)])
+
+        raise CheckpointError(
+            f"--init {init} has architecture {describe(source)}; this run needs {describe(mine)} "
+            f"(set {' / '.join('model.' + k for k in keys)} to match)"
+        )
+    state = read_weights(files)
+    model = build_model(config.network_config(), backbone_weights=None)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(fitting))
+    model.load_state_dict(fitting, strict=False)
+    if skipped:
+        log.info("--init: %d tensors not transferred (task-specific): %s", len(skipped), ", ".join(skipped[:5]))
+    return model
+
+
+
+def _community_start(config: TrainConfig, init: str | Path) -> nn.Module:
+    """A community model to fine-tune (:mod:`restoration.models.community`): the whole network with its
+    pretrained weights, checked against the run's task and scale.
+
+    Raises:
+        CheckpointError: a model that cannot do ``config.task``, or of another scale.
+    """
+    from restoration.models.checkpoint import load_checkpoint
+
+    model = load_checkpoint(init).model
+    traits = model.traits
+    misfit = traits.misfit(config.task)
+    if misfit is not None:
+        raise CheckpointError(f"{storage.redact(str(init))} is {misfit}, but --task is {config.task!r}")
+    if traits.scale != config.degradation.scale:
+        raise CheckpointError(f"{storage.redact(str(init))} upscales x{traits.scale}, but this run trains x"
+                              f"{config.degradation.scale}; set degradation.scale={traits.scale}")
+    return model.train()

@@ -1,0 +1,189 @@
+"""The field's pretrained restoration models -- Real-ESRGAN, SCUNet, DRUNet, NAFNet, SwinIR, LaMa
+and the rest that people get as ``.pth`` / ``.safetensors`` files -- as the second
+implementation of the model contract (:class:`restoration.models.fused.ModelTraits`).
+
+spandrel (MIT) detects the architecture from the state dict and builds the network; this module
+wraps it as a :class:`CommunityNet` that the Predictor, the runs and the evaluator use like a
+fused model. Files are never unpickled freely: :func:`restoration.models.weight_files.read_state_dict_bytes`
+reads them (safetensors, or PyTorch's ``weights_only`` unpickler, which refuses any global that
+is not a tensor or a container). Only spandrel's core registry (permissive licences) is used,
+plus ``spandrel-extra-arches`` when installed (``pip install '.[extra-arches]'``; its
+architectures are for non-commercial use).
+
+Architecture names are compared here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from restoration.models.fused import ModelTraits
+
+__all__ = ["COMMUNITY_SUFFIXES", "CommunityMetadata", "CommunityNet", "is_community_file", "load_community_model"]
+
+COMMUNITY_SUFFIXES: Final[tuple[str, ...]] = (".pth", ".pt", ".ckpt", ".safetensors")
+"""Weight files that ``--model`` reads as a community model."""
+
+DEFAULT_NOISE_LEVEL: Final[float] = 15.0
+"""Sigma (0..255) of the noise-level map for the models that take one, unless
+``predictor.noise_level`` says otherwise (spandrel's own fixed value)."""
+
+# Models whose network takes the image plus a noise-level map as one more input channel.
+_NOISE_MAP_ARCHITECTURES: Final[frozenset[str]] = frozenset({"DRUNet", "DnCNN"})
+# Models whose output depends on statistics of the whole input (NAFNet's channel attention pools
+# globally), so that tiles change it: measured up to 3 levels on a random-weight NAFNet with
+# 96-pixel tiles (tests/test_community_models.py). They get whole images, as tiling-discouraged.
+_GLOBAL_CONTEXT_ARCHITECTURES: Final[frozenset[str]] = frozenset({"NAFNet"})
+# Models with a wide receptive field (a U-Net down to 1/8), and the overlap at which tiles give the
+# whole image's output within 1 level (measured on a random-weight DRUNet: 32 px -> 3 levels,
+# 48 -> 1; the widest is kept, for the deeper trained models).
+_MIN_OVERLAP: Final[dict[str, int]] = {"DRUNet": 64}
+HEAD_LAYERS: Final[int] = 2
+"""Fine-tuning a community model: the layers trained from the start (the rest, the pretrained
+body, is frozen for ``optim.freeze_backbone_fraction`` of the steps, then trained at
+``optim.backbone_lr``)."""
+# Purposes spandrel reports -> the task such a model does when --task is not given.
+_PURPOSE_TASKS: Final[dict[str, str]] = {"SR": "sr", "FaceSR": "sr", "Inpainting": "inpaint", "Restoration": "general"}
+
+
+def is_community_file(spec: str) -> bool:
+    """Whether ``--model`` names a weight file (local or URI) rather than a checkpoint folder."""
+    return posixpath.splitext(spec.rstrip("/"))[1].lower() in COMMUNITY_SUFFIXES
+
+
+@functools.cache
+def _extra_architectures() -> None:
+    """Add spandrel-extra-arches' architectures to spandrel's registry, once, when installed."""
+    try:
+        import spandrel_extra_arches
+    except ImportError:
+        return
+    spandrel_extra_arches.install(ignore_duplicates=True)
+
+
+@dataclass(frozen=True)
+class CommunityMetadata:
+    """What a community model file says about itself, in the fields the runs read of a
+    checkpoint's metadata: ``task`` (what it does without ``--task``), ``scale``, ``model_id``
+    (the file's name and the first 12 hex digits of its SHA-256), ``architecture`` (spandrel's
+    id), ``traits`` (the model contract's), ``provenance`` (file, SHA-256, spandrel's tags)."""
+
+    task: str
+    scale: int
+    model_id: str
+    architecture: str
+    traits: ModelTraits
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+class CommunityNet(nn.Module):
+    """A network spandrel built, behind the model contract: ``forward(x, mask=None)`` pads the
+    input to the size rule (reflect, as spandrel does), builds the noise-level map for the models
+    that take one (``noise_level``, in 0..255), turns RGB to gray and back for gray models, and
+    crops the output back. ``net`` holds the weights (fine-tune it, or save its state dict)."""
+
+    def __init__(self, descriptor: Any, *, model_id: str) -> None:
+        super().__init__()
+        self.net = descriptor.model
+        self._call = descriptor._call_fn  # spandrel's own call of this architecture (no padding, no clamp)
+        self._size = descriptor.size_requirements
+        architecture = descriptor.architecture.id
+        self._noise_map = architecture in _NOISE_MAP_ARCHITECTURES and getattr(self.net, "mode", "FDnCNN") != "DnCNN"
+        self.noise_level = DEFAULT_NOISE_LEVEL
+        self.model_id = model_id
+        tiling = str(getattr(descriptor.tiling, "name", descriptor.tiling)).lower()
+        if architecture in _GLOBAL_CONTEXT_ARCHITECTURES and tiling == "supported":
+            tiling = "discouraged"
+        self.traits = ModelTraits(
+            architecture=architecture, task=_PURPOSE_TASKS.get(descriptor.purpose, "general"), scale=descriptor.scale,
+            fixed_task=False, input_channels=descriptor.input_channels, output_channels=descriptor.output_channels,
+            takes_mask=descriptor.purpose == "Inpainting", min_size=max(1, descriptor.size_requirements.minimum),
+            multiple_of=max(1, descriptor.size_requirements.multiple_of),
+            tiling=tiling if tiling in ("supported", "discouraged", "internal") else "supported",
+            dtypes=("fp32", "bf16") if descriptor.supports_bfloat16 else ("fp32",), auto_bf16=False,
+            noise_level=self._noise_map, min_overlap=_MIN_OVERLAP.get(architecture, 0))
+
+    # -- fine-tuning: the fused model's two-stage schedule, with the last layers as the "target
+    # branch" and everything before them as the pretrained "backbone" --------------------------
+
+    def _head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the last :data:`HEAD_LAYERS` layers that have any."""
+        layers = [module for module in self.net.modules()
+                  if not list(module.children()) and any(True for _ in module.parameters(recurse=False))]
+        return [p for module in layers[-HEAD_LAYERS:] for p in module.parameters(recurse=False)]
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) every layer but the last :data:`HEAD_LAYERS`."""
+        head = {id(p) for p in self._head_parameters()}
+        for parameter in self.net.parameters():
+            parameter.requires_grad_(id(parameter) in head or not frozen)
+
+    def parameter_groups(self, lr: float, backbone_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer groups: the last layers at ``lr``, the rest at ``backbone_lr``."""
+        head = self._head_parameters()
+        ids = {id(p) for p in head}
+        body = [p for p in self.net.parameters() if id(p) not in ids]
+        return [{"name": "target", "params": head, "lr": lr, "weight_decay": weight_decay},
+                {"name": "backbone", "params": body, "lr": backbone_lr, "weight_decay": weight_decay}]
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        height, width = x.shape[-2:]
+        if self.traits.input_channels == 1 and x.shape[1] == 3:
+            x = x.mean(dim=1, keepdim=True)
+        pad_w, pad_h = self._size.get_padding(width, height)
+        x = _pad(x, pad_w, pad_h)
+        if self._noise_map:
+            level = torch.full_like(x[:, :1], self.noise_level / 255.0)
+            out = self.net(torch.cat([x, level], dim=1))
+        elif mask is not None:
+            out = self._call(self.net, x, _pad(mask, pad_w, pad_h))
+        else:
+            out = self._call(self.net, x)
+        scale = self.traits.scale
+        out = out[..., : height * scale, : width * scale]
+        return out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out
+
+
+def _pad(x: Tensor, pad_w: int, pad_h: int) -> Tensor:
+    """Pad right and bottom: reflect as far as the size allows, then replicate."""
+    if not (pad_w or pad_h):
+        return x
+    reflect_w, reflect_h = min(pad_w, x.shape[-1] - 1), min(pad_h, x.shape[-2] - 1)
+    x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
+    return F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+
+
+def load_community_model(state: dict[str, Tensor], *, name: str, data: bytes) -> tuple[CommunityNet, CommunityMetadata]:
+    """The network of a community weight file's state dict (``name`` and ``data``: the file's
+    name and bytes, for the id and the hash), float32 in eval mode.
+
+    Raises:
+        ValueError: spandrel recognises no architecture in it.
+    """
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    _extra_architectures()
+    try:
+        descriptor = ModelLoader(device="cpu").load_from_state_dict(state)
+    except UnsupportedModelError:
+        raise ValueError(f"{name}: spandrel recognises no architecture in this file (a restoration model's "
+                         "weights are needed; see README, 'Bring a model')") from None
+    except Exception as error:  # a recognised architecture whose weights do not fit it
+        raise ValueError(f"{name}: not a usable model file: {type(error).__name__}: {error}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    stem = posixpath.basename(name.rstrip("/")).rsplit(".", 1)[0]
+    net = CommunityNet(descriptor, model_id=f"{stem}-{digest[:12]}")
+    net.float().eval()
+    metadata = CommunityMetadata(task=net.traits.task, scale=net.traits.scale, model_id=net.model_id,
+                                 architecture=net.traits.architecture, traits=net.traits,
+                                 provenance={"file": name, "sha256": digest, "tags": list(descriptor.tags),
+                                             "purpose": descriptor.purpose})
+    return net, metadata
