@@ -49,9 +49,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from local.demo import run_demo
+    """The demo is a program of its own (``python -m local.demo``) that runs these jobs: it stands
+    above them, so the command starts it rather than importing it."""
+    import subprocess
+    import sys
 
-    return run_demo(output=args.output, steps=args.steps)
+    command = [sys.executable, "-m", "local.demo", "--output", args.output]
+    if args.steps is not None:
+        command += ["--steps", str(args.steps)]
+    return subprocess.call(command)
 
 
 SUBCOMMANDS = [_add_finetune, _add_restore, _add_demo]

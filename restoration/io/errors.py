@@ -4,8 +4,10 @@ bucket, denied access (with the variable to fix); and credentials kept out of ev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -119,3 +121,18 @@ def describe_storage_error(error: BaseException, uri: str) -> str | None:
     if any(isinstance(item, NotADirectoryError) for item in chain):
         return f"not a folder: a part of {shown} is a file"
     return None
+
+
+@contextlib.contextmanager
+def users_storage_errors(argument: str, uri: str) -> Iterator[None]:
+    """Turn a storage error that is the user's to fix (unreachable endpoint, missing bucket or
+    file, denied access) while using ``uri`` into one redacted line naming the argument and the
+    URI, a StorageError (a ValueError); anything else propagates unchanged."""
+    try:
+        yield
+    except (OSError, StorageError) as error:
+        message = describe_storage_error(error, uri)
+        if message is None:
+            raise
+        shown = redact(uri)
+        raise StorageError(message if shown in message else f"{argument} {shown}: {message}") from error

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from restoration.durations import format_duration
 from restoration.io import storage
+from restoration.io.errors import users_storage_errors
 from restoration.models.checkpoint import (
     CheckpointError,
     read_model_metadata,
@@ -23,7 +24,6 @@ from restoration.models.checkpoint import (
 )
 from restoration.restore import manifest as manifest_lib
 from restoration.restore.planning import Plan, plan_restore
-from restoration.restore.run import users_storage_errors
 from restoration.restore.settings import RestoreConfig
 from restoration.restore.stages import (
     skip_stage,

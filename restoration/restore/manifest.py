@@ -88,6 +88,7 @@ __all__ = [
     "MANIFEST_VERSION",
     "STATUSES",
     "SUMMARY_FILE",
+    "WORK_SCHEMA",
     "UNCHANGED_THRESHOLD",
     "ManifestIndex",
     "ManifestWriter",
@@ -578,3 +579,15 @@ def unpack_manifest(batch: pa.Table) -> Iterator[pa.Table]:
     """The manifest tables of a batch of :func:`pack_manifest` rows (any number of rows)."""
     for cell in batch.column(PACKED_COLUMN).to_pylist():
         yield pa.ipc.open_stream(cell).read_all()
+
+
+# The work of a run: what the planner hands the stages, one row per input to restore.
+WORK_SCHEMA: Final[pa.Schema] = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("output_uri", pa.string(), nullable=False),
+        # Source size recorded by an earlier run that restored this input; the input is skipped
+        # when its size is unchanged. Null: restore it.
+        pa.field("previous_bytes", pa.int64()),
+    ]
+)

@@ -42,9 +42,8 @@ import pyarrow.parquet as pq
 from restoration.io import storage
 from restoration.restore import manifest as manifest_lib
 from restoration.restore.digests import DigestSet
-from restoration.restore.manifest import error_row
+from restoration.restore.manifest import WORK_SCHEMA, error_row
 from restoration.restore.settings import RestoreConfig
-from restoration.restore.stages import WORK_SCHEMA
 from restoration.tasks.specs import get_task
 
 __all__ = [
@@ -230,7 +229,7 @@ def list_inputs(input_uri: str, *, uri_column: str | None = None) -> tuple[str, 
 @dataclass
 class PlanPart:
     """One partition of a plan: ``inputs`` (every input of the part, in order), ``work`` (the
-    ones to send to the executor, :data:`restoration.restore.stages.WORK_SCHEMA`), ``errors``
+    ones to send to the executor, :data:`restoration.restore.manifest.WORK_SCHEMA`), ``errors``
     (manifest error rows for the ones that cannot be placed) and ``previous`` (the earlier
     manifest row of every input that may be skipped)."""
 

@@ -25,7 +25,6 @@ Both run the same stage functions of :mod:`restoration.restore.stages` on the sa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
 from restoration import config as config_lib
 from restoration.durations import format_duration
 from restoration.io import outages, storage
+from restoration.io.errors import users_storage_errors
 from restoration.models.checkpoint import (
     Checkpoint,
     CheckpointBytes,
@@ -53,10 +53,10 @@ from restoration.models.checkpoint import (
 )
 from restoration.models.predictor import check_predictor_settings
 from restoration.restore import manifest as manifest_lib
+from restoration.restore.manifest import WORK_SCHEMA
 from restoration.restore.planning import Plan, plan_restore
 from restoration.restore.settings import PredictorConfig, RestoreConfig
 from restoration.restore.stages import (
-    WORK_SCHEMA,
     encode_stage,
     read_stage,
     restore_stage,
@@ -180,7 +180,7 @@ class RestoreExecutor(Protocol):
 
     ``skip`` takes work rows an earlier run restored (``previous_bytes`` set) and yields
     :data:`restoration.restore.stages.SKIP_SCHEMA` tables (from :func:`~restoration.restore.stages.skip_stage`);
-    ``restore`` takes work rows (:data:`~restoration.restore.stages.WORK_SCHEMA`) and yields manifest
+    ``restore`` takes work rows (:data:`~restoration.restore.manifest.WORK_SCHEMA`) and yields manifest
     tables (from :func:`~restoration.restore.stages.encode_stage`), at most one row per input, in any
     order and in any number of tables; once ``stop.requested``, it starts no more inputs and
     ends when those in flight are done. ``describe`` says how the model ran, for the summary
@@ -253,21 +253,6 @@ class LocalRestoreExecutor:
 
 # --------------------------------------------------------------------------------------------
 # The run
-
-
-@contextlib.contextmanager
-def users_storage_errors(argument: str, uri: str) -> Iterator[None]:
-    """Turn a storage error that is the user's to fix (unreachable endpoint, missing bucket or
-    file, denied access) while using ``uri`` into one redacted line naming the argument and the
-    URI, a StorageError (a ValueError); anything else propagates unchanged."""
-    try:
-        yield
-    except (OSError, storage.StorageError) as error:
-        message = storage.describe_storage_error(error, uri)
-        if message is None:
-            raise
-        shown = storage.redact(uri)
-        raise storage.StorageError(message if shown in message else f"{argument} {shown}: {message}") from error
 
 
 class RunStopped(Exception):

@@ -46,22 +46,17 @@ from restoration.io.codec import (
 from restoration.io.encode import encode_image, output_format_for
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
 from restoration.models.predictor import Predictor
-from restoration.restore.manifest import COLUMNS, MANIFEST_SCHEMA, error_row
+from restoration.restore.manifest import (
+    COLUMNS,
+    MANIFEST_SCHEMA,
+    WORK_SCHEMA,
+    error_row,
+)
 from restoration.restore.settings import DEFAULT_PNG_COMPRESSION
 from restoration.tasks.specs import TaskSpec
 
 # --------------------------------------------------------------------------------------------
 # Schemas between stages
-
-WORK_SCHEMA: Final[pa.Schema] = pa.schema(
-    [
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("output_uri", pa.string(), nullable=False),
-        # Source size recorded by an earlier run that restored this input; the input is skipped
-        # when its size is unchanged. Null: restore it.
-        pa.field("previous_bytes", pa.int64()),
-    ]
-)
 
 PIPELINE_SCHEMA: Final[pa.Schema] = pa.schema(
     [
