@@ -58,7 +58,7 @@ seconds = time.perf_counter() - started
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 rows = read_manifest(f"{{folder}}/out").num_rows if count <= 100_000 else None
 print(json.dumps({{"inputs": count, "baseline_mb": baseline, "peak_mb": peak, "run_mb": peak - baseline,
-                  "seconds": seconds, "counts": summary["counts"], "manifest_rows": rows}}))
+                  "seconds": seconds, "counts": summary.counts.model_dump(), "manifest_rows": rows}}))
 """
 
 

@@ -183,8 +183,8 @@ def no_ray(folder: Path, out: Path, model_dir: Path, count: int, overrides: list
     executor = LocalRestoreExecutor()
     summary = run_restore(str(folder), str(out), task="denoise", model=str(model_dir), config=config, limit=count,
                           overwrite=True, executor=executor, echo=lambda text: None)
-    result = _rate(summary["counts"]["ok"], summary["pipeline_seconds"], size)
-    result.update(wall_seconds=summary["wall_seconds"], errors=summary["counts"]["error"],
+    result = _rate(summary.counts.ok, summary.pipeline_seconds, size)
+    result.update(wall_seconds=summary.wall_seconds, errors=summary.counts.error,
                   executor=executor.describe(), png_level=config.output.png_compression)
     return result
 
@@ -204,9 +204,9 @@ def ray_pair(input_uri: str, output_uri: Callable[[int], str], model_dir: Path, 
         summary = restore(input_uri, output_uri(count), task="denoise", model=str(model_dir), config=config,
                           limit=count, overwrite=True, echo=lambda text: None)
         seconds = time.perf_counter() - started
-        if summary["counts"]["ok"] != count:
-            raise RuntimeError(f"Ray job over {count} inputs restored {summary['counts']}")
-        jobs.append({"images": count, "wall_seconds": seconds, "actor_pool": summary["actor_pool"]})
+        if summary.counts.ok != count:
+            raise RuntimeError(f"Ray job over {count} inputs restored {summary.counts.model_dump()}")
+        jobs.append({"images": count, "wall_seconds": seconds, "actor_pool": summary.actor_pool})
     (n1, t1), (n2, t2) = ((job["images"], job["wall_seconds"]) for job in jobs)
     marginal = (n2 - n1) / (t2 - t1)
     return {"marginal_images_per_second": marginal, "startup_seconds": t1 - n1 / marginal, "jobs": jobs,

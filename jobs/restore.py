@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from jobs.settings import RayRestoreConfig as RestoreConfig
     from restoration.models.predictor import PredictorConfig
     from restoration.restore.run import StageContext
+    from restoration.restore.summary import RestoreSummary
     from restoration.tasks.specs import TaskSpec
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -282,7 +283,7 @@ class RayRestoreExecutor:
 
 def restore(input_uri: str, output_uri: str, *, task: str, model: str = "default", config: RestoreConfig | None = None,
             limit: int | None = None, overwrite: bool = False, address: str | None = None,
-            progress_bars: bool = False, echo: Any = print) -> dict[str, Any]:
+            progress_bars: bool = False, echo: Any = print) -> RestoreSummary:
     """Run one batch restoration on Ray Data and return its summary (see
     :func:`restoration.restore.run.run_restore`)."""
     from jobs.settings import ray_config

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from restoration.restore.summary import RestoreSummary
+
 SIGMA = 25.0
 SEED = 0
 DEFAULT_STEPS = 60
@@ -188,7 +190,7 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
         rows = write_report(out, base, photos, groups, summaries)
         print(format_table(rows))
     _step(6, f"done; open {out / 'report.html'}", started)
-    return 0 if all(summary["counts"]["error"] == 0 for summary in summaries) else 1
+    return 0 if all(summary.counts.error == 0 for summary in summaries) else 1
 
 
 def _storage(stack: contextlib.ExitStack, out: Path, started: float) -> str:
@@ -243,7 +245,7 @@ def _restore_environment(saved: dict[str, str | None]) -> None:
 
 
 def write_report(out: Path, base: str, photos: dict, groups: list[tuple[str, str, dict]],
-                 summaries: list[dict]) -> list[dict]:
+                 summaries: list[RestoreSummary]) -> list[dict]:
     """PSNR per image and model from the manifests' outputs; writes psnr.csv, manifest.csv,
     contact_sheet.png under ``out``, and a ``restoration report`` page per job (report.html for
     the first, report-<folder>.html for the others); returns the table rows.

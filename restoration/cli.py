@@ -379,15 +379,15 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
         except RunStopped as error:
             print(f"restore: {error}", file=sys.stderr)
             return error.exit_code
-    stopped = summary["stopped"]
+    stopped = summary.stopped
     if stopped is not None:
-        reason = stopped["signal"] + ("" if stopped["forced"] is None else f", then stopped at once: {stopped['forced']}")
-        counts = summary["counts"]
-        print(f"restore: stopped by {reason}: {summary['inputs'] - stopped['left']} of {summary['inputs']} inputs "
-              f"done (ok {counts['ok']}, error {counts['error']}, skipped {counts['skipped']}), {stopped['left']} "
+        reason = stopped.signal + ("" if stopped.forced is None else f", then stopped at once: {stopped.forced}")
+        counts = summary.counts
+        print(f"restore: stopped by {reason}: {summary.inputs - stopped.left} of {summary.inputs} inputs "
+              f"done (ok {counts.ok}, error {counts.error}, skipped {counts.skipped}), {stopped.left} "
               "left; run the same command again to continue", file=sys.stderr)
-        return int(stopped["exit_code"])
-    errors = summary["counts"]["error"]
+        return stopped.exit_code
+    errors = summary.counts.error
     if errors and args.fail_on_error:
         print(f"{errors} input(s) failed (--fail-on-error); see the manifest", file=sys.stderr)
         return 1

@@ -358,7 +358,7 @@ def test_a_community_model_file_on_s3(model_files: dict[str, Path], inputs: Path
     storage.write_bytes(uri, model_files["compact-x4"].read_bytes())
     summary = run_restore(str(inputs), str(tmp_path / "out"), task="sr", model=uri, config=RestoreConfig(),
                           executor=LocalRestoreExecutor(), echo=lambda line: None)
-    assert summary["counts"]["ok"] == 3 and summary["model"]["architecture"] == "Compact"
+    assert summary.counts.ok == 3 and summary.model.architecture == "Compact"
     with pytest.raises(CheckpointError, match="model file not found: s3://.*/models/missing.pth"):
         run_restore(str(inputs), str(tmp_path / "out2"), task="sr", model=f"s3://{s3_bucket}/models/missing.pth",
                     config=RestoreConfig(), executor=LocalRestoreExecutor(), echo=lambda line: None)

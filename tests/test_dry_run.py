@@ -44,7 +44,7 @@ def test_dry_run_counts_and_estimates_without_ray_a_model_or_writes(tmp_path: Pa
     # A previous run restored done.png: the dry run must count it as skipped.
     summary = run_restore(str(inputs), str(tmp_path / "out"), task="denoise", model=str(model),
                           executor=LocalRestoreExecutor(), echo=lambda _: None)
-    assert summary["counts"]["ok"] == 1
+    assert summary.counts.ok == 1
     for key, (width, height) in SIZES.items():
         if key != "done.png":
             (inputs / key).write_bytes(png(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))

@@ -43,6 +43,7 @@ from restoration.restore.dry_run import dry_run_restore
 from restoration.restore.manifest import CONFIG_FILE, MANIFEST_DIR, read_manifest
 from restoration.restore.run import LocalRestoreExecutor, run_restore
 from restoration.restore.settings import RestoreConfig
+from restoration.restore.summary import Counts
 
 pytestmark = [pytest.mark.s3]
 
@@ -139,7 +140,7 @@ def test_keys_with_dot_segments_are_error_rows_and_nothing_lands_outside_the_out
     # The input prefix: every input is restored, the percent-encoded one under its literal key.
     summary = run_restore(uri("in"), uri("out"), task="denoise", model=str(tiny_model),
                           executor=LocalRestoreExecutor(), echo=_quiet)
-    assert summary["counts"] == {"ok": 3, "error": 0, "skipped": 0}
+    assert summary.counts == Counts(ok=3, error=0, skipped=0)
     rows = _rows_by_source(uri("out"))
     assert {source: row["output_uri"] for source, row in rows.items()} == {
         uri("in/a.png"): uri("out/a.png"), uri("in/sub/b.png"): uri("out/sub/b.png"),
@@ -159,7 +160,7 @@ def test_keys_with_dot_segments_are_error_rows_and_nothing_lands_outside_the_out
     client.put_object(Bucket=bucket, Key="lists/hostile.txt", Body="".join(f"{entry}\n" for entry in listed))
     summary = run_restore(uri("lists/hostile.txt"), uri("out-list"), task="denoise", model=str(tiny_model),
                           executor=LocalRestoreExecutor(), echo=_quiet)
-    assert summary["counts"] == {"ok": 2, "error": len(hostile), "skipped": 0}
+    assert summary.counts == Counts(ok=2, error=len(hostile), skipped=0)
     rows = _rows_by_source(uri("out-list"))
     assert sorted(rows) == sorted(listed)
     # The good entries land as if the hostile ones were not there: the root is still in/.
@@ -176,7 +177,7 @@ def test_keys_with_dot_segments_are_error_rows_and_nothing_lands_outside_the_out
     client.put_object(Bucket=bucket, Key="lists/only.txt", Body=f"{uri('in/sub/../x.png')}\n")
     summary = run_restore(uri("lists/only.txt"), uri("out-only"), task="denoise", model=str(tiny_model),
                           executor=LocalRestoreExecutor(), echo=_quiet)
-    assert summary["counts"] == {"ok": 0, "error": 1, "skipped": 0}
+    assert summary.counts == Counts(ok=0, error=1, skipped=0)
     [row] = read_manifest(uri("out-only")).to_pylist()
     assert row["status"] == "error" and row["error_stage"] == "plan" and "'..' path segment" in row["error"]
 
@@ -235,7 +236,7 @@ def test_a_decompression_bomb_is_an_error_row_and_the_other_inputs_are_restored(
     summary = run_restore(f"s3://{s3_bucket}/in", f"s3://{s3_bucket}/out", task="denoise", model=str(tiny_model),
                           executor=LocalRestoreExecutor(), echo=_quiet)
     seconds = time.perf_counter() - started
-    assert summary["counts"] == {"ok": 2, "error": 2, "skipped": 0}
+    assert summary.counts == Counts(ok=2, error=2, skipped=0)
     rows = {source.removeprefix(f"s3://{s3_bucket}/"): row for source, row in _rows_by_source(
         f"s3://{s3_bucket}/out").items()}
     bomb, big = rows["in/bomb.png"], rows["in/big.png"]

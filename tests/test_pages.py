@@ -110,6 +110,34 @@ def test_deleted_images_are_rows_and_a_missing_manifest_is_one_line(tmp_path: Pa
 
 
 @pytest.mark.timeout(300)
+def test_the_report_reads_summaries_written_by_earlier_versions(job: Path, tmp_path: Path) -> None:
+    """``_summary.json`` reads back into the model and writes back byte for byte; one written
+    before the newer keys existed (and holding a key this version does not know) still fills the
+    page's details, with the default unchanged threshold; one that is not a summary is left out."""
+    import json
+    import shutil
+
+    from restoration.pages.report import build_report
+    from restoration.restore.manifest import MANIFEST_DIR, SUMMARY_FILE
+    from restoration.restore.summary import RestoreSummary
+
+    text = (job / MANIFEST_DIR / SUMMARY_FILE).read_text()
+    summary = RestoreSummary.from_json(text)
+    assert summary.to_json() == text and summary.stopped is None and summary.counts.ok == 10
+    copy = tmp_path / "out"
+    shutil.copytree(job / MANIFEST_DIR, copy / MANIFEST_DIR)  # the rows name the job's own images
+    older = {key: value for key, value in json.loads(text).items()
+             if key not in ("model", "unchanged", "unchanged_threshold", "pipeline_started_epoch", "executor", "stopped")}
+    (copy / MANIFEST_DIR / SUMMARY_FILE).write_text(json.dumps({**older, "from_the_future": 1}))
+    page, _ = build_report(str(copy), sample=1, extremes=0)
+    assert "No _summary.json" not in page and summary.job_id in page and summary.model_id in page
+    assert "unchanged (&lt; 0.5 levels)" in page and "weights_sha256" not in page
+    (copy / MANIFEST_DIR / SUMMARY_FILE).write_text(json.dumps({"counts": {}}))
+    page, _ = build_report(str(copy), sample=1, extremes=0)
+    assert "No _summary.json" in page and summary.job_id not in page
+
+
+@pytest.mark.timeout(300)
 def test_the_compare_page_shows_every_model_and_flips_between_them(job: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     """Three models -- the job's tiny checkpoint, the shipped denoiser and a community x4 model

@@ -33,6 +33,7 @@ from restoration.io.codec import decode_image
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
 from restoration.quality.metrics import psnr
 from restoration.restore.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
+from restoration.restore.summary import Counts
 from restoration.tasks import degradations
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
@@ -319,7 +320,7 @@ def test_the_split_pipeline_restores_what_the_fused_one_does(
     assert first_run["code"] == 0
     summary = restore(_uri("in"), _uri("split"), task="denoise", model=str(denoiser),
                       config=_restore_config("pipeline.stages=split"), echo=lambda text: None)
-    assert summary["actor_pool"]["stages"] == "split"
+    assert summary.actor_pool["stages"] == "split"
     fused, split = _rows(_uri("out")), _rows(_uri("split"))
     assert sorted(split) == sorted(fused)
     for key, row in split.items():
@@ -386,12 +387,12 @@ def test_fused_actors_send_manifest_rows_chunk_by_chunk(
     config = _restore_config("pipeline.read_batch_size=1000", "pipeline.batch_size=2", "pipeline.stream_seconds=0")
     summary = run_restore(_uri("in"), _uri("streamed"), task="denoise", model=str(denoiser), config=config,
                           executor=executor, echo=lambda text: None)
-    assert summary["actor_pool"]["rows_per_block"] == 1000 and summary["actor_pool"]["stages"] == "fused"
+    assert summary.actor_pool["rows_per_block"] == 1000 and summary.actor_pool["stages"] == "fused"
     # Every input the plan could place reaches the executor, in chunks of 2 (the last may be 1).
     placed = [key for key, row in _rows(_uri("streamed")).items() if row["error_stage"] != "plan"]
     assert sum(arrived) == len(placed)
     assert max(arrived) <= 2 and len(arrived) == math.ceil(len(placed) / 2), arrived
-    assert summary["counts"] == {"ok": len(inputs["good"]), "error": len(inputs["bad"]), "skipped": 0}
+    assert summary.counts == Counts(ok=len(inputs["good"]), error=len(inputs["bad"]), skipped=0)
 
 
 def test_manifest_tables_survive_packing_and_blocks_are_sized_for_the_pool() -> None:

@@ -21,6 +21,7 @@ from restoration.models.fused import ModelConfig, build_model
 from restoration.restore.manifest import MANIFEST_DIR, SUMMARY_FILE, read_manifest
 from restoration.restore.run import LocalRestoreExecutor, StageContext, run_restore
 from restoration.restore.settings import RestoreConfig
+from restoration.restore.summary import Counts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TINY = (8, 8, 16, 16, 24, 24)
@@ -148,7 +149,7 @@ def test_an_input_the_executor_did_not_report_is_restored_again_then_becomes_an_
     once = DropsOne("sub/b.png", times=1)
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
                           config=RestoreConfig(), executor=once, echo=lines.append)
-    assert summary["counts"] == {"ok": len(photos), "error": 0, "skipped": 0}
+    assert summary.counts == Counts(ok=len(photos), error=0, skipped=0)
     assert once.calls == [len(photos), 1]  # the second pass holds the lost input only
     assert any("1 inputs got no result back from the local executor" in line for line in lines), lines
     rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
@@ -160,7 +161,7 @@ def test_an_input_the_executor_did_not_report_is_restored_again_then_becomes_an_
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out2"), task="denoise", model=str(tiny_model),
                           config=RestoreConfig(), executor=never, echo=lines.append)
     assert never.calls == [len(photos)] + [1] * LOST_RESULT_PASSES
-    assert summary["counts"] == {"ok": len(photos) - 1, "error": 1, "skipped": 0}
+    assert summary.counts == Counts(ok=len(photos) - 1, error=1, skipped=0)
     rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out2")).to_pylist()}
     assert rows["b.png"]["status"] == "error" and "no result came back from the local executor" in rows["b.png"]["error"]
     assert lines[0].startswith(f"restore denoise: {len(photos)} inputs") and "manifest:" in lines[-1]
@@ -177,7 +178,7 @@ def test_the_summary_counts_the_images_the_model_left_unchanged(
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
                           executor=LocalRestoreExecutor(), echo=lines.append)
     # The untrained model is the identity: every image is restored, and none is changed.
-    assert summary["counts"]["ok"] == summary["unchanged"] == len(photos) and summary["unchanged_threshold"] == 0.5
+    assert summary.counts.ok == summary.unchanged == len(photos) and summary.unchanged_threshold == 0.5
     assert f"unchanged: {len(photos)} of the {len(photos)} restored images" in lines[-1]
     written = json.loads((tmp_path / "out" / MANIFEST_DIR / SUMMARY_FILE).read_text())
     assert written["unchanged"] == len(photos)
@@ -187,7 +188,7 @@ def test_the_summary_counts_the_images_the_model_left_unchanged(
     config = config_lib.load_config(RestoreConfig, overrides=["manifest.unchanged_threshold=0"])
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
                           config=config, overwrite=True, executor=LocalRestoreExecutor(), echo=lines.append)
-    assert summary["unchanged"] == 0 and summary["unchanged_threshold"] == 0.0
+    assert summary.unchanged == 0 and summary.unchanged_threshold == 0.0
 
 
 @pytest.mark.timeout(1500)
@@ -210,7 +211,7 @@ def test_strength_is_a_setting_and_is_recorded(tmp_path: Path, photos: dict[str,
         summary = run_restore(str(tmp_path / "in"), str(tmp_path / f"out-{strength}"), task="denoise",
                               model=str(checkpoint), config=config, executor=LocalRestoreExecutor(), echo=lambda _: None)
         [row] = read_manifest(str(tmp_path / f"out-{strength}")).to_pylist()
-        assert row["strength"] == strength and summary["unchanged"] == (1 if strength == 0 else 0)
+        assert row["strength"] == strength and summary.unchanged == (1 if strength == 0 else 0)
         changes[strength] = row["mean_abs_change"]
     assert changes[0.0] == 0.0 and changes[0.5] == pytest.approx(3.0, abs=0.6) and changes[1.0] == pytest.approx(6.0, abs=0.1)
     np.testing.assert_array_equal(decode_image((tmp_path / "out-0.0/a.png").read_bytes()).pixels, photos["a.png"] // 2)
@@ -278,7 +279,7 @@ def test_a_run_in_partitions_accounts_for_every_input_once(
                           config=config, executor=LocalRestoreExecutor(), echo=lines.append)
     rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
     assert sorted(rows) == ["a.jpg", "a.png", "b.png", "c.png", "gone.png"]
-    assert summary["inputs"] == 5 and summary["counts"] == {"ok": 4, "error": 1, "skipped": 0}
+    assert summary.inputs == 5 and summary.counts == Counts(ok=4, error=1, skipped=0)
     # Sorted, a.jpg comes first and takes a.png; a.png, in the next partition, keeps its extension.
     assert rows["a.jpg"]["output_uri"] == str(tmp_path / "out" / "a.png")
     assert rows["a.png"]["output_uri"] == str(tmp_path / "out" / "a.png.png")
@@ -290,7 +291,7 @@ def test_a_run_in_partitions_accounts_for_every_input_once(
     config = config_lib.load_config(RestoreConfig, overrides=["input.partition_size=2", "output.format=png"])
     summary = run_restore(str(tmp_path / "in"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
                           config=config, executor=LocalRestoreExecutor(), echo=lines.append)
-    assert summary["counts"] == {"ok": 0, "error": 1, "skipped": 4}
+    assert summary.counts == Counts(ok=0, error=1, skipped=4)
     again = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "out")).to_pylist()}
     assert sorted(again) == sorted(rows) and again["a.png"]["output_uri"] == rows["a.png"]["output_uri"]
 
@@ -306,7 +307,7 @@ def test_a_list_repeating_entries_across_partitions_restores_each_once(
     config = config_lib.load_config(RestoreConfig, overrides=["input.partition_size=1"])
     summary = run_restore(str(tmp_path / "list.txt"), str(tmp_path / "out"), task="denoise", model=str(tiny_model),
                           config=config, executor=LocalRestoreExecutor(), echo=lambda _: None)
-    assert summary["inputs"] == 3 and summary["counts"] == {"ok": 3, "error": 0, "skipped": 0}
+    assert summary.inputs == 3 and summary.counts == Counts(ok=3, error=0, skipped=0)
     assert read_manifest(str(tmp_path / "out")).num_rows == 3
     assert (tmp_path / "out" / "sub" / "deep" / "c.png").is_file()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import platform
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from restoration.finetune.settings import (
     load_train_config,
     model_differences,
 )
+from restoration.finetune.summary import FinetuneSummary
 from restoration.finetune.trainer import (
     METRIC_COLUMNS,
     LoadedImages,
@@ -286,16 +286,16 @@ def start_message(trainer: Trainer, init: str | None, resumed_from: str | None) 
     return f"starting at step 0 of {config.steps} from {start}"
 
 
-def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]], run_uri: str) -> dict[str, Any]:
+def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]], run_uri: str) -> FinetuneSummary:
     """The final line of a run: last metrics, the best checkpoint by validation PSNR (``best``:
-    (checkpoint folder name, its metrics)), and where the final model is."""
-    summary = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}
+    (checkpoint folder name, its metrics)), and where the final model is. Only what the run
+    knows is set (see :meth:`FinetuneSummary.to_json`)."""
+    known = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}
     top = max(best, key=lambda item: item[1].get("val_psnr", float("-inf")), default=None)
     if top is not None:
-        summary["best_checkpoint"] = storage.join(run_uri, top[0])
-        summary["best_val_psnr"] = top[1].get("val_psnr")
-    summary["model"] = storage.join(run_uri, "model")
-    return summary
+        known["best_checkpoint"] = storage.join(run_uri, top[0])
+        known["best_val_psnr"] = top[1].get("val_psnr")
+    return FinetuneSummary(**known, model=storage.join(run_uri, "model"))
 
 
 def provenance(plan: FinetunePlan, *, workers: int, device_name: str, image_count: int,
@@ -576,7 +576,7 @@ def run_finetune(plan: FinetunePlan, executor: FinetuneExecutor) -> int:
         print(f"fine-tuning stopped by {stop.name} {at} ({f'checkpoint {saved}' if saved else 'no checkpoint yet'}); "
               f"run the same command again to continue", file=sys.stderr, flush=True)
         return stop.exit_code or 1
-    print("done: " + json.dumps(run_summary(outcome.metrics, outcome.checkpoints, plan.run_uri)), flush=True)
+    print("done: " + run_summary(outcome.metrics, outcome.checkpoints, plan.run_uri).to_json(), flush=True)
     return 0
 
 

@@ -43,6 +43,7 @@ from restoration.restore.manifest import (
     UNCHANGED_THRESHOLD,
     read_manifest,
 )
+from restoration.restore.summary import RestoreSummary
 
 __all__ = ["ReportStats", "build_report", "peak_memory_mb", "write_report"]
 
@@ -116,10 +117,12 @@ def _rows(output_uri: str) -> list[dict[str, Any]]:
     return table.select([c for c in _COLUMNS if c in table.column_names]).to_pylist()
 
 
-def _summary(output_uri: str) -> dict[str, Any] | None:
+def _summary(output_uri: str) -> RestoreSummary | None:
+    """The job's ``_summary.json`` (an earlier version's too: the keys added since may be missing),
+    or None while it is missing or when it is not a summary."""
     try:
-        return json.loads(storage.read_bytes(storage.join(output_uri, MANIFEST_DIR, SUMMARY_FILE)))
-    except (FileNotFoundError, ValueError):
+        return RestoreSummary.from_json(storage.read_bytes(storage.join(output_uri, MANIFEST_DIR, SUMMARY_FILE)))
+    except (FileNotFoundError, ValueError):  # (a pydantic ValidationError is a ValueError)
         return None  # a job still running, or stopped before its end
 
 
@@ -154,11 +157,12 @@ def _choose(rows: list[dict[str, Any]], *, sample: int, extremes: int, seed: int
     return {"sample": picked, "most": changed[::-1][:extremes], "least": changed[:extremes]}
 
 
-def _summary_data(rows: list[dict[str, Any]], summary: dict[str, Any] | None) -> Summary:
+def _summary_data(rows: list[dict[str, Any]], summary: RestoreSummary | None) -> Summary:
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
         counts[row["status"]] += 1
-    threshold = (summary or {}).get("unchanged_threshold", UNCHANGED_THRESHOLD)
+    threshold = UNCHANGED_THRESHOLD if summary is None or summary.unchanged_threshold is None \
+        else summary.unchanged_threshold
     unchanged = sum(1 for row in rows if row["status"] == "ok" and row["mean_abs_change"] is not None
                     and row["mean_abs_change"] < threshold)
     megapixels = sum((row["width"] or 0) * (row["height"] or 0) for row in rows if row["status"] == "ok") / 1e6
@@ -167,13 +171,13 @@ def _summary_data(rows: list[dict[str, Any]], summary: dict[str, Any] | None) ->
              ("megapixels restored", f"{megapixels:.2f}")]
     if summary is None:
         return Summary(cards=cards)
-    cards += [("wall time", f"{summary.get('wall_seconds', 0):.1f} s"),
-              ("images/s", f"{summary.get('images_per_second', 0):.2f}")]
-    model = summary.get("model") or {"model_id": summary.get("model_id")}
-    details = {"task": summary.get("task"), **model, "executor": summary.get("executor"),
-               "job": summary.get("job_id"), "started": summary.get("started_at"), "input": summary.get("input")}
+    cards += [("wall time", f"{summary.wall_seconds:.1f} s"),
+              ("images/s", f"{summary.images_per_second:.2f}")]
+    model = summary.model.model_dump() if summary.model is not None else {"model_id": summary.model_id}
+    details = {"task": summary.task, **model, "executor": summary.executor,
+               "job": summary.job_id, "started": summary.started_at, "input": summary.input}
     return Summary(cards=cards, details=[(key, str(value)) for key, value in details.items() if value is not None],
-                   settings=json.dumps(summary.get("config", {}), indent=1, sort_keys=True))
+                   settings=json.dumps(summary.config, indent=1, sort_keys=True))
 
 
 def _throughput(rows: list[dict[str, Any]]) -> LinePlot | None:

@@ -16,7 +16,7 @@ progress, with the execution left to an executor.
    and write), keeping the first manifest row per input, writing manifest parts as they stream
    and printing a progress line every :data:`PROGRESS_SECONDS`;
 4. turn every input the executor did not report into an error row, compact the manifest and
-   write ``_summary.json``.
+   write ``_summary.json`` (:class:`restoration.restore.summary.RestoreSummary`).
 
 Executors: :class:`LocalRestoreExecutor` runs the stages in this process (one machine, no Ray
 imported: ``restoration restore --no-ray``); the Ray Data executor lives in ``jobs/restore.py``.
@@ -25,7 +25,6 @@ Both run the same stage functions of :mod:`restoration.restore.stages` on the sa
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +60,13 @@ from restoration.restore.stages import (
     read_stage,
     restore_stage,
     skip_stage,
+)
+from restoration.restore.summary import (
+    Counts,
+    ModelRecord,
+    RestoreSummary,
+    StopRecord,
+    format_summary,
 )
 from restoration.stopping import StopNow, StopSignals
 from restoration.tasks.specs import TaskSpec, get_task
@@ -101,14 +107,14 @@ class LoadedModel:
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ModelRecord:
         """The model as the run's summary records it: id, architecture, scale and the SHA-256
         of its weights."""
         import hashlib
 
         traits = self.checkpoint.model.traits
-        return {"model_id": self.model_id, "architecture": traits.architecture, "scale": traits.scale,
-                "weights_sha256": hashlib.sha256(self.data.weights).hexdigest()}
+        return ModelRecord(model_id=self.model_id, architecture=traits.architecture, scale=traits.scale,
+                           weights_sha256=hashlib.sha256(self.data.weights).hexdigest())
 
 
 def load_run_model(spec: str, task: type[TaskSpec]) -> LoadedModel:
@@ -282,7 +288,7 @@ def run_restore(
     overwrite: bool = False,
     echo: Callable[[str], Any] = print,
     stop: StopSignals | None = None,
-) -> dict[str, Any]:
+) -> RestoreSummary:
     """Run one batch restoration with ``executor`` and return its summary (also written to
     ``<output>/_manifest/_summary.json``).
 
@@ -306,7 +312,7 @@ def run_restore(
 
 def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: RestoreExecutor, model: str,
                  config: RestoreConfig, limit: int | None, overwrite: bool, echo: Callable[[str], Any],
-                 stop: StopSignals) -> dict[str, Any]:
+                 stop: StopSignals) -> RestoreSummary:
     started = time.time()
     spec = get_task(task)  # ValueError naming the known tasks
     job_id = manifest_lib.new_job_id()
@@ -382,7 +388,7 @@ class _Progress:
 
 
 def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input_uri: str, output_uri: str,
-              started: float, echo: Callable[[str], Any], stop: StopSignals) -> dict[str, Any]:
+              started: float, echo: Callable[[str], Any], stop: StopSignals) -> RestoreSummary:
     """Steps 2 to 4 of :func:`run_restore`, partition by partition of ``plan``."""
     config, task, job_id = job.config, job.task.name, job.job_id
     folder = manifest_lib.manifest_uri(output_uri)
@@ -479,7 +485,7 @@ def _stopped_line(reason: str, writer: manifest_lib.ManifestWriter, total: int, 
 
 def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor: RestoreExecutor, input_uri: str,
             output_uri: str, total: int, started: float, listed: float, megapixels: float, unchanged: int,
-            stop: StopSignals, forced: StopNow | None, echo: Callable[[str], Any]) -> dict[str, Any]:
+            stop: StopSignals, forced: StopNow | None, echo: Callable[[str], Any]) -> RestoreSummary:
     """Step 4 of :func:`run_restore`: the last manifest part, compaction, ``_summary.json``."""
     config = job.config
     folder = manifest_lib.manifest_uri(output_uri)
@@ -494,36 +500,37 @@ def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor:
                                            kept=False), EXIT_STORAGE) from error
         finished = time.time()
         pipeline_seconds = max(finished - listed, 1e-9)
-        summary = {
-            "job_id": job.job_id,
-            "task": job.task.name,
-            "model_id": job.model_id,
-            "model": job.model.describe(),
-            "input": storage.redact(input_uri),
-            "output": storage.redact(output_uri),
-            "inputs": total,
-            "counts": dict(writer.counts),
-            "unchanged": unchanged,
-            "unchanged_threshold": config.manifest.unchanged_threshold,
-            "duplicates_dropped": writer.duplicates,
-            "images_per_second": writer.counts["ok"] / pipeline_seconds,
-            "megapixels": megapixels,
-            "megapixels_per_second": megapixels / pipeline_seconds,
-            "wall_seconds": finished - started,
-            "pipeline_seconds": pipeline_seconds,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "pipeline_started_epoch": listed,
-            "manifest": storage.redact(manifest_file),
-            "executor": executor.name,
-            "actor_pool": executor.describe(),
-            "config": config_lib.to_dict(config),
-            "stopped": None if not stop.requested else {
-                "signal": stop.name, "exit_code": stop.exit_code, "left": total - writer.done,
-                "forced": None if forced is None else forced.reason},
-        }
+        stopped = None
+        if stop.name is not None and stop.exit_code is not None:  # (stop.requested: a signal came)
+            stopped = StopRecord(signal=stop.name, exit_code=stop.exit_code, left=total - writer.done,
+                                 forced=None if forced is None else forced.reason)
+        summary = RestoreSummary(
+            job_id=job.job_id,
+            task=job.task.name,
+            model_id=job.model_id,
+            model=job.model.describe(),
+            input=storage.redact(input_uri),
+            output=storage.redact(output_uri),
+            inputs=total,
+            counts=Counts(**writer.counts),
+            unchanged=unchanged,
+            unchanged_threshold=config.manifest.unchanged_threshold,
+            duplicates_dropped=writer.duplicates,
+            images_per_second=writer.counts["ok"] / pipeline_seconds,
+            megapixels=megapixels,
+            megapixels_per_second=megapixels / pipeline_seconds,
+            wall_seconds=finished - started,
+            pipeline_seconds=pipeline_seconds,
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            pipeline_started_epoch=listed,
+            manifest=storage.redact(manifest_file),
+            executor=executor.name,
+            actor_pool=executor.describe(),
+            config=config_lib.to_dict(config),
+            stopped=stopped,
+        )
         try:
-            storage.write_bytes(storage.join(folder, manifest_lib.SUMMARY_FILE),
-                                (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+            storage.write_bytes(storage.join(folder, manifest_lib.SUMMARY_FILE), summary.to_json().encode())
         except OSError as error:
             if not outages.is_transient(error, output_uri):
                 raise
@@ -568,19 +575,3 @@ def _fill_skipped(batch: pa.Table, previous: dict[str, dict[str, Any]], job_id: 
         if status[index] == "skipped":
             rows[index] = manifest_lib.skipped_row(previous[row["source_uri"]], job_id=job_id, bytes_in=row["bytes_in"])
     return manifest_lib.rows_to_table(rows)
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The lines a run prints at the end: counts and rates, the images the model left unchanged
-    (when any), and where the manifest is."""
-    counts = summary["counts"]
-    lines = [
-        f"restored {counts['ok']} of {summary['inputs']} inputs "
-        f"(errors {counts['error']}, skipped {counts['skipped']}) in {summary['wall_seconds']:.1f} s: "
-        f"{summary['images_per_second']:.2f} images/s, {summary['megapixels_per_second']:.3f} megapixels/s"
-    ]
-    if summary["unchanged"]:
-        lines.append(f"unchanged: {summary['unchanged']} of the {counts['ok']} restored images changed by less than "
-                     f"{summary['unchanged_threshold']:g} levels on average (manifest column mean_abs_change)")
-    lines.append(f"manifest: {summary['manifest']}")
-    return "\n".join(lines)
