@@ -12,7 +12,7 @@ from restoration.models.checkpoint import (
     SHIPPED_DIR,
     CheckpointBytes,
     CheckpointError,
-    CheckpointMetadata,
+    ModelMetadata,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
     load_checkpoint,
@@ -110,7 +110,7 @@ def test_typed_metadata_round_trips_through_model_json(tmp_path):
     save_checkpoint(model, tmp_path / "ckpt", provenance={"steps": 7}, model_id="my-sr")
     checkpoint = load_checkpoint(tmp_path / "ckpt")
     meta = checkpoint.metadata
-    assert isinstance(meta, CheckpointMetadata)
+    assert isinstance(meta, ModelMetadata)
     assert (meta.task, meta.scale, meta.model_id, meta.dtype) == ("sr", 3, "my-sr", "float32")
     assert meta.architecture == model.config and meta.backbone == model.config.backbone
     assert meta.provenance == {"steps": 7} and meta.alpha["2"] == pytest.approx(0.25, abs=1e-4)
@@ -121,20 +121,138 @@ def test_typed_metadata_round_trips_through_model_json(tmp_path):
     # The typed form writes what it read.
     written = json.loads((tmp_path / "ckpt" / "model.json").read_text())
     assert meta.to_dict() == written == read_metadata(tmp_path / "ckpt")
-    assert CheckpointMetadata.from_json(meta.to_json()) == meta
+    assert ModelMetadata.from_json(meta.to_json()) == meta
+
+
+# --------------------------------------------------------------------------------------------
+# model.json: one layout written (format_version 2, with a kind), the earlier ones still read
+
+V1_FUSED_KEYS = {"format_version", "model_id", "task", "scale", "architecture", "backbone", "alpha", "code_version",
+                 "dtype", "provenance"}
+
+
+def _v1_fused_json(model, *, model_id: str, provenance: dict) -> dict:
+    """model.json as format_version 1 wrote it for a fused model (no "kind")."""
+    return {
+        "format_version": 1,
+        "model_id": model_id,
+        "task": model.config.task,
+        "scale": model.config.scale,
+        "architecture": model.config.to_dict(),
+        "backbone": {"name": model.config.backbone,
+                     "normalization": {k: list(v) for k, v in model.backbone.normalization.items()}},
+        "alpha": model.alphas(),
+        "code_version": "0.1.0",
+        "dtype": "float32",
+        "provenance": provenance,
+    }
+
+
+def test_a_v1_fused_model_json_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_model(ModelConfig(task="sr", scale=2, widths=SMALL, alpha=0.25), backbone_weights=None)
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    old = _v1_fused_json(model, model_id="old-sr", provenance={"steps": 5})
+    assert set(old) == V1_FUSED_KEYS
+    (folder / "model.json").write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    loaded = load_checkpoint(folder)
+    meta = loaded.metadata
+    assert (meta.kind, meta.format_version, meta.task, meta.scale, meta.model_id) == ("fused", 1, "sr", 2, "old-sr")
+    assert meta.architecture == model.config and meta.provenance == {"steps": 5}
+    assert meta.traits == model.traits and loaded.model.model_id == "old-sr"
+    assert read_metadata(folder) == old
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded.model(x))
+    # Written again, it is the current layout: the same fields, a kind, format_version 2.
+    assert meta.to_dict() == {**old, "format_version": 2, "kind": "fused"}
+
+
+def test_the_shipped_model_json_files_are_v1_and_load_unchanged():
+    for task in TASK_NAMES:
+        raw = json.loads((SHIPPED_DIR / task / "model.json").read_text())
+        assert raw["format_version"] == 1 and "kind" not in raw
+        meta = load_checkpoint(SHIPPED_DIR / task).metadata
+        assert (meta.kind, meta.task, meta.model_id) == ("fused", task, raw["model_id"])
+
+
+def test_a_new_checkpoint_writes_format_version_2_and_round_trips(tmp_path):
+    model = build_model(ModelConfig(task="jpeg", widths=SMALL, alpha=0.4), backbone_weights=None)
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    save_checkpoint(model, tmp_path / "new", provenance={"steps": 2}, model_id="new-jpeg")
+    written = json.loads((tmp_path / "new" / "model.json").read_text())
+    assert written["format_version"] == 2 and written["kind"] == "fused"
+    assert set(written) == V1_FUSED_KEYS | {"kind"}
+    loaded = load_checkpoint(tmp_path / "new")
+    assert loaded.metadata == ModelMetadata.of_model(model, model_id="new-jpeg", provenance={"steps": 2})
+    assert loaded.metadata.to_dict() == written
+    # Saved again from the loaded model: the same bytes.
+    again = checkpoint_to_bytes(loaded.model, model_id="new-jpeg", provenance={"steps": 2})
+    assert again.metadata == (tmp_path / "new" / "model.json").read_bytes()
+    assert again.weights == (tmp_path / "new" / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="kind 'other'"):
+        ModelMetadata.from_dict({**written, "kind": "other"})
+    with pytest.raises(CheckpointError, match="kind None"):
+        ModelMetadata.from_dict({k: v for k, v in written.items() if k != "kind"})
+
+
+def _small_esrgan(tmp_path):
+    spandrel_esrgan = pytest.importorskip("spandrel.architectures.ESRGAN")
+    torch.manual_seed(0)
+    net = spandrel_esrgan.ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=4).eval()
+    path = tmp_path / "esrgan.pth"
+    torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+    return path
+
+
+def test_a_v1_community_model_json_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    source = load_checkpoint(_small_esrgan(tmp_path))
+    assert source.metadata.kind == "community" and source.metadata.traits.architecture == "ESRGAN"
+    folder = tmp_path / "fine-tuned"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in source.model.export_state_dict().items()}, str(folder / "model.safetensors"))
+    # As fine-tunes of earlier versions wrote it.
+    old = {"kind": "community", "architecture": "ESRGAN", "task": "sr", "scale": 4, "model_id": "esrgan-mine",
+           "dtype": "float32", "code_version": "0.1.0", "provenance": {"steps": 4}, "format_version": 1}
+    (folder / "model.json").write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    loaded = load_checkpoint(folder)
+    meta = loaded.metadata
+    assert (meta.kind, meta.format_version, meta.task, meta.scale, meta.model_id) == ("community", 1, "sr", 4, "esrgan-mine")
+    assert meta.traits == source.model.traits and meta.architecture is None and meta.provenance == {"steps": 4}
+    assert loaded.model_id == loaded.model.model_id == "esrgan-mine"
+    assert read_metadata(folder) == old
+    x = torch.rand(1, 3, 12, 12)
+    with torch.inference_mode():
+        assert torch.equal(source.model(x), loaded.model(x))
+    assert meta.to_dict() == {**old, "format_version": 2}
+    # Saved now: format_version 2, and it round-trips.
+    save_checkpoint(loaded.model, tmp_path / "again", provenance={"steps": 4})
+    written = json.loads((tmp_path / "again" / "model.json").read_text())
+    assert written == {**old, "format_version": 2, "model_id": "again"}
+    assert load_checkpoint(tmp_path / "again").metadata == dataclasses.replace(meta, model_id="again", format_version=2)
+    with pytest.raises(CheckpointError, match="its traits come from its weights"):
+        ModelMetadata.from_dict(written)
+    with pytest.raises(CheckpointError, match="says architecture 'SwinIR' but its weights are 'ESRGAN'"):
+        ModelMetadata.from_dict({**written, "architecture": "SwinIR"}, traits=meta.traits)
 
 
 def test_metadata_errors_name_the_field(tmp_path):
     save_checkpoint(build_model(ModelConfig(widths=SMALL)), tmp_path / "a")
     raw = json.loads((tmp_path / "a" / "model.json").read_text())
     with pytest.raises(CheckpointError, match="format_version 7"):
-        CheckpointMetadata.from_dict({**raw, "format_version": 7})
+        ModelMetadata.from_dict({**raw, "format_version": 7})
     with pytest.raises(CheckpointError, match="says task 'sr' but its architecture has 'denoise'"):
-        CheckpointMetadata.from_dict({**raw, "task": "sr"})
+        ModelMetadata.from_dict({**raw, "task": "sr"})
     with pytest.raises(CheckpointError, match="invalid architecture: unknown task 'colorize'"):
-        CheckpointMetadata.from_dict({**raw, "task": "colorize", "architecture": {**raw["architecture"], "task": "colorize"}})
+        ModelMetadata.from_dict({**raw, "task": "colorize", "architecture": {**raw["architecture"], "task": "colorize"}})
     with pytest.raises(CheckpointError, match="dtype 'int8'"):
-        CheckpointMetadata.from_dict({**raw, "dtype": "int8"})
+        ModelMetadata.from_dict({**raw, "dtype": "int8"})
 
 
 def test_bytes_round_trip_without_files(tmp_path):

@@ -211,6 +211,55 @@ def test_lama_inpaints_the_pixels_alpha_marks_missing(tmp_path: Path) -> None:
     with torch.no_grad():
         reference = tensor_to_pixels(descriptor(pixels_to_tensor(image)[None], mask)[0].clamp(0, 1))
     assert np.abs(restored.astype(int) - reference.astype(int)).max() <= 1
+    # A batch: spandrel's masked call takes one image at a time, so the model calls it per image.
+    model = load_checkpoint(path).model
+    images = torch.rand(2, 3, 24, 32, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(2, 1, 24, 32)
+    masks[0, :, 4:10, 4:12], masks[1, :, 12:20, 16:30] = 1, 1
+    with torch.inference_mode():
+        batched = model(images, masks)
+        assert torch.equal(batched, torch.cat([model(images[i : i + 1], masks[i : i + 1]) for i in range(2)]))
+
+
+def test_a_community_model_is_a_restoration_model_run_by_spandrels_call(model_files: dict[str, Path]) -> None:
+    from spandrel import ModelLoader
+
+    from restoration.models.interface import RestorationModel
+
+    checkpoint = load_checkpoint(model_files["esrgan-x4"])
+    model = checkpoint.model
+    assert isinstance(model, RestorationModel) and model.model_id == checkpoint.model_id
+    assert model.describe() == {}
+    descriptor = ModelLoader().load_from_file(str(model_files["esrgan-x4"])).eval()
+    assert set(model.export_state_dict()) == set(descriptor.model.state_dict())
+    x = torch.rand(2, 3, 13, 17, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():  # eval mode: spandrel's public call (padding, clamp)
+        inferred = model(x)
+        assert torch.equal(inferred, descriptor(x)) and inferred.shape == (2, 3, 52, 68)
+    model.train()  # training mode: the network itself, with gradients and without the clamp
+    trained = model(x)
+    assert trained.requires_grad and torch.allclose(trained.detach().clamp(0, 1), inferred, atol=1e-6)
+
+
+def test_architectures_whose_spandrel_call_does_more_are_not_fine_tuned(tmp_path: Path) -> None:
+    from spandrel.architectures.MixDehazeNet import MixDehazeNet
+
+    from restoration.finetune.settings import load_train_config
+    from restoration.finetune.trainer import initial_model
+    from restoration.models.checkpoint import CheckpointError
+
+    torch.manual_seed(0)
+    path = save_model(MixDehazeNet(embed_dims=[8, 16, 32, 16, 8], depths=[1, 1, 1, 1, 1]).eval(),
+                      tmp_path / "dehaze.pth")
+    config = load_train_config("general", overrides=["steps=2"])
+    with pytest.raises(CheckpointError, match=r"^--init .*dehaze\.pth: MixDehazeNet models cannot be fine-tuned here"):
+        initial_model(config, path)
+    model = load_checkpoint(path).model  # it restores, through spandrel's call
+    x = torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        assert model(x).shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="MixDehazeNet models cannot be fine-tuned"):
+        model.train()(x)
 
 
 BAD_MODELS = {

@@ -33,6 +33,20 @@ def test_every_task_any_size(task, scale, size):
         assert torch.equal(out[known], lq[known])  # known pixels pass through exactly
 
 
+def test_the_fused_model_is_a_restoration_model():
+    from restoration.models.interface import RestorationModel
+
+    model = build_model(ModelConfig(widths=SMALL, alpha=0.3), backbone_weights=None)
+    assert isinstance(model, RestorationModel) and model.model_id is None
+    assert model.describe() == {"alpha": model.alphas()}
+    assert model.traits.architecture == "fused-efficientnet_lite0" and model.traits.fixed_task
+    state = model.export_state_dict()
+    assert set(state) == set(model.state_dict())
+    other = build_model(ModelConfig(widths=SMALL, alpha=0.7), backbone_weights=None)
+    other.load_export_state_dict(state)
+    assert other.alphas() == model.alphas()
+
+
 def test_untrained_model_is_identity():
     model = build_model(ModelConfig(widths=SMALL)).eval()
     lq = torch.rand(1, 3, 40, 40)

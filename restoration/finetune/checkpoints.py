@@ -20,6 +20,7 @@ from restoration.models.checkpoint import (
     read_weights,
     save_checkpoint,
 )
+from restoration.models.interface import RestorationModel
 
 __all__ = [
     "TRAINER_STATE_FILE",
@@ -61,7 +62,7 @@ class TrainingCheckpoint:
     config: dict[str, Any] | None
 
 
-def save_training_checkpoint(directory: str | Path, model: torch.nn.Module, *, trainer_state: Mapping[str, Any],
+def save_training_checkpoint(directory: str | Path, model: RestorationModel, *, trainer_state: Mapping[str, Any],
                              config_yaml: str, provenance: dict[str, Any] | None = None) -> Path:
     """Write a resumable checkpoint into the local ``directory``: ``model.safetensors`` and
     ``model.json`` (a regular checkpoint, loadable for inference), ``config.yaml``, and

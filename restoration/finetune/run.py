@@ -431,8 +431,7 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
     import torch.distributed as dist
 
     from restoration.finetune.trainer import CropSampler
-    from restoration.models.checkpoint import is_community_checkpoint
-    from restoration.models.fused import build_model
+    from restoration.models.checkpoint import resumed_model
     from restoration.quality.evaluate import load_images
 
     config = plan.config
@@ -461,10 +460,10 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
 
     val = [item for uri in plan.val_uris for item in load_images(uri)] if rank == 0 else []
     with session.resume() as resume:
-        # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed.
-        # (A community model is built from --init's architecture; the checkpoint's weights follow.)
-        fresh = resume is not None and not (plan.init is not None and is_community_checkpoint(plan.init))
-        model = build_model(config.network_config(), backbone_weights=None) if fresh else initial_model(config, plan.init)
+        # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed,
+        # whatever kind of model it trains.
+        model = (resumed_model(resume.directory, config.network_config()) if resume is not None
+                 else initial_model(config, plan.init))
         trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
                           val_samples=val, world_size=world_size, rank=rank, progress=say)
         if resume is not None:

@@ -45,15 +45,9 @@ from restoration.finetune.settings import TrainConfig, model_differences
 from restoration.io import storage
 from restoration.io.codec import ImageDecodeError, decode_image
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels, to_uint8
-from restoration.models.checkpoint import (
-    CheckpointError,
-    is_community_checkpoint,
-    load_weights,
-    read_checkpoint_bytes,
-    read_weights,
-    resolve_model,
-)
-from restoration.models.fused import FusedRestorationNet, ModelConfig, build_model
+from restoration.models.checkpoint import CheckpointError, load_weights, start_model
+from restoration.models.fused import FusedRestorationNet
+from restoration.models.interface import RestorationModel
 from restoration.quality.evaluate import score
 from restoration.tasks import degradations
 
@@ -556,62 +550,13 @@ def format_progress(row: dict[str, Any], total_steps: int, eta_seconds: float) -
 # --------------------------------------------------------------------------------------------
 
 
-def initial_model(config: TrainConfig, init: str | Path | None = None) -> FusedRestorationNet:
-    """The model a run starts from: ImageNet backbone + fresh target branch, or ``init`` weights.
-
-    With ``init`` (task transfer; a checkpoint directory or URI, or ``"default"`` for the shipped
-    model of the task), every weight whose name and shape fit is copied from that checkpoint
-    (e.g. a denoiser's backbone, encoder, fusion and decoder initialize a JPEG model).
+def initial_model(config: TrainConfig, init: str | Path | None = None) -> RestorationModel:
+    """The model a run starts from: ImageNet backbone + fresh target branch, or ``init`` weights
+    (a checkpoint directory or URI, a community model file, or ``"default"`` for the shipped model
+    of the task): :func:`restoration.models.checkpoint.start_model` for this run's network.
 
     Raises:
-        CheckpointError: ``init`` is not a checkpoint, or has another backbone, widths or
-            blocks per stage than ``config.model``.
+        CheckpointError: ``init`` is not a checkpoint, does not fit ``config.model``, or cannot
+            do the run's task and scale.
     """
-    if init is None:
-        return build_model(config.network_config(), backbone_weights=config.backbone_weights)
-    if str(init) == "default":
-        init = resolve_model("default", config.task)
-    if is_community_checkpoint(init):
-        return _community_start(config, init)
-    files = read_checkpoint_bytes(init)
-    source = files.read_metadata().architecture
-    mine = config.model
-    keys = [k for k in ("backbone", "widths", "fuse_strides", "blocks_per_stage") if hasattr(mine, k)]
-    if any(getattr(source, k) != getattr(mine, k) for k in keys):
-        def describe(c: ModelConfig) -> str:
-            return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k in keys for v in [getattr(c, k)])
-
-        raise CheckpointError(
-            f"--init {init} has architecture {describe(source)}; this run needs {describe(mine)} "
-            f"(set {' / '.join('model.' + k for k in keys)} to match)"
-        )
-    state = read_weights(files)
-    model = build_model(config.network_config(), backbone_weights=None)
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(fitting))
-    model.load_state_dict(fitting, strict=False)
-    if skipped:
-        log.info("--init: %d tensors not transferred (task-specific): %s", len(skipped), ", ".join(skipped[:5]))
-    return model
-
-
-
-def _community_start(config: TrainConfig, init: str | Path) -> nn.Module:
-    """A community model to fine-tune (:mod:`restoration.models.community`): the whole network with its
-    pretrained weights, checked against the run's task and scale.
-
-    Raises:
-        CheckpointError: a model that cannot do ``config.task``, or of another scale.
-    """
-    from restoration.models.checkpoint import load_checkpoint
-
-    model = load_checkpoint(init).model
-    traits = model.traits
-    misfit = traits.misfit(config.task)
-    if misfit is not None:
-        raise CheckpointError(f"{storage.redact(str(init))} is {misfit}, but --task is {config.task!r}")
-    if traits.scale != config.degradation.scale:
-        raise CheckpointError(f"{storage.redact(str(init))} upscales x{traits.scale}, but this run trains x"
-                              f"{config.degradation.scale}; set degradation.scale={traits.scale}")
-    return model.train()
+    return start_model(config.network_config(), init, backbone_weights=config.backbone_weights)

@@ -1,9 +1,13 @@
 """Checkpoints: ``model.safetensors`` (weights) and ``model.json`` (everything else).
 
-``model.json`` holds the architecture (``ModelConfig``), the task, the fusion alphas, the input
-normalization of the backbone and the training provenance (data URI, steps, seed, wall time,
-hardware, validation metrics, code version); :class:`CheckpointMetadata` is its typed form.
-Loading never unpickles: weights are safetensors and metadata is JSON.
+``model.safetensors`` holds the weights under the architecture's own names
+(:meth:`RestorationModel.export_state_dict`); ``model.json`` the kind of model, its architecture,
+task and scale, a fused model's fusion alphas and backbone normalization, and the training
+provenance (data URI, steps, seed, wall time, hardware, validation metrics, code version):
+:class:`restoration.models.metadata.ModelMetadata` is its typed form, and says which layouts are
+read. Loading never unpickles: weights are safetensors and metadata is JSON. Any kind of model
+(:class:`restoration.models.interface.RestorationModel`) is saved, loaded, exported and started
+from (:func:`start_model`, :func:`resumed_model`) here; callers never ask which kind it is.
 
 One API, three kinds of source:
 
@@ -21,9 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +37,38 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from restoration import __version__
 from restoration.io import storage
 from restoration.models.community import (
-    CommunityMetadata,
     CommunityNet,
     is_community_file,
     load_community_model,
 )
-from restoration.models.fused import FusedRestorationNet, ModelConfig, build_model
+from restoration.models.fused import ModelConfig, build_model
+from restoration.models.interface import RestorationModel
+from restoration.models.metadata import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    READABLE_FORMAT_VERSIONS,
+    WEIGHT_DTYPES,
+    CheckpointError,
+    ModelMetadata,
+    metadata_kind,
+    parse_json,
+)
 from restoration.models.weight_files import read_state_dict_bytes
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_FILE",
+    "READABLE_FORMAT_VERSIONS",
     "SHIPPED_DIR",
     "WEIGHTS_FILE",
     "Checkpoint",
     "CheckpointBytes",
     "CheckpointError",
-    "CheckpointMetadata",
+    "ModelMetadata",
     "checkpoint_from_bytes",
     "checkpoint_to_bytes",
     "load_checkpoint",
@@ -60,146 +77,17 @@ __all__ = [
     "read_metadata",
     "read_model_metadata",
     "resolve_model",
+    "resumed_model",
     "save_checkpoint",
+    "save_state_dict_file",
+    "start_model",
     "shipped_checkpoint",
     "read_weights",
+    "WEIGHT_DTYPES",
 ]
 
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-METADATA_FILE = "model.json"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
-WEIGHT_DTYPES = ("float32", "float16")
-"""How floating-point weights are stored; loading always gives float32."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or does not fit the requested architecture."""
-
-
-@dataclass(frozen=True)
-class CheckpointMetadata:
-    """The fields of ``model.json``.
-
-    Attributes:
-        architecture: the network's :class:`ModelConfig` (task, scale, backbone, widths, ...).
-        model_id: a short identifier for manifests and reports (None: the folder's name).
-        normalization: the backbone's input normalization, ``{"mean": (r, g, b), "std": (r, g, b)}``
-            on the [0, 1] scale.
-        alpha: fusion weight of the pretrained branch per stride, in [0, 1], keyed ``"2"``, ``"4"``, ...
-        dtype: how floating-point weights are stored, ``float32`` or ``float16``.
-        code_version: the ``restoration`` version that wrote it.
-        provenance: how it was trained (data URI, steps, seed, wall time, hardware, validation
-            metrics, ...); free-form JSON.
-        format_version: layout version of ``model.json`` (:data:`FORMAT_VERSION`).
-    """
-
-    architecture: ModelConfig
-    model_id: str | None = None
-    normalization: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-    alpha: Mapping[str, float] = field(default_factory=dict)
-    dtype: str = "float32"
-    code_version: str | None = None
-    provenance: Mapping[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def task(self) -> str:
-        return self.architecture.task
-
-    @property
-    def scale(self) -> int:
-        return self.architecture.scale
-
-    @property
-    def backbone(self) -> str:
-        return self.architecture.backbone
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = METADATA_FILE) -> CheckpointMetadata:
-        """Validate a parsed ``model.json``.
-
-        Raises:
-            CheckpointError: another format version, a missing or invalid architecture, a task
-                or scale that disagrees with the architecture, or an unknown weight dtype.
-        """
-        if not isinstance(data, Mapping):
-            raise CheckpointError(f"{source} must hold a JSON object, got {type(data).__name__}")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{source} has format_version {data.get('format_version')!r}; this version reads {FORMAT_VERSION}"
-            )
-        if not isinstance(data.get("architecture"), Mapping):
-            raise CheckpointError(f"{source} has no architecture")
-        try:
-            architecture = ModelConfig.from_dict(dict(data["architecture"]))
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{source} has an invalid architecture: {error}") from error
-        for name in ("task", "scale"):
-            if name in data and data[name] != getattr(architecture, name):
-                raise CheckpointError(
-                    f"{source} says {name} {data[name]!r} but its architecture has {getattr(architecture, name)!r}"
-                )
-        dtype = data.get("dtype", "float32")
-        if dtype not in WEIGHT_DTYPES:
-            raise CheckpointError(f"{source} has dtype {dtype!r}; expected one of {', '.join(WEIGHT_DTYPES)}")
-        backbone = data.get("backbone") or {}
-        normalization = {key: tuple(float(v) for v in values)
-                         for key, values in (backbone.get("normalization") or {}).items()}
-        model_id = data.get("model_id")
-        return cls(
-            architecture=architecture,
-            model_id=None if model_id is None else str(model_id),
-            normalization=normalization,
-            alpha={str(stride): float(value) for stride, value in (data.get("alpha") or {}).items()},
-            dtype=dtype,
-            code_version=data.get("code_version"),
-            provenance=dict(data.get("provenance") or {}),
-            format_version=FORMAT_VERSION,
-        )
-
-    @classmethod
-    def from_json(cls, text: bytes | str, *, source: str = METADATA_FILE) -> CheckpointMetadata:
-        """Parse and validate ``model.json``'s contents (raises :class:`CheckpointError`)."""
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{source} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data, source=source)
-
-    @classmethod
-    def of_model(cls, model: FusedRestorationNet, *, model_id: str | None = None,
-                 provenance: Mapping[str, Any] | None = None, half: bool = False) -> CheckpointMetadata:
-        """The metadata of ``model`` as it is now (its current alphas)."""
-        return cls(
-            architecture=model.config,
-            model_id=model_id,
-            normalization={key: tuple(values) for key, values in model.backbone.normalization.items()},
-            alpha=model.alphas(),
-            dtype="float16" if half else "float32",
-            code_version=__version__,
-            provenance=dict(provenance or {}),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``model.json`` layout (JSON types only)."""
-        return {
-            "format_version": self.format_version,
-            "model_id": self.model_id,
-            "task": self.task,
-            "scale": self.scale,
-            "architecture": self.architecture.to_dict(),
-            "backbone": {"name": self.backbone,
-                         "normalization": {key: list(values) for key, values in self.normalization.items()}},
-            "alpha": dict(self.alpha),
-            "code_version": self.code_version,
-            "dtype": self.dtype,
-            "provenance": dict(self.provenance),
-        }
-
-    def to_json(self) -> bytes:
-        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
-
 
 @dataclass(frozen=True)
 class CheckpointBytes:
@@ -208,7 +96,8 @@ class CheckpointBytes:
     ``weights``: ``model.safetensors``; ``metadata``: ``model.json`` (UTF-8 JSON); ``source``:
     where it was read from, credentials redacted (for messages, and the model id when
     ``model.json`` has none). ``kind`` ``community``: a community model's weight file
-    (``weights`` is the file, ``metadata`` empty; :mod:`restoration.models.community`).
+    (``weights`` is the file, ``metadata`` empty; :mod:`restoration.models.community`), not a
+    checkpoint folder.
     """
 
     weights: bytes
@@ -216,9 +105,23 @@ class CheckpointBytes:
     source: str = "bytes"
     kind: str = "checkpoint"
 
-    def read_metadata(self) -> CheckpointMetadata:
-        """The typed metadata (validated; raises :class:`CheckpointError`)."""
-        return CheckpointMetadata.from_json(self.metadata, source=_join(self.source, METADATA_FILE))
+    def read_metadata(self) -> ModelMetadata:
+        """The typed metadata of a fused model's checkpoint (validated; raises
+        :class:`CheckpointError`, also for a community model's, whose traits need its weights:
+        :func:`checkpoint_from_bytes` builds both)."""
+        return ModelMetadata.from_json(self.metadata, source=self.metadata_source)
+
+    @property
+    def metadata_source(self) -> str:
+        """``model.json``'s location, for messages."""
+        return _join(self.source, METADATA_FILE)
+
+    def metadata_kind(self) -> str:
+        """The kind of model ``model.json`` describes (``fused`` or ``community``); a weight
+        file's is ``community``."""
+        if self.kind == "community":
+            return "community"
+        return metadata_kind(parse_json(self.metadata, source=self.metadata_source), source=self.metadata_source)
 
 
 @dataclass
@@ -229,8 +132,8 @@ class Checkpoint:
     where it came from in any case (credentials redacted).
     """
 
-    model: FusedRestorationNet | CommunityNet
-    metadata: CheckpointMetadata | CommunityMetadata
+    model: RestorationModel
+    metadata: ModelMetadata
     path: Path | None = None
     source: str | None = None
 
@@ -255,39 +158,31 @@ def _is_uri(source: str | Path) -> bool:
 
 
 def checkpoint_to_bytes(
-    model: FusedRestorationNet,
+    model: RestorationModel,
     *,
     model_id: str | None = None,
     provenance: Mapping[str, Any] | None = None,
     half: bool = False,
 ) -> CheckpointBytes:
-    """Serialize ``model`` as the two files' contents (nothing is written).
+    """Serialize ``model`` as the two files' contents (nothing is written): its weights under its
+    architecture's own names (a community model's: the file spandrel loads) and ``model.json`` in
+    the current layout; ``model_id`` defaults to the model's.
 
     Args:
         half: store floating-point weights as float16 (shipped models); loading restores float32.
     """
-    community = isinstance(model, CommunityNet)
     state = {}
-    # A community model's weights under the architecture's own names: the file spandrel loads.
-    for name, tensor in (model.net if community else model).state_dict().items():
+    for name, tensor in model.export_state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         if half and tensor.is_floating_point():
             tensor = tensor.half()
         state[name] = tensor
-    if community:
-        traits = model.traits
-        metadata = (json.dumps({"kind": "community", "architecture": traits.architecture, "task": traits.task,
-                                "scale": traits.scale, "model_id": model_id or model.model_id,
-                                "dtype": "float16" if half else "float32", "code_version": __version__,
-                                "provenance": dict(provenance or {}), "format_version": FORMAT_VERSION},
-                               indent=2, sort_keys=True) + "\n").encode()
-        return CheckpointBytes(weights=save_safetensors(state), metadata=metadata)
-    metadata = CheckpointMetadata.of_model(model, model_id=model_id, provenance=provenance, half=half)
+    metadata = ModelMetadata.of_model(model, model_id=model_id or model.model_id, provenance=provenance, half=half)
     return CheckpointBytes(weights=save_safetensors(state), metadata=metadata.to_json())
 
 
 def save_checkpoint(
-    model: FusedRestorationNet,
+    model: RestorationModel,
     directory: str | Path,
     *,
     provenance: dict[str, Any] | None = None,
@@ -308,15 +203,14 @@ def save_checkpoint(
     return directory
 
 
-def save_state_dict_file(model: FusedRestorationNet | CommunityNet, path: str | Path) -> Path:
+def save_state_dict_file(model: RestorationModel, path: str | Path) -> Path:
     """Write the model's weights as one file (``.safetensors``, or ``.pth`` / ``.pt`` through
     ``torch.save``) under its architecture's own names: for a community model, the format it came
     in, which spandrel, chaiNNer and ComfyUI load unchanged."""
     path = Path(path)
     if path.suffix not in (".safetensors", ".pth", ".pt"):
         raise ValueError(f"--output {path}: a state dict is written as .safetensors, .pth or .pt")
-    module = model.net if isinstance(model, CommunityNet) else model
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.export_state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         path.write_bytes(save_safetensors(state))
@@ -332,12 +226,6 @@ def _check_folder(directory: Path) -> None:
         raise CheckpointError(f"{directory} is not a checkpoint: it needs {WEIGHTS_FILE} and {METADATA_FILE}")
 
 
-def is_community_checkpoint(source: str | Path) -> bool:
-    """Whether ``source`` is a community model: a weight file, or a checkpoint folder holding a
-    fine-tuned one."""
-    return is_community_file(str(source)) or _is_community_folder(source)
-
-
 def _metadata_bytes(source: str | Path) -> bytes | None:
     """The ``model.json`` of the checkpoint folder at ``source`` (local or URI); None when it has none."""
     try:
@@ -346,21 +234,6 @@ def _metadata_bytes(source: str | Path) -> bytes | None:
         return (Path(source) / METADATA_FILE).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None
-
-
-def _is_community_folder(source: str | Path) -> bool:
-    """Whether the checkpoint folder at ``source`` holds a fine-tuned community model."""
-    text = _metadata_bytes(source)
-    return text is not None and _community_checkpoint(CheckpointBytes(weights=b"", metadata=text)) is not None
-
-
-def _community_checkpoint(data: CheckpointBytes) -> dict[str, Any] | None:
-    """The ``model.json`` of a checkpoint folder holding a fine-tuned community model, else None."""
-    try:
-        parsed = json.loads(data.metadata)
-    except ValueError:
-        return None  # CheckpointMetadata.from_json says what is wrong
-    return parsed if isinstance(parsed, dict) and parsed.get("kind") == "community" else None
 
 
 def _read_community_file(source: str | Path) -> CheckpointBytes:
@@ -375,8 +248,8 @@ def _read_community_file(source: str | Path) -> CheckpointBytes:
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
     """``model.json`` of a local checkpoint folder as a plain mapping, after checking that the
-    folder is a checkpoint of this format version (:class:`CheckpointMetadata` is the typed
-    form: ``read_checkpoint_bytes(directory).read_metadata()``)."""
+    folder is a checkpoint of a format version this version reads (:class:`ModelMetadata` is
+    the typed form: ``load_checkpoint(directory).metadata``, or :func:`read_model_metadata`)."""
     directory = Path(directory)
     _check_folder(directory)
     meta_path = directory / METADATA_FILE
@@ -384,9 +257,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
         metadata = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{meta_path} is not valid JSON: {exc}") from exc
-    if not isinstance(metadata, dict) or metadata.get("format_version") != FORMAT_VERSION:
-        found = metadata.get("format_version") if isinstance(metadata, dict) else None
-        raise CheckpointError(f"{meta_path} has format_version {found!r}; this version reads {FORMAT_VERSION}")
+    metadata_kind(metadata, source=str(meta_path))
     return metadata
 
 
@@ -416,39 +287,45 @@ def read_checkpoint_bytes(source: str | Path) -> CheckpointBytes:
 
 
 def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Build the float32 model (eval mode) of a :class:`CheckpointBytes`.
+    """Build the float32 model (eval mode) of a :class:`CheckpointBytes`, whatever its kind.
 
     Raises:
         CheckpointError: invalid ``model.json``, unreadable weights, or weights that do not fit
             the architecture it describes.
     """
     local = None if data.source == "bytes" or "://" in data.source else Path(data.source)
-    saved = _community_checkpoint(data)
-    if data.kind == "community" or saved is not None:  # a weight file, or one fine-tuned by this project
+    if data.kind == "community":  # a weight file: no model.json
         try:
-            if saved is None:
-                state = read_state_dict_bytes(data.weights, name=data.source)
-            else:
-                state = {k: v.float() for k, v in load_safetensors(data.weights).items()}
-            model, community = load_community_model(state, name=data.source, data=data.weights)
-        except (SafetensorError, ValueError) as error:  # WeightFileError too
-            raise CheckpointError(f"{data.source}: {error}" if saved is not None else str(error)) from None
-        if saved is not None:
-            community = dataclasses.replace(community, model_id=saved.get("model_id") or community.model_id,
-                                            provenance=dict(saved.get("provenance") or {}))
-            model.model_id = community.model_id
-        return Checkpoint(model=model.to(map_location), metadata=community, path=local if saved else None,
-                          source=data.source)
-    metadata = data.read_metadata()
-    # The checkpoint carries the (fine-tuned) backbone weights: no ImageNet download needed.
-    model = build_model(metadata.architecture, backbone_weights=None)
-    try:
-        state = load_safetensors(data.weights)
-    except (SafetensorError, ValueError) as error:
-        raise CheckpointError(f"{_join(data.source, WEIGHTS_FILE)} is not a readable safetensors file: {error}") from error
-    state = {k: v.float().to(map_location) if v.is_floating_point() else v.to(map_location) for k, v in state.items()}
-    load_weights(model, state, source=data.source)
-    return Checkpoint(model=model.eval(), metadata=metadata, path=local, source=data.source)
+            state = read_state_dict_bytes(data.weights, name=data.source)
+            model, provenance = load_community_model(state, name=data.source, data=data.weights)
+        except ValueError as error:  # WeightFileError too
+            raise CheckpointError(str(error)) from None
+        metadata = ModelMetadata(kind="community", traits=model.traits, model_id=model.model_id,
+                                 provenance=provenance)
+        return Checkpoint(model=model.to(map_location), metadata=metadata, path=None, source=data.source)
+    parsed = parse_json(data.metadata, source=data.metadata_source)
+    if metadata_kind(parsed, source=data.metadata_source) == "community":  # fine-tuned by this project
+        try:
+            state = {k: v.float() for k, v in load_safetensors(data.weights).items()}
+            model, _ = load_community_model(state, name=data.source, data=data.weights)
+        except (SafetensorError, ValueError) as error:
+            raise CheckpointError(f"{data.source}: {error}") from None
+        metadata = ModelMetadata.from_dict(parsed, source=data.metadata_source, traits=model.traits)
+        metadata = dataclasses.replace(metadata, model_id=metadata.model_id or model.model_id)
+        model = model.to(map_location)
+    else:
+        metadata = ModelMetadata.from_dict(parsed, source=data.metadata_source)
+        # The checkpoint carries the (fine-tuned) backbone weights: no ImageNet download needed.
+        model = build_model(metadata.architecture, backbone_weights=None)
+        try:
+            state = load_safetensors(data.weights)
+        except (SafetensorError, ValueError) as error:
+            raise CheckpointError(f"{_join(data.source, WEIGHTS_FILE)} is not a readable safetensors file: {error}") from error
+        state = {k: v.float().to(map_location) if v.is_floating_point() else v.to(map_location) for k, v in state.items()}
+        load_weights(model, state, source=data.source)
+    checkpoint = Checkpoint(model=model.eval(), metadata=metadata, path=local, source=data.source)
+    model.model_id = checkpoint.model_id
+    return checkpoint
 
 
 def load_checkpoint(source: str | Path | CheckpointBytes, *, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -463,12 +340,11 @@ def load_checkpoint(source: str | Path | CheckpointBytes, *, map_location: str |
     return checkpoint_from_bytes(data, map_location=map_location)
 
 
-def load_weights(model: FusedRestorationNet | CommunityNet, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load a state dict, failing with a clear message when the architecture does not match (a
-    community model's under its architecture's own names, as its checkpoints store them)."""
-    if isinstance(model, CommunityNet):
-        model = model.net
-    own = model.state_dict()
+def load_weights(model: RestorationModel, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load a state dict named as :meth:`RestorationModel.export_state_dict` names it (a
+    community model's under its architecture's own names, as its checkpoints store them), failing
+    with a clear message when the architecture does not match."""
+    own = model.export_state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -482,7 +358,7 @@ def load_weights(model: FusedRestorationNet | CommunityNet, state: dict[str, tor
             k = mismatched[0]
             details.append(f"{len(mismatched)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise CheckpointError(f"weights in {source} do not fit this architecture: " + "; ".join(details))
-    model.load_state_dict(state)
+    model.load_export_state_dict(state)
 
 
 def shipped_checkpoint(task: str) -> Path:
@@ -513,11 +389,12 @@ def resolve_model(spec: str, task: str) -> Path | str:
     return Path(spec)
 
 
-def read_model_metadata(source: str | Path) -> tuple[CheckpointMetadata, str]:
+def read_model_metadata(source: str | Path) -> tuple[ModelMetadata, str]:
     """The typed ``model.json`` of a checkpoint folder (local, ``file://`` or ``s3://``) alone:
     no weights read, no model built. Returns it with the source as shown to users (credentials
     redacted). Raises CheckpointError for a folder that is not a checkpoint. A community model
-    file is read and built whole (it has no separate metadata)."""
+    (a weight file, or a folder holding a fine-tuned one) is read and built whole: its traits come
+    from its weights."""
     if is_community_file(str(source)):
         checkpoint = checkpoint_from_bytes(_read_community_file(source))
         return checkpoint.metadata, checkpoint.source or str(source)
@@ -526,10 +403,92 @@ def read_model_metadata(source: str | Path) -> tuple[CheckpointMetadata, str]:
     if data is None:
         raise CheckpointError(f"{shown} is not a checkpoint: it has no {METADATA_FILE}")
     metadata = CheckpointBytes(weights=b"", metadata=data, source=shown)
-    if _community_checkpoint(metadata) is not None:  # a fine-tuned community model: built to be described
+    if metadata.metadata_kind() == "community":
         checkpoint = load_checkpoint(source)
         return checkpoint.metadata, checkpoint.source or shown
     return metadata.read_metadata(), shown
+
+
+# --------------------------------------------------------------------------------------------
+# Where fine-tuning starts
+
+
+def start_model(network: ModelConfig, init: str | Path | None = None, *,
+                backbone_weights: str | None = "imagenet") -> RestorationModel:
+    """The model a fine-tuning run starts from, in training mode: the fused network of
+    ``network`` (the run's architecture, task and scale) with ``backbone_weights``, or what
+    ``--init`` says.
+
+    ``init``: a checkpoint folder or URI, a community model file, or ``"default"`` (the shipped
+    model of the task). A fused checkpoint transfers every weight whose name and shape fit
+    (e.g. a denoiser's backbone, encoder, fusion and decoder initialize a JPEG model); a
+    community model (a file, or a folder holding one fine-tuned earlier) is the whole network with
+    its pretrained weights, checked against the run's task and scale.
+
+    Raises:
+        CheckpointError: ``init`` is not a checkpoint; a fused one of another backbone, widths,
+            fusion strides or blocks per stage than ``network``; a community model that cannot do
+            the task, of another scale, or one that cannot be fine-tuned.
+    """
+    if init is None:
+        return build_model(network, backbone_weights=backbone_weights)
+    if str(init) == "default":
+        init = resolve_model("default", network.task)
+    files = read_checkpoint_bytes(init)
+    shown = storage.redact(str(init))
+    if files.metadata_kind() == "community":
+        return _community_start(network, checkpoint_from_bytes(files).model, shown)
+    source = files.read_metadata().architecture
+    keys = ("backbone", "widths", "fuse_strides", "blocks_per_stage")
+    if any(getattr(source, k) != getattr(network, k) for k in keys):
+        def describe(c: ModelConfig) -> str:
+            return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k in keys for v in [getattr(c, k)])
+
+        raise CheckpointError(
+            f"--init {init} has architecture {describe(source)}; this run needs {describe(network)} "
+            f"(set {' / '.join('model.' + k for k in keys)} to match)"
+        )
+    state = read_weights(files)
+    model = build_model(network, backbone_weights=None)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(fitting))
+    model.load_state_dict(fitting, strict=False)
+    if skipped:
+        log.info("--init: %d tensors not transferred (task-specific): %s", len(skipped), ", ".join(skipped[:5]))
+    return model
+
+
+def _community_start(network: ModelConfig, model: RestorationModel, shown: str) -> RestorationModel:
+    """A community model to fine-tune, checked against the run's task and scale."""
+    traits = model.traits
+    misfit = traits.misfit(network.task)
+    if misfit is not None:
+        raise CheckpointError(f"{shown} is {misfit}, but --task is {network.task!r}")
+    if traits.scale != network.scale:
+        raise CheckpointError(f"{shown} upscales x{traits.scale}, but this run trains x"
+                              f"{network.scale}; set degradation.scale={traits.scale}")
+    refused = model.not_fine_tunable() if isinstance(model, CommunityNet) else None
+    if refused is not None:
+        raise CheckpointError(f"--init {shown}: {refused}")
+    return model.train()
+
+
+def resumed_model(directory: str | Path, network: ModelConfig) -> RestorationModel:
+    """The model a run resumes with from its checkpoint folder ``directory`` (local), in training
+    mode, for the trainer to load the checkpoint's weights and state into: of the checkpoint's own
+    kind and architecture (a community model's is detected from its weights), whatever ``--init``
+    was; a fused one is ``network`` (the trainer says so when the checkpoint's run had another).
+
+    Raises:
+        CheckpointError: ``directory`` is not a checkpoint.
+    """
+    text = _metadata_bytes(directory)
+    if text is None:
+        raise CheckpointError(f"{directory} is not a checkpoint: it has no {METADATA_FILE}")
+    if CheckpointBytes(weights=b"", metadata=text, source=str(directory)).metadata_kind() == "community":
+        return load_checkpoint(directory).model.train()
+    return build_model(network, backbone_weights=None)
 
 
 def read_weights(source: str | Path | CheckpointBytes) -> dict[str, torch.Tensor]:

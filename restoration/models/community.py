@@ -1,6 +1,6 @@
 """The field's pretrained restoration models -- Real-ESRGAN, SCUNet, DRUNet, NAFNet, SwinIR, LaMa
 and the rest that people get as ``.pth`` / ``.safetensors`` files -- as the second
-implementation of the model contract (:class:`restoration.models.fused.ModelTraits`).
+implementation of the model interface (:class:`restoration.models.interface.RestorationModel`).
 
 spandrel (MIT) detects the architecture from the state dict and builds the network; this module
 wraps it as a :class:`CommunityNet` that the Predictor, the runs and the evaluator use like a
@@ -18,16 +18,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import posixpath
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Final
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from restoration.models.fused import ModelTraits
+from restoration.models.interface import TILING_MODES, ModelTraits, RestorationModel
 
-__all__ = ["COMMUNITY_SUFFIXES", "CommunityMetadata", "CommunityNet", "is_community_file", "load_community_model"]
+__all__ = ["COMMUNITY_SUFFIXES", "NOT_FINE_TUNABLE", "CommunityNet", "is_community_file", "load_community_model"]
 
 COMMUNITY_SUFFIXES: Final[tuple[str, ...]] = (".pth", ".pt", ".ckpt", ".safetensors")
 """Weight files that ``--model`` reads as a community model."""
@@ -50,6 +50,14 @@ HEAD_LAYERS: Final[int] = 2
 """Fine-tuning a community model: the layers trained from the start (the rest, the pretrained
 body, is frozen for ``optim.freeze_backbone_fraction`` of the steps, then trained at
 ``optim.backbone_lr``)."""
+NOT_FINE_TUNABLE: Final[frozenset[str]] = frozenset(
+    {"MixDehazeNet", "IPT", "RestoreFormer", "RetinexFormer", "DDColor"})
+"""Architectures whose spandrel call does more than run the network (and take the first of its
+outputs): it rescales or normalizes the pixels (MixDehazeNet, RestoreFormer, IPT), wraps the
+network (IPT), splits large images (RetinexFormer) or converts colour (DDColor, from
+spandrel-extra-arches). Training the network alone would train another function than the one that
+restores, so fine-tuning them is refused (inference is spandrel's call, as for every model).
+DRUNet's and DnCNN's call adds a noise-level map, which :class:`CommunityNet` builds itself."""
 # Purposes spandrel reports -> the task such a model does when --task is not given.
 _PURPOSE_TASKS: Final[dict[str, str]] = {"SR": "sr", "FaceSR": "sr", "Inpainting": "inpaint", "Restoration": "general"}
 
@@ -69,36 +77,26 @@ def _extra_architectures() -> None:
     spandrel_extra_arches.install(ignore_duplicates=True)
 
 
-@dataclass(frozen=True)
-class CommunityMetadata:
-    """What a community model file says about itself, in the fields the runs read of a
-    checkpoint's metadata: ``task`` (what it does without ``--task``), ``scale``, ``model_id``
-    (the file's name and the first 12 hex digits of its SHA-256), ``architecture`` (spandrel's
-    id), ``traits`` (the model contract's), ``provenance`` (file, SHA-256, spandrel's tags)."""
-
-    task: str
-    scale: int
-    model_id: str
-    architecture: str
-    traits: ModelTraits
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-
-class CommunityNet(nn.Module):
-    """A network spandrel built, behind the model contract: ``forward(x, mask=None)`` pads the
-    input to the size rule (reflect, as spandrel does), builds the noise-level map for the models
-    that take one (``noise_level``, in 0..255), turns RGB to gray and back for gray models, and
-    crops the output back. ``net`` holds the weights (fine-tune it, or save its state dict)."""
+class CommunityNet(nn.Module, RestorationModel):
+    """A network spandrel built, behind the model interface
+    (:class:`restoration.models.interface.RestorationModel`): ``forward(x, mask=None)`` pads the
+    input to the size rule (reflect, then replicate, as spandrel does), builds the noise-level map
+    for the models that take one (``noise_level``, in 0..255), turns RGB to gray and back for gray
+    models, and crops the output back. In eval mode the network runs through spandrel's public call
+    of the model (its pre- and post-processing; output clamped to [0, 1]); in training mode it is
+    called directly (its first output where it returns several), which architectures in
+    :data:`NOT_FINE_TUNABLE` refuse. ``net`` holds the weights."""
 
     def __init__(self, descriptor: Any, *, model_id: str) -> None:
         super().__init__()
         self.net = descriptor.model
-        self._call = descriptor._call_fn  # spandrel's own call of this architecture (no padding, no clamp)
+        self._descriptor = descriptor  # spandrel's public call of the model (descriptor.model is self.net)
         self._size = descriptor.size_requirements
         architecture = descriptor.architecture.id
         self._noise_map = architecture in _NOISE_MAP_ARCHITECTURES and getattr(self.net, "mode", "FDnCNN") != "DnCNN"
+        self.fine_tunable = architecture not in NOT_FINE_TUNABLE
         self.noise_level = DEFAULT_NOISE_LEVEL
-        self.model_id = model_id
+        self.model_id: str | None = model_id
         tiling = str(getattr(descriptor.tiling, "name", descriptor.tiling)).lower()
         if architecture in _GLOBAL_CONTEXT_ARCHITECTURES and tiling == "supported":
             tiling = "discouraged"
@@ -107,9 +105,17 @@ class CommunityNet(nn.Module):
             fixed_task=False, input_channels=descriptor.input_channels, output_channels=descriptor.output_channels,
             takes_mask=descriptor.purpose == "Inpainting", min_size=max(1, descriptor.size_requirements.minimum),
             multiple_of=max(1, descriptor.size_requirements.multiple_of),
-            tiling=tiling if tiling in ("supported", "discouraged", "internal") else "supported",
+            tiling=tiling if tiling in TILING_MODES else "supported",
             dtypes=("fp32", "bf16") if descriptor.supports_bfloat16 else ("fp32",), auto_bf16=False,
             noise_level=self._noise_map, min_overlap=_MIN_OVERLAP.get(architecture, 0))
+
+    def not_fine_tunable(self) -> str | None:
+        """Why this model cannot be fine-tuned (one line), or None when it can."""
+        if self.fine_tunable:
+            return None
+        return (f"{self.traits.architecture} models cannot be fine-tuned here: spandrel runs them through more "
+                "than the network (pre- or post-processing), so training the network alone would train "
+                "another function; they restore as they are")
 
     # -- fine-tuning: the fused model's two-stage schedule, with the last layers as the "target
     # branch" and everything before them as the pretrained "backbone" --------------------------
@@ -134,19 +140,44 @@ class CommunityNet(nn.Module):
         return [{"name": "target", "params": head, "lr": lr, "weight_decay": weight_decay},
                 {"name": "backbone", "params": body, "lr": backbone_lr, "weight_decay": weight_decay}]
 
+    # -- weights under the architecture's own names ---------------------------------------------
+
+    def export_state_dict(self) -> dict[str, Tensor]:
+        """The network's state dict under its architecture's own names: the file spandrel,
+        chaiNNer and ComfyUI load unchanged."""
+        return {name: tensor.detach() for name, tensor in self.net.state_dict().items()}
+
+    def load_export_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load a state dict named as :meth:`export_state_dict` names it (strict)."""
+        self.net.load_state_dict(dict(state))
+
+    def describe(self) -> dict[str, Any]:
+        """Nothing beyond the traits."""
+        return {}
+
+    # -- forward -------------------------------------------------------------------------------
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         height, width = x.shape[-2:]
         if self.traits.input_channels == 1 and x.shape[1] == 3:
             x = x.mean(dim=1, keepdim=True)
         pad_w, pad_h = self._size.get_padding(width, height)
         x = _pad(x, pad_w, pad_h)
-        if self._noise_map:
+        if mask is not None:
+            mask = _pad(mask, pad_w, pad_h)
+        if self._noise_map:  # spandrel's call would fix the level at 15
             level = torch.full_like(x[:, :1], self.noise_level / 255.0)
             out = self.net(torch.cat([x, level], dim=1))
-        elif mask is not None:
-            out = self._call(self.net, x, _pad(mask, pad_w, pad_h))
-        else:
-            out = self._call(self.net, x)
+        elif self.training:
+            if not self.fine_tunable:
+                raise ValueError(self.not_fine_tunable())
+            out = self.net(x) if mask is None else self.net(x, mask)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+        elif mask is None:
+            out = self._descriptor(x)
+        else:  # spandrel's masked call takes one image at a time
+            out = torch.cat([self._descriptor(x[i : i + 1], mask[i : i + 1]) for i in range(x.shape[0])])
         scale = self.traits.scale
         out = out[..., : height * scale, : width * scale]
         return out.expand(-1, 3, -1, -1) if out.shape[1] == 1 else out
@@ -161,9 +192,10 @@ def _pad(x: Tensor, pad_w: int, pad_h: int) -> Tensor:
     return F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
 
 
-def load_community_model(state: dict[str, Tensor], *, name: str, data: bytes) -> tuple[CommunityNet, CommunityMetadata]:
+def load_community_model(state: dict[str, Tensor], *, name: str, data: bytes) -> tuple[CommunityNet, dict[str, Any]]:
     """The network of a community weight file's state dict (``name`` and ``data``: the file's
-    name and bytes, for the id and the hash), float32 in eval mode.
+    name and bytes, for the id and the hash), float32 in eval mode, and its provenance (file,
+    SHA-256, spandrel's tags and purpose).
 
     Raises:
         ValueError: spandrel recognises no architecture in it.
@@ -182,8 +214,4 @@ def load_community_model(state: dict[str, Tensor], *, name: str, data: bytes) ->
     stem = posixpath.basename(name.rstrip("/")).rsplit(".", 1)[0]
     net = CommunityNet(descriptor, model_id=f"{stem}-{digest[:12]}")
     net.float().eval()
-    metadata = CommunityMetadata(task=net.traits.task, scale=net.traits.scale, model_id=net.model_id,
-                                 architecture=net.traits.architecture, traits=net.traits,
-                                 provenance={"file": name, "sha256": digest, "tags": list(descriptor.tags),
-                                             "purpose": descriptor.purpose})
-    return net, metadata
+    return net, {"file": name, "sha256": digest, "tags": list(descriptor.tags), "purpose": descriptor.purpose}

@@ -16,14 +16,16 @@ Tensors: input ``lq`` is (N, 3, h, w) RGB in [0, 1] (noise may push it outside);
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Self
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from restoration.models.backbones import BACKBONES, Backbone, build_backbone
+from restoration.models.interface import ModelTraits, RestorationModel
 from restoration.tasks.degradations import pad_edges
 from restoration.tasks.specs import get_task
 
@@ -168,74 +170,16 @@ class Fusion(nn.Module):
         return alpha * self.project(pretrained) + (1 - alpha) * target
 
 
-TILING_MODES = ("supported", "discouraged", "internal")
+def fused_traits(config: ModelConfig) -> ModelTraits:
+    """The traits of the fused network of ``config`` (known without building it: a fused
+    checkpoint's ``model.json`` says them)."""
+    return ModelTraits(architecture=f"fused-{config.backbone}", task=config.task, scale=config.scale,
+                       takes_mask=config.mask_input, auto_bf16=True, fold_batch_norm=True)
 
 
-@dataclass(frozen=True)
-class ModelTraits:
-    """What the Predictor, the runs, the evaluator and the manifest need to know of a restoration
-    network, whatever its architecture: the one model contract. :class:`FusedRestorationNet`
-    and :class:`restoration.models.community.CommunityNet` (any model spandrel loads) implement it as
-    their ``traits``, and their ``forward(x, mask=None)`` maps (N, 3, h, w) in [0, 1] to
-    (N, 3, h*scale, w*scale).
-
-    Attributes:
-        architecture: an id for manifests and reports (``fused-efficientnet_lite0``, ``ESRGAN``).
-        task: the task it restores (a community model's: what its purpose and scale say).
-        fixed_task: whether ``task`` is the only one it does (a fused model is trained for one);
-            otherwise any task whose scale and mask input fit (:meth:`misfit`).
-        scale: output size over input size.
-        input_channels, output_channels: of the network itself (gray models: 1); ``forward``
-            takes and returns RGB either way.
-        takes_mask: whether ``forward`` needs the inpainting mask (1 = missing pixel).
-        min_size, multiple_of: the size rule the input is padded to (and cropped back from)
-            inside ``forward``; tiles are never smaller than ``min_size``.
-        tiling: ``supported``, ``discouraged`` (whole images where they fit, else large tiles
-            with wide overlap) or ``internal``.
-        dtypes: the precisions it may run in (``fp32``, ``bf16``).
-        auto_bf16: whether ``precision: auto`` may pick bf16 (measured at most 0.05 dB away).
-        noise_level: whether it takes a noise-level map (``predictor.noise_level``).
-        min_overlap: the narrowest overlap between tiles (input pixels) at which tiles give the
-            whole image's output within 1 level; ``predictor.overlap`` is raised to it.
-        fold_batch_norm: whether the Predictor folds its batch norms on the CPU by default
-            (measured faster on the fused model; see :func:`restoration.models.predictor.fold_batch_norms`).
-    """
-
-    architecture: str
-    task: str
-    scale: int
-    fixed_task: bool = True
-    input_channels: int = 3
-    output_channels: int = 3
-    takes_mask: bool = False
-    min_size: int = 1
-    multiple_of: int = 1
-    tiling: str = "supported"
-    dtypes: tuple[str, ...] = ("fp32", "bf16")
-    auto_bf16: bool = False
-    noise_level: bool = False
-    fold_batch_norm: bool = False
-    min_overlap: int = 0
-
-    def misfit(self, task: str) -> str | None:
-        """What this model is, when it cannot do ``task`` ("a 4x super-resolution model
-        (ESRGAN)"); None when it can."""
-        from restoration.tasks.specs import get_task
-
-        spec = get_task(task)
-        if self.fixed_task:
-            return None if task == self.task else f"a {self.task!r} model"
-        if spec.mask_input != self.takes_mask:
-            return f"{'an inpainting' if self.takes_mask else 'a'} model ({self.architecture}) " + \
-                ("with" if self.takes_mask else "without") + " a mask input"
-        if (self.scale > 1) != bool(spec.upscale):
-            what = f"a {self.scale}x super-resolution" if self.scale > 1 else "a same-size restoration"
-            return f"{what} model ({self.architecture})"
-        return None
-
-
-class FusedRestorationNet(nn.Module):
-    """Transfer-learning restoration network (see the module docstring)."""
+class FusedRestorationNet(nn.Module, RestorationModel):
+    """Transfer-learning restoration network (see the module docstring); a
+    :class:`restoration.models.interface.RestorationModel`."""
 
     def __init__(self, config: ModelConfig, *, backbone_weights: str | None = "imagenet") -> None:
         super().__init__()
@@ -250,8 +194,8 @@ class FusedRestorationNet(nn.Module):
             )
         self.backbone.truncate(max(fused))
         self.pad_multiple = STRIDES[-1]
-        self.traits = ModelTraits(architecture=f"fused-{config.backbone}", task=config.task, scale=config.scale,
-                                  takes_mask=config.mask_input, auto_bf16=True, fold_batch_norm=True)
+        self.traits = fused_traits(config)
+        self.model_id: str | None = None
 
         # Target branch: a stage per stride; stride 1 is the full-resolution stage.
         self.encoder = nn.ModuleList()
@@ -314,6 +258,20 @@ class FusedRestorationNet(nn.Module):
     def alphas(self) -> dict[str, float]:
         """Current fusion weight of the pretrained branch per stride, e.g. ``{"2": 0.5, ...}``."""
         return {stride: float(f.alpha.detach()) for stride, f in self.fusion.items()}
+
+    # -- the rest of the model interface -------------------------------------------------------
+
+    def export_state_dict(self) -> dict[str, Tensor]:
+        """The weights under this module's own names (what ``model.safetensors`` holds)."""
+        return {name: tensor.detach() for name, tensor in self.state_dict().items()}
+
+    def load_export_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load weights named as :meth:`export_state_dict` names them (strict)."""
+        self.load_state_dict(dict(state))
+
+    def describe(self) -> dict[str, Any]:
+        """The fusion weights of the pretrained branch per stride (``{"alpha": {"2": 0.5, ...}}``)."""
+        return {"alpha": self.alphas()}
 
     # -- forward -------------------------------------------------------------------------------
 

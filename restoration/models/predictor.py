@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from restoration.config import SettingError, Settings, at_least, check, one_of, within
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
 from restoration.models.checkpoint import load_checkpoint
-from restoration.models.fused import FusedRestorationNet, ModelTraits
+from restoration.models.interface import ModelTraits, RestorationModel
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ class PredictorConfig(Settings):
 
 
 class Predictor:
-    """Restores whole images with a ``FusedRestorationNet``, as ``config`` (a
+    """Restores whole images with any :class:`RestorationModel`, as ``config`` (a
     :class:`PredictorConfig`) says.
 
     Args:
@@ -306,7 +306,7 @@ class Predictor:
     ``self.folded_batch_norms`` how many batch norms were folded.
     """
 
-    def __init__(self, model: FusedRestorationNet, config: PredictorConfig | None = None, *,
+    def __init__(self, model: RestorationModel, config: PredictorConfig | None = None, *,
                  device: str | torch.device | None = None) -> None:
         config = config or PredictorConfig()
         if not isinstance(config, PredictorConfig):

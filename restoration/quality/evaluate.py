@@ -35,7 +35,7 @@ import numpy as np
 from restoration.io import storage
 from restoration.io.codec import decode_image
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
-from restoration.models.fused import ModelTraits
+from restoration.models.interface import ModelTraits
 from restoration.quality.metrics import psnr, ssim
 from restoration.tasks.specs import (
     Case,
@@ -133,8 +133,7 @@ def build_restorer(
 
     info = {"model": str(model), "model_id": checkpoint.model_id, "task": traits.task,
             "architecture": traits.architecture, "ensemble": ensemble}
-    if hasattr(checkpoint.model, "alphas"):  # the fused model's fusion weights
-        info["alpha"] = checkpoint.model.alphas()
+    info.update(checkpoint.model.describe())  # e.g. the fused model's fusion weights, "alpha"
     if strength != 1.0:
         info["strength"] = strength
     return restore, info

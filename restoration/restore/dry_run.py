@@ -65,9 +65,7 @@ def _model_metadata(spec: str, task: str) -> tuple[str, int]:
     Raises CheckpointError for a missing checkpoint or a model that cannot do ``task``."""
     source = resolve_model(spec, task)
     metadata, shown = read_model_metadata(source)
-    traits = getattr(metadata, "traits", None)  # a community model's
-    misfit = traits.misfit(task) if traits is not None else (
-        None if metadata.task == task else f"a {metadata.task!r} model")
+    misfit = metadata.traits.misfit(task)
     if misfit is not None:
         raise CheckpointError(f"--model {spec} is {misfit}, but --task is {task!r}")
     model_id = metadata.model_id or (source.name if not isinstance(source, str)
