@@ -133,13 +133,14 @@ def speed(images: int, size: int, repeats: int) -> dict[str, Any]:
 
 
 def bf16_psnr(count: int) -> dict[str, Any]:
-    from restoration.quality.evaluate import load_images, score
+    from restoration.io.images import read_images
+    from restoration.quality.metrics import score
     from restoration.tasks.specs import get_task
 
     if not CBSD68.is_dir():
         return {"skipped": f"CBSD68 not found at {CBSD68}"}
     protocol = get_task("denoise").protocol(sigma=25)
-    samples = [protocol.sample(name, pixels) for name, pixels in load_images(str(CBSD68), limit=count)]
+    samples = [protocol.sample(name, pixels) for name, pixels in read_images(str(CBSD68), limit=count)]
     model = load_checkpoint(DENOISER).model.eval()
     rows = []
     for precision in ("fp32", "bf16"):

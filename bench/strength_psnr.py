@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 from restoration.io.pixels import tensor_to_pixels  # noqa: E402
 from restoration.models.checkpoint import load_checkpoint  # noqa: E402
 from restoration.models.predictor import Predictor, PredictorConfig  # noqa: E402
-from restoration.quality.evaluate import score  # noqa: E402
+from restoration.quality.metrics import score  # noqa: E402
 from restoration.tasks.specs import get_task  # noqa: E402
 
 DENOISER = ROOT / "restoration" / "weights" / "denoise"

@@ -90,7 +90,7 @@ def image_uris(args: argparse.Namespace) -> list[str] | None:
 
 
 def load_images(uris: list[str] | None, min_size: int):
-    from restoration.finetune.trainer import LoadedImages, load_training_images
+    from restoration.finetune.data import LoadedImages, load_training_images
 
     if uris is not None:
         return load_training_images(uris, min_size=min_size)

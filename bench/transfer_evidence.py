@@ -31,13 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from restoration import storage  # noqa: E402
+from restoration.finetune.data import load_training_images
 from restoration.finetune.settings import load_train_config  # noqa: E402
-from restoration.finetune.trainer import (  # noqa: E402
-    CropSampler,
-    Trainer,
-    initial_model,
-    load_training_images,
-)
+from restoration.finetune.trainer import CropSampler, Trainer, initial_model
 from restoration.models.checkpoint import save_checkpoint  # noqa: E402
 from restoration.quality.evaluate import evaluate  # noqa: E402
 from restoration.tasks.specs import get_task  # noqa: E402

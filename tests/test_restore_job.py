@@ -77,13 +77,9 @@ def denoiser(tmp_path_factory: pytest.TempPathFactory) -> Path:
     backbone starts random: ImageNet weights would not pay off in so few steps."""
     from skimage import data
 
+    from restoration.finetune.data import LoadedImages
     from restoration.finetune.settings import load_train_config
-    from restoration.finetune.trainer import (
-        CropSampler,
-        LoadedImages,
-        Trainer,
-        initial_model,
-    )
+    from restoration.finetune.trainer import CropSampler, Trainer, initial_model
     from restoration.models.checkpoint import save_checkpoint
 
     config = load_train_config("denoise", steps=50, overrides=[

@@ -11,6 +11,7 @@ from PIL import Image
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401  (pytest fixtures)
 
 from restoration import config as config_lib
+from restoration.finetune.data import load_training_images
 from restoration.finetune.settings import (
     load_train_config,
     model_differences,
@@ -20,7 +21,6 @@ from restoration.finetune.trainer import (
     CropSampler,
     Trainer,
     initial_model,
-    load_training_images,
     lr_multiplier,
 )
 from restoration.io import storage

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from restoration import config as config_lib
 from restoration.finetune.checkpoints import (
     TRAINING_CONFIG_FILE,
     copy_checkpoint,
@@ -39,24 +38,24 @@ from restoration.finetune.checkpoints import (
     training_checkpoint_name,
     training_checkpoints,
 )
+from restoration.finetune.data import (
+    load_training_images,
+    load_worker_images,
+    shard_messages,
+)
 from restoration.finetune.settings import (
     TrainConfig,
     load_train_config,
     model_differences,
 )
 from restoration.finetune.summary import FinetuneSummary
-from restoration.finetune.trainer import (
-    METRIC_COLUMNS,
-    LoadedImages,
-    Trainer,
-    initial_model,
-    load_training_images,
-)
+from restoration.finetune.trainer import METRIC_COLUMNS, Trainer, initial_model
 from restoration.io import storage
 from restoration.models.checkpoint import (
     CheckpointError,
     read_model_metadata,
     save_checkpoint,
+    start_model,
 )
 from restoration.stopping import StopNow, StopSignals
 
@@ -71,15 +70,12 @@ __all__ = [
     "resume_latest",
     "run_finetune",
     "train_worker",
-    "Shard",
     "check_resumable",
-    "load_shard",
     "metrics_csv",
     "plan_finetune",
     "plot_training_curve",
     "provenance",
     "run_summary",
-    "shard_messages",
     "start_message",
     "write_final_outputs",
 ]
@@ -212,7 +208,7 @@ def plan_finetune(
         storage.write_bytes(probe, b"ok")
         filesystem, path = storage.resolve(probe)
         filesystem.delete_file(path)
-        storage.write_bytes(storage.join(storage_uri, name, TRAINING_CONFIG_FILE), config_lib.to_yaml(config).encode())
+        storage.write_bytes(storage.join(storage_uri, name, TRAINING_CONFIG_FILE), config.to_yaml().encode())
     except (OSError, ValueError) as exc:
         message = storage.describe_storage_error(exc, storage_uri) if isinstance(exc, OSError) else None
         raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: "
@@ -234,46 +230,6 @@ def check_resumable(plan: FinetunePlan, checkpoint: str | None) -> None:
         f"({'; '.join(differences)}); running the same name resumes it. Use another --name for a new run, "
         f"or --init {checkpoint} to start from its weights"
     )
-
-
-@dataclass
-class Shard:
-    """One worker's decoded training images; ``usable``/``bad`` count this worker's images."""
-
-    images: LoadedImages | None
-    usable: int
-    bad: int
-
-
-def load_shard(uris: list[str], *, rank: int, world_size: int, min_size: int) -> Shard:
-    """Worker ``rank``'s disjoint shard (every ``world_size``-th image from ``rank``), decoded;
-    unusable images are counted, and a shard with none is ``Shard(None, 0, n)``."""
-    shard = uris[rank::world_size]
-    try:
-        images = load_training_images(shard, min_size=min_size)
-    except ValueError:
-        return Shard(None, 0, len(shard))
-    return Shard(images, len(images.names), len(images.bad))
-
-
-def shard_messages(shard: Shard, rank: int, world_size: int, total_usable: int, total_bad: int,
-                   empty_shards: int) -> list[str]:
-    """The lines a worker prints about the shards (rank 0: the totals; others: their own skipped
-    images), given the totals over all workers.
-
-    Raises:
-        ValueError: some worker has no usable image (every worker raises, so all stop together).
-    """
-    if shard.images is None or empty_shards:
-        raise ValueError(f"{empty_shards} of {world_size} workers have no usable training images "
-                         f"({total_bad} of {total_usable + total_bad} images could not be used); "
-                         "use fewer --workers or more images")
-    bad = shard.images.bad
-    if rank == 0:
-        return [f"training on {total_usable} images over {world_size} worker(s)"
-                + (f"; skipped {total_bad} unusable, e.g. {bad[0][0]}: {bad[0][1]}" if bad else
-                   f"; skipped {total_bad} unusable" if total_bad else "")]
-    return [f"[worker {rank}] skipped {shard.bad} training images, e.g. {bad[0][0]}: {bad[0][1]}"] if bad else []
 
 
 def start_message(trainer: Trainer, init: str | None, resumed_from: str | None) -> str:
@@ -340,7 +296,7 @@ def write_final_outputs(trainer: Trainer, storage_uri: str, name: str, run_prove
             "validation_step": final_val.get("step"),
             "validation_protocol": trainer.protocol.describe(),
         })
-        (Path(tmp) / TRAINING_CONFIG_FILE).write_text(config_lib.to_yaml(trainer.config))
+        (Path(tmp) / TRAINING_CONFIG_FILE).write_text(trainer.config.to_yaml())
         (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
         plot_training_curve(history, Path(tmp) / "training_curve.png")
         for path in sorted(Path(tmp).iterdir()):
@@ -431,9 +387,6 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
     import torch.distributed as dist
 
     from restoration.finetune.trainer import CropSampler
-    from restoration.models.checkpoint import resumed_model
-    from restoration.quality.evaluate import load_images
-
     config = plan.config
     rank, world_size, device = session.rank, session.world_size, session.device
     torch.manual_seed(config.seed)
@@ -442,7 +395,9 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
         if rank == 0:
             print(text, flush=True)
 
-    shard = load_shard(plan.train_uris, rank=rank, world_size=world_size, min_size=config.data.crop_size)
+    images = load_worker_images(plan.train_uris, plan.val_uris, rank=rank, world_size=world_size,
+                                min_size=config.data.crop_size)
+    shard = images.shard
     counts = torch.tensor([shard.usable, shard.bad, int(shard.usable == 0)], dtype=torch.int64)
     if world_size > 1:
         counts = counts.to(device) if dist.get_backend() == "nccl" else counts
@@ -458,14 +413,13 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
 
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    val = [item for uri in plan.val_uris for item in load_images(uri)] if rank == 0 else []
     with session.resume() as resume:
         # A resumed run takes every weight from the checkpoint: no ImageNet or --init load needed,
         # whatever kind of model it trains.
-        model = (resumed_model(resume.directory, config.network_config()) if resume is not None
-                 else initial_model(config, plan.init))
+        model = start_model(config.network_config(), plan.init, backbone_weights=config.backbone_weights,
+                            resume=resume.directory if resume is not None else None)
         trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
-                          val_samples=val, world_size=world_size, rank=rank, progress=say)
+                          val_samples=images.validation, world_size=world_size, rank=rank, progress=say)
         if resume is not None:
             trainer.resume(resume.directory)
     say(start_message(trainer, plan.init, resume.name if resume else None))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
+import yaml
 from pydantic import (
     Field,
     PlainSerializer,
@@ -170,7 +171,11 @@ class TrainConfig(Settings):
     def to_dict(self) -> dict[str, Any]:
         """The config as ``config.yaml`` holds it (the task first), read back by
         :func:`train_config_from_dict`."""
-        return {"task": self.task, **config_lib.to_dict(self)}
+        return {"task": self.task, **self.model_dump(mode="json")}
+
+    def to_yaml(self) -> str:
+        """``config.yaml`` as a run writes it beside its checkpoints and model."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @property
     def freeze_steps(self) -> int:

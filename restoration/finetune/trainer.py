@@ -14,7 +14,7 @@ position); with another number of workers the shards differ, and only the data o
 One process, no Ray::
 
     config = load_train_config("denoise", overrides=["steps=200"])
-    images = load_training_images(storage.list_images("photos/"), min_size=config.data.crop_size)
+    images = load_training_images(storage.list_images("photos/"), min_size=config.data.crop_size)  # finetune.data
     trainer = Trainer(config, initial_model(config), CropSampler(images, config), device="cuda")
     trainer.fit(checkpoint_dir="runs/denoise")
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,22 +32,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from restoration import config as config_lib
 from restoration.durations import format_duration
 from restoration.finetune.checkpoints import (
     read_training_checkpoint,
     save_training_checkpoint,
     training_checkpoint_name,
 )
+from restoration.finetune.data import LoadedImages
 from restoration.finetune.losses import build_loss
 from restoration.finetune.settings import TrainConfig, model_differences
-from restoration.io import storage
-from restoration.io.codec import ImageDecodeError, decode_image
-from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels, to_uint8
+from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
 from restoration.models.checkpoint import CheckpointError, load_weights, start_model
 from restoration.models.fused import FusedRestorationNet
 from restoration.models.interface import RestorationModel
-from restoration.quality.evaluate import score
+from restoration.quality.metrics import score
 from restoration.tasks import degradations
 
 log = logging.getLogger(__name__)
@@ -56,49 +53,6 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedImages:
-    """Decoded training images of one worker's shard; unreadable files are counted, not fatal."""
-
-    names: list[str]
-    pixels: list[np.ndarray]  # HxWx3 uint8
-    bad: list[tuple[str, str]]  # (uri, reason)
-
-
-def load_training_images(uris: list[str], *, min_size: int = 0) -> LoadedImages:
-    """Decode images to 8-bit RGB (16-bit is rounded, gray repeated, alpha dropped).
-
-    Files that cannot be read or decoded, or are smaller than ``min_size`` on a side, are
-    skipped and listed in ``bad`` with the reason.
-
-    Raises:
-        ValueError: ``uris`` is empty, or none of the images can be used (the message shows the
-            first reasons).
-    """
-    if not uris:
-        raise ValueError("no training images to load")
-    names, pixels, bad = [], [], []
-    for uri in uris:
-        try:
-            image = decode_image(storage.read_bytes(uri))
-        except (ImageDecodeError, OSError, ValueError) as exc:
-            bad.append((uri, storage.redact(str(exc))))
-            continue
-        p = to_uint8(image.pixels)
-        if p.shape[-1] == 1:
-            p = np.repeat(p, 3, axis=-1)
-        p = p[..., :3]
-        if min(p.shape[:2]) < min_size:
-            bad.append((uri, f"smaller than the {min_size}-pixel training crop ({p.shape[1]}x{p.shape[0]})"))
-            continue
-        names.append(uri.rsplit("/", 1)[-1])
-        pixels.append(np.ascontiguousarray(p))
-    if not names:
-        reasons = "; ".join(f"{u}: {r}" for u, r in bad[:3])
-        raise ValueError(f"none of the {len(uris)} images could be used ({reasons})")
-    return LoadedImages(names, pixels, bad)
 
 
 def to_gray8(rgb: Tensor) -> Tensor:
@@ -508,7 +462,7 @@ class Trainer:
         """Write a resumable checkpoint into ``directory``: ``model.safetensors`` and
         ``model.json`` (a regular restoration checkpoint), ``config.yaml`` and ``trainer_state.pt``."""
         return save_training_checkpoint(directory, self.model, trainer_state=self.state_dict(),
-                                        config_yaml=config_lib.to_yaml(self.config), provenance=provenance)
+                                        config_yaml=self.config.to_yaml(), provenance=provenance)
 
     def resume(self, directory: str | Path) -> None:
         """Load model weights and trainer state from a checkpoint written by ``save``.

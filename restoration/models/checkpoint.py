@@ -414,7 +414,7 @@ def read_model_metadata(source: str | Path) -> tuple[ModelMetadata, str]:
 
 
 def start_model(network: ModelConfig, init: str | Path | None = None, *,
-                backbone_weights: str | None = "imagenet") -> RestorationModel:
+                backbone_weights: str | None = "imagenet", resume: str | Path | None = None) -> RestorationModel:
     """The model a fine-tuning run starts from, in training mode: the fused network of
     ``network`` (the run's architecture, task and scale) with ``backbone_weights``, or what
     ``--init`` says.
@@ -423,13 +423,17 @@ def start_model(network: ModelConfig, init: str | Path | None = None, *,
     model of the task). A fused checkpoint transfers every weight whose name and shape fit
     (e.g. a denoiser's backbone, encoder, fusion and decoder initialize a JPEG model); a
     community model (a file, or a folder holding one fine-tuned earlier) is the whole network with
-    its pretrained weights, checked against the run's task and scale.
+    its pretrained weights, checked against the run's task and scale. ``resume``: the local folder
+    of the checkpoint a run resumes from, whose own kind and architecture win over ``init``
+    (:func:`resumed_model`; the trainer then loads its weights and state).
 
     Raises:
         CheckpointError: ``init`` is not a checkpoint; a fused one of another backbone, widths,
             fusion strides or blocks per stage than ``network``; a community model that cannot do
             the task, of another scale, or one that cannot be fine-tuned.
     """
+    if resume is not None:
+        return resumed_model(resume, network)
     if init is None:
         return build_model(network, backbone_weights=backbone_weights)
     if str(init) == "default":

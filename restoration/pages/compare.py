@@ -114,7 +114,7 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
         ValueError: no inputs, fewer than one model, or a bad --case.
     """
     from restoration.models.predictor import Predictor, PredictorConfig
-    from restoration.quality.evaluate import score
+    from restoration.quality.metrics import score
     from restoration.restore.planning import list_inputs
     from restoration.tasks.specs import get_case
 

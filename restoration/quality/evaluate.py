@@ -32,11 +32,10 @@ from typing import Callable
 
 import numpy as np
 
-from restoration.io import storage
-from restoration.io.codec import decode_image
-from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
+from restoration.io.images import read_images
+from restoration.io.pixels import tensor_to_pixels
 from restoration.models.interface import ModelTraits
-from restoration.quality.metrics import psnr, ssim
+from restoration.quality.metrics import score
 from restoration.tasks.specs import (
     Case,
     DeblurTask,
@@ -64,31 +63,6 @@ CLASSICAL_MODELS = {
     "richardson-lucy": "deblur (Gaussian), or a blur-only case",
     "telea": "inpaint",
 }
-
-
-def score(restored: np.ndarray, gt: np.ndarray, spec: TaskSpec) -> tuple[float, float]:
-    """(PSNR dB, SSIM) of an 8-bit HxWxC output against the 8-bit ground truth under ``spec``'s
-    metric. Every method is scored on its 8-bit output, ``identity`` (the degraded input)
-    included, so that a model at strength 0 scores exactly what ``identity`` does."""
-    y_channel, border = spec.metric(gt.shape[-1])
-    restored_t = pixels_to_tensor(restored)
-    gt_t = pixels_to_tensor(gt)
-    return (
-        float(psnr(restored_t, gt_t, crop_border=border, y_channel=y_channel)),
-        float(ssim(restored_t, gt_t, crop_border=border, y_channel=y_channel)),
-    )
-
-
-def load_images(images: str, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """(file name, pixels) of the images under a folder/URI, sorted by name."""
-    uris = storage.list_images(images)
-    if not uris:
-        raise ValueError(f"no images found under {images}")
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        uris = uris[:limit]
-    return [(uri.rsplit("/", 1)[-1], decode_image(storage.read_bytes(uri)).pixels) for uri in uris]
 
 
 RestoreFn = Callable[[EvalSample], np.ndarray]
@@ -266,7 +240,7 @@ def evaluate(
                                          strength=strength)
     rows = []
     total_seconds = 0.0
-    for name, pixels in load_images(images, limit):
+    for name, pixels in read_images(images, limit):
         sample = spec.sample(name, case.prepare(pixels) if case else pixels, seed=seed)
         start = time.perf_counter()
         restored = restore(sample)

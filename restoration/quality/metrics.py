@@ -24,10 +24,13 @@ Benchmark conventions:
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from restoration.io.pixels import pixels_to_tensor
 
 __all__ = [
     "SSIM_K1",
@@ -243,3 +246,23 @@ def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
     if mse < 0:
         raise ValueError(f"mse must be >= 0, got {mse!r}")
     return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+class MetricSpec(Protocol):
+    """What :func:`score` asks of a task's spec: whether PSNR/SSIM are taken on the Y channel and
+    how wide a border is cropped, for images of ``channels`` channels."""
+
+    def metric(self, channels: int) -> tuple[bool, int]: ...
+
+
+def score(restored: np.ndarray, gt: np.ndarray, spec: MetricSpec) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of an 8-bit HxWxC output against the 8-bit ground truth under ``spec``'s
+    metric. Every method is scored on its 8-bit output, ``identity`` (the degraded input)
+    included, so that a model at strength 0 scores exactly what ``identity`` does."""
+    y_channel, border = spec.metric(gt.shape[-1])
+    restored_t = pixels_to_tensor(restored)
+    gt_t = pixels_to_tensor(gt)
+    return (
+        float(psnr(restored_t, gt_t, crop_border=border, y_channel=y_channel)),
+        float(ssim(restored_t, gt_t, crop_border=border, y_channel=y_channel)),
+    )
