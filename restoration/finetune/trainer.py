@@ -41,11 +41,11 @@ from restoration.finetune.checkpoints import (
 from restoration.finetune.data import LoadedImages
 from restoration.finetune.losses import build_loss
 from restoration.finetune.settings import TrainConfig, model_differences
-from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
+from restoration.io.pixels import pixels_to_tensor
 from restoration.models.checkpoint import CheckpointError, load_weights, start_model
 from restoration.models.fused import FusedRestorationNet
 from restoration.models.interface import RestorationModel
-from restoration.quality.metrics import score
+from restoration.quality.metrics import quantize, score_tensors
 from restoration.tasks import degradations
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class Trainer:
         seed = config.validation.seed
         self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
                             for n, p in (val_samples or [])]
+        self._val_gt = [pixels_to_tensor(sample.gt) for sample in self.val_samples]
         self.history: list[dict[str, Any]] = []
         self.resumed_at: list[int] = []  # the step of every resume, in order
         self.stopped_at: int | None = None  # the step a stop request ended fit() at
@@ -426,10 +427,11 @@ class Trainer:
                                    fold_batch_norm=False)
         predictor = Predictor(self.model, settings, device=self.device)
         psnrs, ssims = [], []
-        for sample in self.val_samples:
+        for sample, gt in zip(self.val_samples, self._val_gt):
             mask = sample.mask[None] if sample.mask is not None else None
             out = predictor.restore_batch(sample.lq[None], mask)[0]
-            p, s = score(tensor_to_pixels(out.clamp(0, 1)), sample.gt, self.protocol)
+            # What would be written to disk: 8-bit levels (NaN as 0, as an encoded image has it).
+            p, s = score_tensors(quantize(torch.nan_to_num(out.float(), nan=0.0)), gt, self.protocol)
             psnrs.append(p)
             ssims.append(s)
         self.model.train()

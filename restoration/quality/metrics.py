@@ -255,14 +255,18 @@ class MetricSpec(Protocol):
     def metric(self, channels: int) -> tuple[bool, int]: ...
 
 
+def score_tensors(restored: Tensor, gt: Tensor, spec: MetricSpec) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of a float ``C x H x W`` output on 8-bit levels (:func:`quantize`) against
+    the ground truth's tensor, under ``spec``'s metric (Y channel, border crop)."""
+    y_channel, border = spec.metric(gt.shape[0])
+    return (
+        float(psnr(restored, gt, crop_border=border, y_channel=y_channel)),
+        float(ssim(restored, gt, crop_border=border, y_channel=y_channel)),
+    )
+
+
 def score(restored: np.ndarray, gt: np.ndarray, spec: MetricSpec) -> tuple[float, float]:
     """(PSNR dB, SSIM) of an 8-bit HxWxC output against the 8-bit ground truth under ``spec``'s
     metric. Every method is scored on its 8-bit output, ``identity`` (the degraded input)
     included, so that a model at strength 0 scores exactly what ``identity`` does."""
-    y_channel, border = spec.metric(gt.shape[-1])
-    restored_t = pixels_to_tensor(restored)
-    gt_t = pixels_to_tensor(gt)
-    return (
-        float(psnr(restored_t, gt_t, crop_border=border, y_channel=y_channel)),
-        float(ssim(restored_t, gt_t, crop_border=border, y_channel=y_channel)),
-    )
+    return score_tensors(pixels_to_tensor(restored), pixels_to_tensor(gt), spec)
