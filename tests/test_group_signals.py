@@ -141,8 +141,8 @@ def _redone(written_before: set[str], rows: dict[str, dict]) -> int:
 def test_sigterm_then_sighup_to_the_group_stop_cleanly_and_the_reruns_go_on(tmp_path: Path,
                                                                           jobs: Jobs) -> None:
     """``python -m jobs.restore`` on its own local Ray, in a session of its own, as a user runs
-    it; SIGTERM to its process group at a third of the outputs, SIGHUP to the re-run's group at
-    two thirds, then a last run finishes. Each stop: exit 143 / 129 within 30 s, at most 3 lines
+    it; SIGTERM to its process group at half of the outputs, SIGHUP to the re-run's group at
+    three quarters, then a last run finishes. Each stop: exit 143 / 129 within 30 s, at most 3 lines
     after the signal (stdout and stderr together), one saying it stopped, no traceback; a
     manifest row for every output written; no Ray process left; the next run redoes at most
     10 % of what was written before."""
@@ -158,7 +158,7 @@ def test_sigterm_then_sighup_to_the_group_stop_cleanly_and_the_reruns_go_on(tmp_
     for index, (signum, code) in enumerate([(signal.SIGTERM, 143), (signal.SIGHUP, 129)]):
         job = faults.Job(command, tmp_path, f"run{index}-{signum.name}")
         jobs.append(job)
-        goal = count * (index + 1) // 3
+        goal = count * (index + 2) // 4  # half way, then three quarters
         faults.wait_until(lambda goal=goal: len(faults.local_outputs(output)) >= goal, job, 300,
                           f"{goal} outputs were written")
         stop = _group_stop(job, signum, jobs)
