@@ -104,7 +104,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=1.0,
                    help="restoration strength in [0, 1]: 0 returns the input, 1 the model as trained (1)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    add_licence_argument(p)
     p.set_defaults(func=_run_evaluate)
+
+
+def add_licence_argument(p: argparse.ArgumentParser) -> None:
+    """``--accept-licence non-commercial``: run a model whose licence forbids commercial use."""
+    p.add_argument("--accept-licence", default=None, choices=("non-commercial",),
+                   help="run a model licensed for non-commercial use only (e.g. spandrel-extra-arches "
+                        "architectures, FFHQ-trained face models); without it such a model is refused")
+
+
+def check_licence(specs: list[str], task: str | None, args: argparse.Namespace, *, flag: str = "--model") -> None:
+    """Refuse a non-commercial model without ``--accept-licence non-commercial`` (a one-line
+    error, exit 2), before any executor starts."""
+    from restoration.models.checkpoint import check_licence as check
+
+    check(specs, task, getattr(args, "accept_licence", None), flag=flag)
 
 
 PROTOCOL_FLAGS = ("sigma", "scale", "quality", "mask_ratio", "mask_kind", "blur_sigma")
@@ -133,6 +149,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         spec = spec_class.protocol(**given)
         task = args.task
     storage.check_readable(args.images)  # the user's storage errors: one line, exit 2, in seconds
+    check_licence([args.model], task, args)
     report = evaluate(args.model, spec, args.images, task=task, seed=args.seed, limit=args.limit,
                       device=args.device, ensemble=args.ensemble, strength=args.strength)
     print(f"model: {args.model}   protocol: {json.dumps(report['protocol'])}")
@@ -252,6 +269,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="predictor.KEY=VALUE",
                    help="a predictor setting for every model, e.g. --set predictor.tile=256")
     p.add_argument("--html", default="compare.html", help="the page to write (default compare.html)")
+    add_licence_argument(p)
     p.set_defaults(func=_run_compare)
 
 
@@ -267,6 +285,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     if any(not item.startswith("predictor.") for item in args.overrides):
         raise ValueError("compare takes only predictor settings (--set predictor.KEY=VALUE)")
     predictor = config_lib.load_config(RestoreConfig, overrides=args.overrides).predictor
+    check_licence(args.models, args.task, args)
     report = write_comparison(args.input, args.models, args.html, task=args.task, sample=args.sample,
                               seed=args.seed, reference=args.reference, case=args.case, predictor=predictor)
     for result in report["results"]:
@@ -381,6 +400,7 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
                    help="list what would be done (counts, megapixels, estimated output bytes and time) and "
                         "exit: no model loaded, no Ray, nothing written")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
+    add_licence_argument(p)
 
 
 def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None, *,
@@ -404,6 +424,7 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
                                  limit=args.limit, overwrite=args.overwrite)
         print(json.dumps(report, indent=2, sort_keys=True) if getattr(args, "json", False) else format_dry_run(report))
         return 0
+    check_licence([args.model], args.task, args)
     if args.no_ray or ray_executor is None:
         executor: RestoreExecutor = LocalRestoreExecutor()
     else:
@@ -454,6 +475,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="worker failures retried within the run (2)")
     p.add_argument("--no-ray", action="store_true",
                    help="one worker in this process (the GPU with --use-gpu, else the CPU); Ray is not imported")
+    add_licence_argument(p)
 
 
 def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], FinetuneExecutor] | None = None) -> int:
@@ -475,6 +497,8 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
     local = args.no_ray or ray_executor is None
     if local and args.workers != 1:
         raise FinetuneInputError(f"--no-ray runs one worker; got --workers {args.workers}")
+    if args.init is not None:
+        check_licence([args.init], args.task, args, flag="--init")
     plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,
                          storage_uri=args.storage, name=args.name, workers=args.workers, init=args.init,
                          config_path=args.config, overrides=args.overrides, steps=args.steps)

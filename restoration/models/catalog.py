@@ -32,7 +32,7 @@ from restoration.models.metadata import CheckpointError
 from restoration.models.ncnn import state_dict_from_ncnn
 
 __all__ = ["CACHE_ENV", "CATALOG", "EXTRA", "NamedModel", "cache_dir", "catalog_rows", "convert_named_model",
-           "is_model_name", "named_model_path", "ncnn_files"]
+           "is_model_name", "named_model_of", "named_model_path", "ncnn_files"]
 
 CACHE_ENV: Final[str] = "RESTORATION_MODEL_CACHE"
 """The environment variable that sets the cache folder of converted named models."""
@@ -218,6 +218,18 @@ def named_model_path(spec: str) -> Path | None:
     if Path(spec).suffix == "" and difflib.get_close_matches(spec, list(CATALOG), n=1, cutoff=0.8):
         _model(spec)  # raises, with the suggestion
     return None
+
+
+def named_model_of(path: str | Path) -> NamedModel | None:
+    """The named model whose cached file ``path`` is (None for any other file): its licence and
+    source are the catalog's."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or path.stem not in CATALOG:
+        return None
+    try:
+        return CATALOG[path.stem] if path.resolve().parent == cache_dir().resolve() else None
+    except OSError:
+        return None
 
 
 def catalog_rows() -> list[dict[str, Any]]:

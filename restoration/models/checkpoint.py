@@ -24,6 +24,7 @@ One API, three kinds of source:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import posixpath
@@ -38,10 +39,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from restoration.io import storage
-from restoration.models.catalog import named_model_path
+from restoration.models.catalog import CATALOG, named_model_of, named_model_path
 from restoration.models.community import (
+    NON_COMMERCIAL,
     CommunityNet,
     is_community_file,
+    is_non_commercial,
     load_community_model,
 )
 from restoration.models.fused import ModelConfig, build_model
@@ -71,10 +74,12 @@ __all__ = [
     "CheckpointBytes",
     "CheckpointError",
     "ModelMetadata",
+    "check_licence",
     "checkpoint_from_bytes",
     "checkpoint_to_bytes",
     "load_checkpoint",
     "load_weights",
+    "model_licence",
     "read_checkpoint_bytes",
     "read_metadata",
     "read_model_metadata",
@@ -315,18 +320,22 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
                 model, provenance = load_community_model(state, name=data.source, data=data.weights)
         except ValueError as error:  # WeightFileError too
             raise CheckpointError(str(error)) from None
+        named = named_model_of(data.source) if local is not None else None
         metadata = ModelMetadata(kind="community", traits=model.traits, model_id=model.model_id,
-                                 provenance=provenance)
+                                 provenance=provenance, licence=named.licence if named else provenance["licence"],
+                                 source=named.source if named else data.source, sha256=provenance["sha256"])
         return Checkpoint(model=model.to(map_location), metadata=metadata, path=None, source=data.source)
     parsed = parse_json(data.metadata, source=data.metadata_source)
     if metadata_kind(parsed, source=data.metadata_source) == "community":  # fine-tuned by this project
         try:
             state = {k: v.float() for k, v in load_safetensors(data.weights).items()}
-            model, _ = load_community_model(state, name=data.source, data=data.weights)
+            model, found = load_community_model(state, name=data.source, data=data.weights)
         except (SafetensorError, ValueError) as error:
             raise CheckpointError(f"{data.source}: {error}") from None
         metadata = ModelMetadata.from_dict(parsed, source=data.metadata_source, traits=model.traits)
-        metadata = dataclasses.replace(metadata, model_id=metadata.model_id or model.model_id)
+        metadata = dataclasses.replace(metadata, model_id=metadata.model_id or model.model_id,
+                                       licence=str(metadata.provenance.get("licence") or found["licence"]),
+                                       source=data.source, sha256=found["sha256"])
         model = model.to(map_location)
     else:
         metadata = ModelMetadata.from_dict(parsed, source=data.metadata_source)
@@ -338,9 +347,18 @@ def checkpoint_from_bytes(data: CheckpointBytes, *, map_location: str | torch.de
             raise CheckpointError(f"{_join(data.source, WEIGHTS_FILE)} is not a readable safetensors file: {error}") from error
         state = {k: v.float().to(map_location) if v.is_floating_point() else v.to(map_location) for k, v in state.items()}
         load_weights(model, state, source=data.source)
+        metadata = dataclasses.replace(metadata, licence="Apache-2.0", source=_fused_source(local, data.source),
+                                       sha256=hashlib.sha256(data.weights).hexdigest())
     checkpoint = Checkpoint(model=model.eval(), metadata=metadata, path=local, source=data.source)
     model.model_id = checkpoint.model_id
     return checkpoint
+
+
+def _fused_source(local: Path | None, source: str) -> str:
+    """Where a fused model's weights come from: the project's shipped weights, or a checkpoint."""
+    if local is not None and local.resolve().parent == SHIPPED_DIR:
+        return f"restoration: shipped weights restoration/weights/{local.name}"
+    return f"restoration checkpoint {source}"
 
 
 def load_checkpoint(source: str | Path | CheckpointBytes, *, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -423,6 +441,41 @@ def read_model_metadata(source: str | Path) -> tuple[ModelMetadata, str]:
         checkpoint = load_checkpoint(source)
         return checkpoint.metadata, checkpoint.source or shown
     return metadata.read_metadata(), shown
+
+
+def model_licence(spec: str, task: str | None) -> tuple[str, str]:
+    """``(licence, source)`` of ``--model`` / ``--init`` ``spec``: ``default`` and named models
+    without reading any weights, a fused checkpoint from its ``model.json``, a community model by
+    its architecture (read and built: spandrel detects it)."""
+    if spec == "default" or spec.startswith("default:"):
+        return "Apache-2.0", "restoration: shipped weights"
+    if spec in CATALOG and not Path(spec).exists():
+        return CATALOG[spec].licence, CATALOG[spec].source
+    source = resolve_model(spec, task or "")
+    if is_community_file(str(source)):
+        described = checkpoint_from_bytes(_read_community_file(source)).metadata.describe()
+    else:
+        metadata, _ = read_model_metadata(source)
+        described = metadata.describe()
+    return described["licence"], described["source"] or str(spec)
+
+
+def check_licence(specs: list[str], task: str | None, accepted: str | None, *, flag: str = "--model") -> None:
+    """Refuse a non-commercial model unless ``accepted`` is ``non-commercial``
+    (``--accept-licence non-commercial``). A spec that is not a readable model is passed over:
+    the command's own checks report it, as before.
+
+    Raises:
+        CheckpointError: one line naming the model and its licence.
+    """
+    for spec in specs:
+        try:
+            licence, _ = model_licence(spec, task)
+        except (ValueError, OSError):
+            continue  # not a readable model: the command's own checks say so, in their words
+        if is_non_commercial(licence) and accepted != NON_COMMERCIAL:
+            raise CheckpointError(f"{flag} {spec} is licensed {licence} (not for commercial use); pass "
+                                  f"--accept-licence {NON_COMMERCIAL} to run it")
 
 
 # --------------------------------------------------------------------------------------------

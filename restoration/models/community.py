@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from restoration.models.interface import TILING_MODES, ModelTraits, RestorationModel
 
-__all__ = ["COMMUNITY_SUFFIXES", "NOT_FINE_TUNABLE", "CommunityNet", "is_community_file", "load_community_model"]
+__all__ = ["ARCHITECTURE_LICENCES", "COMMUNITY_SUFFIXES", "NON_COMMERCIAL", "NOT_FINE_TUNABLE", "CommunityNet",
+           "architecture_licence", "is_community_file", "is_non_commercial", "load_community_model"]
 
 COMMUNITY_SUFFIXES: Final[tuple[str, ...]] = (".pth", ".pt", ".ckpt", ".safetensors", ".param")
 """Weight files that ``--model`` reads as a community model (``.param``: an ncnn graph, read with
@@ -61,6 +62,35 @@ restores, so fine-tuning them is refused (inference is spandrel's call, as for e
 DRUNet's and DnCNN's call adds a noise-level map, which :class:`CommunityNet` builds itself."""
 # Purposes spandrel reports -> the task such a model does when --task is not given.
 _PURPOSE_TASKS: Final[dict[str, str]] = {"SR": "sr", "FaceSR": "sr", "Inpainting": "inpaint", "Restoration": "general"}
+NON_COMMERCIAL: Final[str] = "non-commercial"
+"""What ``--accept-licence`` accepts: a model whose licence forbids commercial use."""
+ARCHITECTURE_LICENCES: Final[dict[str, str]] = {
+    "ESRGAN": "Apache-2.0", "Compact": "BSD-3-Clause", "RealCUGAN": "MIT", "SwinIR": "Apache-2.0",
+    "Swin2SR": "Apache-2.0", "SCUNet": "Apache-2.0", "DRUNet": "MIT", "DnCNN": "MIT", "NAFNet": "MIT",
+    "LaMa": "Apache-2.0",
+    # The code is permissive (spandrel's core), but the published face weights were trained on
+    # FFHQ, whose licence is CC BY-NC-SA 4.0: non-commercial.
+    "GFPGAN": "CC-BY-NC-SA-4.0", "RestoreFormer": "CC-BY-NC-SA-4.0",
+}
+"""The licences of spandrel's core architectures, from the upstream projects (spandrel's wheel
+records none; its core registry holds permissive code only). Any other core architecture is
+``unknown``; every spandrel-extra-arches one is non-commercial."""
+NON_COMMERCIAL_LICENCES: Final[frozenset[str]] = frozenset(
+    {"CC-BY-NC-SA-4.0", "CC-BY-NC-4.0", "non-commercial (spandrel-extra-arches)"})
+"""Licences :func:`is_non_commercial` refuses without ``--accept-licence non-commercial``."""
+
+
+def is_non_commercial(licence: str) -> bool:
+    """Whether ``licence`` forbids commercial use."""
+    return licence in NON_COMMERCIAL_LICENCES or "NC" in licence.split("-") or "non-commercial" in licence
+
+
+def architecture_licence(architecture: str, module: str = "") -> str:
+    """The licence of a spandrel architecture (``module``: the one that defines it, to tell
+    spandrel-extra-arches' from the core's)."""
+    if module.startswith("spandrel_extra_arches"):
+        return "non-commercial (spandrel-extra-arches)"
+    return ARCHITECTURE_LICENCES.get(architecture, "unknown")
 
 
 def is_community_file(spec: str) -> bool:
@@ -215,4 +245,6 @@ def load_community_model(state: dict[str, Tensor], *, name: str, data: bytes) ->
     stem = posixpath.basename(name.rstrip("/")).rsplit(".", 1)[0]
     net = CommunityNet(descriptor, model_id=f"{stem}-{digest[:12]}")
     net.float().eval()
-    return net, {"file": name, "sha256": digest, "tags": list(descriptor.tags), "purpose": descriptor.purpose}
+    licence = architecture_licence(descriptor.architecture.id, type(descriptor.architecture).__module__)
+    return net, {"file": name, "sha256": digest, "tags": list(descriptor.tags), "purpose": descriptor.purpose,
+                 "licence": licence}

@@ -102,6 +102,9 @@ class ModelMetadata:
             metrics, ...), or for a community model file where it came from; free-form JSON.
         format_version: the layout it was read from (:data:`FORMAT_VERSION` for new ones);
             :meth:`to_dict` writes :data:`FORMAT_VERSION` whatever it was.
+        licence, source, sha256: where the loaded weights come from, under which licence, and
+            the SHA-256 of the file(s) read (set when loaded, from the files: not written to
+            ``model.json``; None before). :meth:`describe` gives them with the defaults.
     """
 
     kind: str
@@ -114,6 +117,18 @@ class ModelMetadata:
     code_version: str | None = None
     provenance: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # From the files read, not model.json: left out of equality (a round trip compares equal).
+    licence: str | None = field(default=None, compare=False)
+    source: str | None = field(default=None, compare=False)
+    sha256: str | None = field(default=None, compare=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The model's licence, source and weights' SHA-256 (``unknown`` / None where not known;
+        a fused model of this project is Apache-2.0)."""
+        licence = self.licence or str(self.provenance.get("licence") or "")
+        return {"licence": licence or ("Apache-2.0" if self.kind == "fused" else "unknown"),
+                "source": self.source or self.provenance.get("source") or self.provenance.get("file"),
+                "sha256": self.sha256 or self.provenance.get("sha256")}
 
     @property
     def task(self) -> str:

@@ -52,6 +52,9 @@ class ModelResult:
     model_id: str = ""
     architecture: str = ""
     task: str = ""
+    licence: str = ""
+    source: str = ""
+    sha256: str = ""
     error: str | None = None
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
@@ -154,6 +157,9 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
             result.error = storage.redact(str(error))
             continue
         result.model_id, result.architecture = checkpoint.model_id, checkpoint.model.traits.architecture
+        described = checkpoint.metadata.describe()
+        result.licence, result.source = described["licence"], storage.redact(str(described["source"] or ""))
+        result.sha256 = described["sha256"] or ""
         restorer = Predictor(checkpoint.model, predictor or PredictorConfig(), device="cpu")
         first = next((e["input"] for e in images.values() if "input" in e), None)
         if first is not None:  # warm-up, untimed: the first pass pays for allocations and kernel choice

@@ -108,13 +108,15 @@ class LoadedModel:
         return self.checkpoint.model_id
 
     def describe(self) -> ModelRecord:
-        """The model as the run's summary records it: id, architecture, scale and the SHA-256
-        of its weights."""
+        """The model as the run's summary records it: id, architecture, scale, the SHA-256 of
+        its weights, its licence and source."""
         import hashlib
 
         traits = self.checkpoint.model.traits
+        described = self.checkpoint.metadata.describe()
         return ModelRecord(model_id=self.model_id, architecture=traits.architecture, scale=traits.scale,
-                           weights_sha256=hashlib.sha256(self.data.weights).hexdigest())
+                           weights_sha256=hashlib.sha256(self.data.weights).hexdigest(),
+                           licence=described["licence"], source=described["source"])
 
 
 def load_run_model(spec: str, task: type[TaskSpec]) -> LoadedModel:

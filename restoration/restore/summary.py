@@ -40,12 +40,15 @@ class Counts(_Record):
 
 
 class ModelRecord(_Record):
-    """The model a run used: id, architecture, scale and the SHA-256 of its weights."""
+    """The model a run used: id, architecture, scale, the SHA-256 of its weights, and its licence
+    and source (added later: None in the summaries older versions wrote)."""
 
     model_id: str
     architecture: str
     scale: int
     weights_sha256: str
+    licence: str | None = None
+    source: str | None = None
 
 
 class StopRecord(_Record):
