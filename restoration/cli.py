@@ -186,11 +186,12 @@ def _run_export(args: argparse.Namespace) -> int:
     from restoration.models.checkpoint import (
         SHIPPED_DIR,
         load_checkpoint,
+        resolve_model,
         save_checkpoint,
         save_state_dict_file,
     )
 
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint if args.checkpoint == "default" else resolve_model(args.checkpoint, ""))
     if args.format == "state-dict":
         if args.as_default:
             raise ValueError("--as-default installs a checkpoint folder; use --format checkpoint")

@@ -216,3 +216,35 @@ def test_an_older_summary_without_licence_still_parses() -> None:
 
     record = ModelRecord.model_validate({"model_id": "m", "architecture": "ESRGAN", "scale": 4, "weights_sha256": "0" * 64})
     assert (record.licence, record.source) == (None, None)
+
+
+def test_finetune_from_a_name_and_export_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``finetune --init NAME`` (in this process, two steps) and ``export NAME``: the smallest named
+    model, fine-tuned and exported as a .safetensors file that spandrel loads."""
+    import argparse
+
+    from PIL import Image
+    from skimage import data
+    from spandrel import ModelLoader
+
+    from restoration.cli import add_finetune_arguments, main, run_command, run_finetune_command
+
+    for folder, crops in (("train", (slice(0, 96), slice(96, 192))), ("val", (slice(256, 320),))):
+        (tmp_path / folder).mkdir()
+        for i, rows in enumerate(crops):
+            Image.fromarray(data.astronaut()[rows, 100:196]).save(tmp_path / folder / f"{i}.png")
+    parser = argparse.ArgumentParser()
+    add_finetune_arguments(parser)
+    args = parser.parse_args(["--task", "sr", "--init", "realesr-animevideov3", "--train-images", str(tmp_path / "train"),
+                              "--val-images", str(tmp_path / "val"), "--storage", str(tmp_path / "runs"),
+                              "--name", "anime", "--steps", "2", "--no-ray", "--set", "data.crop_size=32",
+                              "--set", "data.batch_size=2", "--set", "validation.limit=1"])
+    assert run_command("restoration finetune", run_finetune_command, args) == 0
+    tuned = load_checkpoint(tmp_path / "runs" / "anime" / "model")
+    assert (tuned.model.traits.architecture, tuned.model.traits.scale) == ("Compact", 4)
+    for source, target in (("realesr-animevideov3", tmp_path / "named.safetensors"),
+                           (str(tmp_path / "runs" / "anime" / "model"), tmp_path / "tuned.safetensors")):
+        assert main(["export", source, "--format", "state-dict", "--output", str(target)]) == 0
+        descriptor = ModelLoader(device="cpu").load_from_file(target)
+        assert (descriptor.architecture.id, descriptor.scale) == ("Compact", 4)
+    capsys.readouterr()

@@ -51,6 +51,7 @@ from restoration.finetune.settings import (
 from restoration.finetune.summary import FinetuneSummary
 from restoration.finetune.trainer import METRIC_COLUMNS, Trainer, initial_model
 from restoration.io import storage
+from restoration.models.catalog import is_model_name
 from restoration.models.checkpoint import (
     CheckpointError,
     read_model_metadata,
@@ -195,8 +196,8 @@ def plan_finetune(
     _check_some_decode(train_uris, "--train-images", min_size=config.data.crop_size)
     val_uris = _list(val_images, "--val-images")[: config.validation.limit]
     _check_some_decode(val_uris, "--val-images", every=True)
-    if init is not None and init != "default":
-        init = storage.absolute_uri(init)
+    if init is not None and init != "default" and not (is_model_name(init) and not Path(init).exists()):
+        init = storage.absolute_uri(init)  # a model name (``restoration models``) stays a name
     if init is not None:
         try:
             initial_model(config, init)  # refuses a checkpoint of another architecture, here and now

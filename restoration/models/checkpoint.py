@@ -507,6 +507,8 @@ def start_model(network: ModelConfig, init: str | Path | None = None, *,
         return build_model(network, backbone_weights=backbone_weights)
     if str(init) == "default":
         init = resolve_model("default", network.task)
+    elif isinstance(init, str):
+        init = named_model_path(init) or init  # a model name: its cached file (converted here if needed)
     files = read_checkpoint_bytes(init)
     shown = storage.redact(str(init))
     if files.metadata_kind() == "community":
