@@ -169,7 +169,7 @@ def drop_checkpoints_after(run_uri: str, step: int) -> list[str]:
     from, named or kept. Returns the deleted folders' URIs, by step."""
     dropped = [uri for found, (uri, _) in sorted(_checkpoint_folders(run_uri).items()) if found > step]
     for uri in dropped:
-        delete_checkpoint(uri)
+        storage.delete_folder(uri, first=TRAINER_STATE_FILE)
     return dropped
 
 
@@ -196,13 +196,4 @@ def copy_checkpoint(source: str | Path, target: str) -> None:
 def delete_checkpoint(uri: str) -> None:
     """Delete a checkpoint folder (local or ``s3://``) and everything in it, its trainer state
     first: a deletion cut short never leaves a folder that looks complete."""
-    filesystem, path = storage.resolve(uri)
-    storage.delete(storage.join(uri, TRAINER_STATE_FILE))
-
-    def delete_folder() -> None:
-        try:
-            filesystem.delete_dir(path)
-        except FileNotFoundError:
-            pass
-
-    outages.retrying(delete_folder, uri)
+    storage.delete_folder(uri, first=TRAINER_STATE_FILE)

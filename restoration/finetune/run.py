@@ -288,7 +288,6 @@ def write_final_outputs(trainer: Trainer, storage_uri: str, name: str, run_prove
     training_curve.png. Returns that URI."""
     history = trainer.history
     final_val = next((h for h in reversed(history) if "val_psnr" in h), {})
-    target = storage.join(storage_uri, name, "model")
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(trainer.model, tmp, model_id=name, provenance={
             **run_provenance, "steps": trainer.step,
@@ -300,6 +299,7 @@ def write_final_outputs(trainer: Trainer, storage_uri: str, name: str, run_prove
         (Path(tmp) / TRAINING_CONFIG_FILE).write_text(trainer.config.to_yaml())
         (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
         plot_training_curve(history, Path(tmp) / "training_curve.png")
+        target = storage.join(storage_uri, name, "model")
         for path in sorted(Path(tmp).iterdir()):
             storage.write_bytes(storage.join(target, path.name), path.read_bytes())
     return target

@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar
 
 import yaml
 from pydantic import (
+    PrivateAttr,
     Field,
     PlainSerializer,
     PlainValidator,
@@ -140,6 +141,7 @@ class TrainConfig(Settings):
     keep_checkpoints: Annotated[int, at_least(1)] = 3
     log_interval: Annotated[int, at_least(1)] = 10
     grace_seconds: Annotated[float, at_least(0)] = 20.0
+    _validation: tuple[TaskSpec, Case | None] = PrivateAttr()
 
     @field_validator("loss")
     @classmethod
@@ -154,7 +156,7 @@ class TrainConfig(Settings):
                              f"got {type(self.model).__name__}")
         self.network_config()  # the task's rules for the scale
         try:
-            self.validation_protocol()
+            self._validation = self._resolve_validation()
         except ValueError as exc:
             raise ValueError(f"validation.protocol: {exc}") from None
         return self
@@ -189,7 +191,11 @@ class TrainConfig(Settings):
 
     def validation_protocol(self) -> tuple[TaskSpec, Case | None]:
         """The spec validation degrades with (the task's protocol, or the case's chain) and the
-        case, if any (its ``prepare`` turns images gray for gray cases)."""
+        case, if any (its ``prepare`` turns images gray for gray cases): resolved once, when the
+        config is checked."""
+        return self._validation
+
+    def _resolve_validation(self) -> tuple[TaskSpec, Case | None]:
         if self.validation.case is not None:
             case = get_case(self.validation.case)
             return case.spec, case

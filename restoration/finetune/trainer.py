@@ -197,22 +197,23 @@ class Trainer:
         self.world_size = world_size
         self.rank = rank
         self.progress = progress or log.info
-        self.loss_fn = build_loss(config.loss)
+        # What the trainer takes from the layers below, first: the model's parameter groups, the
+        # validation samples degraded under the protocol, their ground truth as tensors.
         o = config.optim
-        self.optimizer = torch.optim.AdamW(
-            model.parameter_groups(o.lr, o.backbone_lr, o.weight_decay), betas=(0.9, 0.99)
-        )
+        groups = model.parameter_groups(o.lr, o.backbone_lr, o.weight_decay)
+        self.protocol, case = config.validation_protocol()
+        seed = config.validation.seed
+        self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
+                            for n, p in (val_samples or [])]
+        self._val_gt = [pixels_to_tensor(sample.gt) for sample in self.val_samples]
+        self.loss_fn = build_loss(config.loss)
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.99))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_multiplier(step, config)
         )
         self.step = 0
         self.samples_seen = 0  # this worker's position in its sample stream
         self.amp = self.device.type == "cuda"
-        self.protocol, case = config.validation_protocol()
-        seed = config.validation.seed
-        self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
-                            for n, p in (val_samples or [])]
-        self._val_gt = [pixels_to_tensor(sample.gt) for sample in self.val_samples]
         self.history: list[dict[str, Any]] = []
         self.resumed_at: list[int] = []  # the step of every resume, in order
         self.stopped_at: int | None = None  # the step a stop request ended fit() at

@@ -484,6 +484,23 @@ def delete(uri: str) -> None:
     retrying(remove, uri)
 
 
+def delete_folder(uri: str, *, first: str | None = None) -> None:
+    """Delete the folder at ``uri`` (local or ``s3://``) and everything in it; nothing happens
+    when there is none. ``first``: a file of it deleted before the rest (a marker whose presence
+    says the folder is complete, so that a deletion cut short never leaves one that looks so)."""
+    if first is not None:
+        delete(join(uri, first))
+    filesystem, path = resolve(uri)
+
+    def remove() -> None:
+        try:
+            filesystem.delete_dir(path)
+        except FileNotFoundError:
+            pass
+
+    retrying(remove, uri)
+
+
 @contextlib.contextmanager
 def open_output(uri: str) -> Iterator[pa.NativeFile]:
     """A stream that writes the file at ``uri`` (replacing any), for outputs too large to hold
