@@ -39,7 +39,7 @@ import posixpath
 import re
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -471,17 +471,23 @@ def write_bytes(uri: str, data: bytes) -> None:
     retrying(write, uri)
 
 
-def delete(uri: str) -> None:
-    """Delete the file at ``uri``; nothing happens when there is none."""
+def _remove(uri: str, remove: Callable[[pafs.FileSystem, str], None]) -> None:
+    """``remove(filesystem, path)`` of ``uri``, retried through outages; what is gone already is
+    no error."""
     filesystem, path = resolve(uri)
 
-    def remove() -> None:
+    def attempt() -> None:
         try:
-            filesystem.delete_file(path)
+            remove(filesystem, path)
         except FileNotFoundError:
             pass
 
-    retrying(remove, uri)
+    retrying(attempt, uri)
+
+
+def delete(uri: str) -> None:
+    """Delete the file at ``uri``; nothing happens when there is none."""
+    _remove(uri, lambda filesystem, path: filesystem.delete_file(path))
 
 
 def delete_folder(uri: str, *, first: str | None = None) -> None:
@@ -490,15 +496,7 @@ def delete_folder(uri: str, *, first: str | None = None) -> None:
     says the folder is complete, so that a deletion cut short never leaves one that looks so)."""
     if first is not None:
         delete(join(uri, first))
-    filesystem, path = resolve(uri)
-
-    def remove() -> None:
-        try:
-            filesystem.delete_dir(path)
-        except FileNotFoundError:
-            pass
-
-    retrying(remove, uri)
+    _remove(uri, lambda filesystem, path: filesystem.delete_dir(path))
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ from restoration.models.catalog import CATALOG, named_model_of, named_model_path
 from restoration.models.community import (
     NON_COMMERCIAL,
     CommunityNet,
+    detected_licence,
     is_community_file,
     is_non_commercial,
     load_community_model,
@@ -452,6 +453,13 @@ def model_licence(spec: str, task: str | None) -> tuple[str, str]:
     if spec in CATALOG and not Path(spec).exists():
         return CATALOG[spec].licence, CATALOG[spec].source
     source = resolve_model(spec, task or "")
+    if is_community_file(str(source)) and not str(source).lower().endswith(NCNN_SUFFIX):
+        # The architecture is detected, not built: the run builds the model once, later.
+        data = _read_community_file(source)
+        named = named_model_of(data.source) if not _is_uri(data.source) else None
+        if named is not None:
+            return named.licence, named.source
+        return detected_licence(read_state_dict_bytes(data.weights, name=data.source)), data.source
     if is_community_file(str(source)):
         described = checkpoint_from_bytes(_read_community_file(source)).metadata.describe()
     else:

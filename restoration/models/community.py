@@ -93,6 +93,23 @@ def architecture_licence(architecture: str, module: str = "") -> str:
     return ARCHITECTURE_LICENCES.get(architecture, "unknown")
 
 
+def detected_licence(state: dict[str, Tensor]) -> str:
+    """The licence of the architecture spandrel detects in a state dict, without building the
+    network (in the order spandrel's own loader tries them).
+
+    Raises:
+        ValueError: spandrel recognises no architecture in it.
+    """
+    from spandrel import MAIN_REGISTRY, canonicalize_state_dict
+
+    _extra_architectures()
+    state = canonicalize_state_dict(state)
+    for support in MAIN_REGISTRY.architectures("detection"):
+        if support.detect(state):
+            return architecture_licence(support.architecture.id, type(support.architecture).__module__)
+    raise ValueError("spandrel recognises no architecture in this file")
+
+
 def is_community_file(spec: str) -> bool:
     """Whether ``--model`` names a weight file (local or URI) rather than a checkpoint folder."""
     return posixpath.splitext(spec.rstrip("/"))[1].lower() in COMMUNITY_SUFFIXES
