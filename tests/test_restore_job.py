@@ -333,22 +333,23 @@ def test_the_split_pipeline_restores_what_the_fused_one_does(
 
 
 @pytest.mark.timeout(600)
-def test_a_community_model_gives_spandrels_pixels_on_ray(ray_cluster: None, tmp_path: Path) -> None:
-    """The Ray Data job ships a community weight file's bytes to its actors, which build the
-    model with spandrel: the same pixels as spandrel's own forward pass, x4, gray kept gray.
-    (Here to share this module's Ray instance; the other community runs are in
-    test_community_models.py.)"""
-    from spandrel.architectures.Compact import Compact
-    from test_community_models import community_inputs, save_model, spandrel_reference
+def test_a_named_model_gives_spandrels_pixels_on_ray(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory,
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model realesrgan-x4plus`` on the Ray Data job: the driver converts the named model (real
+    Real-ESRGAN weights from the ``models`` extra) into its cache and ships the file's bytes to the
+    actors, which build it with spandrel: the same pixels as spandrel's own forward pass, x4, gray
+    kept gray. (Here to share this module's Ray instance; the other community and named-model
+    runs are in test_community_models.py and test_named_models.py.)"""
+    from test_community_models import community_inputs, spandrel_reference
 
     from jobs.restore import main
+    from restoration.models import catalog
 
-    torch.manual_seed(0)
-    path = save_model(Compact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=4, upscale=4).eval(),
-                      tmp_path / "compact-x4.safetensors")
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "named-model-cache"))
+    path = catalog.convert_named_model("realesrgan-x4plus")
     inputs = community_inputs(tmp_path / "in")
     with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", str(path),
+        code = main(["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", "realesrgan-x4plus",
                      "--set", "predictor.precision=fp32", "--set", "pipeline.max_actors=1"])
     assert code == 0
     rgb = np.asarray(Image.open(inputs / "rgb.png"))

@@ -54,6 +54,7 @@ from restoration.io import storage
 from restoration.models.catalog import is_model_name
 from restoration.models.checkpoint import (
     CheckpointError,
+    model_licence,
     read_model_metadata,
     save_checkpoint,
     start_model,
@@ -101,6 +102,8 @@ class FinetunePlan:
     storage: str
     name: str
     init: str | None
+    #: the ``--init`` model's licence: a model fine-tuned from it keeps it (not its architecture's)
+    init_licence: str | None = None
 
     @property
     def run_uri(self) -> str:
@@ -204,6 +207,7 @@ def plan_finetune(
         except (CheckpointError, FileNotFoundError, OSError) as exc:
             message = storage.describe_storage_error(exc, init) if isinstance(exc, OSError) else None
             raise FinetuneInputError(f"--init: {message or storage.redact(str(exc))}") from None
+        init_licence, _ = model_licence(init, config.task)
     try:
         probe = storage.join(storage_uri, name, f".write-test-{uuid.uuid4().hex[:8]}")
         storage.write_bytes(probe, b"ok")
@@ -214,7 +218,8 @@ def plan_finetune(
         message = storage.describe_storage_error(exc, storage_uri) if isinstance(exc, OSError) else None
         raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: "
                                  f"{message or storage.redact(str(exc))}") from None
-    return FinetunePlan(config, train_uris, val_uris, train_images, val_images, storage_uri, name, init)
+    return FinetunePlan(config, train_uris, val_uris, train_images, val_images, storage_uri, name, init,
+                        init_licence if init is not None else None)
 
 
 def check_resumable(plan: FinetunePlan, checkpoint: str | None) -> None:
@@ -271,6 +276,7 @@ def provenance(plan: FinetunePlan, *, workers: int, device_name: str, image_coun
         "hardware": f"{workers} x {device_name}",
         "init": plan.init,
         "run_name": plan.name,
+        **({"licence": plan.init_licence} if plan.init_licence else {}),
     }
 
 
