@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from jobs.settings import RayRestoreConfig as RestoreConfig
-    from restoration.models.predictor import PredictorConfig
+    from restoration.quality.routing import Router
     from restoration.restore.run import StageContext
     from restoration.restore.summary import RestoreSummary
     from restoration.tasks.specs import TaskSpec
@@ -52,18 +52,16 @@ class FusedActor:
     process, and it holds one ``batch_size`` chunk of them at a time. (A replay of a block on a
     restarted actor can lose rows: see :data:`restoration.restore.run.LOST_RESULT_PASSES`.)"""
 
-    def __init__(self, model_ref: list, *, task: type[TaskSpec], job_id: str, config: RestoreConfig, threads: int | None,
-                 device: str, batch_size: int, stop_flag: Any = None) -> None:
+    def __init__(self, model_refs: dict, *, task: type[TaskSpec], job_id: str, config: RestoreConfig,
+                 router: Router | None, threads: int | None, device: str, batch_size: int,
+                 stop_flag: Any = None) -> None:
         import ray
 
-        from restoration.models.checkpoint import checkpoint_from_bytes
-        from restoration.restore.run import LoadedModel, StageContext, make_predictor
+        from restoration.restore.run import StageContext
 
-        data = ray.get(model_ref[0])
-        checkpoint = checkpoint_from_bytes(data)
-        self.job = StageContext(task=task, job_id=job_id, config=config,
-                              model=LoadedModel(data=data, checkpoint=checkpoint))
-        self.predictor = make_predictor(checkpoint.model, config.predictor, device=device, threads=threads)
+        data = dict(zip(model_refs, ray.get(list(model_refs.values())), strict=True))
+        self.job = StageContext.in_worker(data, task=task, job_id=job_id, config=config, router=router)
+        self.predictor = self.job.predictors(device=device, threads=threads)
         self.batch_size, self.stream_seconds = batch_size, config.pipeline.stream_seconds
         self.stopped = StopPoll(stop_flag)  # whether the driver asked the run to stop
 
@@ -86,19 +84,19 @@ class FusedActor:
 
 
 class ModelActor:
-    """Ray Data callable class of the split pipeline's model stage: builds the model once per
-    actor from the checkpoint's bytes in the object store, restores Arrow batches of decoded
-    pixels (:data:`restoration.restore.stages.PIPELINE_SCHEMA`)."""
+    """Ray Data callable class of the split pipeline's model stage: builds the model (or a
+    route's models) once per actor from the checkpoints' bytes in the object store, restores
+    Arrow batches of decoded pixels (:data:`restoration.restore.stages.PIPELINE_SCHEMA`)."""
 
-    def __init__(self, model_ref: list, predictor: PredictorConfig, threads: int | None, device: str,
-                 task: type[TaskSpec]) -> None:
+    def __init__(self, model_refs: dict, *, task: type[TaskSpec], job_id: str, config: RestoreConfig,
+                 router: Router | None, threads: int | None, device: str) -> None:
         import ray
 
-        from restoration.models.checkpoint import checkpoint_from_bytes
-        from restoration.restore.run import make_predictor
+        from restoration.restore.run import StageContext
 
-        model = checkpoint_from_bytes(ray.get(model_ref[0])).model
-        self.predictor = make_predictor(model, predictor, device=device, threads=threads)
+        data = dict(zip(model_refs, ray.get(list(model_refs.values())), strict=True))
+        job = StageContext.in_worker(data, task=task, job_id=job_id, config=config, router=router)
+        self.predictor = job.predictors(device=device, threads=threads)
         self.task = task
 
     def __call__(self, batch):
@@ -118,7 +116,7 @@ def _actor_pool(pool: ActorPoolPlan, tasks_in_flight: int):
                                       max_tasks_in_flight_per_actor=tasks_in_flight)
 
 
-def build_fused_dataset(work: pa.Table, *, job: StageContext, model_ref: list, pool: ActorPoolPlan, rows: int,
+def build_fused_dataset(work: pa.Table, *, job: StageContext, model_refs: dict, pool: ActorPoolPlan, rows: int,
                         stop_flag: Any = None):
     """The fused Ray Data pipeline over a work table: blocks of ``rows`` work rows -> the
     :class:`FusedActor` actor pool -> packed manifest tables (:func:`restoration.restore.manifest.unpack_manifest`)."""
@@ -137,13 +135,13 @@ def build_fused_dataset(work: pa.Table, *, job: StageContext, model_ref: list, p
         compute=_actor_pool(pool, tasks_in_flight=2),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
-        fn_constructor_kwargs={"model_ref": model_ref, "task": job.task, "job_id": job.job_id, "config": job.config,
-                               "threads": pool.threads, "device": pool.device, "batch_size": pool.batch_size,
+        fn_constructor_kwargs={"model_refs": model_refs, "task": job.task, "job_id": job.job_id, "config": job.config,
+                               "router": job.router, "threads": pool.threads, "device": pool.device, "batch_size": pool.batch_size,
                                "stop_flag": stop_flag},
     )
 
 
-def build_split_dataset(work: pa.Table, *, job: StageContext, model_ref: list, pool: ActorPoolPlan):
+def build_split_dataset(work: pa.Table, *, job: StageContext, model_refs: dict, pool: ActorPoolPlan):
     """The split Ray Data pipeline over a work table: read + decode CPU tasks -> the
     :class:`ModelActor` actor pool -> encode + write CPU tasks -> manifest tables."""
     import ray.data
@@ -160,7 +158,7 @@ def build_split_dataset(work: pa.Table, *, job: StageContext, model_ref: list, p
     # stays in CPU tasks, in parallel with inference.
     task_cpus = pipeline.cpus_per_task if pipeline.cpus_per_task != pool.num_cpus or pool.num_gpus else pipeline.cpus_per_task + 0.01
     dataset = dataset.map_batches(read_stage, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
-                                  num_cpus=task_cpus, fn_kwargs=read_options(job.config))
+                                  num_cpus=task_cpus, fn_kwargs=read_options(job))
     dataset = dataset.map_batches(
         ModelActor,
         batch_size=pool.batch_size,
@@ -170,8 +168,8 @@ def build_split_dataset(work: pa.Table, *, job: StageContext, model_ref: list, p
         compute=_actor_pool(pool, tasks_in_flight=2),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
-        fn_constructor_kwargs={"model_ref": model_ref, "predictor": job.config.predictor, "threads": pool.threads,
-                               "device": pool.device, "task": job.task},
+        fn_constructor_kwargs={"model_refs": model_refs, "task": job.task, "job_id": job.job_id, "config": job.config,
+                               "router": job.router, "threads": pool.threads, "device": pool.device},
     )
     return dataset.map_batches(encode_stage, batch_size=pipeline.read_batch_size, batch_format="pyarrow",
                                num_cpus=task_cpus, fn_kwargs=encode_options(job))
@@ -194,7 +192,7 @@ class RayRestoreExecutor:
         self.address, self.progress_bars = address, progress_bars
         self.pool: ActorPoolPlan | None = None
         self._described: dict[str, Any] | None = None
-        self._model: tuple[Any, Any] | None = None  # (checkpoint bytes, their object ref)
+        self._models: tuple[dict, dict] | None = None  # (checkpoints' bytes, their object refs), by key
         self._stop_flag: Any = None
 
     def _start(self, stop: Any = None) -> None:
@@ -215,13 +213,15 @@ class RayRestoreExecutor:
             # Its one warning says progress bars are off, which is what was asked for.
             logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
-    def _model_ref(self, data: Any) -> list:
-        """The checkpoint's bytes in the object store, put once for every call of this run."""
+    def _model_refs(self, data: dict) -> dict:
+        """The checkpoints' bytes in the object store (by route key), put once for every call of
+        this run. In a dict, so that Ray passes the refs, not the bytes, to the actors."""
         import ray
 
-        if self._model is None or self._model[0] is not data:
-            self._model = (data, ray.put(data))
-        return [self._model[1]]  # in a list, so that Ray passes the ref, not the bytes, to the actors
+        known = self._models
+        if known is None or known[0].keys() != data.keys() or any(known[0][k] is not v for k, v in data.items()):
+            self._models = known = (data, {key: ray.put(value) for key, value in data.items()})
+        return known[1]
 
     def skip(self, candidates: pa.Table, config: RestoreConfig) -> pa.Table:
         # (A stop during the skip stage waits for it: it only reads metadata.)
@@ -257,10 +257,10 @@ class RayRestoreExecutor:
         stages = job.config.pipeline.stages
         if stages == "auto":
             stages = "split" if pool.num_gpus else "fused"
-        model_ref = self._model_ref(job.model.data)
+        model_refs = self._model_refs(job.model_bytes())
         self._described = {**asdict(pool), "stages": stages}
         if stages == "split":
-            dataset = build_split_dataset(work, job=job, model_ref=model_ref, pool=pool)
+            dataset = build_split_dataset(work, job=job, model_refs=model_refs, pool=pool)
             for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
                 yield batch
                 if stop is not None and stop.requested:
@@ -268,7 +268,7 @@ class RayRestoreExecutor:
             return
         rows = rows_per_block(work.num_rows, pool, job.config.pipeline.read_batch_size)
         self._described["rows_per_block"] = rows
-        dataset = build_fused_dataset(work, job=job, model_ref=model_ref, pool=pool, rows=rows,
+        dataset = build_fused_dataset(work, job=job, model_refs=model_refs, pool=pool, rows=rows,
                                       stop_flag=self._flag(stop))
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             yield from unpack_manifest(batch)

@@ -119,8 +119,14 @@ def check_licence(specs: list[str], task: str | None, args: argparse.Namespace, 
     """Refuse a non-commercial model without ``--accept-licence non-commercial`` (a one-line
     error, exit 2), before any executor starts."""
     from restoration.models.checkpoint import check_licence as check
+    from restoration.quality.routing import is_route, load_route
 
-    check(specs, task, getattr(args, "accept_licence", None), flag=flag)
+    for spec in specs:
+        if is_route(spec):  # the route's models, each by its own licence
+            check(list(load_route(spec).spec.used_models().values()), None, getattr(args, "accept_licence", None),
+                  flag="route model")
+        else:
+            check([spec], task, getattr(args, "accept_licence", None), flag=flag)
 
 
 PROTOCOL_FLAGS = ("sigma", "scale", "quality", "mask_ratio", "mask_kind", "blur_sigma")
@@ -388,7 +394,12 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, choices=TASK_NAMES,
                    help="what to restore (default: the task --model's checkpoint was trained for)")
     p.add_argument("--model", default="default",
-                   help="checkpoint folder (local, file:// or s3://) or 'default' (the shipped model; default)")
+                   help="checkpoint folder (local, file:// or s3://), a model file or name, 'default' (the shipped "
+                        "model; default), or 'auto': each image measured and restored by the shipped model it "
+                        "needs, or written unchanged when it needs none")
+    p.add_argument("--route", default=None, metavar="FILE",
+                   help="a route file (YAML: models, and rules on each image's measures that pick a model, a "
+                        "strength, or skip); instead of --model")
     p.add_argument("--limit", type=int, default=None, help="restore only the first N inputs")
     p.add_argument("--overwrite", action="store_true", help="redo inputs an earlier run already restored")
     p.add_argument("--fail-on-error", action="store_true", help="exit with status 1 when any input failed")
@@ -401,7 +412,25 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
                    help="list what would be done (counts, megapixels, estimated output bytes and time) and "
                         "exit: no model loaded, no Ray, nothing written")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the report as JSON")
+    p.add_argument("--sample", type=int, default=5, metavar="N",
+                   help="with --dry-run: read and measure N inputs spread over the list, and show their route "
+                        "(default 5; 0: none)")
     add_licence_argument(p)
+
+
+def _route_of(args: argparse.Namespace) -> str | None:
+    """``--route FILE``, or ``--model`` when it is ``auto`` or a route file, else None (one model)."""
+    from restoration.quality.routing import AUTO, is_route
+
+    route = getattr(args, "route", None)
+    if route is not None and args.model != "default":
+        raise ValueError("give --model or --route, not both (a route names its models)")
+    if route is None and is_route(args.model):
+        route = args.model
+    if route is not None and args.task is not None:
+        shown = "--model auto" if route == AUTO else "--route"
+        raise ValueError(f"--task does not go with {shown}: each image gets the model its route gives it")
+    return route
 
 
 def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], RestoreExecutor] | None = None, *,
@@ -414,26 +443,31 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
     before Ray starts, with ``--no-ray`` too (which reads only ``pipeline.batch_size``)."""
     from restoration import config as config_lib
     from restoration.restore.dry_run import dry_run_restore, format_dry_run, task_of
+    from restoration.quality.routing import ROUTED_TASK, load_route
     from restoration.restore.run import LocalRestoreExecutor, RunStopped, run_restore
     from restoration.restore.settings import RestoreConfig
     from restoration.stopping import StopSignals
 
     config = config_lib.load_config(config_class or RestoreConfig, path=args.config, overrides=args.overrides)
-    args.task = task_of(args)
+    route = _route_of(args)
+    router = load_route(route) if route is not None else None  # a bad route: one line, before anything starts
+    args.task = ROUTED_TASK if router is not None else task_of(args)
     if getattr(args, "dry_run", False):  # before any executor exists: Ray is never imported
-        report = dry_run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
-                                 limit=args.limit, overwrite=args.overwrite)
+        report = dry_run_restore(args.input, args.output, task=args.task, model=args.model, route=route,
+                                 config=config, limit=args.limit, overwrite=args.overwrite,
+                                 sample=getattr(args, "sample", 0))
         print(json.dumps(report, indent=2, sort_keys=True) if getattr(args, "json", False) else format_dry_run(report))
         return 0
-    check_licence([args.model], args.task, args)
+    check_licence([route if route is not None else args.model], args.task, args)
     if args.no_ray or ray_executor is None:
         executor: RestoreExecutor = LocalRestoreExecutor()
     else:
         executor = ray_executor()
     with StopSignals(config.run.grace_seconds) as stop:
         try:
-            summary = run_restore(args.input, args.output, task=args.task, model=args.model, config=config,
-                                  limit=args.limit, overwrite=args.overwrite, executor=executor, stop=stop)
+            summary = run_restore(args.input, args.output, task=args.task, model=args.model, route=route,
+                                  config=config, limit=args.limit, overwrite=args.overwrite, executor=executor,
+                                  stop=stop)
         except RunStopped as error:
             print(f"restore: {error}", file=sys.stderr)
             return error.exit_code

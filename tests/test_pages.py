@@ -1,7 +1,9 @@
 """The HTML pages, opened in headless Chromium: ``restoration report`` of a real restore job (the
 tiny model, photos, a broken file) -- every image renders, no console error, the table sorts; a
 prefix without a manifest, or images deleted after the job, give a clear line or a row on the page
--- and ``restoration compare`` of three models, whose flip switch cycles through their outputs."""
+-- and ``restoration compare`` of three models, whose flip switch cycles through their outputs;
+and what a routed run's images needed (their measures, extremes and routes), on a manifest
+written without running a model."""
 
 from __future__ import annotations
 
@@ -227,3 +229,180 @@ def test_markup_in_names_and_errors_is_shown_as_text(tmp_path: Path) -> None:
                       f"{EVIL}.png: cannot be read: corrupt {EVIL}", f"refs/{EVIL}", f"headers of {EVIL}")
         labels = browser.evaluate("JSON.parse(document.querySelector('img.flippable').dataset.labels)")
         assert labels == [EVIL]
+
+
+def make_measured_output(root: Path, *, routed: bool = True, version: int = 3) -> Path:
+    """An output folder as a routed restore run leaves it, without running a model: photo crops
+    (noisy PNGs, JPEGs at known qualities, a gray photo stored as RGB, a blurred one, a broken
+    file), their outputs, and the manifest rows with the inputs' measures and routes, written by
+    :class:`ManifestWriter` (``version=2``: one Parquet file of the version before the measures,
+    as an older run wrote it); with ``routed``, a ``_summary.json`` of task ``route``. Returns
+    the output folder."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+    from PIL import ImageFilter
+    from skimage import data
+
+    from restoration.restore import manifest as manifest_lib
+    from restoration.restore.summary import Counts, ModelRecord, RestoreSummary
+
+    rng = np.random.default_rng(0)
+    inputs, out = root / "in", root / "out"
+    inputs.mkdir(parents=True)
+    out.mkdir()
+    # name: (photo, added noise sigma, JPEG quality or None, blurred, measured noise, blockiness, blur, route, reason)
+    images = {
+        "astronaut.png": ("astronaut", 25, None, False, 24.6, 1.01, 0.12, "denoise", "rule 3: noise_sigma >= 4 (noise_sigma=24.6)"),
+        "chelsea.png": ("chelsea", 8, None, False, 8.1, 1.0, 0.2, "denoise", "rule 3: noise_sigma >= 4 (noise_sigma=8.1)"),
+        "coffee.jpg": ("coffee", 0, 30, False, 2.5, 1.9, 0.31, "jpeg", "rule 1: jpeg_quality < 90 (jpeg_quality=30)"),
+        "rocket.jpg": ("rocket", 0, 60, False, 1.7, 1.4, 0.25, "jpeg", "rule 1: jpeg_quality < 90 (jpeg_quality=60)"),
+        "moon.jpg": ("moon", 0, 95, False, 1.2, 1.02, 0.45, "skip", "no rule holds"),
+        "camera.png": ("camera", 0, None, False, 0.8, 1.0, 0.15, "skip", "no rule holds"),
+        "coins.png": ("coins", 0, None, True, 0.5, 1.0, 0.74, "skip", "no rule holds"),
+    }
+    job_id = manifest_lib.new_job_id()
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for name, (photo, sigma, quality, blurred, noise, blockiness, blur, route, reason) in images.items():
+        pixels = getattr(data, photo)()[:64, :80]
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, axis=2)  # a gray photo stored as RGB
+        pil = Image.fromarray(np.clip(pixels + rng.normal(0, sigma, pixels.shape), 0, 255).astype(np.uint8))
+        if blurred:
+            pil = pil.filter(ImageFilter.GaussianBlur(3))
+        source = inputs / name
+        if quality is not None:
+            pil.save(source, format="JPEG", quality=quality)
+        else:
+            pil.save(source, format="PNG")
+        output = out / (Path(name).stem + ".png")
+        restored = pil if route == "skip" else pil.filter(ImageFilter.SMOOTH)
+        restored.save(output, format="PNG")
+        rows.append({"source_uri": str(source), "output_uri": str(output), "status": "ok", "task": "route",
+                     "model_id": "route-auto", "job_id": job_id, "width": 80, "height": 64, "out_width": 80,
+                     "out_height": 64, "format": "JPEG" if quality else "PNG", "bytes_in": source.stat().st_size,
+                     "seconds": 0.01, "mean_abs_change": 0.0 if route == "skip" else 2.0, "restored_at": now,
+                     "noise_sigma": noise, "jpeg_quality": quality, "blockiness": blockiness, "blur": blur,
+                     "gray_rgb": photo == "camera", "route": route, "route_reason": reason})
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a PNG")
+    rows.append(manifest_lib.error_row(str(inputs / "broken.png"), "cannot decode: truncated", "decode", job_id=job_id))
+    rows.append(manifest_lib.error_row(str(inputs / "failed.png"), "out of memory", "restore", job_id=job_id,
+                                       width=80, height=64, noise_sigma=12.0, blockiness=1.0, blur=0.5,
+                                       gray_rgb=False, route="denoise",
+                                       route_reason="rule 3: noise_sigma >= 4 (noise_sigma=12.0)"))
+    if version == 2:
+        added = [field.name for field in manifest_lib.ASSESSMENT_FIELDS] + ["route", "route_reason"]
+        table = manifest_lib.rows_to_table(rows).drop_columns(added)
+        table = table.replace_schema_metadata({key: b"2" for key in manifest_lib.MANIFEST_SCHEMA.metadata})
+        (out / manifest_lib.MANIFEST_DIR).mkdir()
+        pq.write_table(table, out / manifest_lib.MANIFEST_DIR / f"{job_id}-manifest.parquet")
+    else:
+        writer = manifest_lib.ManifestWriter(str(out), job_id)
+        writer.add_rows(rows)
+        writer.close()
+    if routed:
+        def record(model_id: str, licence: str) -> ModelRecord:
+            return ModelRecord(model_id=model_id, architecture="fused", scale=1, weights_sha256="0" * 64,
+                               licence=licence, source="shipped")
+
+        models = {"jpeg": record("jpeg-v1", "Apache-2.0"), "denoise": record("denoise-v1", "MIT"),
+                  "drunet": record("drunet-color", "<b>CC-BY</b>")}
+        summary = RestoreSummary(
+            job_id=job_id, task="route", model_id="route-auto", input=str(inputs), output=str(out), inputs=9,
+            counts=Counts(ok=7, error=2, skipped=0), duplicates_dropped=0, images_per_second=10.0, megapixels=0.04,
+            megapixels_per_second=0.4, wall_seconds=0.9, pipeline_seconds=0.8, started_at="2025-01-01T00:00:00Z",
+            manifest=str(out / manifest_lib.MANIFEST_DIR), actor_pool=None, config={},
+            model=ModelRecord(model_id="route-auto", architecture="route", scale=1, weights_sha256="1" * 64,
+                              licence="Apache-2.0 + MIT", source="route auto: jpeg, denoise, drunet"),
+            models=models)
+        (out / manifest_lib.MANIFEST_DIR / manifest_lib.SUMMARY_FILE).write_text(summary.to_json())
+    return out
+
+
+def _histograms(page: str) -> dict[str, list[tuple[str, int]]]:
+    """The page's histograms: title -> [(bin, count)] from the bars' tooltips."""
+    import html
+
+    found = {}
+    for title, body in re.findall(r'<svg[^>]*aria-label="([^"]+)">(.*?)</svg>', page, flags=re.DOTALL):
+        measure = html.unescape(title).split(":")[0]
+        bars = re.findall(r'<g class="bar"><title>([^<]*): (\d+) inputs?</title>', body)
+        found[html.unescape(title)] = [(html.unescape(label).removeprefix(f"{measure} "), int(count))
+                                       for label, count in bars]
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_the_report_shows_what_the_images_needed_and_their_routes(tmp_path: Path) -> None:
+    """A routed run's page: histograms of noise, JPEG quality (JPEG inputs only), blockiness and
+    blur over every measured input (an input that failed after it was measured too), the count
+    of gray inputs stored as RGB, the images at each extreme with their measures, and the routes
+    with their models, licences, counts and reasons; a manifest written before the measures
+    builds the same page without that section."""
+    import html
+
+    from restoration.pages.report import build_report
+
+    out = make_measured_output(tmp_path / "routed")
+    page, stats = build_report(str(out), sample=2, extremes=2)
+    assert "What the images needed" in page and "Traceback" not in page
+    histograms = _histograms(page)
+    assert set(histograms) == {"noise level: 8 inputs", "JPEG quality: 3 inputs", "blockiness: 8 inputs",
+                               "blur: 8 inputs"}, histograms
+    noise = dict(histograms["noise level: 8 inputs"])
+    assert noise == {"< 2": 4, "2-4": 1, "4-8": 0, "8-15": 2, "15-25": 1, "25-50": 0, ">= 50": 0}, noise
+    assert dict(histograms["JPEG quality: 3 inputs"]) == {"< 50": 1, "50-69": 1, "70-79": 0, "80-89": 0,
+                                                           "90-94": 0, "95-100": 1}
+    assert all(sum(count for _, count in bars) == int(title.split(": ")[1].split()[0])
+               for title, bars in histograms.items())
+    assert "estimated noise sigma, 8-bit levels (0-255)" in page  # the axis, with its unit
+    assert "JPEG inputs only; 5 of the 8 inputs measured are not JPEG" in page
+    cards = {label: value for value, label in re.findall(r'<div class="card"><b>([^<]*)</b>([^<]*)</div>', page)}
+    assert cards["inputs measured"] == "8" and cards["gray stored as RGB"] == "1", cards
+    assert cards["inputs routed"] == "8" and cards["written unchanged (route skip)"] == "3", cards
+
+    table = page[page.index('<table id="routes">'):]
+    table = table[:table.index("</table>")]
+    routes = [[html.unescape(re.sub(r"<[^>]+>", " ", cell)).split() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL)]
+              for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.DOTALL)]
+    assert [(cells[0][0], cells[1][0], cells[2][0]) for cells in routes] == [
+        ("denoise", "3", "37.5%"), ("skip", "3", "37.5%"), ("jpeg", "2", "25.0%"), ("drunet", "0", "0.0%")], routes
+    denoise, skip, jpeg, drunet = (" ".join(" ".join(cell) for cell in cells) for cells in routes)
+    assert "denoise-v1 (fused) MIT rule 3: noise_sigma >= 4: 3, e.g. noise_sigma=24.6; noise_sigma=8.1" in denoise
+    assert "none: written unchanged" in skip and "no rule holds: 3" in skip
+    assert "jpeg-v1 (fused) Apache-2.0 rule 1: jpeg_quality < 90: 2, e.g. jpeg_quality=30; jpeg_quality=60" in jpeg
+    assert "drunet-color" in drunet and "&lt;b&gt;CC-BY&lt;/b&gt;" in table  # escaped
+
+    def section(title: str) -> list[str]:
+        part = page[page.index(f"<h3>{title}</h3>"):]
+        part = part[:part.index("</div>\n")]
+        return [html.unescape(caption) for caption in re.findall(r"<figcaption>(.*?)</figcaption>", part)]
+
+    noisiest = section("The noisiest")
+    assert len(noisiest) == 2 and "astronaut.png" in noisiest[0] and "chelsea.png" in noisiest[1], noisiest
+    assert "noise sigma 24.6, blockiness 1.01, blur 0.12, route denoise" in noisiest[0]
+    lowest = section("The lowest JPEG quality")
+    assert "coffee.jpg" in lowest[0] and "JPEG quality 30" in lowest[0] and "rocket.jpg" in lowest[1], lowest
+    assert "coffee.jpg" in section("The blockiest")[0]
+    assert [name in caption for name, caption in zip(("coins.png", "moon.jpg"), section("The blurriest"))] == [True] * 2
+    # The sample, the most and the least changed and 4 x 2 extremes: 14 pairs of 7 inputs, each read once.
+    assert page.count('<figure><div class="row">') == 2 + 2 * 2 + 4 * 2 and stats.images_read <= 7
+    assert "cannot be shown" not in page and page.count("<svg") == 1 + 4
+    shown = tmp_path / "routed.html"
+    shown.write_text(page, encoding="utf-8")
+    with Browser(tmp_path / "profile") as browser:  # the histograms render, their bin labels side by side
+        browser.open(shown)
+        assert browser.errors == [] and browser.broken_images() == []
+        overlaps = browser.evaluate("""Array.from(document.querySelectorAll('.histograms svg')).map(svg => {
+            const boxes = Array.from(svg.querySelectorAll('g.bar')).map(g => g.lastElementChild.getBBox());
+            return boxes.slice(1).filter((box, i) => boxes[i].x + boxes[i].width > box.x).length; })""")
+        assert overlaps == [0, 0, 0, 0], overlaps
+        heights = "Array.from(document.querySelectorAll('.histograms svg')[0].querySelectorAll('g.bar rect')).map(r => r.getBBox().height)"
+        assert [height > 0 for height in browser.evaluate(heights)] == [True, True, False, True, True, False, False]
+
+    old = make_measured_output(tmp_path / "old", routed=False, version=2)
+    page, _ = build_report(str(old), sample=2, extremes=2)
+    assert "What the images needed" not in page and page.count("<svg") == 1  # the throughput plot only
+    assert 'id="routes"' not in page and "noise sigma" not in page and "The noisiest" not in page
+    assert page.count('<figure><div class="row">') == 2 + 2 * 2  # the pairs as before

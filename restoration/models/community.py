@@ -40,6 +40,9 @@ DEFAULT_NOISE_LEVEL: Final[float] = 15.0
 
 # Models whose network takes the image plus a noise-level map as one more input channel.
 _NOISE_MAP_ARCHITECTURES: Final[frozenset[str]] = frozenset({"DRUNet", "DnCNN"})
+_QUALITY_FACTOR_ARCHITECTURES: Final[frozenset[str]] = frozenset({"FBCNN"})
+"""Architectures whose forward takes the JPEG quality to undo (FBCNN: ``1 - quality / 100``,
+as its authors' code passes it); without one they predict it."""
 # Models whose output depends on statistics of the whole input (NAFNet's channel attention pools
 # globally), so that tiles change it: measured up to 3 levels on a random-weight NAFNet with
 # 96-pixel tiles (tests/test_community_models.py). They get whole images, as tiling-discouraged.
@@ -144,6 +147,8 @@ class CommunityNet(nn.Module, RestorationModel):
         self._noise_map = architecture in _NOISE_MAP_ARCHITECTURES and getattr(self.net, "mode", "FDnCNN") != "DnCNN"
         self.fine_tunable = architecture not in NOT_FINE_TUNABLE
         self.noise_level = DEFAULT_NOISE_LEVEL
+        self._takes_quality = architecture in _QUALITY_FACTOR_ARCHITECTURES
+        self.quality_factor: float | None = None  # None: the model predicts it (spandrel's call)
         self.model_id: str | None = model_id
         tiling = str(getattr(descriptor.tiling, "name", descriptor.tiling)).lower()
         if architecture in _GLOBAL_CONTEXT_ARCHITECTURES and tiling == "supported":
@@ -155,7 +160,8 @@ class CommunityNet(nn.Module, RestorationModel):
             multiple_of=max(1, descriptor.size_requirements.multiple_of),
             tiling=tiling if tiling in TILING_MODES else "supported",
             dtypes=("fp32", "bf16") if descriptor.supports_bfloat16 else ("fp32",), auto_bf16=False,
-            noise_level=self._noise_map, min_overlap=_MIN_OVERLAP.get(architecture, 0))
+            noise_level=self._noise_map, quality_factor=self._takes_quality,
+            min_overlap=_MIN_OVERLAP.get(architecture, 0))
 
     def not_fine_tunable(self) -> str | None:
         """Why this model cannot be fine-tuned (one line), or None when it can."""
@@ -216,6 +222,10 @@ class CommunityNet(nn.Module, RestorationModel):
         if self._noise_map:  # spandrel's call would fix the level at 15
             level = torch.full_like(x[:, :1], self.noise_level / 255.0)
             out = self.net(torch.cat([x, level], dim=1))
+        elif self._takes_quality and self.quality_factor is not None:  # FBCNN, told the quality it undoes
+            quality = torch.full((x.shape[0], 1), 1.0 - self.quality_factor / 100.0, dtype=x.dtype, device=x.device)
+            out = self.net(x, quality)[0]
+            out = out if self.training else out.clamp(0, 1)
         elif self.training:
             if not self.fine_tunable:
                 raise ValueError(self.not_fine_tunable())

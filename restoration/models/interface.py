@@ -46,6 +46,8 @@ class ModelTraits:
         dtypes: the precisions it may run in (``fp32``, ``bf16``).
         auto_bf16: whether ``precision: auto`` may pick bf16 (measured at most 0.05 dB away).
         noise_level: whether it takes a noise-level map (``predictor.noise_level``).
+        quality_factor: whether it takes the JPEG quality it undoes (FBCNN; a route's
+            ``quality_factor``), instead of predicting it.
         min_overlap: the narrowest overlap between tiles (input pixels) at which tiles give the
             whole image's output within 1 level; ``predictor.overlap`` is raised to it.
         fold_batch_norm: whether the Predictor folds its batch norms on the CPU by default
@@ -65,6 +67,7 @@ class ModelTraits:
     dtypes: tuple[str, ...] = ("fp32", "bf16")
     auto_bf16: bool = False
     noise_level: bool = False
+    quality_factor: bool = False
     fold_batch_norm: bool = False
     min_overlap: int = 0
 

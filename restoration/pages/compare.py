@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -116,7 +117,7 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
     Raises:
         ValueError: no inputs, fewer than one model, or a bad --case.
     """
-    from restoration.models.predictor import Predictor, PredictorConfig
+    from restoration.models.predictor import PredictorConfig
     from restoration.quality.metrics import score
     from restoration.restore.planning import list_inputs
     from restoration.tasks.specs import get_case
@@ -133,14 +134,19 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
     for uri in chosen:
         name = uri[len(root):].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
         try:
-            pixels = as_rgb8(decode_image(storage.read_bytes(uri)).pixels)
+            data = storage.read_bytes(uri)
+            decoded = decode_image(data)
+            pixels = as_rgb8(decoded.pixels)
         except (OSError, ValueError) as error:
             images[name] = {"uri": uri, "error": storage.redact(str(error))}
             continue
-        entry: dict[str, Any] = {"uri": uri, "input": pixels, "gt": None}
+        # (the file's bytes: a route reads its JPEG tables)
+        entry: dict[str, Any] = {"uri": uri, "input": pixels, "gt": None, "data": data,
+                                 "is_jpeg": decoded.format == "JPEG"}
         if the_case is not None:
             degraded = the_case.spec.sample(name, the_case.prepare(pixels), seed=seed)
-            entry.update(input=as_rgb8(tensor_to_pixels(degraded.lq.clamp(0, 1))), gt=as_rgb8(degraded.gt))
+            entry.update(input=as_rgb8(tensor_to_pixels(degraded.lq.clamp(0, 1))), gt=as_rgb8(degraded.gt),
+                         data=None, is_jpeg=False)
         elif reference is not None:
             try:
                 entry["gt"] = as_rgb8(decode_image(storage.read_bytes(storage.join(reference, name))).pixels)
@@ -152,19 +158,14 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
         result = ModelResult(spec=spec)
         results.append(result)
         try:
-            checkpoint, result.task = _load(spec, task)
+            restore = _restorer(spec, task, result, predictor or PredictorConfig())
         except (OSError, ValueError) as error:
             result.error = storage.redact(str(error))
             continue
-        result.model_id, result.architecture = checkpoint.model_id, checkpoint.model.traits.architecture
-        described = checkpoint.metadata.describe()
-        result.licence, result.source = described["licence"], storage.redact(str(described["source"] or ""))
-        result.sha256 = described["sha256"] or ""
-        restorer = Predictor(checkpoint.model, predictor or PredictorConfig(), device="cpu")
-        first = next((e["input"] for e in images.values() if "input" in e), None)
+        first = next((e for e in images.values() if "input" in e), None)
         if first is not None:  # warm-up, untimed: the first pass pays for allocations and kernel choice
             try:
-                restorer.restore(pixels_to_tensor(first))
+                restore(first)
             except (RuntimeError, ValueError):
                 pass  # reported below, on the timed pass
         for name, entry in images.items():
@@ -173,7 +174,7 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
             lq = pixels_to_tensor(entry["input"])
             try:
                 started = time.perf_counter()
-                out = tensor_to_pixels(restorer.restore(lq).clamp(0, 1))
+                out = restore(entry)
                 result.seconds += time.perf_counter() - started
             except (RuntimeError, ValueError) as error:  # a model that fails on this image
                 result.error = f"{name}: {type(error).__name__}: {str(error).splitlines()[0]}"
@@ -191,6 +192,30 @@ def compare_models(input_uri: str, models: list[str], *, task: str | None = None
     collection_mp, counted = _collection_megapixels(uris, pixels)
     return {"input": storage.redact(input_uri), "inputs": len(uris), "sample": images, "seed": seed, "case": case,
             "reference": reference, "results": results, "collection_megapixels": collection_mp, "counted": counted}
+
+
+def _restorer(spec: str, task: str | None, result: ModelResult,
+              config: Any) -> Callable[[dict[str, Any]], np.ndarray]:
+    """``entry -> 8-bit output`` for a model spec or a route (``auto``, a route file), filling in
+    ``result``'s model id, architecture, task, licence, source and weights' SHA-256."""
+    from restoration.models.predictor import Predictor
+    from restoration.quality.routing import ROUTED_TASK, RoutedRestorer, is_route, load_route
+
+    if is_route(spec):
+        routed = RoutedRestorer(load_route(spec), config, device="cpu")
+        records = routed.records.values()
+        result.model_id, result.architecture, result.task = routed.router.model_id, "route", ROUTED_TASK
+        result.licence = " + ".join(sorted({str(r["licence"]) for r in records}))
+        result.source = f"route {routed.router.name}: " + ", ".join(f"{key} = {r['spec']}" for key, r in routed.records.items())
+        result.sha256 = ", ".join(str(r["sha256"] or "") for r in records)
+        return lambda entry: routed.restore_pixels(entry["input"], data=entry["data"], is_jpeg=entry["is_jpeg"])[0]
+    checkpoint, result.task = _load(spec, task)
+    result.model_id, result.architecture = checkpoint.model_id, checkpoint.model.traits.architecture
+    described = checkpoint.metadata.describe()
+    result.licence, result.source = described["licence"], storage.redact(str(described["source"] or ""))
+    result.sha256 = described["sha256"] or ""
+    restorer = Predictor(checkpoint.model, config, device="cpu")
+    return lambda entry: tensor_to_pixels(restorer.restore(pixels_to_tensor(entry["input"])).clamp(0, 1))
 
 
 def _plain_spec() -> Any:

@@ -3,21 +3,29 @@ its manifest and its images (local or ``s3://``; a finished or a running job).
 
 The page holds the summary (counts by status, unchanged images, megapixels, wall time and rate,
 the model with its architecture and weights hash, the settings), throughput over time, errors
-grouped by message with their inputs, before/after pairs -- the whole images and the same crop
-enlarged, where the model changed the most -- for a seeded sample, the most changed and the least
-changed images (the possible no-ops), and a table sortable by change, size and time.
+grouped by message with their inputs, what the images needed (:func:`_needs`: histograms of the
+inputs' measured noise, JPEG quality, blockiness and blur, the images at the extremes of each, and
+for a routed run the routes taken, with their models and why), before/after pairs -- the whole
+images and the same crop enlarged, where the model changed the most -- for a seeded sample, the
+most changed and the least changed images (the possible no-ops), and a table sortable by change,
+size and time. A manifest written before the measures existed (version 2) has them null: the page
+leaves that section out.
 
 Memory stays bounded: the manifest is read once (its columns, not the images), and at most
-``sample + 2 * extremes`` inputs and outputs are read, one pair at a time, into thumbnails.
+``sample + 2 * extremes + 4 * min(extremes, NEEDS_SHOWN)`` inputs and outputs are read, one pair
+at a time, into thumbnails (an input shown in several places is read once).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import statistics
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from restoration.io import storage
@@ -48,13 +56,20 @@ from restoration.restore.summary import RestoreSummary
 __all__ = ["ReportStats", "build_report", "peak_memory_mb", "write_report"]
 
 _COLUMNS = ["source_uri", "output_uri", "status", "error", "error_stage", "task", "model_id", "job_id", "width",
-            "height", "out_width", "out_height", "format", "bytes_in", "seconds", "mean_abs_change", "restored_at"]
+            "height", "out_width", "out_height", "format", "bytes_in", "seconds", "mean_abs_change", "restored_at",
+            "noise_sigma", "jpeg_quality", "blockiness", "blur", "gray_rgb", "route", "route_reason"]
 CROP = 96
 """Side of the enlarged crop, in output pixels."""
 TABLE_ROWS = 1000
 """Rows of the sortable table (the inputs in manifest order; the page says when there are more)."""
 ERRORS_LISTED = 50
 """Inputs listed under each error message (the page counts the rest)."""
+NEEDS_SHOWN = 3
+"""Images shown at each extreme of a measure (at most ``extremes``)."""
+REASONS_LISTED = 3
+"""Rules listed per route, the most used first (the page counts the rest)."""
+SKIP = "skip"
+"""The route of an image written unchanged (:data:`restoration.quality.routing.SKIP`)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,104 @@ class Summary:
     cards: list[tuple[str, str]]
     details: list[tuple[str, str]] = field(default_factory=list)
     settings: str | None = None
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bin of a :class:`Histogram`: its rectangle in SVG coordinates, its ``count`` of inputs,
+    its ``label`` (the bin's range, under the bar) and ``title`` (the tooltip)."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    count: int
+    label: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A measure's distribution drawn as inline SVG: ``title`` (the measure and how many inputs),
+    ``axis`` (the x axis: what is measured, in which unit), the bars, the tallest bar's count
+    (``most``), ``stats`` (min, median, max) and a ``note`` (e.g. how many inputs are not JPEG)."""
+
+    title: str
+    axis: str
+    count: int
+    bars: list[Bar]
+    most: int
+    stats: str
+    note: str | None
+    width: int
+    height: int
+    left: int
+    top: int
+    base: int
+
+
+@dataclass(frozen=True)
+class RouteRow:
+    """A route of a routed run: its ``key`` (a model key, or ``skip``), the inputs it took and
+    their ``share``, the model it maps to (``_summary.json``'s ``models``) with its licence, and
+    ``rules``: (rule, inputs, example measures) for the rules that chose it, the most used first
+    (``more``: how many other rules did)."""
+
+    key: str
+    count: int
+    share: str
+    model: str
+    licence: str
+    rules: list[tuple[str, int, list[str]]]
+    more: int
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the images needed: ``cards`` (label, value), the measures' ``histograms``, ``notes``
+    (measures with nothing to plot), the ``routes`` of a routed run (empty otherwise) and, filled
+    by :func:`build_report`, the images at each measure's extreme (``extremes``)."""
+
+    cards: list[tuple[str, str]]
+    histograms: list[Histogram]
+    notes: list[str]
+    routes: list[RouteRow]
+    routed: int
+    extremes: list[PairSection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """A manifest measure as the page shows it: its column, names, bins (label, exclusive upper
+    bound; the last bin holds the rest), which end is the extreme shown, and its caption text."""
+
+    column: str
+    title: str
+    axis: str
+    bins: tuple[tuple[str, float], ...]
+    extreme: str
+    highest: bool
+    caption: Callable[[float], str]
+
+
+_MEASURES: tuple[_Measure, ...] = (
+    _Measure("noise_sigma", "noise level", "estimated noise sigma, 8-bit levels (0-255)",
+             (("< 2", 2), ("2-4", 4), ("4-8", 8), ("8-15", 15), ("15-25", 25),
+              ("25-50", 50), (">= 50", math.inf)),
+             "The noisiest", True, lambda value: f"noise sigma {value:.1f}"),
+    _Measure("jpeg_quality", "JPEG quality", "quality read from the quantization tables (1-100)",
+             (("< 50", 50), ("50-69", 70), ("70-79", 80), ("80-89", 90), ("90-94", 95),
+              ("95-100", math.inf)),
+             "The lowest JPEG quality", False, lambda value: f"JPEG quality {value:.0f}"),
+    _Measure("blockiness", "blockiness", "8x8 block artefacts (about 1 = none)",
+             (("< 1.1", 1.1), ("1.1-1.25", 1.25), ("1.25-1.5", 1.5), ("1.5-2", 2), ("2-3", 3),
+              (">= 3", math.inf)),
+             "The blockiest", True, lambda value: f"blockiness {value:.2f}"),
+    _Measure("blur", "blur", "no-reference blur (0 sharp, 1 blurred)",
+             (("0-0.2", 0.2), ("0.2-0.4", 0.4), ("0.4-0.6", 0.6), ("0.6-0.8", 0.8),
+              ("0.8-1", math.inf)),
+             "The blurriest", True, lambda value: f"blur {value:.2f}"),
+)
 
 
 def _rows(output_uri: str) -> list[dict[str, Any]]:
@@ -214,6 +327,128 @@ def _table(rows: list[dict[str, Any]]) -> Table:
     return Table(id="inputs", columns=columns, rows=[cells(row) for row in rows[:TABLE_ROWS]])
 
 
+def _histogram(measure: _Measure, values: list[float], *, note: str | None = None, width: int = 300,
+               height: int = 190) -> Histogram:
+    """The histogram of ``values`` (finite, at least one) in ``measure``'s bins, as SVG geometry."""
+    left, right, top, bottom = 34, 8, 20, 46
+    counts = [0] * len(measure.bins)
+    for value in values:
+        counts[next((i for i, (_, upper) in enumerate(measure.bins) if value < upper), len(counts) - 1)] += 1
+    most = max(counts)
+    base = height - bottom
+    slot = (width - left - right) / len(counts)
+    bars = []
+    for index, ((label, _), count) in enumerate(zip(measure.bins, counts)):
+        tall = (base - top) * count / most
+        noun = "input" if count == 1 else "inputs"
+        bars.append(Bar(x=round(left + index * slot + slot * 0.1, 1), y=round(base - tall, 1),
+                        width=round(slot * 0.8, 1), height=round(tall, 1), count=count, label=label,
+                        title=f"{measure.title} {label}: {count} {noun}"))
+    stats = (f"min {min(values):.3g}, median {statistics.median(values):.3g}, max {max(values):.3g}")
+    noun = "input" if len(values) == 1 else "inputs"
+    return Histogram(title=f"{measure.title}: {len(values)} {noun}", axis=measure.axis, count=len(values), bars=bars,
+                     most=most, stats=stats, note=note, width=width, height=height, left=left, top=top, base=base)
+
+
+def _value(row: dict[str, Any], column: str) -> float | None:
+    """The row's measure ``column`` as a finite number, or None (null, NaN, missing)."""
+    value = row.get(column)
+    if value is None or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _measures_text(row: dict[str, Any]) -> str:
+    """The row's measures and route, for a caption: ``noise sigma 12.3, JPEG quality 40, ...``."""
+    parts = [measure.caption(value) for measure in _MEASURES if (value := _value(row, measure.column)) is not None]
+    if row.get("gray_rgb"):
+        parts.append("gray stored as RGB")
+    if row.get("route") is not None:
+        parts.append(f"route {row['route']}")
+    return ", ".join(parts)
+
+
+def _routes(rows: list[dict[str, Any]], summary: RestoreSummary | None) -> list[RouteRow]:
+    """The routes of a routed run, the most taken first (also the summary's models no input
+    took); empty for a run with one model."""
+    taken = [row for row in rows if row.get("route") is not None]
+    models = (summary.models if summary is not None else None) or {}
+    if not taken and not models:
+        return []
+    counts = Counter(row["route"] for row in taken)
+    for key in models:
+        counts.setdefault(key, 0)
+    rules: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row in taken:
+        # "rule 2: noise_sigma >= 4 (noise_sigma=12.3)": the rule, then the measures it read
+        reason = row.get("route_reason") or "no reason recorded"
+        rule, _, read = reason.partition(" (")
+        rules[row["route"]][rule].append(read.removesuffix(")"))
+    routes = []
+    for key, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        record = models.get(key)
+        if key == SKIP and record is None:
+            model, licence = "none: written unchanged", ""
+        elif record is None:
+            model, licence = "not in _summary.json" if summary is not None else "no _summary.json", ""
+        else:
+            model, licence = f"{record.model_id} ({record.architecture})", record.licence or "unknown"
+        used = sorted(rules[key].items(), key=lambda item: -len(item[1]))
+        listed = [(rule, len(read), list(dict.fromkeys(text for text in read if text))[:2])
+                  for rule, read in used[:REASONS_LISTED]]
+        share = f"{100 * count / len(taken):.1f}%" if taken else ""
+        routes.append(RouteRow(key=key, count=count, share=share, model=model, licence=licence, rules=listed,
+                               more=max(0, len(used) - REASONS_LISTED)))
+    return routes
+
+
+def _needs(rows: list[dict[str, Any]], summary: RestoreSummary | None) -> Needs | None:
+    """What the images needed: the measures' distributions over every input measured (restored,
+    skipped, or failed after it was decoded), gray inputs stored as RGB, and the routes of a routed
+    run; None when no row holds a measure or a route (a manifest older than the measures)."""
+    measured = [row for row in rows if any(_value(row, m.column) is not None for m in _MEASURES)]
+    routes = _routes(rows, summary)
+    if not measured and not routes:
+        return None
+    histograms, notes = [], []
+    for measure in _MEASURES:
+        values = [value for row in measured if (value := _value(row, measure.column)) is not None]
+        note = None
+        if measure.column == "jpeg_quality":
+            others = len(measured) - len(values)
+            if not values:
+                if measured:
+                    notes.append(f"JPEG quality: none of the {len(measured)} inputs measured is a JPEG file")
+                continue
+            note = (f"JPEG inputs only; {others} of the {len(measured)} inputs measured "
+                    f"{'is' if others == 1 else 'are'} not JPEG") if others else "every input measured is a JPEG file"
+        if values:
+            histograms.append(_histogram(measure, values, note=note))
+    cards = []
+    if measured:
+        gray = sum(1 for row in measured if row.get("gray_rgb"))
+        cards += [("inputs measured", str(len(measured))), ("gray stored as RGB", str(gray))]
+    routed = sum(route.count for route in routes)
+    if routes:
+        skipped = sum(route.count for route in routes if route.key == SKIP)
+        cards += [("inputs routed", str(routed)), ("written unchanged (route skip)", str(skipped))]
+    return Needs(cards=cards, histograms=histograms, notes=notes, routes=routes, routed=routed)
+
+
+def _extremes(rows: list[dict[str, Any]], shown: int) -> list[tuple[_Measure, list[dict[str, Any]]]]:
+    """For each measure, the ``shown`` restored inputs at its extreme (noisiest, lowest JPEG
+    quality, blockiest, blurriest); measures no restored input has are left out."""
+    restored = [row for row in rows if row["status"] in ("ok", "skipped") and row["output_uri"]]
+    chosen = []
+    for measure in _MEASURES:
+        sign = -1.0 if measure.highest else 1.0
+        have = sorted(((sign * value, index, row) for index, row in enumerate(restored)
+                       if (value := _value(row, measure.column)) is not None), key=lambda item: item[:2])
+        if have and shown > 0:
+            chosen.append((measure, [row for _, _, row in have[:shown]]))
+    return chosen
+
+
 def build_report(output_uri: str, *, sample: int = 8, extremes: int = 4, seed: int = 0) -> tuple[str, ReportStats]:
     """The HTML page of the job whose ``--output`` was ``output_uri``, and what building it took.
 
@@ -225,20 +460,28 @@ def build_report(output_uri: str, *, sample: int = 8, extremes: int = 4, seed: i
     rows = _rows(output_uri)
     summary = _summary(output_uri)
     chosen = _choose(rows, sample=sample, extremes=extremes, seed=seed)
-    read: set[str] = set()
-    sections = []
-    for key, title in (("sample", f"A seeded sample (seed {seed})"), ("most", "The most changed"),
-                       ("least", "The least changed (possible no-ops)")):
-        pairs = []
-        for row in chosen[key]:
-            pairs.append(_pair(row))
-            read.add(row["source_uri"])
-        sections.append(PairSection(title=title, pairs=pairs))
+    pairs: dict[str, Pair] = {}  # by source: an input shown in several places is read once
+
+    def pair(row: dict[str, Any], note: str = "") -> Pair:
+        shown = pairs.get(row["source_uri"])
+        if shown is None:
+            shown = pairs[row["source_uri"]] = _pair(row)
+        return replace(shown, caption=f"{shown.caption}; {note}") if note else shown
+
+    sections = [PairSection(title=title, pairs=[pair(row) for row in chosen[key]])
+                for key, title in (("sample", f"A seeded sample (seed {seed})"), ("most", "The most changed"),
+                                   ("least", "The least changed (possible no-ops)"))]
+    needs = _needs(rows, summary)
+    if needs is not None:
+        extreme = [PairSection(title=measure.extreme,
+                               pairs=[pair(row, _measures_text(row)) for row in picked])
+                   for measure, picked in _extremes(rows, min(extremes, NEEDS_SHOWN))]
+        needs = replace(needs, extremes=extreme)
     text = render("report.html.j2", title=f"Restore report: {storage.redact(output_uri)}",
                   built=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), summary=_summary_data(rows, summary),
-                  throughput=_throughput(rows), errors=_errors(rows), sections=sections, table=_table(rows),
-                  inputs=len(rows))
-    stats = ReportStats(rows=len(rows), images_read=len(read), seconds=time.monotonic() - started,
+                  throughput=_throughput(rows), errors=_errors(rows), needs=needs, sections=sections,
+                  table=_table(rows), inputs=len(rows))
+    stats = ReportStats(rows=len(rows), images_read=len(pairs), seconds=time.monotonic() - started,
                         html_bytes=len(text.encode()))
     return text, stats
 

@@ -36,6 +36,7 @@ from restoration.io.images import read_images
 from restoration.io.pixels import tensor_to_pixels
 from restoration.models.interface import ModelTraits
 from restoration.quality.metrics import score
+from restoration.quality.routing import ROUTED_TASK, RoutedRestorer, is_route, load_route
 from restoration.tasks.specs import (
     Case,
     DeblurTask,
@@ -93,6 +94,8 @@ def build_restorer(
     restoration strength in [0, 1]."""
     if model in CLASSICAL_MODELS:
         return _classical(model, spec), {"model": model}
+    if is_route(model):
+        return _routed(model, spec, device=device, ensemble=ensemble)
     from restoration.models.checkpoint import load_checkpoint, resolve_model
     from restoration.models.predictor import Predictor, PredictorConfig
 
@@ -110,6 +113,28 @@ def build_restorer(
     info.update(checkpoint.model.describe())  # e.g. the fused model's fusion weights, "alpha"
     if strength != 1.0:
         info["strength"] = strength
+    return restore, info
+
+
+def _routed(route: str, spec: TaskSpec, *, device: str | None, ensemble: int) -> tuple[RestoreFn, dict]:
+    """A route (``auto`` or a route file) as a restorer (:class:`RoutedRestorer`): each
+    degraded image is measured from its pixels (there is no file, so no JPEG tables: conditions on
+    ``jpeg_quality`` do not hold, those on ``blockiness`` do) and restored by the model its route
+    gives it, or returned as it is. The report's model counts the routes taken."""
+    from restoration.models.predictor import PredictorConfig
+
+    if spec.mask_input or spec.upscale:
+        raise ValueError(f"a route restores at the same size without a mask; --task {spec.name} does not fit it")
+    restorer = RoutedRestorer(load_route(route), PredictorConfig(ensemble=ensemble), device=device)
+    routes: dict[str, int] = {}
+
+    def restore(sample: EvalSample) -> np.ndarray:
+        restored, decision = restorer.restore_pixels(tensor_to_pixels(sample.lq.clamp(0, 1)))
+        routes[decision.route] = routes.get(decision.route, 0) + 1
+        return restored
+
+    info = {"model": route, "model_id": restorer.router.model_id, "task": ROUTED_TASK, "architecture": "route",
+            "ensemble": ensemble, "models": restorer.router.spec.used_models(), "routes": routes}
     return restore, info
 
 

@@ -25,7 +25,9 @@ from restoration.models.checkpoint import (
 from restoration.restore import manifest as manifest_lib
 from restoration.restore.planning import Plan, plan_restore
 from restoration.restore.settings import RestoreConfig
+from restoration.quality.routing import Router, load_route
 from restoration.restore.stages import (
+    measures_of,
     skip_stage,
     target_format,
 )
@@ -118,9 +120,11 @@ def dry_run_restore(
     *,
     task: str,
     model: str = "default",
+    route: str | None = None,
     config: RestoreConfig | None = None,
     limit: int | None = None,
     overwrite: bool = False,
+    sample: int = 0,
 ) -> dict[str, Any]:
     """What :func:`run_restore` would do, without doing it: no model loaded (only its
     ``model.json`` read), no executor or Ray started, nothing written.
@@ -132,7 +136,10 @@ def dry_run_restore(
     width * height / 1e6), ``output_megapixels`` (times the model's scale squared),
     ``estimated_output_bytes`` (:data:`OUTPUT_BYTES_PER_MEGAPIXEL` of each output's format) and
     ``estimated_seconds`` (per node type of :data:`DRY_RUN_MEGAPIXELS_PER_SECOND`, times the
-    ensemble size; the model alone).
+    ensemble size; the model alone), and ``sample``: up to ``sample`` inputs spread over the
+    work, read and measured as the run's read stage measures them
+    (:func:`restoration.restore.stages.measures_of`), with the route each would take when
+    ``route`` is given (``auto`` or a route file; the model is then the route's).
 
     Raises:
         ValueError: as :func:`run_restore` (a bad argument or checkpoint, no inputs, storage
@@ -143,15 +150,20 @@ def dry_run_restore(
     input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
     with users_storage_errors("--input", input_uri):
         storage.check_readable(input_uri)
-    with users_storage_errors("--model", model):
-        model_id, scale = _model_metadata(model, task)
+    router = load_route(route) if route is not None else None
+    if router is not None:
+        model_id, scale = router.model_id, 1
+    else:
+        with users_storage_errors("--model", model):
+            model_id, scale = _model_metadata(model, task)
     with users_storage_errors("--output", output_uri):
         previous = manifest_lib.ManifestIndex(output_uri)
     with users_storage_errors("--input", input_uri):
         plan = plan_restore(input_uri, output_uri, task=task, model_id=model_id, config=config,
                             previous_manifest=previous, overwrite=overwrite, limit=limit)
     with plan:
-        tally = _tally(plan, config, scale)
+        tally = _tally(plan, config, scale, sample=sample)
+    measured = [_measure(uri, config, router) for uri in tally.sample_uris()]
     megapixels = tally.pixels / 1e6
     passes = config.predictor.ensemble
     return {
@@ -172,6 +184,7 @@ def dry_run_restore(
         "estimated_output_bytes": int(round(tally.output_bytes)),
         "megapixels_per_second": dict(DRY_RUN_MEGAPIXELS_PER_SECOND),
         "estimated_seconds": {node: megapixels * passes / rate for node, rate in DRY_RUN_MEGAPIXELS_PER_SECOND.items()},
+        "sample": measured,
         "notes": "output bytes from per-format means of bench/results/codec_throughput.json; times from measured "
                  "model rates (restoration.restore.run.DRY_RUN_MEGAPIXELS_PER_SECOND), the model alone, times the ensemble",
     }
@@ -188,11 +201,34 @@ class _Tally:
     output_bytes: float = 0.0
     unreadable: int = 0
     unreadable_inputs: list[dict[str, str]] = field(default_factory=list)  # the first 20
+    readable: list[str] = field(default_factory=list)  # inputs to restore with a readable header
+    sample: int = 0
+
+    def sample_uris(self) -> list[str]:
+        """Up to ``sample`` readable inputs, spread evenly over them."""
+        count = min(self.sample, len(self.readable))
+        return [self.readable[i * len(self.readable) // count] for i in range(count)] if count else []
 
 
-def _tally(plan: Plan, config: RestoreConfig, scale: int) -> _Tally:
+def _measure(uri: str, config: RestoreConfig, router: Router | None) -> dict[str, Any]:
+    """One input read, decoded and measured as the run's read stage does, with its route."""
+    from restoration.io.codec import decode_image
+
+    try:
+        data = storage.read_bytes(uri)
+        measures = measures_of(decode_image(data, max_pixels=config.input.max_pixels), data)
+    except (OSError, ValueError) as error:  # ImageDecodeError is a ValueError
+        return {"source_uri": storage.redact(uri), "error": storage.redact(str(error))}
+    item: dict[str, Any] = {"source_uri": storage.redact(uri), "measures": measures}
+    if router is not None:
+        decision = router.decide(measures)
+        item.update(route=decision.route, route_reason=decision.reason, strength=decision.strength)
+    return item
+
+
+def _tally(plan: Plan, config: RestoreConfig, scale: int, *, sample: int = 0) -> _Tally:
     """Skips (as the run's skip stage decides them), then the headers of the inputs to restore."""
-    tally = _Tally()
+    tally = _Tally(sample=sample)
     for part in plan.parts():
         work = part.work
         if work.num_rows and part.previous:
@@ -212,6 +248,8 @@ def _tally(plan: Plan, config: RestoreConfig, scale: int) -> _Tally:
                     tally.unreadable_inputs.append({"source_uri": storage.redact(uri), "error": storage.redact(str(error))})
                 continue
             tally.pixels += width * height
+            if sample and len(tally.readable) < 100_000:
+                tally.readable.append(uri)
             written = target_format(source_format, config.output.format)
             tally.output_bytes += width * height * scale * scale / 1e6 * OUTPUT_BYTES_PER_MEGAPIXEL.get(written, 3_000_000)
     return tally
@@ -232,5 +270,20 @@ def format_dry_run(report: dict[str, Any]) -> str:
                      f"(at {report['megapixels_per_second'][node]:g} megapixels/s)")
     for item in report["unreadable_inputs"]:
         lines.append(f"  unreadable: {item['source_uri']}: {item['error']}")
+    if report.get("sample"):
+        lines.append(f"  measured, {len(report['sample'])} inputs (noise sigma on 0-255, JPEG quality from the file's "
+                     "tables, blockiness about 1 when none, blur 0 sharp to 1):")
+    for item in report.get("sample", []):
+        if "error" in item:
+            lines.append(f"    {item['source_uri']}: {item['error']}")
+            continue
+        m = item["measures"]
+        quality = "-" if m["jpeg_quality"] is None else m["jpeg_quality"]
+        line = (f"    {item['source_uri']}: {m['width']}x{m['height']}, noise {m['noise_sigma']:.1f}, jpeg quality "
+                f"{quality}, blockiness {m['blockiness']:.2f}, blur {m['blur']:.2f}"
+                + (", gray stored as RGB" if m["gray_rgb"] else ""))
+        if "route" in item:
+            line += f" -> {item['route']} ({item['route_reason']})"
+        lines.append(line)
     lines.append("nothing was written; no model was loaded")
     return "\n".join(lines)

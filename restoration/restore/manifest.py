@@ -38,6 +38,18 @@ column                type              meaning
                                         *unchanged* in the summary
 ``strength``          float64           the restoration strength used, in [0, 1]; null on error
 ``restored_at``       timestamp[us,UTC] when the output was written; null on error
+``noise_sigma``       float64           the input's estimated noise level, 0..255 scale
+                                        (:mod:`restoration.quality.assess`); null if undecodable
+``coarse_noise``      float64           the noise of its luma at half resolution: what JPEG leaves
+``jpeg_quality``      int16             its JPEG quality from the file's quantization tables;
+                                        null for other formats
+``blockiness``        float64           8 x 8 block artefacts of its pixels (about 1 when none)
+``blur``              float64           no-reference blur in [0, 1] (0 sharp)
+``gray_rgb``          bool              a color image whose channels are equal
+``route``             string            what restored it (``--model auto`` / ``--route``): the
+                                        route's model key, or ``skip`` (written unchanged);
+                                        null for a run with one model
+``route_reason``      string            the rule that chose the route and the measures it read
 ====================  ================  ==========================================================
 
 Statuses: ``ok`` -- restored and written by ``job_id``; ``error`` -- not restored, ``error``
@@ -103,7 +115,7 @@ __all__ = [
     "summarize",
 ]
 
-MANIFEST_VERSION: Final[int] = 2
+MANIFEST_VERSION: Final[int] = 3
 """Version 2 added ``mean_abs_change`` and ``strength``; version 1 files are read with them null."""
 UNCHANGED_THRESHOLD: Final[float] = 0.5
 """8-bit levels: a restored image whose ``mean_abs_change`` is below this was left as it was (the
@@ -115,6 +127,17 @@ STATUSES: Final[tuple[str, ...]] = ("ok", "error", "skipped")
 ERROR_STAGES: Final[tuple[str, ...]] = ("plan", "read", "decode", "restore", "encode", "write")
 
 _VERSION_KEY: Final[bytes] = b"restoration.restore.manifest.version"
+
+ASSESSMENT_FIELDS: Final[tuple[pa.Field, ...]] = (
+    pa.field("noise_sigma", pa.float64()),
+    pa.field("coarse_noise", pa.float64()),
+    pa.field("jpeg_quality", pa.int16()),
+    pa.field("blockiness", pa.float64()),
+    pa.field("blur", pa.float64()),
+    pa.field("gray_rgb", pa.bool_()),
+)
+"""The input's measures (:class:`restoration.quality.assess.Assessment`), in every manifest row
+of a decoded input."""
 
 MANIFEST_SCHEMA: Final[pa.Schema] = pa.schema(
     [
@@ -142,6 +165,9 @@ MANIFEST_SCHEMA: Final[pa.Schema] = pa.schema(
         pa.field("mean_abs_change", pa.float64()),
         pa.field("strength", pa.float64()),
         pa.field("restored_at", pa.timestamp("us", tz="UTC")),
+        *ASSESSMENT_FIELDS,
+        pa.field("route", pa.string()),
+        pa.field("route_reason", pa.string()),
     ],
     metadata={_VERSION_KEY: str(MANIFEST_VERSION).encode()},
 )
@@ -215,6 +241,7 @@ def error_row(
 _CARRIED: Final[tuple[str, ...]] = (
     "output_uri", "task", "model_id", "width", "height", "out_width", "out_height", "mode", "format",
     "out_format", "channels", "bit_depth", "has_alpha", "bytes_out", "mean_abs_change", "strength", "restored_at",
+    *(measure.name for measure in ASSESSMENT_FIELDS), "route", "route_reason",
 )
 
 
@@ -254,7 +281,10 @@ def _manifest_files(output: str) -> list[_ManifestFile]:
 
 
 # Columns each later version added; a file of an older version is read with them null.
-_ADDED_IN: Final[dict[int, tuple[str, ...]]] = {2: ("mean_abs_change", "strength")}
+_ADDED_IN: Final[dict[int, tuple[str, ...]]] = {
+    2: ("mean_abs_change", "strength"),
+    3: (*(measure.name for measure in ASSESSMENT_FIELDS), "route", "route_reason"),
+}
 
 
 def _file_version(schema: pa.Schema, uri: str) -> int:

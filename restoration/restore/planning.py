@@ -43,6 +43,7 @@ from restoration.io import storage
 from restoration.restore import manifest as manifest_lib
 from restoration.restore.digests import DigestSet
 from restoration.restore.manifest import WORK_SCHEMA, error_row
+from restoration.quality.routing import ROUTED_TASK
 from restoration.restore.settings import RestoreConfig
 from restoration.tasks.specs import get_task
 
@@ -335,7 +336,8 @@ def plan_restore(
             location, a list that spans filesystems.
         FileNotFoundError: nothing at ``input_uri``.
     """
-    get_task(task)  # ValueError naming the known tasks
+    if task != ROUTED_TASK:
+        get_task(task)  # ValueError naming the known tasks
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     storage.resolve(output_uri)  # validates the output URI before any listing

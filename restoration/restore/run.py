@@ -26,7 +26,7 @@ Both run the same stage functions of :mod:`restoration.restore.stages` on the sa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -54,6 +54,14 @@ from restoration.models.predictor import check_predictor_settings
 from restoration.restore import manifest as manifest_lib
 from restoration.restore.manifest import WORK_SCHEMA
 from restoration.restore.planning import Plan, plan_restore
+from restoration.quality.routing import (
+    ROUTED_TASK,
+    Router,
+    check_route_model,
+    is_route,
+    load_route,
+    split_model_spec,
+)
 from restoration.restore.settings import PredictorConfig, RestoreConfig
 from restoration.restore.stages import (
     encode_stage,
@@ -119,6 +127,27 @@ class LoadedModel:
                            licence=described["licence"], source=described["source"])
 
 
+def load_route_models(router: Router) -> dict[str, LoadedModel]:
+    """Read and validate the models a route uses (key -> :class:`LoadedModel`): each restores at
+    the same size without a mask (a route may skip an image: its output is its input).
+
+    Raises:
+        CheckpointError: a model missing, broken, upscaling or taking a mask (named by its key).
+        OSError: the storage holding one could not be reached.
+    """
+    loaded = {}
+    for key, spec in router.spec.used_models().items():
+        name, task = split_model_spec(spec)
+        try:
+            data = read_checkpoint_bytes(resolve_model(name, task))
+            checkpoint = checkpoint_from_bytes(data)
+        except CheckpointError as error:
+            raise CheckpointError(f"route model {key} ({spec}): {error}") from None
+        check_route_model(router, key, checkpoint.model.traits)
+        loaded[key] = LoadedModel(data=data, checkpoint=checkpoint)
+    return loaded
+
+
 def load_run_model(spec: str, task: type[TaskSpec]) -> LoadedModel:
     """Read and validate ``--model`` (a checkpoint folder or a community model file, local or a
     ``file://``/``s3://`` URI, or ``default``) for ``task``.
@@ -139,28 +168,78 @@ def load_run_model(spec: str, task: type[TaskSpec]) -> LoadedModel:
 @dataclass(frozen=True)
 class StageContext:
     """What the stages of one run need, for any executor: the task's spec class (its ``name``
-    goes into the manifest), the job's id and config, and the model."""
+    goes into the manifest), the job's id and config, and the model. A routed run (``--model
+    auto``, ``--route``) also has its ``router`` and the models of its routes (``routed``, by
+    route key; ``model`` is the first of them), and records the task ``route``."""
 
     task: type[TaskSpec]
     job_id: str
     config: RestoreConfig
     model: LoadedModel
+    router: Router | None = None
+    routed: Mapping[str, LoadedModel] = field(default_factory=dict)
 
     @property
     def model_id(self) -> str:
-        return self.model.model_id
+        return self.router.model_id if self.router is not None else self.model.model_id
+
+    @property
+    def task_name(self) -> str:
+        """The task the manifest and the summary record: the task's, or ``route`` when routed."""
+        return ROUTED_TASK if self.router is not None else self.task.name
+
+    def describe_model(self) -> ModelRecord:
+        """The model as the summary records it; for a routed run, the route: its id, the models'
+        licences (one, or each), and the SHA-256 over its models' weights."""
+        if self.router is None:
+            return self.model.describe()
+        import hashlib
+
+        records = [model.describe() for model in self.routed.values()]
+        licences = sorted({record.licence or "unknown" for record in records})
+        digest = hashlib.sha256("".join(record.weights_sha256 for record in records).encode()).hexdigest()
+        return ModelRecord(model_id=self.model_id, architecture="route", scale=1, weights_sha256=digest,
+                           licence=" + ".join(licences), source=f"route {self.router.name}: {', '.join(self.routed)}")
+
+    def model_bytes(self) -> dict[str, CheckpointBytes]:
+        """The checkpoints' bytes that other processes build the models from, by route key
+        (:data:`SINGLE` for a run with one model)."""
+        if self.router is None:
+            return {SINGLE: self.model.data}
+        return {key: model.data for key, model in self.routed.items()}
+
+    @classmethod
+    def in_worker(cls, data: Mapping[str, CheckpointBytes], *, task: type[TaskSpec], job_id: str,
+                  config: RestoreConfig, router: Router | None) -> StageContext:
+        """The context a worker process holds: its models built from ``data`` (the driver's
+        :meth:`model_bytes`)."""
+        loaded = {key: LoadedModel(data=value, checkpoint=checkpoint_from_bytes(value)) for key, value in data.items()}
+        return cls(task=task, job_id=job_id, config=config, model=next(iter(loaded.values())), router=router,
+                   routed=loaded if router is not None else {})
+
+    def predictors(self, *, device: str, threads: int | None) -> Predictor | dict[str, Predictor]:
+        """The run's :class:`restoration.models.predictor.Predictor`, or one per route key."""
+        if self.router is None:
+            return make_predictor(self.model.checkpoint.model, self.config.predictor, device=device, threads=threads)
+        return {key: make_predictor(model.checkpoint.model, self.config.predictor, device=device, threads=threads)
+                for key, model in self.routed.items()}
 
 
-def read_options(config: RestoreConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`restoration.restore.stages.read_stage` for ``config``."""
+SINGLE: Final[str] = "model"
+"""The key of a single-model run's checkpoint in :meth:`StageContext.model_bytes`."""
+
+
+def read_options(job: StageContext) -> dict[str, Any]:
+    """Keyword arguments of :func:`restoration.restore.stages.read_stage` for ``job``."""
+    config = job.config
     return {"max_pixels": config.input.max_pixels, "max_bytes": config.input.max_bytes,
-            "outage_seconds": config.storage.outage_seconds}
+            "outage_seconds": config.storage.outage_seconds, "router": job.router}
 
 
 def encode_options(job: StageContext) -> dict[str, Any]:
     """Keyword arguments of :func:`restoration.restore.stages.encode_stage` for ``job``."""
     output = job.config.output
-    return {"task": job.task.name, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
+    return {"task": job.task_name, "model_id": job.model_id, "job_id": job.job_id, "output_format": output.format,
             "quality": output.quality, "png_compression": output.png_compression,
             "strip_metadata": output.strip_metadata, "outage_seconds": job.config.storage.outage_seconds}
 
@@ -209,7 +288,7 @@ def _slices(table: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield table.slice(start, rows)
 
 
-def process_work(predictor: Predictor, work: pa.Table, job: StageContext, *, batch_size: int,
+def process_work(predictor: Predictor | Mapping[str, Predictor], work: pa.Table, job: StageContext, *, batch_size: int,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[pa.Table]:
     """Read, decode, restore, encode and write every row of ``work`` (:data:`WORK_SCHEMA`) in
     this process, ``batch_size`` inputs at a time; yield one manifest table
@@ -220,7 +299,7 @@ def process_work(predictor: Predictor, work: pa.Table, job: StageContext, *, bat
     the blocks it is given. When ``should_stop()`` turns true, the chunks not yet started are
     left undone (no rows: the next run does them).
     """
-    reading, encoding = read_options(job.config), encode_options(job)
+    reading, encoding = read_options(job), encode_options(job)
     for chunk in _slices(work, batch_size):
         if should_stop is not None and should_stop():
             return
@@ -247,8 +326,7 @@ class LocalRestoreExecutor:
 
         config = job.config
         device = config.predictor.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        predictor = make_predictor(job.model.checkpoint.model, config.predictor, device=device,
-                                   threads=config.predictor.threads)
+        predictor = job.predictors(device=device, threads=config.predictor.threads)
         batch_size = config.pipeline.batch_size or (16 if device.startswith("cuda") else 4)
         self._described = {"device": device, "threads": torch.get_num_threads(),
                            "batch_size": batch_size}
@@ -285,6 +363,7 @@ def run_restore(
     task: str,
     executor: RestoreExecutor,
     model: str = "default",
+    route: str | None = None,
     config: RestoreConfig | None = None,
     limit: int | None = None,
     overwrite: bool = False,
@@ -307,16 +386,20 @@ def run_restore(
         RunStopped: the store stayed unreachable past the outage budget during the run.
     """
     config = config or RestoreConfig()
+    if route is None and is_route(model):
+        route = model
     with outages.outage_budget(config.storage.outage_seconds):
-        return _run_restore(input_uri, output_uri, task=task, executor=executor, model=model, config=config,
-                            limit=limit, overwrite=overwrite, echo=echo, stop=stop or StopSignals())
+        return _run_restore(input_uri, output_uri, task=task, executor=executor, model=model, route=route,
+                            config=config, limit=limit, overwrite=overwrite, echo=echo, stop=stop or StopSignals())
 
 
 def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: RestoreExecutor, model: str,
-                 config: RestoreConfig, limit: int | None, overwrite: bool, echo: Callable[[str], Any],
-                 stop: StopSignals) -> RestoreSummary:
+                 route: str | None, config: RestoreConfig, limit: int | None, overwrite: bool,
+                 echo: Callable[[str], Any], stop: StopSignals) -> RestoreSummary:
     started = time.time()
-    spec = get_task(task)  # ValueError naming the known tasks
+    router = load_route(route) if route is not None else None  # ValueError: one line
+    # A route's models all restore at the same size without a mask: the general task's stages.
+    spec = get_task("general" if router is not None else task)  # ValueError naming the known tasks
     job_id = manifest_lib.new_job_id()
     input_uri, output_uri = storage.absolute_uri(input_uri), storage.absolute_uri(output_uri)
     folder = manifest_lib.manifest_uri(output_uri)
@@ -326,18 +409,24 @@ def _run_restore(input_uri: str, output_uri: str, *, task: str, executor: Restor
         # Checked on the manifest's folder: on S3 the check leaves an empty folder marker, which
         # belongs there, not among the outputs.
         storage.check_writable(folder)
-    with users_storage_errors("--model", model):
-        restore_model = load_run_model(model, spec)
-    check_predictor_settings(config.predictor, restore_model.checkpoint.model.traits)
+    if router is not None:
+        with users_storage_errors("--route", route or ""):
+            routed = load_route_models(router)
+        job = StageContext(task=spec, job_id=job_id, config=config, model=next(iter(routed.values())),
+                           router=router, routed=routed)
+    else:
+        with users_storage_errors("--model", model):
+            job = StageContext(task=spec, job_id=job_id, config=config, model=load_run_model(model, spec))
+    for loaded in (job.routed or {SINGLE: job.model}).values():
+        check_predictor_settings(config.predictor, loaded.checkpoint.model.traits)
     with users_storage_errors("--output", output_uri):
         previous = manifest_lib.ManifestIndex(output_uri)
     with users_storage_errors("--input", input_uri):
-        plan = plan_restore(input_uri, output_uri, task=task, model_id=restore_model.model_id, config=config,
+        plan = plan_restore(input_uri, output_uri, task=job.task_name, model_id=job.model_id, config=config,
                             previous_manifest=previous, overwrite=overwrite, limit=limit)
     with plan:
-        return _run_plan(plan, executor=executor, job=StageContext(task=spec, job_id=job_id, config=config,
-                                                                  model=restore_model),
-                         input_uri=input_uri, output_uri=output_uri, started=started, echo=echo, stop=stop)
+        return _run_plan(plan, executor=executor, job=job, input_uri=input_uri, output_uri=output_uri,
+                         started=started, echo=echo, stop=stop)
 
 
 @dataclass
@@ -392,7 +481,7 @@ class _Progress:
 def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input_uri: str, output_uri: str,
               started: float, echo: Callable[[str], Any], stop: StopSignals) -> RestoreSummary:
     """Steps 2 to 4 of :func:`run_restore`, partition by partition of ``plan``."""
-    config, task, job_id = job.config, job.task.name, job.job_id
+    config, task, job_id = job.config, job.task_name, job.job_id
     folder = manifest_lib.manifest_uri(output_uri)
     with users_storage_errors("--output", output_uri):
         storage.write_bytes(storage.join(folder, manifest_lib.CONFIG_FILE), config_lib.to_yaml(config).encode())
@@ -508,9 +597,10 @@ def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor:
                                  forced=None if forced is None else forced.reason)
         summary = RestoreSummary(
             job_id=job.job_id,
-            task=job.task.name,
+            task=job.task_name,
             model_id=job.model_id,
-            model=job.model.describe(),
+            model=job.describe_model(),
+            models=None if job.router is None else {key: model.describe() for key, model in job.routed.items()},
             input=storage.redact(input_uri),
             output=storage.redact(output_uri),
             inputs=total,

@@ -47,11 +47,13 @@ from restoration.io.encode import encode_image, output_format_for
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
 from restoration.models.predictor import Predictor
 from restoration.restore.manifest import (
+    ASSESSMENT_FIELDS,
     COLUMNS,
     MANIFEST_SCHEMA,
     WORK_SCHEMA,
     error_row,
 )
+from restoration.quality.routing import SKIP, Router, image_measures
 from restoration.restore.settings import DEFAULT_PNG_COMPRESSION
 from restoration.tasks.specs import TaskSpec
 
@@ -85,14 +87,25 @@ PIPELINE_SCHEMA: Final[pa.Schema] = pa.schema(
         pa.field("out_width", pa.int32()),
         pa.field("out_height", pa.int32()),
         pa.field("seconds", pa.float64()),
-        # Set by the restore stage: see restoration.restore.manifest.
+        # Set by the restore stage (and by the read stage for a routed image): see
+        # restoration.restore.manifest.
         pa.field("mean_abs_change", pa.float64()),
         pa.field("strength", pa.float64()),
+        # Set by the read stage: the input's measures, and in a routed run its route.
+        *ASSESSMENT_FIELDS,
+        pa.field("route", pa.string()),
+        pa.field("route_reason", pa.string()),
+        pa.field("route_noise_level", pa.float64()),  # the noise-level map's sigma a rule set (null: the model's)
+        pa.field("route_quality_factor", pa.float64()),  # the JPEG quality a rule set (null: the model's)
+        # The input file's bytes, kept for an image routed to skip: written as they are when
+        # the output format is the input's.
+        pa.field("source", pa.large_binary()),
     ]
 )
 
-_BINARY: Final[tuple[str, ...]] = ("pixels", "alpha", "icc_profile", "exif", "xmp", "iptc")
-_CARRIED: Final[tuple[str, ...]] = ("icc_profile", "exif", "xmp", "iptc")
+_BINARY: Final[tuple[str, ...]] = ("pixels", "alpha", "icc_profile", "exif", "xmp", "iptc", "source")
+_CARRIED: Final[tuple[str, ...]] = ("icc_profile", "exif", "xmp", "iptc", "source")
+_MEASURES: Final[tuple[str, ...]] = tuple(measure.name for measure in ASSESSMENT_FIELDS)
 
 
 def _pipeline_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -170,20 +183,30 @@ def _skip_rows(work: pa.Table) -> pa.Table:
 
 def read_stage(
     work: pa.Table, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = 1 << 30,
-    outage_seconds: float | None = None,
+    outage_seconds: float | None = None, router: Router | None = None,
 ) -> pa.Table:
-    """Stat, read and decode every row of a work table (:data:`WORK_SCHEMA`).
+    """Stat, read, decode and assess every row of a work table (:data:`WORK_SCHEMA`).
 
-    Returns a :data:`PIPELINE_SCHEMA` table, one row per input: pixels for decoded images;
-    ``status="skipped"`` where ``previous_bytes`` equals the current size (nothing read);
-    ``status="error"`` for missing, unreadable, over-size or undecodable files, and for files
-    the store did not serve within ``outage_seconds`` (None: this process's budget as it is).
+    Returns a :data:`PIPELINE_SCHEMA` table, one row per input: pixels and measures
+    (:func:`restoration.quality.assess.assess`) for decoded images; ``status="skipped"`` where
+    ``previous_bytes`` equals the current size (nothing read); ``status="error"`` for missing,
+    unreadable, over-size or undecodable files, and for files the store did not serve within
+    ``outage_seconds`` (None: this process's budget as it is). With a ``router`` (``--model
+    auto``, ``--route``), each image's route, reason and strength are decided here; an image
+    routed to ``skip`` keeps its file's bytes.
     """
     with outages.outage_budget(outage_seconds):
-        return _read_rows(work, max_pixels=max_pixels, max_bytes=max_bytes)
+        return _read_rows(work, max_pixels=max_pixels, max_bytes=max_bytes, router=router)
 
 
-def _read_rows(work: pa.Table, *, max_pixels: int, max_bytes: int) -> pa.Table:
+def measures_of(image: DecodedImage, data: bytes) -> dict[str, Any]:
+    """What a route's conditions read (:data:`restoration.quality.assess.MEASURES`): the
+    assessment of ``image`` (decoded from the file bytes ``data``), its size, channels, bit depth
+    and whether it is a JPEG file."""
+    return image_measures(image.pixels, data=data, bit_depth=image.bit_depth, is_jpeg=image.format == "JPEG")
+
+
+def _read_rows(work: pa.Table, *, max_pixels: int, max_bytes: int, router: Router | None) -> pa.Table:
     rows = []
     for item in work.to_pylist():
         start = time.perf_counter()
@@ -217,8 +240,15 @@ def _read_rows(work: pa.Table, *, max_pixels: int, max_bytes: int) -> pa.Table:
             channels=image.channels, bit_depth=image.bit_depth, pixels=image.pixels.tobytes(),
             alpha=None if image.alpha is None else image.alpha.tobytes(), icc_profile=image.icc_profile,
             exif=image.metadata.exif, xmp=image.metadata.xmp, iptc=image.metadata.iptc,
-            seconds=time.perf_counter() - start,
         )
+        measures = measures_of(image, data)
+        row.update({name: measures[name] for name in _MEASURES})
+        if router is not None:
+            decision = router.decide(measures)
+            row.update(route=decision.route, route_reason=decision.reason, strength=decision.strength,
+                       route_noise_level=decision.noise_level, route_quality_factor=decision.quality_factor,
+                       source=data if decision.route == SKIP else None)
+        row["seconds"] = time.perf_counter() - start
         rows.append(row)
     return _pipeline_table(rows)
 
@@ -239,25 +269,27 @@ def _failed(row: dict[str, Any], stage: str, message: str, start: float) -> dict
 # Stage 2: restore (the model's actors)
 
 
-def restore_stage(predictor: Predictor, table: pa.Table, *, task: type[TaskSpec]) -> pa.Table:
+def restore_stage(predictor: Predictor | Mapping[str, Predictor], table: pa.Table, *,
+                  task: type[TaskSpec]) -> pa.Table:
     """Restore the pending rows of a :data:`PIPELINE_SCHEMA` table with a
-    :class:`restoration.models.predictor.Predictor`; rows with a status pass through unchanged.
+    :class:`restoration.models.predictor.Predictor`, or in a routed run with the predictor of
+    each row's ``route`` (a mapping from route keys) at the row's ``strength``; rows with a
+    status pass through unchanged, and rows routed to ``skip`` keep their pixels.
 
-    Same-sized images share forward passes; if a batch fails, its images are retried one by
-    one, and an image that fails alone becomes an error row (stage ``restore``). Restored
-    pixels keep the input's channel count and bit depth; alpha is resized with them (SR), or
-    dropped for tasks with a mask input (inpainting), where alpha 0 marks the missing pixels.
-    Each restored row records ``mean_abs_change`` (:func:`mean_abs_change`) and the
-    predictor's ``strength``. ``task``: the run's task spec class.
+    Same-sized images of one route and strength share forward passes; if a batch fails, its
+    images are retried one by one, and an image that fails alone becomes an error row (stage
+    ``restore``). Restored pixels keep the input's channel count and bit depth; alpha is resized
+    with them (SR), or dropped for tasks with a mask input (inpainting), where alpha 0 marks the
+    missing pixels. Each restored row records ``mean_abs_change`` (:func:`mean_abs_change`) and
+    the strength used. ``task``: the run's task spec class.
     """
-    import torch
-
     takes_mask = task.mask_input
-    strength = float(getattr(predictor, "strength", 1.0))
     rows = _work_rows(table)
     buffers = _buffers(table)
-    pending: list[int] = []
+    groups: dict[tuple[str | None, float, float | None, float | None], list[int]] = {}
     images: dict[int, DecodedImage] = {}
+    results: dict[int, np.ndarray] = {}
+    seconds: dict[int, float] = {}
     for index, row in enumerate(rows):
         if row["status"] is not None:
             continue
@@ -266,39 +298,26 @@ def restore_stage(predictor: Predictor, table: pa.Table, *, task: type[TaskSpec]
             if takes_mask and image.alpha is None:
                 raise ValueError(f"{task.name} reads the missing pixels from the alpha channel "
                                  "(alpha 0 = missing), and this image has no alpha")
+            route = row.get("route")
+            if isinstance(predictor, Mapping) and route != SKIP and route not in predictor:
+                raise ValueError(f"route {route!r} has no model in this worker")
         except ValueError as error:
             _failed(row, "restore", str(error), time.perf_counter())
             continue
         images[index] = image
-        pending.append(index)
+        if route == SKIP:
+            results[index], seconds[index] = image.pixels, 0.0
+            continue
+        strength = row["strength"] if route is not None else float(getattr(predictor, "strength", 1.0))
+        groups.setdefault((route, strength, row.get("route_noise_level"), row.get("route_quality_factor")),
+                          []).append(index)
+        row["strength"] = strength
 
-    results: dict[int, np.ndarray] = {}
-    seconds: dict[int, float] = {}
-
-    def run(indices: list[int]) -> None:
-        tensors = [pixels_to_tensor(images[i].pixels) for i in indices]
-        masks = None
-        if takes_mask:
-            masks = [torch.from_numpy((images[i].alpha == 0).astype(np.float32))[None] for i in indices]
-        start = time.perf_counter()
-        outputs = predictor.restore_many(tensors, masks)
-        elapsed = time.perf_counter() - start
-        total = sum(images[i].width * images[i].height for i in indices)
-        for i, output in zip(indices, outputs, strict=True):
-            results[i] = tensor_to_pixels(output.clamp(0, 1), dtype=images[i].pixels.dtype)
-            seconds[i] = elapsed * images[i].width * images[i].height / total
-
-    if pending:
-        try:
-            run(pending)
-        except Exception:  # one bad image must not fail its batch: retry them one by one
-            for index in pending:
-                if index in results:
-                    continue
-                try:
-                    run([index])
-                except Exception as error:  # noqa: BLE001 -- any model failure is this image's error
-                    _failed(rows[index], "restore", f"{type(error).__name__}: {error}", time.perf_counter())
+    for (route, strength, noise_level, quality_factor), indices in groups.items():
+        model = predictor[route] if isinstance(predictor, Mapping) else predictor
+        _restore_group(model, indices, strength=strength, noise_level=noise_level, quality_factor=quality_factor,
+                       images=images, rows=rows, results=results, seconds=seconds, takes_mask=takes_mask,
+                       routed=route is not None)
 
     columns: dict[str, list[Any]] = {name: [] for name in _BINARY}
     for index, row in enumerate(rows):
@@ -309,7 +328,7 @@ def restore_stage(predictor: Predictor, table: pa.Table, *, task: type[TaskSpec]
         source = images[index]
         restored = with_pixels(source, results[index])
         alpha = None if takes_mask else restored.alpha
-        row.update(out_height=restored.height, out_width=restored.width, strength=strength,
+        row.update(out_height=restored.height, out_width=restored.width,
                    mean_abs_change=mean_abs_change(source.pixels, restored.pixels),
                    seconds=(row["seconds"] or 0.0) + seconds[index])
         columns["pixels"].append(restored.pixels.tobytes())
@@ -318,6 +337,54 @@ def restore_stage(predictor: Predictor, table: pa.Table, *, task: type[TaskSpec]
             columns[name].append(_bytes(buffers[index][name]))
     columns |= {name: [row.get(name) for row in rows] for name in PIPELINE_SCHEMA.names if name not in _BINARY}
     return pa.Table.from_pydict(columns, schema=PIPELINE_SCHEMA)
+
+
+def _restore_group(predictor: Predictor, indices: list[int], *, strength: float, noise_level: float | None,
+                   quality_factor: float | None, images: dict[int, DecodedImage],
+                   rows: list[dict[str, Any]], results: dict[int, np.ndarray], seconds: dict[int, float],
+                   takes_mask: bool, routed: bool) -> None:
+    """Restore ``indices`` (one route, strength, noise level and quality factor) into ``results``
+    and ``seconds``; retry a failed batch one image at a time, an image that fails alone becomes
+    an error row. The predictor's settings are put back afterwards."""
+    import torch
+
+    def run(batch: list[int]) -> None:
+        tensors = [pixels_to_tensor(images[i].pixels) for i in batch]
+        masks = None
+        if takes_mask:
+            masks = [torch.from_numpy((images[i].alpha == 0).astype(np.float32))[None] for i in batch]
+        start = time.perf_counter()
+        outputs = predictor.restore_many(tensors, masks)
+        elapsed = time.perf_counter() - start
+        total = sum(images[i].width * images[i].height for i in batch)
+        for i, output in zip(batch, outputs, strict=True):
+            results[i] = tensor_to_pixels(output.clamp(0, 1), dtype=images[i].pixels.dtype)
+            seconds[i] = elapsed * images[i].width * images[i].height / total
+
+    model = predictor.model
+    configured = predictor.strength, getattr(model, "noise_level", None), getattr(model, "quality_factor", None)
+    if routed:  # the route's settings for this group; the predictor's own otherwise
+        predictor.strength = strength
+        if noise_level is not None:
+            model.noise_level = noise_level
+        if model.traits.quality_factor:
+            model.quality_factor = quality_factor
+    try:
+        run(indices)
+    except Exception:  # one bad image must not fail its batch: retry them one by one
+        for index in indices:
+            if index in results:
+                continue
+            try:
+                run([index])
+            except Exception as error:  # noqa: BLE001 -- any model failure is this image's error
+                _failed(rows[index], "restore", f"{type(error).__name__}: {error}", time.perf_counter())
+    finally:
+        predictor.strength = configured[0]
+        if noise_level is not None:
+            model.noise_level = configured[1]
+        if model.traits.quality_factor:
+            model.quality_factor = configured[2]
 
 
 def mean_abs_change(source: np.ndarray, restored: np.ndarray) -> float:
@@ -390,6 +457,7 @@ def _encode_rows(table: pa.Table, *, task: str, model_id: str, job_id: str, outp
             "source_uri": row["source_uri"], "task": task, "model_id": model_id, "job_id": job_id,
             "width": row["width"], "height": row["height"], "mode": row["mode"], "format": row["format"],
             "channels": row["channels"], "bit_depth": row["bit_depth"], "bytes_in": row["bytes_in"],
+            **{name: row[name] for name in (*_MEASURES, "route", "route_reason")},
         }
         if row["status"] == "skipped":
             manifest_rows.append({"source_uri": row["source_uri"], "output_uri": row["output_uri"],
@@ -404,8 +472,10 @@ def _encode_rows(table: pa.Table, *, task: str, model_id: str, job_id: str, outp
         try:
             image = _unpack(row, buffers[index], restored=True)
             written_format = target_format(row["format"], output_format)
-            data = encode_image(image, written_format, quality=quality, png_compression=png_compression,
-                                strip_metadata=strip_metadata)
+            data = _bytes(buffers[index]["source"])
+            if data is None or written_format != row["format"] or strip_metadata:  # else: skipped, the same bytes
+                data = encode_image(image, written_format, quality=quality, png_compression=png_compression,
+                                    strip_metadata=strip_metadata)
             stage = "write"
             storage.write_bytes(row["output_uri"], data)
         except Exception as error:  # noqa: BLE001 -- an encoder or storage failure is this image's error

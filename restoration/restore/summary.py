@@ -89,6 +89,7 @@ class RestoreSummary(_Record):
     pipeline_started_epoch: float | None = None
     executor: str | None = None  # "local", "ray"
     stopped: StopRecord | None = None  # None: the run went to its end
+    models: dict[str, ModelRecord] | None = None  # a routed run's models, by route key (None: one model)
 
     def to_json(self) -> str:
         """The text of ``_summary.json``: every key, sorted, indented by 2, a final newline."""
