@@ -143,7 +143,7 @@ def test_empty_output_has_an_empty_manifest(tmp_path: Path) -> None:
 
 
 def test_rows_record_the_change_and_the_strength_and_count_unchanged_images() -> None:
-    assert m.MANIFEST_VERSION == 2 and m.UNCHANGED_THRESHOLD == 0.5
+    assert m.MANIFEST_VERSION == 3 and m.UNCHANGED_THRESHOLD == 0.5
     for name in ("mean_abs_change", "strength"):
         assert m.MANIFEST_SCHEMA.field(name).type == pa.float64()
     table = m.rows_to_table([
@@ -159,24 +159,28 @@ def test_rows_record_the_change_and_the_strength_and_count_unchanged_images() ->
     assert m.count_unchanged(m.rows_to_table([row])) == 0  # skipped rows were not restored by this run
 
 
-def test_version_1_manifests_are_read_with_the_new_columns_null(tmp_path: Path) -> None:
-    """An output restored before version 2 can be run again: its rows read back, without the
-    change and strength columns they never had."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_manifests_are_read_with_the_new_columns_null(tmp_path: Path, version: int) -> None:
+    """An output restored by an older version can be run again: its rows read back, without the
+    columns they never had (version 2 added change and strength, version 3 the measures and
+    routes)."""
     folder = tmp_path / "out/_manifest"
     folder.mkdir(parents=True)
     job = m.new_job_id()
-    version_1 = m.rows_to_table([ok("in/a.png", job)]).drop_columns(["mean_abs_change", "strength"])
-    version_1 = version_1.replace_schema_metadata({b"restoration.restore.manifest.version": b"1"})
+    added = [name for later in range(version + 1, m.MANIFEST_VERSION + 1) for name in m._ADDED_IN[later]]
+    assert {"noise_sigma", "route", "route_reason"} <= set(added)
+    older = m.rows_to_table([ok("in/a.png", job)]).drop_columns(added)
+    older = older.replace_schema_metadata({b"restoration.restore.manifest.version": str(version).encode()})
     buffer = io.BytesIO()
-    pq.write_table(version_1, buffer)
+    pq.write_table(older, buffer)
     (folder / f"{job}-manifest.parquet").write_bytes(buffer.getvalue())
     table = m.read_manifest(str(tmp_path / "out"))
     assert table.schema.equals(m.MANIFEST_SCHEMA)
     [row] = table.to_pylist()
-    assert row["source_uri"] == "in/a.png" and row["mean_abs_change"] is None and row["strength"] is None
+    assert row["source_uri"] == "in/a.png" and all(row[name] is None for name in added)
     # Compaction by the next run rewrites it at the current version.
     writer = m.ManifestWriter(str(tmp_path / "out"), m.new_job_id())
     writer.add_rows([ok("in/b.png", writer.job_id, mean_abs_change=1.0, strength=1.0)])
     final = writer.close()
-    assert pq.read_schema(final).metadata[b"restoration.restore.manifest.version"] == b"2"
+    assert pq.read_schema(final).metadata[b"restoration.restore.manifest.version"] == str(m.MANIFEST_VERSION).encode()
     assert len(m.read_manifest(str(tmp_path / "out"))) == 2
