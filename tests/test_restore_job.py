@@ -363,32 +363,36 @@ def test_a_named_model_gives_spandrels_pixels_on_ray(ray_cluster: None, tmp_path
 
 @pytest.mark.timeout(600)
 def test_model_auto_on_ray_routes_and_restores_as_the_local_run(ray_cluster: None, tmp_path: Path) -> None:
-    """``--model auto`` on the Ray Data job: every actor holds the four shipped models (their bytes
-    shipped once through the object store), the read stage measures and routes each image, and
-    the outputs, routes and measures are those of the same run without Ray; clean inputs come
-    back byte for byte."""
+    """``--model auto`` on the Ray Data job, fused and split pipelines: every actor holds the route's
+    shipped models (their bytes shipped once through the object store), the read stage (in the
+    actor, or in Ray Data's CPU tasks) measures and routes each image, and the outputs, routes and
+    measures are those of the same run without Ray; clean inputs come back byte for byte."""
     from test_routing import AUTO_ROUTES, write_archive
 
     from jobs.restore import main
     from jobs.cli import main as local_main
 
     archive = write_archive(tmp_path / "in")
-    for run, output in ((main, "ray"), (local_main, "local")):
+    for output, extra in (("fused", ["pipeline.stages=fused"]), ("split", ["pipeline.stages=split"]), ("local", None)):
         arguments = ["--input", str(archive), "--output", str(tmp_path / output), "--model", "auto",
                      "--set", "predictor.precision=fp32"]
         with contextlib.redirect_stdout(io.StringIO()):
-            code = run(arguments + ["--set", "pipeline.max_actors=1"] if run is main else ["restore", "--no-ray", *arguments])
+            if extra is None:
+                code = local_main(["restore", "--no-ray", *arguments])
+            else:
+                code = main([*arguments, "--set", "pipeline.max_actors=1", "--set", *extra])
         assert code == 0
-    ray_rows, local_rows = ({Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / output)).to_pylist()}
-                            for output in ("ray", "local"))
-    assert {name: row["route"] for name, row in ray_rows.items()} == AUTO_ROUTES
-    for name, row in ray_rows.items():
-        assert row["status"] == "ok" and row["route_reason"] == local_rows[name]["route_reason"]
-        assert row["noise_sigma"] == local_rows[name]["noise_sigma"] and row["blur"] == local_rows[name]["blur"]
-        ray_pixels, local_pixels = (np.asarray(Image.open(tmp_path / output / name)).astype(int) for output in ("ray", "local"))
-        assert np.abs(ray_pixels - local_pixels).max() <= 1, name
-        if row["route"] == "skip":
-            assert (tmp_path / "ray" / name).read_bytes() == (archive / name).read_bytes()
+    local_rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / "local")).to_pylist()}
+    for output in ("fused", "split"):
+        ray_rows = {Path(row["source_uri"]).name: row for row in read_manifest(str(tmp_path / output)).to_pylist()}
+        assert {name: row["route"] for name, row in ray_rows.items()} == AUTO_ROUTES, output
+        for name, row in ray_rows.items():
+            assert row["status"] == "ok" and row["route_reason"] == local_rows[name]["route_reason"]
+            assert row["noise_sigma"] == local_rows[name]["noise_sigma"] and row["blur"] == local_rows[name]["blur"]
+            ray_pixels, local_pixels = (np.asarray(Image.open(tmp_path / run / name)).astype(int) for run in (output, "local"))
+            assert np.abs(ray_pixels - local_pixels).max() <= 1, (output, name)
+            if row["route"] == "skip":
+                assert (tmp_path / output / name).read_bytes() == (archive / name).read_bytes()
 
 
 @pytest.mark.timeout(600)

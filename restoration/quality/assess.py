@@ -257,8 +257,9 @@ def _coarse_noise(image: np.ndarray) -> float:
     values = sliding_window_view(image, (size, size), axis=(0, 1))[rows, columns].astype(np.float32)  # N x C x 14 x 14
     if image.dtype == np.uint16:
         values *= np.float32(255 / 65535)
-    luma = values[:, 0] if channels == 1 else np.einsum("nchw,c->nhw", values, _LUMA)
-    half = np.ascontiguousarray(luma.reshape(count, _PATCH, 2, _PATCH, 2).mean(axis=(2, 4)).reshape(count, _PATCH_VALUES))
+    quads = values[..., 0::2, 0::2] + values[..., 1::2, 0::2] + values[..., 0::2, 1::2] + values[..., 1::2, 1::2]
+    luma = quads[:, 0] if channels == 1 else np.tensordot(quads, _LUMA, axes=([1], [0]))  # N x 7 x 7
+    half = np.ascontiguousarray(luma.reshape(count, _PATCH_VALUES)) * np.float32(0.25)
     planes = (half @ _PLANE).astype(np.float64)
     residuals = np.einsum("ij,ij->i", half, half).astype(np.float64) - np.square(planes) @ (1 / _PLANE_NORMS)
     return 2.0 * math.sqrt(_channel_noise_variance(half, residuals, planes[:, 0] / _PATCH_VALUES))

@@ -361,14 +361,18 @@ def _restore_group(predictor: Predictor, indices: list[int], *, strength: float,
             results[i] = tensor_to_pixels(output.clamp(0, 1), dtype=images[i].pixels.dtype)
             seconds[i] = elapsed * images[i].width * images[i].height / total
 
-    model = predictor.model
-    configured = predictor.strength, getattr(model, "noise_level", None), getattr(model, "quality_factor", None)
-    if routed:  # the route's settings for this group; the predictor's own otherwise
-        predictor.strength = strength
+    # A routed group: the route's strength (the predictor's) and settings (its model's) while it
+    # runs; a run with one model leaves the predictor as it was configured.
+    targets: list[tuple[Any, str, Any]] = []
+    if routed:
+        targets.append((predictor, "strength", strength))
         if noise_level is not None:
-            model.noise_level = noise_level
-        if model.traits.quality_factor:
-            model.quality_factor = quality_factor
+            targets.append((predictor.model, "noise_level", noise_level))
+        if predictor.model.traits.quality_factor:
+            targets.append((predictor.model, "quality_factor", quality_factor))
+    saved = [(target, name, getattr(target, name)) for target, name, _ in targets]
+    for target, name, value in targets:
+        setattr(target, name, value)
     try:
         run(indices)
     except Exception:  # one bad image must not fail its batch: retry them one by one
@@ -380,11 +384,8 @@ def _restore_group(predictor: Predictor, indices: list[int], *, strength: float,
             except Exception as error:  # noqa: BLE001 -- any model failure is this image's error
                 _failed(rows[index], "restore", f"{type(error).__name__}: {error}", time.perf_counter())
     finally:
-        predictor.strength = configured[0]
-        if noise_level is not None:
-            model.noise_level = configured[1]
-        if model.traits.quality_factor:
-            model.quality_factor = configured[2]
+        for target, name, value in saved:
+            setattr(target, name, value)
 
 
 def mean_abs_change(source: np.ndarray, restored: np.ndarray) -> float:
