@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from reporting import emit  # noqa: E402
 from restoration.models.checkpoint import load_checkpoint, resolve_model  # noqa: E402
 from restoration.models.predictor import Predictor, PredictorConfig, cpu_has_fast_bf16  # noqa: E402
 from restoration.quality.assess import (  # noqa: E402
@@ -231,11 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "cost": cost_rows(colour, args.repeats),
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reporting import emit  # noqa: E402
 from restoration.models.checkpoint import load_checkpoint, resolve_model  # noqa: E402
 from restoration.models.predictor import Predictor, PredictorConfig  # noqa: E402
 from restoration.quality.assess import assess  # noqa: E402
@@ -233,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     if args.rows:
         Path(args.rows).write_text(json.dumps(rows, indent=1) + "\n")
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from test_community_models import _architectures, save_model  # noqa: E402
 
+from reporting import emit  # noqa: E402
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels  # noqa: E402
 from restoration.models.checkpoint import load_checkpoint  # noqa: E402
 from restoration.models.predictor import Predictor, PredictorConfig, cpu_has_fast_bf16  # noqa: E402
@@ -84,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                           "hardware_bf16": cpu_has_fast_bf16()},
               "size": args.size, "repeats": args.repeats, "weights": "random (small instances)", "models": rows}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

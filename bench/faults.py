@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from local.s3server import LocalS3Server  # noqa: E402
+from reporting import emit  # noqa: E402
 from restoration.restore.manifest import MANIFEST_DIR, read_manifest  # noqa: E402
 
 
@@ -314,11 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             report["scenarios"][name] = result
             print(json.dumps({name: result}), flush=True)
     report["load_average_1min"] = os.getloadavg()[0]
-    text = json.dumps(report, indent=2, sort_keys=True)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.out, sort_keys=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reporting import emit  # noqa: E402
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels  # noqa: E402
 from restoration.models import catalog  # noqa: E402
 from restoration.models.checkpoint import load_checkpoint, resolve_model  # noqa: E402
@@ -88,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                           "hardware_bf16": cpu_has_fast_bf16()},
               "size": args.size, "repeats": args.repeats, "weights": "real (the models extra's packages)",
               "models": rows}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":
