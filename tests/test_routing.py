@@ -186,6 +186,7 @@ def test_model_auto_routes_each_image_and_leaves_clean_ones_alone(archive: Path,
     summary = RestoreSummary.from_json((tmp_path / "out" / "_manifest" / "_summary.json").read_text())
     assert summary.task == "route" and summary.model is not None and summary.model.architecture == "route"
     assert sorted(summary.models or {}) == ["deblur", "denoise", "jpeg"]
+    assert summary.routes == {SKIP: 2, "denoise": 2, "jpeg": 1}
     assert all(record.licence == "Apache-2.0" for record in (summary.models or {}).values())
     # the same command again: every input done, nothing restored twice
     code, error = _restore("--input", str(archive), "--output", str(tmp_path / "out"), "--model", "auto")

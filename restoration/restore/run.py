@@ -439,6 +439,7 @@ class _Progress:
     skipped: int = 0  # inputs found restored by an earlier run
     megapixels: float = 0.0  # input megapixels of the ok rows
     unchanged: int = 0  # ok rows the model changed by less than manifest.unchanged_threshold
+    routes: dict[str, int] = field(default_factory=dict)  # ok rows by route (a routed run's)
     first: tuple[float, int] | None = None  # (when, rows) of the first rows back: start-up is not work
     last_line: float = field(default_factory=time.monotonic)  # when the last progress line was printed
 
@@ -454,6 +455,11 @@ class _Progress:
         self.processed += rows.num_rows
         self.megapixels += _ok_megapixels(rows)
         self.unchanged += manifest_lib.count_unchanged(rows, self.unchanged_threshold)
+        routed = rows.filter(pc.and_(pc.equal(rows.column("status"), "ok"), pc.is_valid(rows.column("route"))))
+        if routed.num_rows:
+            counts = pc.value_counts(routed.column("route"))
+            for route, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
+                self.routes[route] = self.routes.get(route, 0) + count
         if self.first is None and rows.num_rows:
             self.first = (time.monotonic(), self.processed)
 
@@ -531,6 +537,7 @@ def _run_plan(plan: Plan, *, executor: RestoreExecutor, job: StageContext, input
                                        kept=False), EXIT_STORAGE) from error
     return _finish(writer, job=job, executor=executor, input_uri=input_uri, output_uri=output_uri, total=total,
                    started=started, listed=listed, megapixels=progress.megapixels, unchanged=progress.unchanged,
+                   routes=progress.routes or None,
                    stop=stop, forced=forced, echo=echo)
 
 
@@ -576,7 +583,8 @@ def _stopped_line(reason: str, writer: manifest_lib.ManifestWriter, total: int, 
 
 def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor: RestoreExecutor, input_uri: str,
             output_uri: str, total: int, started: float, listed: float, megapixels: float, unchanged: int,
-            stop: StopSignals, forced: StopNow | None, echo: Callable[[str], Any]) -> RestoreSummary:
+            routes: dict[str, int] | None, stop: StopSignals, forced: StopNow | None,
+            echo: Callable[[str], Any]) -> RestoreSummary:
     """Step 4 of :func:`run_restore`: the last manifest part, compaction, ``_summary.json``."""
     config = job.config
     folder = manifest_lib.manifest_uri(output_uri)
@@ -606,6 +614,7 @@ def _finish(writer: manifest_lib.ManifestWriter, *, job: StageContext, executor:
             inputs=total,
             counts=Counts(**writer.counts),
             unchanged=unchanged,
+            routes=routes,
             unchanged_threshold=config.manifest.unchanged_threshold,
             duplicates_dropped=writer.duplicates,
             images_per_second=writer.counts["ok"] / pipeline_seconds,

@@ -90,6 +90,7 @@ class RestoreSummary(_Record):
     executor: str | None = None  # "local", "ray"
     stopped: StopRecord | None = None  # None: the run went to its end
     models: dict[str, ModelRecord] | None = None  # a routed run's models, by route key (None: one model)
+    routes: dict[str, int] | None = None  # a routed run's restored images by route ("skip": written unchanged)
 
     def to_json(self) -> str:
         """The text of ``_summary.json``: every key, sorted, indented by 2, a final newline."""
@@ -112,6 +113,9 @@ def format_summary(summary: RestoreSummary) -> str:
     lines = [(f"restored {counts.ok} of {summary.inputs} inputs "
               f"(errors {counts.error}, skipped {counts.skipped}) in {summary.wall_seconds:.1f} s: "
               f"{summary.images_per_second:.2f} images/s, {summary.megapixels_per_second:.3f} megapixels/s")]
+    if summary.routes:
+        shown = ", ".join(f"{route} {count}" for route, count in sorted(summary.routes.items(), key=lambda item: -item[1]))
+        lines.append(f"routes: {shown} (skip: written unchanged; manifest columns route and route_reason)")
     if summary.unchanged:
         lines.append(f"unchanged: {summary.unchanged} of the {counts.ok} restored images changed by less than "
                      f"{summary.unchanged_threshold or 0:g} levels on average (manifest column mean_abs_change)")
