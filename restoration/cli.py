@@ -496,6 +496,12 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=TASK_NAMES)
     p.add_argument("--train-images", required=True, help="folder, file:// or s3:// prefix of clean training images")
     p.add_argument("--val-images", required=True, help="folder or prefix of clean validation images")
+    p.add_argument("--train-inputs", default=None, metavar="URI",
+                   help="train on pairs: the input of each --train-images image (the degraded image, or what "
+                        "another model made of it), matched by relative path, extension aside; nothing is "
+                        "synthesized (e.g. a restore job's --input beside its --output)")
+    p.add_argument("--val-inputs", default=None, metavar="URI",
+                   help="with --train-inputs: the inputs of the --val-images, matched the same way")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's, 1000)")
     p.add_argument("--storage", required=True, help="folder or s3:// prefix for checkpoints and the final model")
     p.add_argument("--name", required=True, help="run name; re-running the same name resumes it")
@@ -527,6 +533,8 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
 
     if args.cpus_per_worker <= 0:
         raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
+    if args.val_inputs is not None and args.train_inputs is None:
+        raise FinetuneInputError("--val-inputs goes with --train-inputs (training on pairs)")
     if args.max_failures < 0:
         raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
     local = args.no_ray or ray_executor is None
@@ -536,7 +544,8 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
         check_licence([args.init], args.task, args, flag="--init")
     plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,
                          storage_uri=args.storage, name=args.name, workers=args.workers, init=args.init,
-                         config_path=args.config, overrides=args.overrides, steps=args.steps)
+                         config_path=args.config, overrides=args.overrides, steps=args.steps,
+                         train_inputs=args.train_inputs, val_inputs=args.val_inputs)
     check_resumable(plan, latest_checkpoint(plan))
     if local:
         executor: FinetuneExecutor = LocalFinetuneExecutor("cuda" if args.use_gpu else "cpu")

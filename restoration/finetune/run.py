@@ -41,6 +41,7 @@ from restoration.finetune.checkpoints import (
 from restoration.finetune.data import (
     load_training_images,
     load_worker_images,
+    match_pairs,
     shard_messages,
 )
 from restoration.finetune.settings import (
@@ -104,6 +105,10 @@ class FinetunePlan:
     init: str | None
     #: the ``--init`` model's licence: a model fine-tuned from it keeps it (not its architecture's)
     init_licence: str | None = None
+    #: training on pairs: each training / validation image's input, in the same order (None:
+    #: degradations are synthesized from the images, as the task's spec draws them)
+    train_inputs: list[str] | None = None
+    val_inputs: list[str] | None = None
 
     @property
     def run_uri(self) -> str:
@@ -153,10 +158,16 @@ def plan_finetune(
     config_path: str | None = None,
     overrides: list[str] | None = None,
     steps: int | None = None,
+    train_inputs: str | None = None,
+    val_inputs: str | None = None,
 ) -> FinetunePlan:
     """Check everything a run needs before any worker starts: the config (every setting), the
     image folders (listed, a sample decoded), the ``init`` checkpoint's architecture, and that the
     storage can be written (the resolved ``config.yaml`` is the probe, and stays beside the run).
+
+    Training on pairs: ``train_inputs`` (and ``val_inputs``) hold each image's input, matched to
+    the images by relative path, extension aside (:func:`restoration.finetune.data.match_pairs`);
+    images without an input are left out and counted, and nothing is synthesized.
 
     Raises:
         FinetuneInputError: one line naming the bad value (storage errors redacted).
@@ -194,10 +205,20 @@ def plan_finetune(
     train_uris = _list(train_images, "--train-images")
     if config.data.max_images is not None:
         train_uris = train_uris[: config.data.max_images]
+    train_pairs = val_pairs = None
+    if train_inputs is not None:
+        if config.degradation.mask_input:
+            raise FinetuneInputError(f"--train-inputs: --task {task} reads its mask from the images; it trains on "
+                                     "synthesized masks only")
+        train_uris, train_pairs = _pairs(train_uris, train_images, train_inputs, "--train-inputs")
     if len(train_uris) < workers:
         raise FinetuneInputError(f"--train-images: {len(train_uris)} images cannot be split over {workers} workers")
     _check_some_decode(train_uris, "--train-images", min_size=config.data.crop_size)
-    val_uris = _list(val_images, "--val-images")[: config.validation.limit]
+    val_uris = _list(val_images, "--val-images")
+    if val_inputs is not None:
+        val_uris, val_pairs = _pairs(val_uris, val_images, val_inputs, "--val-inputs")
+        val_pairs = val_pairs[: config.validation.limit]
+    val_uris = val_uris[: config.validation.limit]
     _check_some_decode(val_uris, "--val-images", every=True)
     if init is not None and init != "default" and not (is_model_name(init) and not Path(init).exists()):
         init = storage.absolute_uri(init)  # a model name (``restoration models``) stays a name
@@ -219,7 +240,20 @@ def plan_finetune(
         raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: "
                                  f"{message or storage.redact(str(exc))}") from None
     return FinetunePlan(config, train_uris, val_uris, train_images, val_images, storage_uri, name, init,
-                        init_licence if init is not None else None)
+                        init_licence if init is not None else None, train_pairs, val_pairs)
+
+
+def _pairs(uris: list[str], root: str, inputs: str, flag: str) -> tuple[list[str], list[str]]:
+    """The images of ``uris`` (under ``root``) that have an input under ``inputs``, and theirs."""
+    inputs = storage.absolute_uri(inputs)
+    targets, matched, unmatched = match_pairs(uris, root, _list(inputs, flag), inputs)
+    if not targets:
+        raise FinetuneInputError(f"{flag} {storage.redact(inputs)}: no input matches an image by its relative path "
+                                 f"(e.g. {storage.redact(uris[0])})")
+    if unmatched:
+        print(f"{flag}: {unmatched} of {len(uris)} images have no input under {storage.redact(inputs)}; "
+              "left out", flush=True)
+    return targets, matched
 
 
 def check_resumable(plan: FinetunePlan, checkpoint: str | None) -> None:
@@ -267,6 +301,7 @@ def provenance(plan: FinetunePlan, *, workers: int, device_name: str, image_coun
     return {
         "train_images": plan.train_images,
         "val_images": plan.val_images,
+        "trained_on": "pairs" if plan.train_inputs is not None else "synthesized degradations",
         "train_image_count": image_count,
         "skipped_images": skipped,
         "task": config.task,
@@ -403,7 +438,8 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
             print(text, flush=True)
 
     images = load_worker_images(plan.train_uris, plan.val_uris, rank=rank, world_size=world_size,
-                                min_size=config.data.crop_size)
+                                min_size=config.data.crop_size, train_inputs=plan.train_inputs,
+                                val_inputs=plan.val_inputs, scale=config.degradation.scale)
     shard = images.shard
     counts = torch.tensor([shard.usable, shard.bad, int(shard.usable == 0)], dtype=torch.int64)
     if world_size > 1:
@@ -426,7 +462,8 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
         model = start_model(config.network_config(), plan.init, backbone_weights=config.backbone_weights,
                             resume=resume.directory if resume is not None else None)
         trainer = Trainer(config, model, CropSampler(shard.images, config, rank=rank), device=device, wrap=wrap,
-                          val_samples=images.validation, world_size=world_size, rank=rank, progress=say)
+                          val_samples=images.validation, val_pairs=images.validation_pairs, world_size=world_size,
+                          rank=rank, progress=say)
         if resume is not None:
             trainer.resume(resume.directory)
     say(start_message(trainer, plan.init, resume.name if resume else None))

@@ -47,6 +47,7 @@ from restoration.models.fused import FusedRestorationNet
 from restoration.models.interface import RestorationModel
 from restoration.quality.metrics import quantize, score_tensors
 from restoration.tasks import degradations
+from restoration.tasks.specs import EvalSample
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,13 @@ def to_gray8(rgb: Tensor) -> Tensor:
 GRADIENT_CHECK_STEP = 3
 
 
+def _at_size(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A pair's input at its target's size (bicubic): what a model that changes nothing returns."""
+    if pixels.shape[:2] == tuple(size):
+        return pixels
+    return degradations.bicubic_upsample_uint8(pixels, size[0] // pixels.shape[0])
+
+
 class CropSampler:
     """Deterministic stream of (gt, lq, mask) training samples from a worker's images.
 
@@ -80,11 +88,14 @@ class CropSampler:
         self.spec = config.degradation
         self.seed = config.seed
         self.gray_fraction = config.data.gray_fraction
+        self.scale = config.degradation.scale
         self.rank = rank
         self._orders: dict[int, Tensor] = {}
         small = [n for n, p in zip(images.names, images.pixels) if min(p.shape[:2]) < self.crop]
         if small:
             raise ValueError(f"{len(small)} training images are smaller than data.crop_size {self.crop}, e.g. {small[0]}")
+        if images.inputs is not None and self.crop % self.scale:
+            raise ValueError(f"data.crop_size {self.crop} must be a multiple of the scale {self.scale} to crop pairs")
 
     def _image_index(self, position: int) -> tuple[int, int]:
         n = len(self.images.names)
@@ -94,32 +105,41 @@ class CropSampler:
         return int(self._orders[epoch][position % n]), epoch
 
     def sample(self, position: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Sample ``position``: gt (3, c, c), lq (3, c/s, c/s), mask (1, c, c) or None."""
+        """Sample ``position``: gt (3, c, c), lq (3, c/s, c/s), mask (1, c, c) or None. On pairs
+        (``images.inputs``), the crop of the image's own input at the same place, nothing
+        synthesized; else the task's degradation of the crop."""
         index, epoch = self._image_index(position)
         name = self.images.names[index]
         pixels = self.images.pixels[index]
         g = degradations.make_generator(self.seed, name, epoch, position)
         h, w = pixels.shape[:2]
         c = self.crop
-        top = int(torch.randint(0, h - c + 1, (1,), generator=g))
-        left = int(torch.randint(0, w - c + 1, (1,), generator=g))
-        gt = pixels_to_tensor(pixels[top : top + c, left : left + c])
+        paired = self.images.inputs[index] if self.images.inputs is not None else None
+        step = self.scale if paired is not None else 1  # a pair's crop starts on the input's grid
+        top = int(torch.randint(0, (h - c) // step + 1, (1,), generator=g)) * step
+        left = int(torch.randint(0, (w - c) // step + 1, (1,), generator=g)) * step
+        crops = [pixels_to_tensor(pixels[top : top + c, left : left + c])]
+        if paired is not None:
+            t, l, k = top // step, left // step, c // step
+            crops.append(pixels_to_tensor(paired[t : t + k, l : l + k]))
         flips = torch.randint(0, 2, (3,), generator=g).tolist()
-        if flips[0]:
-            gt = gt.flip(-1)
-        if flips[1]:
-            gt = gt.flip(-2)
+        for axis, flip in ((-1, flips[0]), (-2, flips[1])):
+            if flip:
+                crops = [crop.flip(axis) for crop in crops]
         if flips[2]:
-            gt = gt.transpose(-1, -2)
+            crops = [crop.transpose(-1, -2) for crop in crops]
         # Drawn only when asked for, so color-only configs keep their exact sample stream.
         gray = self.gray_fraction > 0 and float(torch.rand((), generator=g)) < self.gray_fraction
         if gray:
-            gt = to_gray8(gt)
-        degraded = self.spec.degrade(gt.contiguous(), g)
-        gt, lq = degraded.gt, degraded.lq
+            crops = [to_gray8(crop) for crop in crops]
+        if paired is not None:
+            gt, lq, mask = crops[0], crops[1], None
+        else:
+            degraded = self.spec.degrade(crops[0].contiguous(), g)
+            gt, lq, mask = degraded.gt, degraded.lq, degraded.mask
         if gray:  # the model sees gray as three equal channels, as inference runs it
             gt, lq = gt.expand(3, -1, -1), lq.expand(3, -1, -1)
-        return gt, lq, degraded.mask
+        return gt, lq, mask
 
     def batch(self, start: int, size: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """Samples ``start .. start + size - 1`` stacked: gt (B,3,c,c), lq (B,3,c/s,c/s), mask or None."""
@@ -171,6 +191,8 @@ class Trainer:
             called again when the backbone is unfrozen, since the set of trained parameters changes.
         val_samples: (name, 8-bit pixels) validation images, or None to skip validation (give
             them to rank 0 only: only rank 0 validates).
+        val_pairs: instead, validation pairs (name, 8-bit target, 8-bit input): scored as they
+            are, nothing synthesized (training on pairs).
         world_size: number of data-parallel workers (for samples/s and the global batch).
         rank: this worker's rank; rank 0 validates, keeps the history and prints progress.
         progress: where rank 0's progress lines go (default: this module's logger, INFO).
@@ -185,6 +207,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         wrap: Wrap | None = None,
         val_samples: list[tuple[str, np.ndarray]] | None = None,
+        val_pairs: list[tuple[str, np.ndarray, np.ndarray]] | None = None,
         world_size: int = 1,
         rank: int = 0,
         progress: Callable[[str], None] | None = None,
@@ -205,6 +228,9 @@ class Trainer:
         seed = config.validation.seed
         self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
                             for n, p in (val_samples or [])]
+        self.val_samples += [EvalSample(name=n, gt=target, lq=pixels_to_tensor(lq), mask=None,
+                                        identity=_at_size(lq, target.shape[:2]))
+                             for n, target, lq in (val_pairs or [])]
         self._val_gt = [pixels_to_tensor(sample.gt) for sample in self.val_samples]
         self.loss_fn = build_loss(config.loss)
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.99))
