@@ -283,7 +283,8 @@ def format_dry_run(report: dict[str, Any]) -> str:
                 f"{quality}, blockiness {m['blockiness']:.2f}, blur {m['blur']:.2f}"
                 + (", gray stored as RGB" if m["gray_rgb"] else ""))
         if "route" in item:
-            line += f" -> {item['route']} ({item['route_reason']})"
+            strength = f" at strength {item['strength']:g}" if 0 < item["strength"] < 1 else ""
+            line += f" -> {item['route']}{strength} ({item['route_reason']})"
         lines.append(line)
     lines.append("nothing was written; no model was loaded")
     return "\n".join(lines)
