@@ -256,6 +256,13 @@ rules:
     predicted = half.restore_pixels(blocky).astype(int)
     assert np.abs(written("blocky-q20.png") - told).max() <= 1
     assert np.abs(told - predicted).max() > 1  # the quality made a difference
+    # one image's settings never reach the next: the predictor is put back after each
+    from restoration.quality.routing import route_settings
+
+    predictor = Predictor(load_checkpoint(drunet).model, PredictorConfig(), device="cpu")
+    with route_settings(predictor, strength=0.5, noise_level=30.0, quality_factor=None):
+        assert (predictor.strength, predictor.model.noise_level) == (0.5, 30.0)
+    assert (predictor.strength, predictor.model.noise_level) == (1.0, 15.0)
     # skipped with output.format=png: a PNG input comes back byte for byte, a JPEG pixel for pixel
     assert (tmp_path / "out" / "gray-noisy.png").read_bytes() == (archive / "gray-noisy.png").read_bytes()
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "clean-q95.png")),

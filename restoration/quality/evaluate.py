@@ -36,7 +36,12 @@ from restoration.io.images import read_images
 from restoration.io.pixels import tensor_to_pixels
 from restoration.models.interface import ModelTraits
 from restoration.quality.metrics import score
-from restoration.quality.routing import ROUTED_TASK, RoutedRestorer, is_route, load_route
+from restoration.quality.routing import (
+    ROUTED_TASK,
+    RoutedRestorer,
+    is_route,
+    load_route,
+)
 from restoration.tasks.specs import (
     Case,
     DeblurTask,

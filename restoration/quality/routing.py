@@ -32,15 +32,14 @@ photos (``bench/auto_route.py``). Every manifest row records its route (the mode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -51,7 +50,7 @@ from restoration.models.interface import ModelTraits
 from restoration.quality.assess import MEASURES, assess
 
 if TYPE_CHECKING:
-    from restoration.models.predictor import PredictorConfig
+    from restoration.models.predictor import Predictor, PredictorConfig
 
 __all__ = [
     "AUTO",
@@ -70,6 +69,7 @@ __all__ = [
     "is_route",
     "load_route",
     "parse_condition",
+    "route_settings",
     "split_model_spec",
 ]
 
@@ -365,6 +365,29 @@ def image_measures(pixels: np.ndarray, *, data: bytes | None = None, bit_depth: 
             "bit_depth": bit_depth, "is_jpeg": is_jpeg}
 
 
+@contextlib.contextmanager
+def route_settings(predictor: Predictor, *, strength: float, noise_level: float | None,
+                   quality_factor: float | None) -> Iterator[Predictor]:
+    """``predictor`` with a route's settings while the block runs: its ``strength``, and on its
+    model the ``noise_level`` (None: the model's own) and, for a model that takes one, the
+    ``quality_factor`` (None: predicted). Everything is put back afterwards, so that one image's
+    settings never reach the next."""
+    model = predictor.model
+    changes: list[tuple[Any, str, Any]] = [(predictor, "strength", strength)]
+    if noise_level is not None:
+        changes.append((model, "noise_level", noise_level))
+    if model.traits.quality_factor:
+        changes.append((model, "quality_factor", quality_factor))
+    saved = [(target, name, getattr(target, name)) for target, name, _ in changes]
+    for target, name, value in changes:
+        setattr(target, name, value)
+    try:
+        yield predictor
+    finally:
+        for target, name, value in saved:
+            setattr(target, name, value)
+
+
 class RoutedRestorer:
     """A route in one process: its models built once (each checked by
     :func:`check_route_model`), and each image restored by the model its measures route it to,
@@ -393,13 +416,9 @@ class RoutedRestorer:
         decision = self.router.decide(image_measures(pixels, data=data, is_jpeg=is_jpeg))
         if decision.route == SKIP:
             return pixels, decision
-        predictor = self.predictors[decision.route]
-        predictor.strength = decision.strength
-        if decision.noise_level is not None:
-            predictor.model.noise_level = decision.noise_level
-        if predictor.model.traits.quality_factor:
-            predictor.model.quality_factor = decision.quality_factor
-        return predictor.restore_pixels(pixels), decision
+        with route_settings(self.predictors[decision.route], strength=decision.strength,
+                            noise_level=decision.noise_level, quality_factor=decision.quality_factor) as predictor:
+            return predictor.restore_pixels(pixels), decision
 
 
 def load_route(spec: str) -> Router:

@@ -22,10 +22,10 @@ from restoration.models.checkpoint import (
     read_model_metadata,
     resolve_model,
 )
+from restoration.quality.routing import Router, load_route
 from restoration.restore import manifest as manifest_lib
 from restoration.restore.planning import Plan, plan_restore
 from restoration.restore.settings import RestoreConfig
-from restoration.quality.routing import Router, load_route
 from restoration.restore.stages import (
     measures_of,
     skip_stage,

@@ -40,10 +40,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from restoration.io import storage
+from restoration.quality.routing import ROUTED_TASK
 from restoration.restore import manifest as manifest_lib
 from restoration.restore.digests import DigestSet
 from restoration.restore.manifest import WORK_SCHEMA, error_row
-from restoration.quality.routing import ROUTED_TASK
 from restoration.restore.settings import RestoreConfig
 from restoration.tasks.specs import get_task
 

@@ -51,9 +51,6 @@ from restoration.models.checkpoint import (
     resolve_model,
 )
 from restoration.models.predictor import check_predictor_settings
-from restoration.restore import manifest as manifest_lib
-from restoration.restore.manifest import WORK_SCHEMA
-from restoration.restore.planning import Plan, plan_restore
 from restoration.quality.routing import (
     ROUTED_TASK,
     Router,
@@ -62,6 +59,9 @@ from restoration.quality.routing import (
     load_route,
     split_model_spec,
 )
+from restoration.restore import manifest as manifest_lib
+from restoration.restore.manifest import WORK_SCHEMA
+from restoration.restore.planning import Plan, plan_restore
 from restoration.restore.settings import PredictorConfig, RestoreConfig
 from restoration.restore.stages import (
     encode_stage,

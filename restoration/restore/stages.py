@@ -26,6 +26,7 @@ opaque image.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ from restoration.io.codec import (
 from restoration.io.encode import encode_image, output_format_for
 from restoration.io.pixels import pixels_to_tensor, tensor_to_pixels
 from restoration.models.predictor import Predictor
+from restoration.quality.routing import SKIP, Router, image_measures, route_settings
 from restoration.restore.manifest import (
     ASSESSMENT_FIELDS,
     COLUMNS,
@@ -53,7 +55,6 @@ from restoration.restore.manifest import (
     WORK_SCHEMA,
     error_row,
 )
-from restoration.quality.routing import SKIP, Router, image_measures
 from restoration.restore.settings import DEFAULT_PNG_COMPRESSION
 from restoration.tasks.specs import TaskSpec
 
@@ -345,7 +346,7 @@ def _restore_group(predictor: Predictor, indices: list[int], *, strength: float,
                    takes_mask: bool, routed: bool) -> None:
     """Restore ``indices`` (one route, strength, noise level and quality factor) into ``results``
     and ``seconds``; retry a failed batch one image at a time, an image that fails alone becomes
-    an error row. The predictor's settings are put back afterwards."""
+    an error row."""
     import torch
 
     def run(batch: list[int]) -> None:
@@ -361,31 +362,20 @@ def _restore_group(predictor: Predictor, indices: list[int], *, strength: float,
             results[i] = tensor_to_pixels(output.clamp(0, 1), dtype=images[i].pixels.dtype)
             seconds[i] = elapsed * images[i].width * images[i].height / total
 
-    # A routed group: the route's strength (the predictor's) and settings (its model's) while it
-    # runs; a run with one model leaves the predictor as it was configured.
-    targets: list[tuple[Any, str, Any]] = []
-    if routed:
-        targets.append((predictor, "strength", strength))
-        if noise_level is not None:
-            targets.append((predictor.model, "noise_level", noise_level))
-        if predictor.model.traits.quality_factor:
-            targets.append((predictor.model, "quality_factor", quality_factor))
-    saved = [(target, name, getattr(target, name)) for target, name, _ in targets]
-    for target, name, value in targets:
-        setattr(target, name, value)
-    try:
-        run(indices)
-    except Exception:  # one bad image must not fail its batch: retry them one by one
-        for index in indices:
-            if index in results:
-                continue
-            try:
-                run([index])
-            except Exception as error:  # noqa: BLE001 -- any model failure is this image's error
-                _failed(rows[index], "restore", f"{type(error).__name__}: {error}", time.perf_counter())
-    finally:
-        for target, name, value in saved:
-            setattr(target, name, value)
+    # A routed group runs at its route's settings; a run with one model leaves the predictor as configured.
+    settings = route_settings(predictor, strength=strength, noise_level=noise_level, quality_factor=quality_factor) \
+        if routed else contextlib.nullcontext()
+    with settings:
+        try:
+            run(indices)
+        except Exception:  # one bad image must not fail its batch: retry them one by one
+            for index in indices:
+                if index in results:
+                    continue
+                try:
+                    run([index])
+                except Exception as error:  # noqa: BLE001 -- any model failure is this image's error
+                    _failed(rows[index], "restore", f"{type(error).__name__}: {error}", time.perf_counter())
 
 
 def mean_abs_change(source: np.ndarray, restored: np.ndarray) -> float:
