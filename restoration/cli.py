@@ -458,7 +458,9 @@ def run_restore_command(args: argparse.Namespace, ray_executor: Callable[[], Res
                                  sample=getattr(args, "sample", 0))
         print(json.dumps(report, indent=2, sort_keys=True) if getattr(args, "json", False) else format_dry_run(report))
         return 0
-    check_licence([route if route is not None else args.model], args.task, args)
+    # a route's models by their own licences (the route read once, above)
+    check_licence(list(router.spec.used_models().values()) if router is not None else [args.model],
+                  None if router is not None else args.task, args, flag="route model" if router is not None else "--model")
     if args.no_ray or ray_executor is None:
         executor: RestoreExecutor = LocalRestoreExecutor()
     else:
