@@ -1,4 +1,4 @@
-"""``restoration finetune`` and ``restoration restore``: the Ray jobs as subcommands.
+"""``restoration finetune``, ``restore`` and ``distill``: the Ray jobs as subcommands.
 
 Ray is imported only when a job runs, so ``restoration --help`` stays fast; ``restoration restore
 --no-ray`` never imports it.
@@ -37,6 +37,19 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=restore.run)
 
 
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from jobs import distill
+
+    p = sub.add_parser(
+        "distill",
+        help="train a fast student model on a heavy teacher's outputs for a sample of your archive (resumable)",
+        description=distill.DISTILL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    distill.add_arguments(p)
+    p.set_defaults(func=distill.run)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
@@ -60,7 +73,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
-SUBCOMMANDS = [_add_finetune, _add_restore, _add_demo]
+SUBCOMMANDS = [_add_finetune, _add_restore, _add_distill, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

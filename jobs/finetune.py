@@ -136,7 +136,7 @@ class RayFinetuneExecutor:
                 storage_filesystem=filesystem if plan.storage.startswith("s3://") else None,
                 checkpoint_config=ray.train.CheckpointConfig(
                     num_to_keep=config.keep_checkpoints,
-                    checkpoint_score_attribute="val_psnr",
+                    checkpoint_score_attribute="val_score",
                     checkpoint_score_order="max",
                 ),
                 failure_config=ray.train.FailureConfig(max_failures=self.max_failures),

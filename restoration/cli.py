@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 
 from restoration.tasks.specs import TASK_NAMES
 
+SELF_SUPERVISED_CHOICES = ("sure", "neighbor2neighbor", "recorrupted")  # restoration.finetune.settings'
+DEFAULT_SELF_SUPERVISED = "sure"
+
 if TYPE_CHECKING:
     from restoration.finetune.run import FinetuneExecutor
     from restoration.restore.run import RestoreExecutor
@@ -38,8 +41,8 @@ settings (--set KEY=VALUE, or --config FILE.yaml): restoration.restore.settings'
 predictor.strength=0.5, output.format=png, pipeline.max_actors=4; docs/cluster.md has the rest."""
 
 FINETUNE_DESCRIPTION = """\
-Fine-tune a model on your own clean images (degradations are synthesized), data-parallel on Ray
-Train or in this process (--no-ray). Checkpoints and the final model go to STORAGE/NAME/; running
+Fine-tune a model on your own clean images (degradations are synthesized), on pairs (--train-inputs),
+or on noisy images alone (--self-supervised), data-parallel on Ray Train or in this process (--no-ray). Checkpoints and the final model go to STORAGE/NAME/; running
 the same command again resumes; Ctrl-C or SIGTERM checkpoints the step in progress, then stops.
 
 examples:
@@ -48,6 +51,8 @@ examples:
   restoration finetune --task sr --init default --train-images clean/ --val-images val/ \\
       --storage runs --name my-sr --no-ray
   restoration finetune --task jpeg --config jobs/configs/jpeg.yaml --set optim.lr=1e-4 ...
+  restoration finetune --task denoise --init default --self-supervised --train-images noisy/ \
+      --val-images noisy-held-out/ --storage runs --name adapted --no-ray
 
 settings (--set KEY=VALUE, or --config FILE.yaml): restoration.finetune.settings' TrainConfig, e.g.
 steps, optim.lr, data.batch_size, checkpoint_interval, grace_seconds."""
@@ -504,11 +509,22 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
                         "synthesized (e.g. a restore job's --input beside its --output)")
     p.add_argument("--val-inputs", default=None, metavar="URI",
                    help="with --train-inputs: the inputs of the --val-images, matched the same way")
+    p.add_argument("--self-supervised", nargs="?", const=DEFAULT_SELF_SUPERVISED, default=None, metavar="METHOD",
+                   choices=SELF_SUPERVISED_CHOICES,
+                   help="adapt a denoiser to noisy images alone, no clean image: --train-images and --val-images "
+                        "are noisy; METHOD is sure (Gaussian noise of known or estimated level; the default), "
+                        "neighbor2neighbor (any noise independent per pixel) or recorrupted. Validation reports "
+                        "the noise left in the --val-images as estimated")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="with --self-supervised: write the model even when it leaves more noise in the "
+                        "--val-images than the model it started from (refused otherwise)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's, 1000)")
     p.add_argument("--storage", required=True, help="folder or s3:// prefix for checkpoints and the final model")
     p.add_argument("--name", required=True, help="run name; re-running the same name resumes it")
     p.add_argument("--init", default=None,
-                   help="start from this restoration checkpoint (folder or s3://; task transfer) or 'default'")
+                   help="start from this restoration checkpoint (folder or s3://; task transfer), 'default', a "
+                        "model name (restoration models), a community model file, or a fresh network of a "
+                        "student spec (compact:feat=32,conv=8, span, esrgan:feat=32,blocks=6)")
     p.add_argument("--config", default=None, help="YAML file with TrainConfig fields")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
@@ -537,6 +553,12 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
         raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
     if args.val_inputs is not None and args.train_inputs is None:
         raise FinetuneInputError("--val-inputs goes with --train-inputs (training on pairs)")
+    if args.self_supervised is not None:
+        if args.train_inputs is not None:
+            raise FinetuneInputError("--self-supervised trains on noisy images alone; it takes no --train-inputs")
+        args.overrides = [*args.overrides, f"self_supervised.method={args.self_supervised}"]
+    elif args.keep_worse:
+        raise FinetuneInputError("--keep-worse goes with --self-supervised")
     if args.max_failures < 0:
         raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
     local = args.no_ray or ray_executor is None
@@ -547,7 +569,7 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
     plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,
                          storage_uri=args.storage, name=args.name, workers=args.workers, init=args.init,
                          config_path=args.config, overrides=args.overrides, steps=args.steps,
-                         train_inputs=args.train_inputs, val_inputs=args.val_inputs)
+                         train_inputs=args.train_inputs, val_inputs=args.val_inputs, keep_worse=args.keep_worse)
     check_resumable(plan, latest_checkpoint(plan))
     if local:
         executor: FinetuneExecutor = LocalFinetuneExecutor("cuda" if args.use_gpu else "cpu")

@@ -17,7 +17,7 @@ RANKS: dict[str, int] = {
     "models": 3,
     "quality": 4,
     "restore": 5, "finetune": 5,
-    "pages": 6,
+    "pages": 6, "distill": 6,
     "cli": 7,
 }
 MAX_LINES = 700

@@ -16,8 +16,6 @@ started by one continues with the other. The training loop is :class:`restoratio
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import platform
 import sys
 import tempfile
@@ -44,22 +42,34 @@ from restoration.finetune.data import (
     match_pairs,
     shard_messages,
 )
+from restoration.finetune.outputs import (
+    REFUSED_FILE,
+    VALIDATION_KEYS,
+    metrics_csv,
+    plot_training_curve,
+    worse_than_start,
+    write_final_outputs,
+)
 from restoration.finetune.settings import (
     TrainConfig,
     load_train_config,
     model_differences,
 )
 from restoration.finetune.summary import FinetuneSummary
-from restoration.finetune.trainer import METRIC_COLUMNS, Trainer, initial_model
+from restoration.finetune.trainer import (
+    Trainer,
+    initial_model,
+    validation_score,
+)
 from restoration.io import storage
 from restoration.models.catalog import is_model_name
 from restoration.models.checkpoint import (
     CheckpointError,
     model_licence,
     read_model_metadata,
-    save_checkpoint,
     start_model,
 )
+from restoration.models.students import is_student_spec
 from restoration.stopping import StopNow, StopSignals
 
 __all__ = [
@@ -69,17 +79,17 @@ __all__ = [
     "FinetunePlan",
     "LocalFinetuneExecutor",
     "TrainSession",
-    "latest_checkpoint",
-    "resume_latest",
-    "run_finetune",
-    "train_worker",
     "check_resumable",
+    "latest_checkpoint",
     "metrics_csv",
     "plan_finetune",
     "plot_training_curve",
     "provenance",
+    "resume_latest",
+    "run_finetune",
     "run_summary",
     "start_message",
+    "train_worker",
     "write_final_outputs",
 ]
 
@@ -109,6 +119,12 @@ class FinetunePlan:
     #: degradations are synthesized from the images, as the task's spec draws them)
     train_inputs: list[str] | None = None
     val_inputs: list[str] | None = None
+    #: self-supervised: write the final model even when it leaves more noise than the start
+    keep_worse: bool = False
+    #: what the run learns from, as its provenance says (default: from the plan's inputs)
+    trained_on: str | None = None
+    #: recorded in the provenance (e.g. a distillation's teacher)
+    extra_provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_uri(self) -> str:
@@ -160,6 +176,8 @@ def plan_finetune(
     steps: int | None = None,
     train_inputs: str | None = None,
     val_inputs: str | None = None,
+    pairs: tuple[list[str], list[str], list[str], list[str]] | None = None,
+    keep_worse: bool = False,
 ) -> FinetunePlan:
     """Check everything a run needs before any worker starts: the config (every setting), the
     image folders (listed, a sample decoded), the ``init`` checkpoint's architecture, and that the
@@ -167,7 +185,10 @@ def plan_finetune(
 
     Training on pairs: ``train_inputs`` (and ``val_inputs``) hold each image's input, matched to
     the images by relative path, extension aside (:func:`restoration.finetune.data.match_pairs`);
-    images without an input are left out and counted, and nothing is synthesized.
+    images without an input are left out and counted, and nothing is synthesized. ``pairs``: the
+    pairs given as lists instead, (training targets, their inputs, validation targets, their
+    inputs), as a distillation knows them from its teacher's manifest; the folders are then the
+    targets' roots, for the provenance.
 
     Raises:
         FinetuneInputError: one line naming the bad value (storage errors redacted).
@@ -202,11 +223,13 @@ def plan_finetune(
         raise
     except ValueError as exc:
         raise FinetuneInputError(str(exc)) from None
-    train_uris = _list(train_images, "--train-images")
+    train_uris = _list(train_images, "--train-images") if pairs is None else list(pairs[0])
     if config.data.max_images is not None:
         train_uris = train_uris[: config.data.max_images]
     train_pairs = val_pairs = None
-    if train_inputs is not None:
+    if pairs is not None:
+        train_pairs = list(pairs[1])[: len(train_uris)]
+    elif train_inputs is not None:
         if config.degradation.mask_input:
             raise FinetuneInputError(f"--train-inputs: --task {task} reads its mask from the images; it trains on "
                                      "synthesized masks only")
@@ -214,14 +237,17 @@ def plan_finetune(
     if len(train_uris) < workers:
         raise FinetuneInputError(f"--train-images: {len(train_uris)} images cannot be split over {workers} workers")
     _check_some_decode(train_uris, "--train-images", min_size=config.data.crop_size)
-    val_uris = _list(val_images, "--val-images")
-    if val_inputs is not None:
+    val_uris = _list(val_images, "--val-images") if pairs is None else list(pairs[2])
+    if pairs is not None:
+        val_pairs = list(pairs[3])[: config.validation.limit]
+    elif val_inputs is not None:
         val_uris, val_pairs = _pairs(val_uris, val_images, val_inputs, "--val-inputs")
         val_pairs = val_pairs[: config.validation.limit]
     val_uris = val_uris[: config.validation.limit]
     _check_some_decode(val_uris, "--val-images", every=True)
-    if init is not None and init != "default" and not (is_model_name(init) and not Path(init).exists()):
-        init = storage.absolute_uri(init)  # a model name (``restoration models``) stays a name
+    if init is not None and init != "default" and not (is_model_name(init) and not Path(init).exists()) \
+            and not is_student_spec(init):
+        init = storage.absolute_uri(init)  # a model name (``restoration models``) or a student spec stays one
     if init is not None:
         try:
             initial_model(config, init)  # refuses a checkpoint of another architecture, here and now
@@ -240,7 +266,7 @@ def plan_finetune(
         raise FinetuneInputError(f"--storage {storage.redact(storage_uri)} cannot be written: "
                                  f"{message or storage.redact(str(exc))}") from None
     return FinetunePlan(config, train_uris, val_uris, train_images, val_images, storage_uri, name, init,
-                        init_licence if init is not None else None, train_pairs, val_pairs)
+                        init_licence if init is not None else None, train_pairs, val_pairs, keep_worse)
 
 
 def _pairs(uris: list[str], root: str, inputs: str, flag: str) -> tuple[list[str], list[str]]:
@@ -282,15 +308,20 @@ def start_message(trainer: Trainer, init: str | None, resumed_from: str | None) 
     return f"starting at step 0 of {config.steps} from {start}"
 
 
-def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]], run_uri: str) -> FinetuneSummary:
+def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]], run_uri: str, *,
+                start: dict[str, Any] | None = None) -> FinetuneSummary:
     """The final line of a run: last metrics, the best checkpoint by validation PSNR (``best``:
     (checkpoint folder name, its metrics)), and where the final model is. Only what the run
     knows is set (see :meth:`FinetuneSummary.to_json`)."""
-    known = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim") if k in metrics}
-    top = max(best, key=lambda item: item[1].get("val_psnr", float("-inf")), default=None)
+    known = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim", "val_residual_noise")
+             if k in metrics}
+    if start and "val_residual_noise" in start:
+        known["val_residual_noise_at_start"] = start["val_residual_noise"]
+    top = max(best, key=lambda item: validation_score(item[1]), default=None)
     if top is not None:
         known["best_checkpoint"] = storage.join(run_uri, top[0])
-        known["best_val_psnr"] = top[1].get("val_psnr")
+        if "val_psnr" in top[1]:
+            known["best_val_psnr"] = top[1].get("val_psnr")
     return FinetuneSummary(**known, model=storage.join(run_uri, "model"))
 
 
@@ -298,10 +329,16 @@ def provenance(plan: FinetunePlan, *, workers: int, device_name: str, image_coun
                skipped: int) -> dict[str, Any]:
     """The training provenance recorded in every checkpoint's ``model.json``."""
     config = plan.config
+    if plan.trained_on is not None:
+        trained_on = plan.trained_on
+    elif config.self_supervised_method is not None:
+        trained_on = f"noisy images alone (self-supervised, {config.self_supervised_method})"
+    else:
+        trained_on = "pairs" if plan.train_inputs is not None else "synthesized degradations"
     return {
         "train_images": plan.train_images,
         "val_images": plan.val_images,
-        "trained_on": "pairs" if plan.train_inputs is not None else "synthesized degradations",
+        "trained_on": trained_on,
         "train_image_count": image_count,
         "skipped_images": skipped,
         "task": config.task,
@@ -312,6 +349,7 @@ def provenance(plan: FinetunePlan, *, workers: int, device_name: str, image_coun
         "init": plan.init,
         "run_name": plan.name,
         **({"licence": plan.init_licence} if plan.init_licence else {}),
+        **plan.extra_provenance,
     }
 
 
@@ -322,67 +360,6 @@ def device_name(device: Any) -> str:
     if getattr(device, "type", str(device)) == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def write_final_outputs(trainer: Trainer, storage_uri: str, name: str, run_provenance: dict[str, Any]) -> str:
-    """``<storage>/<name>/model/``: model.safetensors, model.json, config.yaml, metrics.csv,
-    training_curve.png. Returns that URI."""
-    history = trainer.history
-    final_val = next((h for h in reversed(history) if "val_psnr" in h), {})
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(trainer.model, tmp, model_id=name, provenance={
-            **run_provenance, "steps": trainer.step,
-            "wall_seconds": history[-1]["wall_seconds"] if history else None,
-            "validation": {k: final_val[k] for k in ("val_psnr", "val_ssim") if k in final_val},
-            "validation_step": final_val.get("step"),
-            "validation_protocol": trainer.protocol.describe(),
-        })
-        (Path(tmp) / TRAINING_CONFIG_FILE).write_text(trainer.config.to_yaml())
-        (Path(tmp) / "metrics.csv").write_text(metrics_csv(history))
-        plot_training_curve(history, Path(tmp) / "training_curve.png")
-        target = storage.join(storage_uri, name, "model")
-        for path in sorted(Path(tmp).iterdir()):
-            storage.write_bytes(storage.join(target, path.name), path.read_bytes())
-    return target
-
-
-def metrics_csv(history: list[dict]) -> str:
-    """The training history as CSV, one row per reported step (``METRIC_COLUMNS``)."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow(row)
-    return out.getvalue()
-
-
-def plot_training_curve(history: list[dict], path: Path) -> None:
-    """Training loss (log scale) and validation PSNR against step, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax_loss = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = [h["step"] for h in history]
-    ax_loss.plot(steps, [h["loss"] for h in history], color="tab:blue", label="training loss")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training loss", color="tab:blue")
-    ax_loss.set_yscale("log")
-    val = [(h["step"], h["val_psnr"]) for h in history if "val_psnr" in h]
-    if val:
-        ax_psnr = ax_loss.twinx()
-        ax_psnr.plot(*zip(*val), color="tab:red", marker="o", label="validation PSNR")
-        ax_psnr.set_ylabel("validation PSNR (dB)", color="tab:red")
-    unfrozen = next((h["step"] for h in history if h.get("stage") == "unfrozen"), None)
-    if unfrozen is not None and unfrozen > steps[0]:
-        ax_loss.axvline(unfrozen, color="gray", linestyle=":", linewidth=1)
-        ax_loss.annotate(" backbone unfrozen", (unfrozen, 1), xycoords=("data", "axes fraction"),
-                         va="top", fontsize=8, color="gray")
-    ax_loss.set_title("fine-tuning")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,7 +461,7 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
                 trainer.save(tmp, provenance={
                     **run_provenance, "steps": trainer.step, "wall_seconds": row["wall_seconds"],
                     "resumed_at": trainer.resumed_at,
-                    "validation": {k: row[k] for k in ("val_psnr", "val_ssim") if k in row},
+                    "validation": {k: row[k] for k in VALIDATION_KEYS if k in row},
                 })
                 session.report(row, Path(tmp), training_checkpoint_name(trainer.step))
         else:
@@ -495,6 +472,11 @@ def train_worker(plan: FinetunePlan, session: TrainSession) -> None:
         say(f"stopped at step {trainer.stopped_at}: {training_checkpoint_name(trainer.stopped_at)} saved")
         return
     if rank == 0:
+        refusal = worse_than_start(trainer, plan.run_uri, keep_worse=plan.keep_worse)
+        if refusal is not None:  # not raised: Ray Train would retry the worker
+            storage.write_bytes(storage.join(plan.run_uri, REFUSED_FILE), refusal.encode())
+            say(f"final model refused: {refusal}")
+            return
         target = write_final_outputs(trainer, plan.storage, plan.name, {**run_provenance, "resumed_at": trainer.resumed_at})
         say(f"final model written to {target}")
 
@@ -550,6 +532,9 @@ def run_finetune(plan: FinetunePlan, executor: FinetuneExecutor) -> int:
     done, 1 when it failed (one line on stderr), 130 / 143 when SIGINT / SIGTERM stopped it at
     a checkpoint (one line: the same command continues)."""
     config = plan.config
+    refused_uri = storage.join(plan.run_uri, REFUSED_FILE)
+    if storage.exists(refused_uri):  # a refusal of an earlier attempt
+        storage.delete(refused_uri)
     with StopSignals(config.grace_seconds) as stop:
         try:
             resume_from = latest_checkpoint(plan)
@@ -573,14 +558,22 @@ def run_finetune(plan: FinetunePlan, executor: FinetuneExecutor) -> int:
         print(f"fine-tuning stopped by {stop.name} {at} ({f'checkpoint {saved}' if saved else 'no checkpoint yet'}); "
               f"run the same command again to continue", file=sys.stderr, flush=True)
         return stop.exit_code or 1
-    print("done: " + run_summary(outcome.metrics, outcome.checkpoints, plan.run_uri).to_json(), flush=True)
+    if storage.exists(refused_uri):
+        print(f"fine-tuning done, but {storage.read_bytes(refused_uri).decode()}", file=sys.stderr, flush=True)
+        return 1
+    start = None
+    if config.self_supervised_method is not None:  # the starting model's figures, as the model records them
+        with contextlib.suppress(OSError, ValueError):
+            start = read_model_metadata(storage.join(plan.run_uri, "model"))[0].provenance.get("validation_at_start")
+    print("done: " + run_summary(outcome.metrics, outcome.checkpoints, plan.run_uri, start=start).to_json(), flush=True)
     return 0
 
 
 class LocalFinetuneExecutor:
     """One worker in this process (``restoration finetune --no-ray``): on ``device`` (``cpu``,
     ``cuda`` or ``cuda:N``), checkpoints copied to ``<storage>/<name>/`` as they are written,
-    keeping the ``keep_checkpoints`` best by validation PSNR and the latest (as the Ray job does)."""
+    keeping the ``keep_checkpoints`` best by validation (PSNR, or the least residual noise) and
+    the latest (as the Ray job does)."""
 
     def __init__(self, device: str = "cpu") -> None:
         import torch
@@ -635,7 +628,7 @@ class _LocalSession:
     def _prune(self) -> None:
         """Keep the ``keep_checkpoints`` best by validation PSNR, and the latest."""
         kept = self.kept()
-        best = sorted(kept, key=lambda item: item[1].get("val_psnr", float("-inf")), reverse=True)
+        best = sorted(kept, key=lambda item: validation_score(item[1]), reverse=True)
         keep = {name for name, _ in best[: self.plan.config.keep_checkpoints]} | {kept[-1][0]}
         for name, _ in kept:
             if name not in keep:

@@ -106,6 +106,55 @@ class ValidationConfig(Settings):
         return self
 
 
+SELF_SUPERVISED_METHODS = ("sure", "neighbor2neighbor", "recorrupted")
+"""The self-supervised losses (``restoration.finetune.selfsup``): Stein's unbiased risk estimate,
+Neighbor2Neighbor and recorrupted pairs."""
+
+
+class SelfSupervisedConfig(Settings):
+    """Training on noisy images alone (``restoration finetune --self-supervised [METHOD]``): the
+    training images are the noisy ones, nothing is synthesized, and no clean image is read.
+
+    Attributes:
+        method: the loss (:data:`SELF_SUPERVISED_METHODS`), or null for training with clean images
+            or pairs.
+        sigma: the noise's standard deviation in 8-bit levels where it is known; null estimates
+            it per image (``restoration.quality.assess.estimate_noise``). "sure" and "recorrupted"
+            use it; "neighbor2neighbor" needs none.
+        gamma: the weight of Neighbor2Neighbor's regularizer.
+        alpha: the recorrupted-pair loss's split of the added noise between input and target.
+        batch_norm: "frozen" keeps BatchNorm layers on their running statistics while training
+            (the noisy batches' statistics are not the clean images' the model learnt), or "train".
+        min_residual_drop: the final model is refused (not written; the checkpoints stay) unless
+            the noise it leaves in the held-out images, as estimated, is at least this many levels
+            below the starting model's (0: no worse; negative values tolerate some increase),
+            unless the run is told to keep it anyway.
+    """
+
+    section: ClassVar[str] = "self_supervised"
+
+    method: str | None = None
+    sigma: Annotated[float, check(lambda v: 0 < v <= 255, "within (0, 255] levels or null")] | None = None
+    gamma: Annotated[float, at_least(0)] = 1.0
+    alpha: Annotated[float, check(lambda v: v > 0, "must be > 0")] = 0.5
+    batch_norm: str = "frozen"
+    min_residual_drop: float = 0.0
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str | None) -> str | None:
+        if value is not None and value not in SELF_SUPERVISED_METHODS:
+            raise ValueError(f"unknown method {value!r}; expected one of {', '.join(SELF_SUPERVISED_METHODS)}")
+        return value
+
+    @field_validator("batch_norm")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in ("frozen", "train"):
+            raise ValueError(f"expected 'frozen' or 'train', got {value!r}")
+        return value
+
+
 def _task_spec(value: Any) -> TaskSpec:
     if not isinstance(value, TaskSpec) or not value.name:
         raise ValueError(f"degradation must be a task's spec, got {value!r}")
@@ -137,6 +186,7 @@ class TrainConfig(Settings):
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    self_supervised: SelfSupervisedConfig = Field(default_factory=SelfSupervisedConfig)
     checkpoint_interval: Annotated[int, at_least(1)] = 200
     keep_checkpoints: Annotated[int, at_least(1)] = 3
     log_interval: Annotated[int, at_least(1)] = 10
@@ -155,11 +205,19 @@ class TrainConfig(Settings):
             raise ValueError(f"model must be an Architecture (the task and scale are the degradation's), "
                              f"got {type(self.model).__name__}")
         self.network_config()  # the task's rules for the scale
+        if self.self_supervised.method is not None and (self.task != "denoise" or self.degradation.scale != 1):
+            raise ValueError(f"self_supervised.method: self-supervised training removes noise; it needs --task "
+                             f"denoise, not {self.task!r}")
         try:
             self._validation = self._resolve_validation()
         except ValueError as exc:
             raise ValueError(f"validation.protocol: {exc}") from None
         return self
+
+    @property
+    def self_supervised_method(self) -> str | None:
+        """The self-supervised loss the run trains with, or None."""
+        return self.self_supervised.method
 
     @property
     def task(self) -> str:

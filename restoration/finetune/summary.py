@@ -19,7 +19,8 @@ __all__ = ["FinetuneSummary"]
 
 class FinetuneSummary(BaseModel):
     """The end of a fine-tuning run: the last reported metrics (``step``, training ``loss``,
-    ``val_psnr``, ``val_ssim``), the best checkpoint by validation PSNR with its PSNR, and
+    ``val_psnr``, ``val_ssim``; self-supervised, ``val_residual_noise`` and the starting model's),
+    the best checkpoint by validation (PSNR, or the least residual noise) with its PSNR, and
     ``model``, where the final model is (``<storage>/<name>/model``)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -29,6 +30,8 @@ class FinetuneSummary(BaseModel):
     loss: float | None = None
     val_psnr: float | None = None
     val_ssim: float | None = None
+    val_residual_noise: float | None = None  # self-supervised: the noise left in the held-out images
+    val_residual_noise_at_start: float | None = None  # ... by the model the run started from
     best_checkpoint: str | None = None  # URI of the checkpoint folder
     best_val_psnr: float | None = None
     model: str

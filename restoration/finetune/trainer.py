@@ -40,12 +40,14 @@ from restoration.finetune.checkpoints import (
 )
 from restoration.finetune.data import LoadedImages
 from restoration.finetune.losses import build_loss
+from restoration.finetune.selfsup import SELF_SUPERVISED_LOSSES
 from restoration.finetune.settings import TrainConfig, model_differences
 from restoration.io.pixels import pixels_to_tensor
 from restoration.models.checkpoint import CheckpointError, load_weights, start_model
 from restoration.models.fused import FusedRestorationNet
 from restoration.models.interface import RestorationModel
-from restoration.quality.metrics import quantize, score_tensors
+from restoration.quality.assess import estimate_noise
+from restoration.quality.metrics import RGB, quantize, score_tensors
 from restoration.tasks import degradations
 from restoration.tasks.specs import EvalSample
 
@@ -91,6 +93,11 @@ class CropSampler:
         self.scale = config.degradation.scale
         self.rank = rank
         self._orders: dict[int, Tensor] = {}
+        # Self-supervised: the images are the noisy ones; a sample is a crop as it is (no
+        # degradation), and its noise level is the image's (given, or estimated once per image).
+        self.as_is = config.self_supervised_method is not None
+        self._sigma = config.self_supervised.sigma
+        self._noise_levels: dict[int, float] = {}
         small = [n for n, p in zip(images.names, images.pixels) if min(p.shape[:2]) < self.crop]
         if small:
             raise ValueError(f"{len(small)} training images are smaller than data.crop_size {self.crop}, e.g. {small[0]}")
@@ -134,12 +141,26 @@ class CropSampler:
             crops = [to_gray8(crop) for crop in crops]
         if paired is not None:
             gt, lq, mask = crops[0], crops[1], None
+        elif self.as_is:
+            gt, lq, mask = crops[0], crops[0], None
         else:
             degraded = self.spec.degrade(crops[0].contiguous(), g)
             gt, lq, mask = degraded.gt, degraded.lq, degraded.mask
         if gray:  # the model sees gray as three equal channels, as inference runs it
             gt, lq = gt.expand(3, -1, -1), lq.expand(3, -1, -1)
         return gt, lq, mask
+
+    def noise_levels(self, start: int, size: int) -> Tensor:
+        """The noise std (on the [0, 1] scale) of the images of samples ``start .. start + size
+        - 1``: ``self_supervised.sigma`` where it is set, else each image's estimate."""
+        levels = []
+        for position in range(start, start + size):
+            index, _ = self._image_index(position)
+            if index not in self._noise_levels:
+                self._noise_levels[index] = (self._sigma if self._sigma is not None
+                                             else estimate_noise(self.images.pixels[index]))
+            levels.append(self._noise_levels[index] / 255.0)
+        return torch.tensor(levels, dtype=torch.float32)
 
     def batch(self, start: int, size: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """Samples ``start .. start + size - 1`` stacked: gt (B,3,c,c), lq (B,3,c/s,c/s), mask or None."""
@@ -171,7 +192,8 @@ ReportFn = Callable[[dict[str, Any], bool], None]
 """``report(row, checkpoint_due)``: called by every worker at the same steps (see ``Trainer.fit``)."""
 
 METRIC_COLUMNS = (
-    "step", "loss", "lr", "samples_per_second", "val_psnr", "val_ssim", "wall_seconds", "stage",
+    "step", "loss", "lr", "samples_per_second", "val_psnr", "val_ssim", "val_residual_noise", "val_removed_noise",
+    "wall_seconds", "stage",
     "data_seconds", "forward_seconds", "backward_seconds", "optimizer_seconds",
 )
 """The columns of a training-history row, in ``metrics.csv`` order."""
@@ -226,12 +248,19 @@ class Trainer:
         groups = model.parameter_groups(o.lr, o.backbone_lr, o.weight_decay)
         self.protocol, case = config.validation_protocol()
         seed = config.validation.seed
-        self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
-                            for n, p in (val_samples or [])]
+        self.self_supervised = config.self_supervised_method
+        if self.self_supervised is not None:  # the held-out noisy images, as they are
+            self.val_samples = [EvalSample(name=n, gt=p, lq=pixels_to_tensor(p), mask=None, identity=p)
+                                for n, p in (val_samples or [])]
+        else:
+            self.val_samples = [self.protocol.sample(n, case.prepare(p) if case else p, seed=seed)
+                                for n, p in (val_samples or [])]
         self.val_samples += [EvalSample(name=n, gt=target, lq=pixels_to_tensor(lq), mask=None,
                                         identity=_at_size(lq, target.shape[:2]))
                              for n, target, lq in (val_pairs or [])]
         self._val_gt = [pixels_to_tensor(sample.gt) for sample in self.val_samples]
+        # Pairs are scored as they are: every channel, no border cropped (not the task's protocol).
+        self._metric = RGB if val_pairs else self.protocol
         self.loss_fn = build_loss(config.loss)
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.99))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -243,6 +272,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.resumed_at: list[int] = []  # the step of every resume, in order
         self.stopped_at: int | None = None  # the step a stop request ended fit() at
+        # Validation of the starting model (step 0), for runs whose curve starts there: on pairs
+        # (a student's agreement before training) and self-supervised (the noise it leaves).
+        self.start_metrics: dict[str, float] | None = None
         self._stage: str | None = None
         self.net: nn.Module = self.model
         self._sync_stage()
@@ -260,7 +292,9 @@ class Trainer:
         first = self._stage is None
         self._stage = self.stage
         self.model.freeze_backbone(self._stage == "frozen")
-        self.net = self.wrap(self.model)
+        # Self-supervised losses call the network more than once per step, which
+        # DistributedDataParallel's hooks do not allow: the gradients are averaged by hand.
+        self.net = self.model if self.self_supervised is not None else self.wrap(self.model)
         if not first and self.rank == 0:
             self.progress(f"step {self.step}: backbone unfrozen (backbone lr {self.config.optim.backbone_lr:g})")
 
@@ -282,6 +316,8 @@ class Trainer:
         """
         self._sync_stage()
         self.net.train()
+        if self.self_supervised is not None and self.config.self_supervised.batch_norm == "frozen":
+            freeze_batch_norm(self.net)
         t0 = time.perf_counter()
         gt, lq, mask = self.sampler.batch(self.samples_seen, self.config.data.batch_size)
         gt, lq = gt.to(self.device, non_blocking=True), lq.to(self.device, non_blocking=True)
@@ -289,12 +325,16 @@ class Trainer:
         self._synchronize()
         t1 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            restored = self.net(lq, mask)
-        loss = self.loss_fn(restored.float(), gt)
+            if self.self_supervised is not None:
+                loss = self._self_supervised_loss(lq)
+            else:
+                loss = self.loss_fn(self.net(lq, mask).float(), gt)
         self._synchronize()
         t2 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.self_supervised is not None and self._distributed:
+            self._average_gradients()
         self._synchronize()
         t3 = time.perf_counter()
         if self.step == GRADIENT_CHECK_STEP:
@@ -321,11 +361,37 @@ class Trainer:
             "step_seconds": t4 - t0,
         }
 
+    def _self_supervised_loss(self, noisy: Tensor) -> Tensor:
+        """The self-supervised loss of this batch of noisy crops (its random draws seeded by the
+        run's seed, this worker and the step, so a resumed run draws the same)."""
+        settings = self.config.self_supervised
+        method = SELF_SUPERVISED_LOSSES[self.self_supervised]
+        generator = degradations.make_generator(self.config.seed, "self-supervised", self.rank, self.step)
+        options: dict[str, Any] = {"generator": generator}
+        if self.self_supervised == "neighbor2neighbor":
+            options["gamma"] = settings.gamma
+            return method(self.net, noisy, **options).float()
+        sigma = self.sampler.noise_levels(self.samples_seen, self.config.data.batch_size).to(self.device)
+        if self.self_supervised == "recorrupted":
+            options["alpha"] = settings.alpha
+        return method(self.net, noisy, sigma, **options).float()
+
     # -- the loop ------------------------------------------------------------------------------
 
     @property
     def _distributed(self) -> bool:
         return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def _average_gradients(self) -> None:
+        """Average the trainable parameters' gradients over the workers (in a fixed order; a
+        parameter without a gradient counts as zero), as DistributedDataParallel would."""
+        for parameter in self.model.parameters():
+            if not parameter.requires_grad:
+                continue
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad /= self.world_size
 
     def _reduce_over_workers(self, values: list[float], op: Any) -> list[float]:
         """``values`` reduced element-wise with ``op`` over the data-parallel workers (as they are
@@ -384,6 +450,10 @@ class Trainer:
         wall_before = float(self.history[-1]["wall_seconds"]) if self.history else 0.0
         window: list[dict[str, float]] = []
         row: dict[str, Any] = {}
+        if (self.step == 0 and self.start_metrics is None and self.rank == 0 and self.val_samples
+                and (self.self_supervised is not None or self.paired)):
+            self.start_metrics = self.validate()
+            self.progress("step 0 (the starting model): " + format_validation(self.start_metrics))
         while self.step < end:
             window.append(self.train_step())
             step = self.step
@@ -406,6 +476,7 @@ class Trainer:
             window = []
             if validate_due and self.rank == 0 and self.val_samples:
                 row.update(self.validate())
+                row["val_score"] = validation_score(row)
             elapsed = time.perf_counter() - fit_start
             row["wall_seconds"] = wall_before + elapsed
             if self.rank == 0:
@@ -453,16 +524,39 @@ class Trainer:
         settings = PredictorConfig(tile=0, precision="bf16" if self.amp else "fp32", channels_last=False,
                                    fold_batch_norm=False)
         predictor = Predictor(self.model, settings, device=self.device)
+        if self.self_supervised is not None:
+            return self._residual_noise(predictor)
         psnrs, ssims = [], []
         for sample, gt in zip(self.val_samples, self._val_gt):
             mask = sample.mask[None] if sample.mask is not None else None
             out = predictor.restore_batch(sample.lq[None], mask)[0]
             # What would be written to disk: 8-bit levels (NaN as 0, as an encoded image has it).
-            p, s = score_tensors(quantize(torch.nan_to_num(out.float(), nan=0.0)), gt, self.protocol)
+            p, s = score_tensors(quantize(torch.nan_to_num(out.float(), nan=0.0)), gt, self._metric)
             psnrs.append(p)
             ssims.append(s)
         self.model.train()
         return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+
+    def _residual_noise(self, predictor: Any) -> dict[str, float]:
+        """Without clean images: the noise the estimator still finds in the restored held-out
+        images (``val_residual_noise``, levels; lower is cleaner) and the std of what the model
+        took away relative to the input's estimated noise (``val_removed_noise``: near 1 removes
+        the noise; well above 1 removes image content too)."""
+        residual, removed = [], []
+        for sample in self.val_samples:
+            out = predictor.restore_batch(sample.lq[None])[0]
+            restored = quantize(torch.nan_to_num(out.float(), nan=0.0))
+            pixels = (restored.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            residual.append(estimate_noise(pixels))
+            taken = sample.gt.astype(np.float32) - pixels.astype(np.float32)
+            removed.append(float(taken.std()) / max(estimate_noise(sample.gt), 1e-6))
+        self.model.train()
+        return {"val_residual_noise": float(np.mean(residual)), "val_removed_noise": float(np.mean(removed))}
+
+    @property
+    def paired(self) -> bool:
+        """Whether the run trains on pairs (its validation scores pairs as they are)."""
+        return self.sampler.images.inputs is not None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -475,6 +569,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
             "resumed_at": self.resumed_at,
+            "start_metrics": self.start_metrics,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -482,6 +577,7 @@ class Trainer:
         self.samples_seen = int(state["samples_seen"])
         self.history = list(state.get("history", []))
         self.resumed_at = [int(s) for s in state.get("resumed_at", [])]
+        self.start_metrics = state.get("start_metrics")
         # The backbone's requires_grad must match the stage before the optimizer state is loaded.
         self._sync_stage()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -523,9 +619,35 @@ def format_progress(row: dict[str, Any], total_steps: int, eta_seconds: float) -
     width = len(str(total_steps))
     text = (f"step {row['step']:>{width}}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
             f"{row['samples_per_second']:6.1f} samples/s")
-    if "val_psnr" in row:
-        text += f"  val {row['val_psnr']:.2f} dB / SSIM {row['val_ssim']:.3f}"
+    if "val_psnr" in row or "val_residual_noise" in row:
+        text += "  " + format_validation(row)
     return text + f"  ETA {format_duration(eta_seconds)}"
+
+
+def format_validation(row: dict[str, Any]) -> str:
+    """A row's validation figures: PSNR / SSIM, or without clean images the residual noise."""
+    if "val_residual_noise" in row:
+        return (f"val residual noise {row['val_residual_noise']:.2f} levels "
+                f"(removed {row['val_removed_noise']:.2f} x the input's)")
+    return f"val {row['val_psnr']:.2f} dB / SSIM {row['val_ssim']:.3f}" if "val_psnr" in row else "no validation"
+
+
+def validation_score(row: dict[str, Any]) -> float:
+    """Higher is better: the validation PSNR, or minus the residual noise without clean images
+    (the value the best checkpoints are kept by)."""
+    if "val_psnr" in row:
+        return float(row["val_psnr"])
+    if "val_residual_noise" in row:
+        return -float(row["val_residual_noise"])
+    return float("-inf")
+
+
+def freeze_batch_norm(module: nn.Module) -> None:
+    """Put every BatchNorm layer of ``module`` in eval mode: normalized by its running
+    statistics, which the step does not update (its affine weights still train)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from restoration.models.catalog import CATALOG, named_model_of, named_model_path
 from restoration.models.community import (
     NON_COMMERCIAL,
     CommunityNet,
+    architecture_licence,
     detected_licence,
     is_community_file,
     is_non_commercial,
@@ -452,6 +453,11 @@ def model_licence(spec: str, task: str | None) -> tuple[str, str]:
         return "Apache-2.0", "restoration: shipped weights"
     if spec in CATALOG and not Path(spec).exists():
         return CATALOG[spec].licence, CATALOG[spec].source
+    if _is_student(spec):  # a fresh network: its architecture's licence
+        from restoration.models.students import build_student, parse_student_spec
+
+        student = build_student(parse_student_spec(spec), scale=4)
+        return architecture_licence(student.traits.architecture, type(student.net).__module__), f"a fresh {spec} network"
     source = resolve_model(spec, task or "")
     if is_community_file(str(source)) and not str(source).lower().endswith(NCNN_SUFFIX):
         # The architecture is detected, not built: the run builds the model once, later.
@@ -513,6 +519,14 @@ def start_model(network: ModelConfig, init: str | Path | None = None, *,
         return resumed_model(resume, network)
     if init is None:
         return build_model(network, backbone_weights=backbone_weights)
+    if isinstance(init, str) and _is_student(init):  # a fresh network of a short spec (distillation)
+        from restoration.models.students import build_student, parse_student_spec
+
+        try:
+            student = build_student(parse_student_spec(init), scale=network.scale)
+        except ValueError as error:
+            raise CheckpointError(f"student {init}: {error}") from None
+        return _community_start(network, student, init)
     if str(init) == "default":
         init = resolve_model("default", network.task)
     elif isinstance(init, str):
@@ -540,6 +554,12 @@ def start_model(network: ModelConfig, init: str | Path | None = None, *,
     if skipped:
         log.info("--init: %d tensors not transferred (task-specific): %s", len(skipped), ", ".join(skipped[:5]))
     return model
+
+
+def _is_student(spec: str) -> bool:
+    from restoration.models.students import is_student_spec
+
+    return is_student_spec(spec)
 
 
 def _community_start(network: ModelConfig, model: RestorationModel, shown: str) -> RestorationModel:

@@ -255,6 +255,17 @@ class MetricSpec(Protocol):
     def metric(self, channels: int) -> tuple[bool, int]: ...
 
 
+class RGBMetric:
+    """PSNR / SSIM on every channel, no border cropped: for outputs compared as they are (a
+    model's against another's, or against a given target), not under a paper's protocol."""
+
+    def metric(self, channels: int) -> tuple[bool, int]:
+        return False, 0
+
+
+RGB = RGBMetric()
+
+
 def score_tensors(restored: Tensor, gt: Tensor, spec: MetricSpec) -> tuple[float, float]:
     """(PSNR dB, SSIM) of a float ``C x H x W`` output on 8-bit levels (:func:`quantize`) against
     the ground truth's tensor, under ``spec``'s metric (Y channel, border crop)."""
