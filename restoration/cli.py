@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from restoration.tasks.specs import TASK_NAMES
 
 SELF_SUPERVISED_CHOICES = ("sure", "neighbor2neighbor", "recorrupted")  # restoration.finetune.settings'
-DEFAULT_SELF_SUPERVISED = "sure"
+DEFAULT_SELF_SUPERVISED = "neighbor2neighbor"
 
 if TYPE_CHECKING:
     from restoration.finetune.run import FinetuneExecutor
@@ -512,9 +512,10 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self-supervised", nargs="?", const=DEFAULT_SELF_SUPERVISED, default=None, metavar="METHOD",
                    choices=SELF_SUPERVISED_CHOICES,
                    help="adapt a denoiser to noisy images alone, no clean image: --train-images and --val-images "
-                        "are noisy; METHOD is sure (Gaussian noise of known or estimated level; the default), "
-                        "neighbor2neighbor (any noise independent per pixel) or recorrupted. Validation reports "
-                        "the noise left in the --val-images as estimated")
+                        "are noisy; METHOD is neighbor2neighbor (the default: noise independent per pixel, its "
+                        "clipping at black and white modelled), sure or recorrupted (Gaussian noise of known or "
+                        "estimated level, unclipped: weak noise). Validation reports the noise left in the "
+                        "--val-images as estimated")
     p.add_argument("--keep-worse", action="store_true",
                    help="with --self-supervised: write the model even when it leaves more noise in the "
                         "--val-images than the model it started from (refused otherwise)")

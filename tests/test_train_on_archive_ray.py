@@ -61,5 +61,6 @@ def test_self_supervised_on_two_train_workers(local_ray, noisy: Path, tmp_path: 
     done = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("done: "))
     assert done["val_residual_noise_at_start"] > 0.8 * SIGMA
     assert done["val_residual_noise"] < done["val_residual_noise_at_start"] - 5, done
+    assert done["val_noise_left"] < done["val_noise_left_at_start"], done
     provenance = json.loads((tmp_path / "runs" / "ray" / "model" / "model.json").read_text())["provenance"]
     assert provenance["workers"] == 2 and provenance["trained_on"].startswith("noisy images alone")

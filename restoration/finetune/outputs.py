@@ -15,7 +15,7 @@ from restoration.finetune.trainer import METRIC_COLUMNS, Trainer
 from restoration.io import storage
 from restoration.models.checkpoint import save_checkpoint
 
-VALIDATION_KEYS = ("val_psnr", "val_ssim", "val_residual_noise", "val_removed_noise", "val_score")
+VALIDATION_KEYS = ("val_psnr", "val_ssim", "val_noise_left", "val_residual_noise", "val_removed_noise", "val_score")
 """The validation figures a checkpoint's provenance records."""
 
 
@@ -30,10 +30,10 @@ def worse_than_start(trainer: Trainer, run_uri: str, *, keep_worse: bool = False
     starting model's (by default: it is worse), and the run was not told to keep it (``keep_worse``).
     ``run_uri``: where its checkpoints stay, for the message."""
     start, history = trainer.start_metrics or {}, trainer.history
-    final = next((h for h in reversed(history) if "val_residual_noise" in h), None)
-    if trainer.self_supervised is None or final is None or "val_residual_noise" not in start or keep_worse:
+    final = next((h for h in reversed(history) if "val_noise_left" in h), None)
+    if trainer.self_supervised is None or final is None or "val_noise_left" not in start or keep_worse:
         return None
-    before, after = start["val_residual_noise"], final["val_residual_noise"]
+    before, after = start["val_noise_left"], final["val_noise_left"]
     required = trainer.config.self_supervised.min_residual_drop
     if before - after >= required:
         return None
@@ -100,8 +100,8 @@ def plot_training_curve(history: list[dict], path: Path, *, start: dict[str, Any
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("training loss", color="tab:blue")
     ax_loss.set_yscale("log")
-    key, label = (("val_residual_noise", "held-out residual noise (levels)")
-                  if any("val_residual_noise" in h for h in history) else ("val_psnr", "validation PSNR (dB)"))
+    key, label = (("val_noise_left", "held-out noise left, estimated (levels)")
+                  if any("val_noise_left" in h for h in history) else ("val_psnr", "validation PSNR (dB)"))
     val = [(0, start[key])] if start and key in start else []
     val += [(h["step"], h[key]) for h in history if key in h]
     if val:

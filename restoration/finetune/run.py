@@ -313,10 +313,11 @@ def run_summary(metrics: dict[str, Any], best: list[tuple[str, dict[str, Any]]],
     """The final line of a run: last metrics, the best checkpoint by validation PSNR (``best``:
     (checkpoint folder name, its metrics)), and where the final model is. Only what the run
     knows is set (see :meth:`FinetuneSummary.to_json`)."""
-    known = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim", "val_residual_noise")
+    known = {k: metrics.get(k) for k in ("step", "loss", "val_psnr", "val_ssim", "val_noise_left", "val_residual_noise")
              if k in metrics}
-    if start and "val_residual_noise" in start:
-        known["val_residual_noise_at_start"] = start["val_residual_noise"]
+    for key in ("val_noise_left", "val_residual_noise"):
+        if start and key in start:
+            known[f"{key}_at_start"] = start[key]
     top = max(best, key=lambda item: validation_score(item[1]), default=None)
     if top is not None:
         known["best_checkpoint"] = storage.join(run_uri, top[0])

@@ -41,6 +41,8 @@ from torch import Tensor
 __all__ = [
     "SELF_SUPERVISED_LOSSES",
     "clipped_mean",
+    "clipped_variance",
+    "neighbour_error",
     "neighbor2neighbor_loss",
     "neighbor_subsample",
     "recorrupted_loss",
@@ -150,6 +152,45 @@ def clipped_mean(clean: Tensor, sigma: Tensor | float) -> Tensor:
     low, high = -clean / s, (1 - clean) / s
     below, inside = torch.special.ndtr(low), torch.special.ndtr(high)
     return (1 - inside) + clean * (inside - below) + s * (_normal_density(low) - _normal_density(high))
+
+
+def clipped_variance(clean: Tensor, sigma: Tensor | float) -> Tensor:
+    """``Var[clip(clean + sigma z, 0, 1)]``, ``z ~ N(0, 1)``: the variance a noisy file's values
+    keep around :func:`clipped_mean` (below ``sigma^2`` near black and white). Same arguments."""
+    s = _per_image_sigma(sigma, clean) if clean.dim() == 4 else torch.as_tensor(sigma, dtype=clean.dtype)
+    low, high = -clean / s, (1 - clean) / s
+    below, inside = torch.special.ndtr(low), torch.special.ndtr(high)
+    density_low, density_high = _normal_density(low), _normal_density(high)
+    mean = (1 - inside) + clean * (inside - below) + s * (density_low - density_high)
+    second = ((clean * clean + s * s) * (inside - below) + 2 * clean * s * (density_low - density_high)
+              + s * s * (low * density_low - high * density_high) + (1 - inside))
+    return (second - mean * mean).clamp_min(0)
+
+
+def neighbour_error(restore: Net, noisy: Tensor, sigma: Tensor | float | None, *, clipped: bool = True,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Held-out Neighbor2Neighbor error of ``restore`` on noisy images alone, per image
+    (``(N,)`` each, [0, 1] scale squared): one :func:`neighbor_subsample` draw; ``restore`` of the
+    first sub-image is compared with its neighbours in the second (as :func:`clipped_mean` with
+    ``clipped``), and the variance those neighbours' noise has around it (``sigma^2``, or the
+    :func:`clipped_variance`). The first less the second estimates the model's squared error
+    against the clean image at half resolution, plus the neighbours' own differences (fine
+    texture, the same for every model). The variance depends on the output it is taken at: to
+    compare models, subtract one model's variance from every model's error (the first is then
+    what tells them apart). ``sigma`` None: unclipped noise of unknown level (variance 0).
+    Assumes what :func:`neighbor2neighbor_loss` assumes."""
+    _check_noisy(noisy)
+    first, second = neighbor_subsample(noisy, generator=generator)
+    out = restore(first)
+    _check_output(out, first)
+    if sigma is None:
+        return (out - second).pow(2).flatten(1).mean(1), torch.zeros(noisy.shape[0], device=noisy.device)
+    s = _per_image_sigma(sigma, noisy)
+    if clipped:
+        expected, spread = clipped_mean(out, s.flatten()), clipped_variance(out, s.flatten())
+    else:
+        expected, spread = out, s.pow(2).expand_as(out)
+    return (expected - second).pow(2).flatten(1).mean(1), spread.flatten(1).mean(1)
 
 
 def _normal_density(u: Tensor) -> Tensor:

@@ -122,6 +122,10 @@ class SelfSupervisedConfig(Settings):
             it per image (``restoration.quality.assess.estimate_noise``). "sure" and "recorrupted"
             use it; "neighbor2neighbor" needs none.
         gamma: the weight of Neighbor2Neighbor's regularizer.
+        clipped: the noisy files clip the noise at black and white, as every 8-bit file of
+            strong noise does: Neighbor2Neighbor then compares the model's output as the noisy
+            values average to (the clipped mean, from the noise level), so that the output itself
+            is the clean image. False: the noise is taken as zero-mean everywhere.
         alpha: the recorrupted-pair loss's split of the added noise between input and target.
         batch_norm: "frozen" keeps BatchNorm layers on their running statistics while training
             (the noisy batches' statistics are not the clean images' the model learnt), or "train".
@@ -136,6 +140,7 @@ class SelfSupervisedConfig(Settings):
     method: str | None = None
     sigma: Annotated[float, check(lambda v: 0 < v <= 255, "within (0, 255] levels or null")] | None = None
     gamma: Annotated[float, at_least(0)] = 1.0
+    clipped: bool = True
     alpha: Annotated[float, check(lambda v: v > 0, "must be > 0")] = 0.5
     batch_norm: str = "frozen"
     min_residual_drop: float = 0.0
@@ -153,6 +158,21 @@ class SelfSupervisedConfig(Settings):
         if value not in ("frozen", "train"):
             raise ValueError(f"expected 'frozen' or 'train', got {value!r}")
         return value
+
+
+SELF_SUPERVISED_DEFAULTS: dict[str, Any] = {
+    "steps": 800,
+    "data": {"crop_size": 128, "batch_size": 8},
+    "optim": {"lr": 1e-4, "backbone_lr": 1e-5, "weight_decay": 0.0, "warmup_steps": 50, "min_lr_ratio": 0.1,
+              "freeze_backbone_fraction": 0.0},
+    "self_supervised": {"gamma": 2.0},
+    "validation": {"interval": 100, "limit": 10},
+    "checkpoint_interval": 100,
+    "log_interval": 25,
+}
+"""A self-supervised run's settings where its config and ``--set`` give none: adapting a
+trained model to noisy targets wants small steps on every layer, BatchNorm statistics frozen, and
+a regularizer weight of 2 (measured on the shipped denoiser at sigma 70: docs/archive.md)."""
 
 
 def _task_spec(value: Any) -> TaskSpec:
@@ -286,6 +306,8 @@ def load_train_config(
         data = config_lib.read_yaml(path)
     if overrides:
         data = config_lib.merge(data, config_lib.parse_overrides(overrides))
+    if (data.get("self_supervised") or {}).get("method") is not None:  # under what the run sets
+        data = config_lib.merge(SELF_SUPERVISED_DEFAULTS, data)
     if "task" in data and data["task"] != task:
         raise ValueError(f"task {data['task']!r} in the config disagrees with --task {task!r}")
     if steps is not None:

@@ -19,7 +19,8 @@ __all__ = ["FinetuneSummary"]
 
 class FinetuneSummary(BaseModel):
     """The end of a fine-tuning run: the last reported metrics (``step``, training ``loss``,
-    ``val_psnr``, ``val_ssim``; self-supervised, ``val_residual_noise`` and the starting model's),
+    ``val_psnr``, ``val_ssim``; self-supervised, ``val_noise_left`` and ``val_residual_noise``, and
+    the starting model's),
     the best checkpoint by validation (PSNR, or the least residual noise) with its PSNR, and
     ``model``, where the final model is (``<storage>/<name>/model``)."""
 
@@ -30,8 +31,10 @@ class FinetuneSummary(BaseModel):
     loss: float | None = None
     val_psnr: float | None = None
     val_ssim: float | None = None
-    val_residual_noise: float | None = None  # self-supervised: the noise left in the held-out images
-    val_residual_noise_at_start: float | None = None  # ... by the model the run started from
+    val_noise_left: float | None = None  # self-supervised: the error left in the held-out images, estimated
+    val_noise_left_at_start: float | None = None  # ... by the model the run started from
+    val_residual_noise: float | None = None  # self-supervised: the fine-scale noise the estimator finds in them
+    val_residual_noise_at_start: float | None = None
     best_checkpoint: str | None = None  # URI of the checkpoint folder
     best_val_psnr: float | None = None
     model: str

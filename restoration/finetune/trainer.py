@@ -40,7 +40,7 @@ from restoration.finetune.checkpoints import (
 )
 from restoration.finetune.data import LoadedImages
 from restoration.finetune.losses import build_loss
-from restoration.finetune.selfsup import SELF_SUPERVISED_LOSSES
+from restoration.finetune.selfsup import SELF_SUPERVISED_LOSSES, neighbour_error
 from restoration.finetune.settings import TrainConfig, model_differences
 from restoration.io.pixels import pixels_to_tensor
 from restoration.models.checkpoint import CheckpointError, load_weights, start_model
@@ -192,7 +192,8 @@ ReportFn = Callable[[dict[str, Any], bool], None]
 """``report(row, checkpoint_due)``: called by every worker at the same steps (see ``Trainer.fit``)."""
 
 METRIC_COLUMNS = (
-    "step", "loss", "lr", "samples_per_second", "val_psnr", "val_ssim", "val_residual_noise", "val_removed_noise",
+    "step", "loss", "lr", "samples_per_second", "val_psnr", "val_ssim", "val_noise_left", "val_residual_noise",
+    "val_removed_noise",
     "wall_seconds", "stage",
     "data_seconds", "forward_seconds", "backward_seconds", "optimizer_seconds",
 )
@@ -275,6 +276,9 @@ class Trainer:
         # Validation of the starting model (step 0), for runs whose curve starts there: on pairs
         # (a student's agreement before training) and self-supervised (the noise it leaves).
         self.start_metrics: dict[str, float] | None = None
+        # Self-supervised validation: the variance of the held-out neighbours' noise (one per
+        # image, fixed at the first validation; see _residual_noise).
+        self.noise_variance: list[float] | None = None
         self._stage: str | None = None
         self.net: nn.Module = self.model
         self._sync_stage()
@@ -368,10 +372,12 @@ class Trainer:
         method = SELF_SUPERVISED_LOSSES[self.self_supervised]
         generator = degradations.make_generator(self.config.seed, "self-supervised", self.rank, self.step)
         options: dict[str, Any] = {"generator": generator}
+        sigma = self.sampler.noise_levels(self.samples_seen, self.config.data.batch_size).to(self.device)
         if self.self_supervised == "neighbor2neighbor":
             options["gamma"] = settings.gamma
+            if settings.clipped:
+                options["clip_sigma"] = sigma
             return method(self.net, noisy, **options).float()
-        sigma = self.sampler.noise_levels(self.samples_seen, self.config.data.batch_size).to(self.device)
         if self.self_supervised == "recorrupted":
             options["alpha"] = settings.alpha
         return method(self.net, noisy, sigma, **options).float()
@@ -538,20 +544,38 @@ class Trainer:
         return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
 
     def _residual_noise(self, predictor: Any) -> dict[str, float]:
-        """Without clean images: the noise the estimator still finds in the restored held-out
-        images (``val_residual_noise``, levels; lower is cleaner) and the std of what the model
-        took away relative to the input's estimated noise (``val_removed_noise``: near 1 removes
-        the noise; well above 1 removes image content too)."""
-        residual, removed = [], []
-        for sample in self.val_samples:
+        """Without clean images, on the held-out noisy images: ``val_noise_left``, the model's
+        error estimated from the noisy images alone (:func:`restoration.finetune.selfsup.neighbour_error`
+        less the neighbours' noise variance as the starting model predicts it; RMS in 8-bit
+        levels at half resolution, fine texture included, the noise's clipping modelled as in
+        training; lower is better: the value runs are judged and kept by); ``val_residual_noise``, the noise the estimator
+        (:func:`restoration.quality.assess.estimate_noise`) still finds in the outputs (fine-scale
+        noise only: an output that is too flat reads low, see docs/archive.md); and
+        ``val_removed_noise``, the std of what the model took away over the input's estimated
+        noise (near 1 removes the noise; well above 1 removes image content too)."""
+        settings = self.config.self_supervised
+        residual, removed, errors, spreads = [], [], [], []
+        for index, sample in enumerate(self.val_samples):
             out = predictor.restore_batch(sample.lq[None])[0]
             restored = quantize(torch.nan_to_num(out.float(), nan=0.0))
             pixels = (restored.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             residual.append(estimate_noise(pixels))
+            level = settings.sigma if settings.sigma is not None else estimate_noise(sample.gt)
             taken = sample.gt.astype(np.float32) - pixels.astype(np.float32)
-            removed.append(float(taken.std()) / max(estimate_noise(sample.gt), 1e-6))
+            removed.append(float(taken.std()) / max(level, 1e-6))
+            generator = degradations.make_generator(self.config.validation.seed, "noise left", index)
+            error, spread = neighbour_error(lambda x: predictor.restore_batch(x).float().clamp(0, 1), sample.lq[None],
+                                            max(level, 0.5) / 255.0, clipped=settings.clipped, generator=generator)
+            errors.append(float(error[0]))
+            spreads.append(float(spread[0]))
+        # The neighbours' noise as the first model validated (the starting one) predicts it: one
+        # variance for the whole run, so that the runs' models compare by their errors alone.
+        if self.noise_variance is None:
+            self.noise_variance = spreads
+        left = [math.sqrt(max(e - v, 0.0)) * 255.0 for e, v in zip(errors, self.noise_variance)]
         self.model.train()
-        return {"val_residual_noise": float(np.mean(residual)), "val_removed_noise": float(np.mean(removed))}
+        return {"val_noise_left": float(np.mean(left)), "val_residual_noise": float(np.mean(residual)),
+                "val_removed_noise": float(np.mean(removed))}
 
     @property
     def paired(self) -> bool:
@@ -570,6 +594,7 @@ class Trainer:
             "history": self.history,
             "resumed_at": self.resumed_at,
             "start_metrics": self.start_metrics,
+            "noise_variance": self.noise_variance,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -578,6 +603,7 @@ class Trainer:
         self.history = list(state.get("history", []))
         self.resumed_at = [int(s) for s in state.get("resumed_at", [])]
         self.start_metrics = state.get("start_metrics")
+        self.noise_variance = state.get("noise_variance")
         # The backbone's requires_grad must match the stage before the optimizer state is loaded.
         self._sync_stage()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -626,19 +652,19 @@ def format_progress(row: dict[str, Any], total_steps: int, eta_seconds: float) -
 
 def format_validation(row: dict[str, Any]) -> str:
     """A row's validation figures: PSNR / SSIM, or without clean images the residual noise."""
-    if "val_residual_noise" in row:
-        return (f"val residual noise {row['val_residual_noise']:.2f} levels "
-                f"(removed {row['val_removed_noise']:.2f} x the input's)")
+    if "val_noise_left" in row:
+        return (f"val noise left {row['val_noise_left']:.2f} levels (residual noise {row['val_residual_noise']:.2f}, "
+                f"removed {row['val_removed_noise']:.2f} x the input's)")
     return f"val {row['val_psnr']:.2f} dB / SSIM {row['val_ssim']:.3f}" if "val_psnr" in row else "no validation"
 
 
 def validation_score(row: dict[str, Any]) -> float:
-    """Higher is better: the validation PSNR, or minus the residual noise without clean images
-    (the value the best checkpoints are kept by)."""
+    """Higher is better: the validation PSNR, or without clean images minus the noise left (the
+    value the best checkpoints are kept by)."""
     if "val_psnr" in row:
         return float(row["val_psnr"])
-    if "val_residual_noise" in row:
-        return -float(row["val_residual_noise"])
+    if "val_noise_left" in row:
+        return -float(row["val_noise_left"])
     return float("-inf")
 
 
