@@ -40,24 +40,24 @@ def _run(args: list[str], log: Path) -> tuple[int, float]:
     return code, time.perf_counter() - started
 
 
-def _curve(model_dir: Path, key: str) -> list[dict]:
+def _curve(model_dir: Path, keys: tuple[str, ...]) -> list[dict]:
     rows = list(csv.DictReader((model_dir / "metrics.csv").read_text().splitlines()))
     start = json.loads((model_dir / "model.json").read_text())["provenance"].get("validation_at_start") or {}
-    curve = [{"step": 0, "seconds": 0.0, key: start.get(key)}] if key in start else []
-    return curve + [{"step": int(r["step"]), "seconds": round(float(r["wall_seconds"]), 1), key: float(r[key])}
-                    for r in rows if r.get(key)]
+    curve = [{"step": 0, "seconds": 0.0, **{k: start[k] for k in keys if k in start}}] if start else []
+    return curve + [{"step": int(r["step"]), "seconds": round(float(r["wall_seconds"]), 1),
+                     **{k: float(r[k]) for k in keys if r.get(k)}} for r in rows if r.get(keys[0])]
 
 
-def distill(archives: Path, runs: Path, extra: list[str]) -> dict:
-    args = ["distill", "--teacher", "realesrgan-x4plus", "--student", "realesr-animevideov3",
+def distill(archives: Path, runs: Path, extra: list[str], *, student: str, name: str) -> dict:
+    args = ["distill", "--teacher", "realesrgan-x4plus", "--student", student,
             "--images", str(archives / "low-res"), "--sample", "50", "--held-out", "10",
-            "--storage", str(runs), "--name", "x4plus-compact", "--no-ray", *extra]
-    code, seconds = _run(args, runs / "distill.log")
-    run = runs / "x4plus-compact"
+            "--storage", str(runs), "--name", name, "--no-ray", *extra]
+    code, seconds = _run(args, runs / f"{name}.log")
+    run = runs / name
     report = json.loads((run / "distill.json").read_text()) if code == 0 else None
     return {"command": "restoration " + " ".join(args), "exit_code": code, "wall_seconds": round(seconds, 1),
             "report": report and {k: v for k, v in report.items() if k != "images"},
-            "curve": _curve(run / "model", "val_psnr") if code == 0 else None}
+            "curve": _curve(run / "model", ("val_psnr", "val_ssim")) if code == 0 else None}
 
 
 def _psnr(image: np.ndarray, reference: np.ndarray) -> float:
@@ -91,7 +91,7 @@ def self_supervised(archives: Path, runs: Path, extra: list[str]) -> dict:
     model = runs / "adapted-sigma70" / "model"
     result = {"command": "restoration " + " ".join(args), "exit_code": code, "wall_seconds": round(seconds, 1)}
     if code == 0:
-        result["curve"] = _curve(model, "val_residual_noise")
+        result["curve"] = _curve(model, ("val_noise_left", "val_residual_noise", "val_removed_noise"))
         result["measured_against_clean"] = {
             "note": "PSNR against the clean originals of the held-out photos, read here only (never in training)",
             "start": held_out_psnr("default", noisy / "held-out", noisy / "clean-held-out"),
@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--runs", required=True, type=Path)
     parser.add_argument("--only", choices=("distill", "self-supervised"), default=None)
     parser.add_argument("--distill-set", action="append", default=[], help="extra distill arguments")
+    parser.add_argument("--student", default="realesr-animevideov3", help="the distill run's --student")
+    parser.add_argument("--name", default="x4plus-compact", help="the distill run's --name (and its key here)")
     parser.add_argument("--self-supervised-set", action="append", default=[], help="extra finetune arguments")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -119,8 +121,9 @@ def main() -> None:
 
     results["machine"] = f"this CPU, {torch.get_num_threads()} threads"
     if args.only in (None, "distill"):
-        results["distill"] = distill(args.archives, args.runs, args.distill_set)
-        print(json.dumps(results["distill"], indent=1)[:3000], flush=True)
+        results[f"distill {args.name}"] = distill(args.archives, args.runs, args.distill_set, student=args.student,
+                                                  name=args.name)
+        print(json.dumps(results[f"distill {args.name}"], indent=1)[:3000], flush=True)
     if args.only in (None, "self-supervised"):
         results["self_supervised"] = self_supervised(args.archives, args.runs, args.self_supervised_set)
         print(json.dumps(results["self_supervised"], indent=1)[:3000], flush=True)

@@ -188,22 +188,22 @@ def run(args: argparse.Namespace) -> int:
     student = storage.join(run_uri, "model")
     report = distill.agreement_report(run_uri, teacher=args.teacher, student=student, pairs=pairs, task=task)
     print(distill.format_report(report), flush=True)
-    page = _compare_page(run_uri, sample.held_out, [args.teacher, student], task)
+    page = _compare_page(run_uri, [args.teacher, student], task, len(sample.held_out))
     print(f"distill: report {storage.redact(storage.join(run_uri, distill.REPORT_FILE))}, page {page}", flush=True)
     return 0
 
 
-def _compare_page(run_uri: str, held_out: list[str], models: list[str], task: str) -> str:
+def _compare_page(run_uri: str, models: list[str], task: str, held_out: int) -> str:
     """``<run>/compare.html``: the held-out images restored by the teacher and the student."""
+    from restoration import distill
     from restoration.io import storage
     from restoration.pages.compare import write_comparison
 
     target = storage.join(run_uri, "compare.html")
+    listing = storage.join(run_uri, distill.SAMPLE_FOLDER, "held-out.txt")
     with tempfile.TemporaryDirectory() as tmp:
-        listing = Path(tmp) / "held-out.txt"
-        listing.write_text("\n".join(held_out) + "\n")
         html = Path(tmp) / "compare.html"
-        write_comparison(str(listing), models, str(html), task=task, sample=len(held_out), seed=0)
+        write_comparison(listing, models, str(html), task=task, sample=held_out, seed=0)
         storage.write_bytes(target, html.read_bytes())
     return storage.redact(target)
 

@@ -132,3 +132,25 @@ def test_a_student_trains() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 2
+
+
+def test_a_trained_compact_made_deeper_starts_as_the_same_function() -> None:
+    """``deepen:realesr-animevideov3,conv=24``: real weights, 8 identity layers spread between its
+    16; the same output to the last bit, 24 convolutions that spandrel detects back."""
+    from restoration.finetune.settings import load_train_config
+    from restoration.models.checkpoint import start_model
+    from restoration.models.students import deepen_compact, is_student_spec, parse_deepen_spec
+
+    assert parse_deepen_spec("deepen:realesr-animevideov3,conv=24") == ("realesr-animevideov3", 24)
+    assert is_student_spec("deepen:realesr-animevideov3,conv=24") and parse_deepen_spec("compact") is None
+    network = load_train_config("sr", overrides=["degradation.scale=4"]).network_config()
+    base = start_model(network, "realesr-animevideov3")
+    deeper = start_model(network, "deepen:realesr-animevideov3,conv=24")
+    assert deeper.training and deeper.net.num_conv == 24 and deeper.traits.architecture == "Compact"
+    x = torch.rand(2, 3, 20, 18, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(base.eval()(x), deeper.eval()(x))
+    with pytest.raises(ValueError, match="must exceed the model's 16"):
+        deepen_compact(base, 16)
+    with pytest.raises(ValueError, match="takes a Compact"):
+        deepen_compact(build_student(parse_student_spec("span:feat=8"), scale=4), 24)

@@ -453,8 +453,12 @@ def model_licence(spec: str, task: str | None) -> tuple[str, str]:
         return "Apache-2.0", "restoration: shipped weights"
     if spec in CATALOG and not Path(spec).exists():
         return CATALOG[spec].licence, CATALOG[spec].source
-    if _is_student(spec):  # a fresh network: its architecture's licence
-        from restoration.models.students import build_student, parse_student_spec
+    if _is_student(spec):  # a fresh network: its architecture's licence (a deepened one: its base's)
+        from restoration.models.students import build_student, parse_deepen_spec, parse_student_spec
+
+        deepen = parse_deepen_spec(spec)
+        if deepen is not None:
+            return model_licence(deepen[0], task)
 
         student = build_student(parse_student_spec(spec), scale=4)
         return architecture_licence(student.traits.architecture, type(student.net).__module__), f"a fresh {spec} network"
@@ -520,9 +524,12 @@ def start_model(network: ModelConfig, init: str | Path | None = None, *,
     if init is None:
         return build_model(network, backbone_weights=backbone_weights)
     if isinstance(init, str) and _is_student(init):  # a fresh network of a short spec (distillation)
-        from restoration.models.students import build_student, parse_student_spec
+        from restoration.models.students import build_student, deepen_compact, parse_deepen_spec, parse_student_spec
 
+        deepen = parse_deepen_spec(init)
         try:
+            if deepen is not None:  # a trained Compact made deeper
+                return _community_start(network, deepen_compact(start_model(network, deepen[0]), deepen[1]), init)
             student = build_student(parse_student_spec(init), scale=network.scale)
         except ValueError as error:
             raise CheckpointError(f"student {init}: {error}") from None

@@ -8,6 +8,8 @@ text names its architecture and size::
     span                        SPAN, 48 feature channels
     span:feat=32
     esrgan:feat=32,blocks=6     a small RRDBNet (ESRGAN's generator)
+    deepen:realesr-animevideov3,conv=24
+                                a trained Compact made deeper, starting as the same function
 
 :func:`build_student` builds spandrel's architecture class with random weights (seeded, without
 touching the global RNG's state), writes its state dict as safetensors and loads it back through
@@ -29,7 +31,8 @@ from torch import nn
 
 from restoration.models.community import CommunityNet, load_community_model
 
-__all__ = ["STUDENT_ARCHITECTURES", "StudentSpec", "build_student", "is_student_spec", "parse_student_spec"]
+__all__ = ["STUDENT_ARCHITECTURES", "StudentSpec", "build_student", "deepen_compact", "is_student_spec",
+           "parse_deepen_spec", "parse_student_spec"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ def is_student_spec(text: str) -> bool:
     text = text.strip()
     if not text or Path(text).exists():
         return False
+    if parse_deepen_spec(text) is not None:
+        return True
     match = _SPEC_PATTERN.fullmatch(text)
     return match is not None and match["arch"] in STUDENT_ARCHITECTURES
 
@@ -185,3 +190,63 @@ def build_student(spec: StudentSpec, *, scale: int, seed: int = 0) -> CommunityN
         model, _ = load_community_model(state, name=name, data=data)
     model.train()
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Deeper students from a trained Compact
+
+_DEEPEN_PATTERN: Final[re.Pattern[str]] = re.compile(r"deepen:(?P<base>[^,\s]+),conv=(?P<conv>[0-9]+)")
+
+
+def parse_deepen_spec(text: str) -> tuple[str, int] | None:
+    """``(base, conv)`` of ``deepen:BASE,conv=N`` (a trained Compact made deeper), or None for
+    other text. A path that exists is never a spec."""
+    text = text.strip()
+    match = _DEEPEN_PATTERN.fullmatch(text)
+    if match is None or Path(text).exists():
+        return None
+    return match["base"], int(match["conv"])
+
+
+def deepen_compact(model: CommunityNet, conv: int) -> CommunityNet:
+    """``model`` (a Compact) with ``conv`` body convolutions instead of its own, the new ones
+    spread evenly between the old and made identities (a 3 x 3 kernel with a centre of 1 per
+    channel, a PReLU of slope 1), so that the deeper network starts as exactly the same function
+    and its extra layers have something to learn from the first step. Training mode.
+
+    Raises:
+        ValueError: ``model`` is not a Compact with PReLU activations, or ``conv`` is not more
+            than its convolutions (and at most 64).
+    """
+    net = model.net
+    if model.traits.architecture != "Compact" or getattr(net, "act_type", None) != "prelu":
+        raise ValueError(f"deepen takes a Compact model with PReLU activations, not {model.traits.architecture}")
+    have = int(net.num_conv)
+    if not have < conv <= 64:
+        raise ValueError(f"deepen: conv={conv} must exceed the model's {have} convolutions (and be at most 64)")
+    state = {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
+    feat = int(net.num_feat)
+    # (conv weight, conv bias, PReLU weight) of the first convolution and of each body one.
+    layers = [(state[f"body.{2 * i}.weight"], state[f"body.{2 * i}.bias"], state[f"body.{2 * i + 1}.weight"])
+              for i in range(have + 1)]
+    identity = torch.zeros(feat, feat, 3, 3)
+    identity[torch.arange(feat), torch.arange(feat), 1, 1] = 1.0
+    extra = conv - have
+    # after which of the body's layers each new one goes (evenly spread, never before the first)
+    after = [1 + (index * have) // extra for index in range(extra)]
+    deeper = []
+    for position, layer in enumerate(layers):
+        deeper.append(layer)
+        deeper += [(identity.clone(), torch.zeros(feat), torch.ones(feat)) for slot in after if slot == position]
+    grown = {}
+    for index, (weight, bias, slope) in enumerate(deeper):
+        grown[f"body.{2 * index}.weight"], grown[f"body.{2 * index}.bias"] = weight, bias
+        grown[f"body.{2 * index + 1}.weight"] = slope
+    last = 2 * (have + 1)
+    grown[f"body.{2 * len(deeper)}.weight"] = state[f"body.{last}.weight"]
+    grown[f"body.{2 * len(deeper)}.bias"] = state[f"body.{last}.bias"]
+    grown = {name: tensor.contiguous() for name, tensor in grown.items()}
+    data = save_safetensors(grown)
+    base = (model.model_id or "compact").rsplit("-", 1)[0]
+    deepened, _ = load_community_model(grown, name=f"{base}-deepened-c{conv}.safetensors", data=data)
+    return deepened.train()
