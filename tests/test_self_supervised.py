@@ -7,13 +7,20 @@ tests/test_train_on_archive_ray.py.)"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from restoration.finetune.checkpoints import training_checkpoints
 from restoration.finetune.settings import load_train_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 SIGMA = 40
 TINY = ["model.widths=[8,8,16,16,24,24]", "data.crop_size=64", "data.batch_size=4", "optim.lr=5e-3",
@@ -91,20 +98,42 @@ def test_self_supervised_training_removes_noise_without_clean_images(noisy: Path
     assert psnr(restored, clean_val) > psnr(noisy_val, clean_val) + 1.5  # 17.32 -> 19.63 dB when written
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_model_that_does_not_clean_better_is_refused_unless_kept(noisy: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
-    from jobs.cli import main
-
+def test_a_killed_run_resumes_and_a_model_that_does_not_clean_better_is_refused_unless_kept(
+        noisy: Path, tmp_path: Path) -> None:
     run = tmp_path / "runs" / "strict"
     # Asking for 100 levels less noise than the start: no model can, so the run's model is refused.
-    args = command(noisy, tmp_path / "runs", "strict", steps=15, extra=["self_supervised.min_residual_drop=100"])
-    assert main(args) == 1
-    captured = capsys.readouterr()
-    assert "fine-tuning done, but the adapted model leaves not 100 levels less noise" in captured.err, captured.err
-    assert "--keep-worse writes it anyway" in captured.err
-    assert not (run / "model").exists() and (run / "checkpoint_step_00000015").is_dir()
-    # The same command with --keep-worse: nothing left to train, the model is written.
-    assert main([*args, "--keep-worse"]) == 0
-    assert (run / "model" / "model.safetensors").is_file() and not (run / "model-refused.txt").exists()
-    assert "resumed from step 15 of 15" in capsys.readouterr().out
+    args = [sys.executable, "-m", "jobs.cli", *command(noisy, tmp_path / "runs", "strict", steps=30,
+                                                      extra=["self_supervised.min_residual_drop=100"])]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # 1. SIGKILL once a checkpoint exists.
+    with (tmp_path / "first.log").open("w") as log:
+        process = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+        try:
+            deadline = time.monotonic() + 150
+            while not training_checkpoints(str(run)):
+                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+                time.sleep(0.1)
+            process.kill()
+        finally:
+            process.wait(timeout=30)
+    killed_at = training_checkpoints(str(run))[-1][0]
+    assert killed_at < 30
+    # 2. The same command resumes (the starting model's figures come back with the checkpoint),
+    # finishes, and refuses the model: exit 1, one line, the checkpoints kept.
+    second = subprocess.run(args, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert f"resumed from step {killed_at} of 30" in second.stdout
+    assert "fine-tuning done, but the adapted model leaves not 100 levels less noise" in second.stderr, second.stderr
+    assert "--keep-worse writes it anyway" in second.stderr and "Traceback" not in second.stderr
+    assert not (run / "model").exists() and (run / "checkpoint_step_00000030").is_dir()
+    # 3. With --keep-worse: nothing left to train, the model is written, its start figures kept.
+    third = subprocess.run([*args, "--keep-worse"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                           timeout=200)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "resumed from step 30 of 30" in third.stdout and not (run / "model-refused.txt").exists()
+    provenance = json.loads((run / "model" / "model.json").read_text())["provenance"]
+    assert provenance["resumed_at"] == [killed_at, 30]
+    assert provenance["validation_at_start"]["val_noise_left"] > provenance["validation"]["val_noise_left"]

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_distill import archive, distill_args  # noqa: F401  (the fixture)
 from test_self_supervised import SIGMA, command, noisy  # noqa: F401  (the fixture)
 
@@ -56,7 +55,7 @@ def test_self_supervised_on_two_train_workers(local_ray, noisy: Path, tmp_path: 
                                               capsys: pytest.CaptureFixture) -> None:
     from jobs.cli import main
 
-    args = [a for a in command(noisy, tmp_path / "runs", "ray", steps=30) if a != "--no-ray"]
+    args = [a for a in command(noisy, tmp_path / "runs", "ray", steps=15) if a != "--no-ray"]
     assert main([*args, "--workers", "2"]) == 0
     done = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("done: "))
     assert done["val_residual_noise_at_start"] > 0.8 * SIGMA

@@ -42,9 +42,9 @@ __all__ = [
     "SELF_SUPERVISED_LOSSES",
     "clipped_mean",
     "clipped_variance",
-    "neighbour_error",
     "neighbor2neighbor_loss",
     "neighbor_subsample",
+    "neighbour_error",
     "recorrupted_loss",
     "sure_loss",
 ]
