@@ -128,7 +128,7 @@ def wait_for(condition, process: subprocess.Popen, log: Path, seconds: float = 1
 def test_distill_resumes_after_a_kill_and_stops_cleanly_on_sigterm(archive: Path, tmp_path: Path) -> None:
     storage = tmp_path / "runs"
     run = str(storage / "k")
-    args = distill_args(archive, storage, "k", steps=40)
+    args = distill_args(archive, storage, "k", steps=25)
     # 1. SIGKILL once the student has a checkpoint.
     process, handle = start(args, tmp_path / "first.log")
     try:
@@ -150,12 +150,12 @@ def test_distill_resumes_after_a_kill_and_stops_cleanly_on_sigterm(archive: Path
     second = (tmp_path / "second.log").read_text()
     assert code == 143, second
     assert "restored 0 of 5 inputs (errors 0, skipped 5)" in second, second
-    assert f"resumed from step {killed_at} of 40" in second, second
+    assert f"resumed from step {killed_at} of 25" in second, second
     stopped_at = int(re.search(r"stopped at step (\d+): checkpoint_step_", second)[1])
     assert "run the same command again to continue" in second and "Traceback" not in second
     # 3. It finishes, with the report.
     third = subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=PROJECT_ROOT, capture_output=True,
                            text=True, timeout=200)
     assert third.returncode == 0, third.stdout + third.stderr
-    assert f"resumed from step {stopped_at} of 40" in third.stdout
+    assert f"resumed from step {stopped_at} of 25" in third.stdout
     assert (storage / "k" / "distill.json").is_file()

@@ -37,7 +37,7 @@ def test_distill_on_ray_data_and_two_train_workers(local_ray, archive: Path, tmp
                                                    capsys: pytest.CaptureFixture) -> None:
     from jobs.cli import main
 
-    args = [a for a in distill_args(archive, tmp_path / "runs", "ray", steps=10) if a != "--no-ray"]
+    args = [a for a in distill_args(archive, tmp_path / "runs", "ray", steps=15) if a != "--no-ray"]
     assert main([*args, "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "local" not in out.split("restore sr:", 1)[1].splitlines()[0]  # the teacher ran on Ray Data
