@@ -85,9 +85,8 @@ def run(args: argparse.Namespace) -> int:
     """The distillation: sample, teacher job, student job, report; the exit code."""
     from restoration import config as config_lib
     from restoration import distill
-    from restoration.cli import check_licence
+    from restoration.cli import check_licence, check_worker_arguments
     from restoration.finetune.run import (
-        FinetuneInputError,
         LocalFinetuneExecutor,
         check_resumable,
         latest_checkpoint,
@@ -100,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from restoration.restore.run import LocalRestoreExecutor, RunStopped, run_restore
     from restoration.stopping import StopSignals
 
-    if args.cpus_per_worker <= 0:
-        raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
-    if args.no_ray and args.workers != 1:
-        raise FinetuneInputError(f"--no-ray runs one worker; got --workers {args.workers}")
+    check_worker_arguments(args, local=args.no_ray)
     traits = _teacher_model(args.teacher).traits
     task, scale = traits.task, traits.scale
     if task not in ("sr", "denoise", "jpeg", "deblur", "general"):

@@ -538,6 +538,19 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     add_licence_argument(p)
 
 
+def check_worker_arguments(args: argparse.Namespace, *, local: bool) -> None:
+    """The training workers' flags (``--cpus-per-worker``, ``--max-failures``, ``--workers`` with
+    ``--no-ray``), each a one-line FinetuneInputError, for ``finetune`` and ``distill`` alike."""
+    from restoration.finetune.run import FinetuneInputError
+
+    if args.cpus_per_worker <= 0:
+        raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
+    if args.max_failures < 0:
+        raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if local and args.workers != 1:
+        raise FinetuneInputError(f"--no-ray runs one worker; got --workers {args.workers}")
+
+
 def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], FinetuneExecutor] | None = None) -> int:
     """Check the command line (one line and exit 2 for a bad value, before any executor starts),
     then run in this process (``--no-ray``) or with ``ray_executor()``; the exit code."""
@@ -550,8 +563,8 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
         run_finetune,
     )
 
-    if args.cpus_per_worker <= 0:
-        raise FinetuneInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker:g}")
+    local = args.no_ray or ray_executor is None
+    check_worker_arguments(args, local=local)
     if args.val_inputs is not None and args.train_inputs is None:
         raise FinetuneInputError("--val-inputs goes with --train-inputs (training on pairs)")
     if args.self_supervised is not None:
@@ -560,11 +573,6 @@ def run_finetune_command(args: argparse.Namespace, ray_executor: Callable[[], Fi
         args.overrides = [*args.overrides, f"self_supervised.method={args.self_supervised}"]
     elif args.keep_worse:
         raise FinetuneInputError("--keep-worse goes with --self-supervised")
-    if args.max_failures < 0:
-        raise FinetuneInputError(f"--max-failures must be >= 0, got {args.max_failures}")
-    local = args.no_ray or ray_executor is None
-    if local and args.workers != 1:
-        raise FinetuneInputError(f"--no-ray runs one worker; got --workers {args.workers}")
     if args.init is not None:
         check_licence([args.init], args.task, args, flag="--init")
     plan = plan_finetune(args.task, train_images=args.train_images, val_images=args.val_images,

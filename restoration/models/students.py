@@ -31,7 +31,7 @@ from torch import nn
 
 from restoration.models.community import CommunityNet, load_community_model
 
-__all__ = ["STUDENT_ARCHITECTURES", "StudentSpec", "build_student", "deepen_compact", "is_student_spec",
+__all__ = ["SPANDREL_NAMES", "STUDENT_ARCHITECTURES", "StudentSpec", "build_student", "deepen_compact", "is_student_spec",
            "parse_deepen_spec", "parse_student_spec"]
 
 
@@ -67,6 +67,9 @@ STUDENT_ARCHITECTURES: Final[dict[str, _Architecture]] = {
         scales=(1, 2, 4), tag_letters={"feat": "f", "blocks": "b"}),
 }
 """The architectures a student spec names, with their options (defaults and ranges)."""
+
+SPANDREL_NAMES: Final[dict[str, str]] = {"compact": "Compact", "span": "SPAN", "esrgan": "ESRGAN"}
+"""Each student architecture's name in spandrel (its ``architecture.id``)."""
 
 _SPEC_PATTERN: Final[re.Pattern[str]] = re.compile(
     r"(?P<arch>[a-z]+)(?::(?P<options>[a-z_]+=[^,=:\s]+(?:,[a-z_]+=[^,=:\s]+)*))?")
