@@ -175,6 +175,23 @@ def build_split_dataset(work: pa.Table, *, job: StageContext, model_refs: dict, 
                                num_cpus=task_cpus, fn_kwargs=encode_options(job))
 
 
+def _until_stalled(dataset, stall_seconds: float) -> Iterator[pa.Table]:
+    """The dataset's output tables, until it ends or makes no progress for ``stall_seconds``
+    (no block moved between its stages: Ray Data's no-progress guard). A stall ends this pass
+    with a warning instead of failing the job: the run hands the inputs that got no result to
+    the next pass. (Seen here: a node lost with the model actor's results and the blocks being
+    encoded; Ray restarted the actor and resubmitted their tasks, then nothing moved for ever.)"""
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    dataset.context.execution_no_progress_timeout_s = stall_seconds  # this dataset's copy of the context
+    try:
+        yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+    except ExecutionTimeoutError:
+        logging.getLogger(__name__).warning(
+            "the Ray Data pipeline made no progress for %g s (pipeline.stall_seconds): this pass ends, "
+            "and the inputs that got no result go to the next one", stall_seconds)
+
+
 class RayRestoreExecutor:
     """:class:`restoration.restore.run.RestoreExecutor` on Ray Data. Ray starts (or is joined at
     ``address`` / ``RAY_ADDRESS``) only when there is work, after the run's checks passed, and
@@ -261,7 +278,7 @@ class RayRestoreExecutor:
         self._described = {**asdict(pool), "stages": stages}
         if stages == "split":
             dataset = build_split_dataset(work, job=job, model_refs=model_refs, pool=pool)
-            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+            for batch in _until_stalled(dataset, job.config.pipeline.stall_seconds):
                 yield batch
                 if stop is not None and stop.requested:
                     return  # closing the iterator ends the dataset's tasks
@@ -270,7 +287,7 @@ class RayRestoreExecutor:
         self._described["rows_per_block"] = rows
         dataset = build_fused_dataset(work, job=job, model_refs=model_refs, pool=pool, rows=rows,
                                       stop_flag=self._flag(stop))
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+        for batch in _until_stalled(dataset, job.config.pipeline.stall_seconds):
             yield from unpack_manifest(batch)
 
     def describe(self) -> dict[str, Any] | None:

@@ -33,7 +33,11 @@ class PipelineConfig(BatchConfig):
     write task. ``stages``: the pipeline's shape (:data:`PIPELINE_STAGES`). ``stream_seconds``:
     how often a fused actor sends the manifest rows of the images it wrote to the driver while it
     works on a block (what a crash of the driver can lose is about this plus
-    ``manifest.flush_seconds``). (Storage outages are waited out for up to
+    ``manifest.flush_seconds``). ``stall_seconds``: how long the pipeline may go without any
+    block moving between its stages before this pass of it is ended and its inputs that got no
+    result go to the next pass (:data:`restoration.restore.run.LOST_RESULT_PASSES`): Ray Data can
+    wait for ever on results lost with a node. Raise it where one call of the model on one batch,
+    or the wait for a new GPU node, takes longer. (Storage outages are waited out for up to
     ``storage.outage_seconds``; an input that still fails is an error row, which the next run
     retries.)
     """
@@ -49,6 +53,7 @@ class PipelineConfig(BatchConfig):
     cpus_per_task: Annotated[float, above(0, "a number > 0")] = 1.0
     stages: Annotated[str, one_of(PIPELINE_STAGES)] = "auto"
     stream_seconds: Annotated[float, at_least(0, "a number >= 0")] = 0.5
+    stall_seconds: Annotated[float, above(0, "a number > 0")] = 1800.0
 
     @model_validator(mode="after")
     def _actors(self) -> PipelineConfig:

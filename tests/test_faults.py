@@ -63,3 +63,61 @@ def test_sigkill_then_sigint_cost_the_reruns_little_and_the_last_finishes(scratc
     assert sigint["redone"] <= 0.1 * sigint["written_before"], result
     assert 0 < crash["written_before"] < sigint["written_before"] < count, result  # each stopped before the end
     assert result["rerun_exit_code"] == 0 and result["all_done"], result
+
+
+# Seconds without a block moving before the job ends a pass (pipeline.stall_seconds; 1,800 by
+# default). Above the time a fresh actor takes to start on a busy 2-core machine, which also
+# moves no block.
+STALL_SECONDS = 20
+
+
+@pytest.mark.timeout(400)
+def test_a_frozen_model_actor_ends_its_pass_and_the_next_pass_restores_the_rest(scratch: Path) -> None:
+    """The job's only model actor stops answering mid-job (SIGSTOP, by PID: a wedged GPU driver or a
+    deadlock looks the same to Ray, whose actor is alive and silent). Nothing moves in the pipeline;
+    after ``pipeline.stall_seconds`` the pass ends with one warning, the next pass restores the
+    inputs that got no result on a new actor, and the job exits 0 with every input in the
+    manifest once, ``ok``. Without the stall limit the job waits for ever."""
+    import os
+    import signal
+    import time
+
+    from processes import command_lines, descendants, is_alive, stop_pids
+
+    count = 60
+    source, output = scratch / "in", scratch / "out"
+    for key, data in faults.photos(count, 96).items():
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        (source / key).write_bytes(data)
+    command = faults.job_command(str(source), str(output), "default", *SLOW,
+                                 f"pipeline.stall_seconds={STALL_SECONDS}")
+    job = faults.Job(command, scratch, "frozen")
+    frozen: list[int] = []
+    try:
+        faults.wait_until(lambda: len(faults.local_outputs(output)) >= 4, job, 200, "4 outputs were written")
+        lines = command_lines()
+        frozen = [pid for pid in descendants(job.pid)
+                  if lines.get(pid, "").startswith("ray::") and "FusedActor" in lines[pid]]
+        assert len(frozen) == 1, {pid: lines.get(pid) for pid in descendants(job.pid)}
+        os.kill(frozen[0], signal.SIGSTOP)
+        stopped_at, written = time.monotonic(), len(faults.local_outputs(output))
+        code = job.wait(timeout=300)
+        seconds = time.monotonic() - stopped_at
+        gone_by = time.monotonic() + 10
+        while is_alive(frozen[0]) and time.monotonic() < gone_by:
+            time.sleep(0.1)
+        outlived = is_alive(frozen[0])  # (killed below in any case)
+    finally:
+        if job.process.poll() is None:
+            job.kill_tree()
+        stop_pids(set(frozen), grace_seconds=1)
+    stderr, stdout = job.stderr_path.read_text(errors="replace"), job.stdout_path.read_text(errors="replace")
+    assert code == 0, stderr[-3000:]
+    assert written < count, "the actor was frozen after the job's end"
+    assert stderr.count(f"made no progress for {STALL_SECONDS:g} s") == 1, stderr[-3000:]
+    assert "restoring them again" in stdout, stdout
+    assert seconds >= STALL_SECONDS, seconds  # the stall was waited out, not ended by something else
+    rows = faults.check_manifest(str(output), count)  # every input exactly once
+    assert all(row["status"] == "ok" for row in rows.values()), [r["error"] for r in rows.values() if r["error"]][:3]
+    assert not outlived, "the frozen actor outlived its job's Ray"
+    print(f"frozen after {written} of {count} outputs; the job finished {seconds:.1f} s later")

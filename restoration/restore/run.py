@@ -561,8 +561,8 @@ def _restore_work(work: pa.Table, previous: dict[str, dict[str, Any]], *, execut
         if not work.num_rows or stop.requested:
             return
         if attempt:
-            echo(f"  {work.num_rows} inputs got no result back from the {executor.name} executor (a worker lost "
-                 f"while it held them): restoring them again")
+            echo(f"  {work.num_rows} inputs got no result back from the {executor.name} executor (a worker lost, "
+                 f"or stuck, while it held them): restoring them again")
         for rows in executor.restore(work, job, stop=stop):
             progress.record(writer.add(_fill_skipped(rows, previous, job.job_id)))
             if not stop.requested and progress.due():  # once stopping, the stop's own lines say it all
