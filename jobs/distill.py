@@ -69,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-gpu", action="store_true", help="GPUs for the teacher's actors and the student's workers")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per training worker (1)")
     p.add_argument("--max-failures", type=int, default=2, help="training worker failures retried (2)")
+    p.add_argument("--speed-size", type=int, default=128,
+                   help="side of the square input on which both models are timed for the report (128)")
     p.add_argument("--no-ray", action="store_true", help="both jobs in this process; Ray is not imported")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local instance)")
     add_licence_argument(p)
@@ -100,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from restoration.stopping import StopSignals
 
     check_worker_arguments(args, local=args.no_ray)
+    if args.speed_size < 16:
+        raise ValueError(f"--speed-size must be at least 16 pixels, got {args.speed_size}")
     traits = _teacher_model(args.teacher).traits
     task, scale = traits.task, traits.scale
     if task not in ("sr", "denoise", "jpeg", "deblur", "general"):
@@ -182,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. The report: agreement and speed on the held-out images, and the page to look at them.
     student = storage.join(run_uri, "model")
-    report = distill.agreement_report(run_uri, teacher=args.teacher, student=student, pairs=pairs, task=task)
+    report = distill.agreement_report(run_uri, teacher=args.teacher, student=student, pairs=pairs, task=task,
+                                        speed_size=args.speed_size)
     print(distill.format_report(report), flush=True)
     page = _compare_page(run_uri, [args.teacher, student], task, len(sample.held_out))
     print(f"distill: report {storage.redact(storage.join(run_uri, distill.REPORT_FILE))}, page {page}", flush=True)

@@ -43,7 +43,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def distill_args(archive: Path, storage: Path, name: str, *, steps: int) -> list[str]:
     args = ["distill", "--no-ray", "--teacher", TEACHER, "--student", "compact:feat=8,conv=2", "--images",
             str(archive), "--sample", "5", "--held-out", "2", "--steps", str(steps), "--storage", str(storage),
-            "--name", name]
+            "--name", name, "--speed-size", "32"]  # the teacher timed on a 32-px input, not 128: 16x less
     for setting in SMALL:
         args += ["--set", setting]
     return args
@@ -159,3 +159,16 @@ def test_distill_resumes_after_a_kill_and_stops_cleanly_on_sigterm(archive: Path
     assert third.returncode == 0, third.stdout + third.stderr
     assert f"resumed from step {stopped_at} of 25" in third.stdout
     assert (storage / "k" / "distill.json").is_file()
+
+
+def test_a_bad_flag_is_one_line_and_exit_2_before_any_job(archive: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from jobs.cli import main
+
+    base = distill_args(archive, tmp_path / "runs", "bad", steps=5)
+    for flag, value, message in (("--speed-size", "4", "--speed-size must be at least 16 pixels, got 4"),
+                                 ("--max-failures", "-1", "--max-failures must be >= 0, got -1")):
+        assert main([*base, flag, value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"restoration distill: error: {message}"], err
+    assert not (tmp_path / "runs").exists()  # nothing written, no teacher run

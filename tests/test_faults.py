@@ -63,6 +63,7 @@ def test_sigkill_then_sigint_cost_the_reruns_little_and_the_last_finishes(scratc
     assert sigint["redone"] <= 0.1 * sigint["written_before"], result
     assert 0 < crash["written_before"] < sigint["written_before"] < count, result  # each stopped before the end
     assert result["rerun_exit_code"] == 0 and result["all_done"], result
+    print({key: value for key, value in result.items() if key != "stops"}, [{k: v for k, v in stop.items() if "stderr" not in k} for stop in (crash, sigint)])
 
 
 # Seconds without a block moving before the job ends a pass (pipeline.stall_seconds; 1,800 by
