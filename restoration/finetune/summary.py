@@ -21,7 +21,7 @@ class FinetuneSummary(BaseModel):
     """The end of a fine-tuning run: the last reported metrics (``step``, training ``loss``,
     ``val_psnr``, ``val_ssim``; self-supervised, ``val_noise_left`` and ``val_residual_noise``, and
     the starting model's),
-    the best checkpoint by validation (PSNR, or the least residual noise) with its PSNR, and
+    the best checkpoint by validation (PSNR, or the least noise left) with its PSNR, and
     ``model``, where the final model is (``<storage>/<name>/model``)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
