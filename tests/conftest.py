@@ -62,7 +62,7 @@ def astronaut() -> np.ndarray:
 # --no-loadscope-reorder; by default xdist would order files by their number of tests, which puts
 # the longest files, one test each, last): with these first, the short files fill the end of the
 # run on both workers instead of one worker finishing a long file alone.
-LONGEST_FIRST = ("test_finetune_job.py", "test_restore_job.py", "test_faults.py", "test_group_signals.py",
+LONGEST_FIRST = ("test_finetune_job.py", "test_restore_job.py", "test_stops.py",
                  "test_autoscaling.py", "test_train_on_archive_ray.py",
                  "test_community_models.py", "test_hostile_inputs.py", "test_lost_workers.py", "test_distill.py",
                  "test_self_supervised.py", "test_finetune_local.py", "test_restore_checks.py", "test_training.py", "test_restore_local.py",
