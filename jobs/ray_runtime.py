@@ -65,7 +65,10 @@ def init_ray(address: str | None = None, *, train: bool = True, **kwargs: Any) -
     With no ``address`` and no RAY_ADDRESS, a local instance is started; its workers inherit
     this process's environment, the AWS_* variables included, and run :func:`_quiet_worker_logs`
     first when Ray Train will run there (``train``; a worker setup hook delays every new worker
-    by about a second). ``kwargs`` go to ``ray.init``.
+    by about a second). A local instance has no dashboard: it lives only as long as this run,
+    whose own progress lines say what it does, and the dashboard's processes cost about 1.7
+    CPU-seconds and 2 s of every start on 2 cores (to watch a run there, start Ray with
+    ``ray start --head`` and run the job with ``--address auto``). ``kwargs`` go to ``ray.init``.
     """
     import ray
 
@@ -77,6 +80,7 @@ def init_ray(address: str | None = None, *, train: bool = True, **kwargs: Any) -
             os.environ.setdefault(name, value)
         if train:
             kwargs.setdefault("runtime_env", {"worker_process_setup_hook": _quiet_worker_logs})
+        kwargs.setdefault("include_dashboard", False)
     with local_ray_in_own_session(address is None):
         ray.init(address=address, **kwargs)
 
