@@ -148,8 +148,7 @@ def run_demo(output: str = "demo-output", steps: int | None = None) -> int:
 
         # Workers' output stays in Ray's log files: Ray Train's internal actors log alarming but
         # harmless lines on a one-machine instance. The training curve is written with the model.
-        finetune.init_ray(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
-                          logging_level="WARNING")
+        finetune.init_ray(num_cpus=os.cpu_count() or 2, log_to_driver=False, logging_level="WARNING")
         stack.callback(ray.shutdown)
 
         _step(2, f"uploading {len(PHOTOS)} sample photos, noisy copies (sigma {SIGMA:g}) and {len(REAL)} "

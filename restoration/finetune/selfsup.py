@@ -148,18 +148,17 @@ def clipped_mean(clean: Tensor, sigma: Tensor | float) -> Tensor:
     and a clean 1 to 0.89. Smooth and increasing in ``clean``; ``sigma`` as in :func:`sure_loss`
     for an NCHW ``clean``, a float otherwise.
     """
-    return _clipped_moments(clean, sigma)[0]
+    return _clipped_mean_and_variance(clean, sigma)[0]
 
 
 def clipped_variance(clean: Tensor, sigma: Tensor | float) -> Tensor:
     """``Var[clip(clean + sigma z, 0, 1)]``, ``z ~ N(0, 1)``: the variance a noisy file's values
     keep around :func:`clipped_mean` (below ``sigma^2`` near black and white). Same arguments."""
-    mean, second = _clipped_moments(clean, sigma)
-    return (second - mean * mean).clamp_min(0)
+    return _clipped_mean_and_variance(clean, sigma)[1]
 
 
-def _clipped_moments(clean: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
-    """First and second moments of ``clip(clean + sigma z, 0, 1)`` (arguments as :func:`clipped_mean`)."""
+def _clipped_mean_and_variance(clean: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Mean and variance of ``clip(clean + sigma z, 0, 1)`` (arguments as :func:`clipped_mean`)."""
     s = _per_image_sigma(sigma, clean) if clean.dim() == 4 else torch.as_tensor(sigma, dtype=clean.dtype)
     low, high = -clean / s, (1 - clean) / s
     below, inside = torch.special.ndtr(low), torch.special.ndtr(high)
@@ -167,7 +166,7 @@ def _clipped_moments(clean: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tens
     mean = (1 - inside) + clean * (inside - below) + s * (density_low - density_high)
     second = ((clean * clean + s * s) * (inside - below) + 2 * clean * s * (density_low - density_high)
               + s * s * (low * density_low - high * density_high) + (1 - inside))
-    return mean, second
+    return mean, (second - mean * mean).clamp_min(0)
 
 
 def neighbour_error(restore: Net, noisy: Tensor, sigma: Tensor | float | None, *, clipped: bool = True,
@@ -190,8 +189,7 @@ def neighbour_error(restore: Net, noisy: Tensor, sigma: Tensor | float | None, *
         return (out - second).pow(2).flatten(1).mean(1), torch.zeros(noisy.shape[0], device=noisy.device)
     s = _per_image_sigma(sigma, noisy)
     if clipped:
-        expected, moment = _clipped_moments(out, s.flatten())
-        spread = (moment - expected * expected).clamp_min(0)
+        expected, spread = _clipped_mean_and_variance(out, s.flatten())
     else:
         expected, spread = out, s.pow(2).expand_as(out)
     return (expected - second).pow(2).flatten(1).mean(1), spread.flatten(1).mean(1)

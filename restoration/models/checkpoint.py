@@ -454,12 +454,13 @@ def model_licence(spec: str, task: str | None) -> tuple[str, str]:
     if spec in CATALOG and not Path(spec).exists():
         return CATALOG[spec].licence, CATALOG[spec].source
     if _is_student(spec):  # a fresh network: its architecture's licence (a deepened one: its base's)
-        from restoration.models.students import SPANDREL_NAMES, parse_deepen_spec, parse_student_spec
+        from restoration.models.students import STUDENT_ARCHITECTURES, parse_deepen_spec, parse_student_spec
 
         deepen = parse_deepen_spec(spec)
         if deepen is not None:
             return model_licence(deepen[0], task)
-        return architecture_licence(SPANDREL_NAMES[parse_student_spec(spec).architecture]), f"a fresh {spec} network"
+        architecture = STUDENT_ARCHITECTURES[parse_student_spec(spec).architecture].spandrel_name
+        return architecture_licence(architecture), f"a fresh {spec} network"
     source = resolve_model(spec, task or "")
     if is_community_file(str(source)) and not str(source).lower().endswith(NCNN_SUFFIX):
         # The architecture is detected, not built: the run builds the model once, later.

@@ -31,7 +31,7 @@ from torch import nn
 
 from restoration.models.community import CommunityNet, load_community_model
 
-__all__ = ["SPANDREL_NAMES", "STUDENT_ARCHITECTURES", "StudentSpec", "build_student", "deepen_compact", "is_student_spec",
+__all__ = ["STUDENT_ARCHITECTURES", "StudentSpec", "build_student", "deepen_compact", "is_student_spec",
            "parse_deepen_spec", "parse_student_spec"]
 
 
@@ -47,8 +47,10 @@ class _Option:
 
 @dataclass(frozen=True)
 class _Architecture:
-    """A student architecture: its options, the scales it builds and its tag letters."""
+    """A student architecture: its name in spandrel (``architecture.id``), its options, the
+    scales it builds and its tag letters."""
 
+    spandrel_name: str
     options: dict[str, _Option]
     scales: tuple[int, ...]
     tag_letters: dict[str, str]
@@ -56,20 +58,20 @@ class _Architecture:
 
 STUDENT_ARCHITECTURES: Final[dict[str, _Architecture]] = {
     "compact": _Architecture(
+        "Compact",
         options={"feat": _Option(64, 4, 256, "feature channels"), "conv": _Option(16, 1, 64, "body convolutions")},
         scales=(1, 2, 3, 4), tag_letters={"feat": "f", "conv": "c"}),
     "span": _Architecture(
+        "SPAN",
         options={"feat": _Option(48, 4, 256, "feature channels")},
         scales=(1, 2, 3, 4), tag_letters={"feat": "f"}),
     "esrgan": _Architecture(
+        "ESRGAN",
         options={"feat": _Option(32, 4, 256, "feature channels"), "blocks": _Option(6, 1, 64, "RRDB blocks")},
         # spandrel reads an RRDBNet's scale from its count of x2 upsampling stages: 1, 2 or 4 here.
         scales=(1, 2, 4), tag_letters={"feat": "f", "blocks": "b"}),
 }
 """The architectures a student spec names, with their options (defaults and ranges)."""
-
-SPANDREL_NAMES: Final[dict[str, str]] = {"compact": "Compact", "span": "SPAN", "esrgan": "ESRGAN"}
-"""Each student architecture's name in spandrel (its ``architecture.id``)."""
 
 _SPEC_PATTERN: Final[re.Pattern[str]] = re.compile(
     r"(?P<arch>[a-z]+)(?::(?P<options>[a-z_]+=[^,=:\s]+(?:,[a-z_]+=[^,=:\s]+)*))?")
